@@ -1,0 +1,38 @@
+# `make serve` and `make test` work on a fresh clone: each builds .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+HOST ?= 127.0.0.1
+PORT ?= 9997
+DEMO_MODELS := --launch gemma-3-270m --launch all-MiniLM-L6-v2
+
+.PHONY: serve test lint install clean
+
+# torch is pinned and installed before anything that depends on it: an unpinned torch
+# would pull a multi-GB CUDA build.
+$(VENV)/.demo: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[demo]'
+	touch $@
+
+$(VENV)/.test: $(VENV)/.demo
+	$(PIP) install --quiet -e '.[demo,test]'
+	touch $@
+
+install: $(VENV)/.demo
+
+serve: $(VENV)/.demo
+	$(VENV)/bin/inferd serve --host $(HOST) --port $(PORT) $(DEMO_MODELS)
+
+lint: $(VENV)/.test
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The HTTP API: OpenAI-compatible endpoints and Xinference-compatible management."""

@@ -1,0 +1,78 @@
+"""Builds the FastAPI application and owns the server's start-up and shut-down."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+
+from fastapi import FastAPI
+
+from inferd import __version__
+from inferd.api import management, openai_routes
+from inferd.api.errors import install_error_handlers
+from inferd.catalog import get_catalog
+from inferd.errors import InferdError
+from inferd.runtime.launch import LaunchRequest
+from inferd.runtime.manager import ModelManager
+from inferd.settings import Settings
+
+log = logging.getLogger("inferd.server")
+
+
+def create_app(settings: Settings, launch: Sequence[str] = ()) -> FastAPI:
+    """The server's app; `launch` names catalogue models to start once it is up."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        manager = ModelManager(settings, get_catalog())
+        app.state.manager = manager
+        app.state.started = time.time()
+        _record_address(settings)
+        # Models load in the background: the API answers at once, and each model joins
+        # /v1/models when it is ready.
+        startup = asyncio.create_task(_launch_all(manager, launch))
+        try:
+            yield
+        finally:
+            startup.cancel()
+            with contextlib.suppress(BaseException):
+                await startup
+            await manager.shutdown()
+
+    app = FastAPI(
+        title="inferd",
+        version=__version__,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(openai_routes.router)
+    app.include_router(management.router)
+    return app
+
+
+async def _launch_all(manager: ModelManager, names: Sequence[str]) -> None:
+    async def launch_one(name: str) -> None:
+        started = time.monotonic()
+        try:
+            family = manager.catalog.get(name)
+            request = LaunchRequest(model_name=name, model_type=family.model_type)
+            instance = await manager.launch(request)
+        except InferdError as exc:
+            log.error("could not launch %s: %s", name, exc.message)
+            return
+        log.info("%s ready in %.1fs", instance.uid, time.monotonic() - started)
+
+    await asyncio.gather(*(launch_one(name) for name in names))
+
+
+def _record_address(settings: Settings) -> None:
+    """Lets `inferd` commands on this machine find this server without -e."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    record = {"endpoint": f"http://{host}:{settings.port}", "pid": os.getpid()}
+    settings.server_record.write_text(json.dumps(record))

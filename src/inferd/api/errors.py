@@ -1,0 +1,103 @@
+"""Every error leaves the server in OpenAI's shape: {"error": {message, type, param, code}}."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException
+
+from inferd.errors import InferdError
+
+log = logging.getLogger("inferd.api")
+
+
+def error_response(
+    status: int,
+    message: str,
+    error_type: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def _param_name(loc: tuple[Any, ...]) -> str | None:
+    """('body', 'messages', 0, 'role') -> 'messages[0].role'."""
+    parts = [p for p in loc if p != "body"]
+    name = ""
+    for part in parts:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        elif part in ("str", "list[str]", "function-after", "literal"):
+            # pydantic names the branch of a union it tried; the user's field is what matters
+            continue
+        else:
+            name += f".{part}" if name else str(part)
+    return name or None
+
+
+def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
+    if first.get("type") == "json_invalid":
+        ctx = first.get("ctx")
+        reason = ctx.get("error", first["msg"]) if isinstance(ctx, dict) else first["msg"]
+        return error_response(
+            400,
+            f"the request body is not valid JSON: {reason}",
+            "invalid_request_error",
+            code="invalid_json",
+        )
+    param = _param_name(tuple(first.get("loc", ())))
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if first.get("type") == "missing":
+        message = f"'{param}' is required"
+    elif param:
+        got = first.get("input")
+        shown = orjson.dumps(got, default=str).decode()[:100] if got is not None else "null"
+        message = f"invalid '{param}': {message} (got {shown})"
+    return error_response(400, message, "invalid_request_error", param, "invalid_value")
+
+
+def _inferd_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, InferdError)
+    headers = {"Retry-After": "5"} if exc.status_code == 503 else None
+    return error_response(
+        exc.status_code, exc.message, exc.error_type, exc.param, exc.code, headers=headers
+    )
+
+
+def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    kinds = {404: "not_found", 405: "method_not_allowed"}
+    message = str(exc.detail)
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"no such endpoint: {request.method} {request.url.path}"
+    return error_response(
+        exc.status_code,
+        message,
+        "invalid_request_error" if exc.status_code < 500 else "server_error",
+        code=kinds.get(exc.status_code),
+    )
+
+
+def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(InferdError, _inferd_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,58 @@
+"""OpenAI-compatible endpoints: chat, completions, embeddings."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from inferd.api.deps import manager as _manager
+from inferd.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from inferd.api.proxy import relay
+from inferd.catalog import EmbeddingFamily
+from inferd.errors import InvalidRequest, UnsupportedOperation
+from inferd.runtime.manager import ModelInstance
+
+router = APIRouter(prefix="/v1")
+
+
+def _require(instance: ModelInstance, ability: str, endpoint: str) -> None:
+    if ability not in instance.abilities:
+        raise UnsupportedOperation(
+            f"model {instance.uid!r} is a {instance.model_type} model and cannot serve "
+            f"{endpoint} (its abilities: {', '.join(instance.abilities)})",
+            param="model",
+        )
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    instance = _manager(request).route(body.model)
+    _require(instance, "chat", "/v1/chat/completions")
+    return await relay(instance, "/chat/completions", body.engine_body(instance.uid), body.stream)
+
+
+@router.post("/completions")
+async def completions(body: CompletionRequest, request: Request) -> Response:
+    instance = _manager(request).route(body.model)
+    _require(instance, "generate", "/v1/completions")
+    prompts = body.prompt if isinstance(body.prompt, list) else [body.prompt]
+    if body.stream and len(prompts) > 1 and not isinstance(prompts[0], int):
+        raise InvalidRequest("a streamed completion takes a single prompt", param="prompt")
+    return await relay(instance, "/completions", body.engine_body(instance.uid), body.stream)
+
+
+@router.post("/embeddings")
+async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
+    instance = _manager(request).route(body.model)
+    _require(instance, "embed", "/v1/embeddings")
+    family = instance.family
+    if (
+        body.dimensions is not None
+        and isinstance(family, EmbeddingFamily)
+        and body.dimensions > family.dimensions
+    ):
+        raise InvalidRequest(
+            f"dimensions must be at most {family.dimensions} for {family.model_name}",
+            param="dimensions",
+        )
+    return await relay(instance, "/embeddings", body.engine_body(instance.uid), stream=False)

@@ -1,0 +1,147 @@
+"""The shape of a catalogue entry; close to Xinference's, so registrations carry over."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from enum import Enum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class ModelType(str, Enum):
+    LLM = "LLM"
+    EMBEDDING = "embedding"
+
+    @classmethod
+    def parse(cls, value: str) -> ModelType:
+        """Accepts any casing ('llm', 'Embedding'), as users type it."""
+        for member in cls:
+            if member.value.lower() == value.strip().lower():
+                return member
+        choices = ", ".join(m.value for m in cls)
+        raise ValueError(f"unknown model type {value!r}; choose one of: {choices}")
+
+
+ModelFormat = Literal["ggufv2", "pytorch", "awq", "gptq", "fp8", "mlx", "bnb"]
+Hub = Literal["huggingface", "modelscope"]
+_REPO_ID = re.compile(r"^[\w.\-]+/[\w.\-]+$")
+
+
+class PackageSource(BaseModel):
+    """Weights shipped inside an installed Python package, so no hub is needed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    distribution: str = Field(description="The pip name that installs it")
+    module: str = Field(description="The importable module holding the weights")
+    path: str | None = Field(default=None, description="Folder or file, relative to the module")
+    assemble: str | None = Field(
+        default=None, description="Name of a function(dest_path) that writes the weights file"
+    )
+    file_name: str | None = Field(default=None, description="File that `assemble` writes")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> PackageSource:
+        if (self.path is None) == (self.assemble is None):
+            raise ValueError("a package source needs exactly one of `path` or `assemble`")
+        if self.assemble is not None and not self.file_name:
+            raise ValueError("a package source with `assemble` needs `file_name`")
+        return self
+
+
+class ModelSpec(BaseModel):
+    """One downloadable variant of a family: a format, a size and its quantizations."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_format: ModelFormat
+    model_size_in_billions: str = Field(description="As Xinference writes it: '7', '0_5'")
+    quantizations: list[str] = Field(min_length=1)
+    model_hub: dict[Hub, str] = Field(min_length=1, description="Repository id on each hub")
+    model_file_name_template: str | None = Field(
+        default=None, description="For GGUF: file name in the repo, with {quantization}"
+    )
+    package: PackageSource | None = None
+
+    @field_validator("model_size_in_billions", mode="before")
+    @classmethod
+    def _size_as_text(cls, value: object) -> str:
+        return str(value).replace(".", "_")
+
+    @field_validator("model_hub")
+    @classmethod
+    def _repo_ids(cls, value: dict[str, str]) -> dict[str, str]:
+        for hub, repo in value.items():
+            if not _REPO_ID.match(repo):
+                raise ValueError(f"{hub} repo id {repo!r} is not of the form 'owner/name'")
+        return value
+
+    @model_validator(mode="after")
+    def _gguf_has_file(self) -> ModelSpec:
+        if self.model_format == "ggufv2" and not self.model_file_name_template:
+            raise ValueError("a ggufv2 spec needs model_file_name_template")
+        return self
+
+    @property
+    def default_quantization(self) -> str:
+        """Q4_K_M where offered: the usual balance of size and quality for GGUF."""
+        return next((q for q in self.quantizations if q.lower() == "q4_k_m"), self.quantizations[0])
+
+    def file_name(self, quantization: str) -> str | None:
+        if self.model_file_name_template is None:
+            return None
+        return self.model_file_name_template.format(quantization=quantization)
+
+
+class _FamilyBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_name: str = Field(pattern=r"^[\w.\-]+$")
+    model_lang: list[str] = Field(min_length=1)
+    model_description: str
+    model_specs: list[ModelSpec] = Field(min_length=1)
+    is_builtin: bool = True
+
+    def matching_specs(
+        self,
+        model_format: str | None = None,
+        size: str | None = None,
+        quantization: str | None = None,
+    ) -> Iterator[tuple[ModelSpec, str]]:
+        """Each spec (with its quantization) that matches every given filter, in order."""
+        wanted_size = None if size is None else str(size).replace(".", "_")
+        for spec in self.model_specs:
+            if model_format is not None and spec.model_format != model_format:
+                continue
+            if wanted_size is not None and spec.model_size_in_billions != wanted_size:
+                continue
+            if quantization is None:
+                yield spec, spec.default_quantization
+                continue
+            for q in spec.quantizations:
+                if q.lower() == quantization.lower():
+                    yield spec, q
+                    break
+
+
+class LLMFamily(_FamilyBase):
+    model_type: Literal["LLM"] = "LLM"
+    model_ability: list[Literal["generate", "chat", "tools", "vision", "reasoning"]]
+    context_length: int = Field(gt=0)
+    chat_template: str | None = Field(
+        default=None, description="Jinja template; None means use the one in the weights"
+    )
+    stop: list[str] = Field(default_factory=list)
+    stop_token_ids: list[int] = Field(default_factory=list)
+
+
+class EmbeddingFamily(_FamilyBase):
+    model_type: Literal["embedding"] = "embedding"
+    model_ability: list[Literal["embed"]] = Field(default=["embed"])
+    dimensions: int = Field(gt=0)
+    max_tokens: int = Field(gt=0)
+
+
+Family = Annotated[LLMFamily | EmbeddingFamily, Field(discriminator="model_type")]

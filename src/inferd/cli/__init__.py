@@ -1,0 +1,1 @@
+"""The `inferd` command line. Client commands talk to the server over HTTP only."""

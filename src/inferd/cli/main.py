@@ -1,0 +1,215 @@
+"""`inferd serve | launch | list | terminate | registrations`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from inferd import __version__
+from inferd.cli.client import Client, ClientError, resolve_endpoint
+from inferd.settings import Settings
+
+console = Console(stderr=True)
+# Piped output (grep, less) must not be folded at the 80 columns rich assumes without a terminal.
+out = Console(width=None if sys.stdout.isatty() else 240)
+endpoint_option = click.option(
+    "-e", "--endpoint", default=None, help="Server address (default: the server last started here)."
+)
+
+
+def _client(endpoint: str | None, timeout: float | None = 30.0) -> Client:
+    return Client(resolve_endpoint(endpoint, Settings()), timeout=timeout)
+
+
+def _fail(message: str) -> None:
+    console.print("[red]Error:[/red]", message, highlight=False, markup=True, soft_wrap=True)
+    sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="inferd")
+def cli() -> None:
+    """Serve open models on this machine behind an OpenAI-compatible API."""
+
+
+@cli.command()
+@click.option("-H", "--host", default=None, help="Address to listen on (default 127.0.0.1).")
+@click.option("-p", "--port", type=int, default=None, help="Port (default 9997).")
+@click.option(
+    "--launch",
+    "launch",
+    multiple=True,
+    metavar="NAME",
+    help="Launch this catalogue model once the server is up (repeatable).",
+)
+@click.option("--log-level", default="info", show_default=True)
+def serve(host: str | None, port: int | None, launch: tuple[str, ...], log_level: str) -> None:
+    """Start the server."""
+    import logging
+
+    import uvicorn
+
+    from inferd.api.app import create_app
+    from inferd.catalog import get_catalog
+    from inferd.errors import NotFound
+
+    overrides: dict[str, Any] = {}
+    if host:
+        overrides["host"] = host
+    if port:
+        overrides["port"] = port
+    settings = Settings(**overrides)
+    for name in launch:
+        try:
+            get_catalog().get(name)
+        except NotFound as exc:
+            _fail(exc.message)
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request
+    base = f"http://{settings.host}:{settings.port}"
+    console.print(f"inferd {__version__}: OpenAI base URL [bold]{base}/v1[/bold]", highlight=False)
+    uvicorn.run(
+        create_app(settings, launch),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level.lower(),
+        timeout_graceful_shutdown=int(settings.terminate_timeout),
+    )
+
+
+def _engine_options(args: list[str]) -> dict[str, Any]:
+    """Xinference passes engine options as extra `--name value` pairs; so do we."""
+    options: dict[str, Any] = {}
+    it = iter(args)
+    for arg in it:
+        if not arg.startswith("--"):
+            raise click.UsageError(f"unexpected argument {arg!r}")
+        key, _, value = arg[2:].partition("=")
+        if not _:
+            value = next(it, None)  # type: ignore[assignment]
+            if value is None:
+                raise click.UsageError(f"option {arg} needs a value")
+        options[key.replace("-", "_")] = _parse_value(value)
+    return options
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("-n", "--model-name", required=True, help="Catalogue name of the model.")
+@click.option("-t", "--model-type", default="LLM", show_default=True)
+@click.option("-u", "--model-uid", default=None, help="Name to serve it under (default: its name).")
+@click.option("--model-engine", "--engine", "model_engine", default=None)
+@click.option("-f", "--model-format", default=None)
+@click.option("-s", "--size-in-billions", "size", default=None)
+@click.option("-q", "--quantization", default=None)
+@click.option("--model-path", default=None, help="Serve weights from this local path.")
+@click.option("--n-gpu", default=None, help="'auto', or 0 for the CPU.")
+@endpoint_option
+@click.pass_context
+def launch(ctx: click.Context, endpoint: str | None, n_gpu: str | None, **fields: Any) -> None:
+    """Launch a model and wait until it is ready; prints its uid.
+
+    Extra `--option value` pairs go to the engine (e.g. --n_ctx 4096 --n_parallel 8).
+    """
+    body = {key: value for key, value in fields.items() if value is not None}
+    if "size" in body:
+        body["model_size_in_billions"] = body.pop("size")
+    if n_gpu is not None:
+        body["n_gpu"] = _parse_value(n_gpu)
+    body.update(_engine_options(ctx.args))
+    client = _client(endpoint, timeout=None)
+    try:
+        with console.status(f"Launching {fields['model_name']} on {client.endpoint} ..."):
+            result = client.request("POST", "/v1/models", json=body)
+    except ClientError as exc:
+        _fail(str(exc))
+    click.echo(result["model_uid"])
+
+
+@cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@endpoint_option
+def list_models(endpoint: str | None, as_json: bool) -> None:
+    """List launched models."""
+    try:
+        models = _client(endpoint).request("GET", "/v1/models")["data"]
+    except ClientError as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(models, indent=2))
+        return
+    table = Table("UID", "Type", "Name", "Engine", "Format", "Size (B)", "Quantization", "Status")
+    for m in models:
+        table.add_row(
+            m["id"],
+            m["model_type"],
+            m["model_name"],
+            m["model_engine"],
+            m["model_format"],
+            m["model_size_in_billions"].replace("_", "."),
+            m["quantization"],
+            m["status"],
+        )
+    out.print(table)
+
+
+@cli.command()
+@click.argument("model_uid", required=False)
+@click.option("-u", "--model-uid", "uid_option", default=None)
+@endpoint_option
+def terminate(model_uid: str | None, uid_option: str | None, endpoint: str | None) -> None:
+    """Stop a launched model and free its memory."""
+    uid = model_uid or uid_option
+    if not uid:
+        raise click.UsageError("give the model's uid: inferd terminate UID")
+    try:
+        _client(endpoint).request("DELETE", f"/v1/models/{uid}")
+    except ClientError as exc:
+        _fail(str(exc))
+    console.print(f"terminated {uid}")
+
+
+@cli.command()
+@click.option("-t", "--model-type", default="LLM", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@endpoint_option
+def registrations(model_type: str, as_json: bool, endpoint: str | None) -> None:
+    """List the models the server can launch."""
+    try:
+        families = _client(endpoint).request(
+            "GET", f"/v1/model_registrations/{model_type}", params={"detailed": "true"}
+        )
+    except ClientError as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(families, indent=2, ensure_ascii=False))
+        return
+    table = Table("Type", "Name", "Language", "Ability", "Formats", "Built-in")
+    for f in families:
+        formats = sorted({s["model_format"] for s in f["model_specs"]})
+        table.add_row(
+            f["model_type"],
+            f["model_name"],
+            ", ".join(f["model_lang"]),
+            ", ".join(f["model_ability"]),
+            ", ".join(formats),
+            "yes" if f["is_builtin"] else "no",
+        )
+    out.print(table)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,63 @@
+"""Engines: one module each, all behind `inferd.engines.base.Engine`.
+
+Engine modules import their heavy libraries (torch, llama.cpp) only when a model loads, so the
+server can consult this table without paying for them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from inferd.engines.base import Engine, EngineConfig
+from inferd.engines.llamacpp import LlamaCppEngine
+from inferd.engines.sentence_transformers import SentenceTransformersEngine
+from inferd.errors import InvalidRequest
+
+ENGINES: dict[str, type[Engine]] = {
+    engine.name: engine for engine in (LlamaCppEngine, SentenceTransformersEngine)
+}
+
+
+def is_installed(engine: type[Engine]) -> bool:
+    return all(importlib.util.find_spec(module) is not None for module in engine.requires)
+
+
+def engines_for(model_type: str, model_format: str) -> list[type[Engine]]:
+    return [
+        e for e in ENGINES.values() if model_type in e.model_types and model_format in e.formats
+    ]
+
+
+def choose_engine(model_type: str, model_format: str, wanted: str | None) -> type[Engine]:
+    """The engine named by the launch, or the first installed one that serves this format."""
+    candidates = engines_for(model_type, model_format)
+    if wanted is not None:
+        engine = next((e for e in ENGINES.values() if e.name.lower() == wanted.lower()), None)
+        if engine is None:
+            raise InvalidRequest(
+                f"unknown model_engine {wanted!r}; known engines: {', '.join(ENGINES)}",
+                param="model_engine",
+            )
+        if engine not in candidates:
+            raise InvalidRequest(
+                f"engine {engine.name} cannot serve {model_type} models in {model_format} format",
+                param="model_engine",
+            )
+        candidates = [engine]
+    if not candidates:
+        raise InvalidRequest(
+            f"no engine serves {model_type} models in {model_format} format yet",
+            param="model_format",
+        )
+    for engine in candidates:
+        if is_installed(engine):
+            return engine
+    names = " or ".join(e.name for e in candidates)
+    extras = " / ".join(f"inferd[{e.extra}]" for e in candidates)
+    raise InvalidRequest(
+        f"engine {names} is not installed on this machine; install {extras}",
+        param="model_engine",
+    )
+
+
+__all__ = ["ENGINES", "Engine", "EngineConfig", "choose_engine", "engines_for", "is_installed"]

@@ -1,0 +1,72 @@
+"""The one interface every engine implements, and the configuration it is given."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from inferd.errors import UnsupportedOperation
+
+Json = dict[str, Any]
+
+
+class EngineConfig(BaseModel):
+    """Everything a model process needs to load one model; sent to it as JSON."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_uid: str
+    engine: str
+    model_name: str
+    model_type: str
+    model_format: str
+    quantization: str
+    model_path: str
+    family: Json = Field(description="The catalogue entry, for templates, stops and limits")
+    options: Json = Field(default_factory=dict, description="Engine options from the launch")
+
+
+class Engine(ABC):
+    """A loaded model. Every method may be called concurrently from the model process's loop."""
+
+    name: ClassVar[str]
+    model_types: ClassVar[frozenset[str]]
+    formats: ClassVar[frozenset[str]]
+    requires: ClassVar[tuple[str, ...]]
+    extra: ClassVar[str]
+    cpu_options: ClassVar[Json] = {}  # options that keep the model off any GPU (n_gpu=0)
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load the weights; runs in a thread, and its exception is the launch's failure reason."""
+
+    def close(self) -> None:  # noqa: B027 - most engines free everything on process exit
+        """Release what the process exit would not."""
+
+    async def chat(self, request: Json) -> Json:
+        raise self._unsupported("chat")
+
+    def chat_stream(self, request: Json) -> AsyncIterator[Json]:
+        raise self._unsupported("chat")
+
+    async def complete(self, request: Json) -> Json:
+        raise self._unsupported("completions")
+
+    def complete_stream(self, request: Json) -> AsyncIterator[Json]:
+        raise self._unsupported("completions")
+
+    async def embed(self, request: Json) -> Json:
+        raise self._unsupported("embeddings")
+
+    def _unsupported(self, what: str) -> UnsupportedOperation:
+        return UnsupportedOperation(
+            f"model {self.config.model_uid!r} ({self.config.model_type}, engine {self.name}) "
+            f"does not support {what}",
+            param="model",
+        )

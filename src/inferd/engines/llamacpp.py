@@ -1,0 +1,160 @@
+"""GGUF models on llama.cpp, through xllamacpp's in-process server (slots, batching, caching)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from inferd.engines.base import Engine, Json
+from inferd.errors import InferdError, InvalidRequest
+
+# Per-slot context when the launch names none: the catalogue's context length can be 128k,
+# whose KV cache would not fit in a small machine's memory for every slot.
+_DEFAULT_SLOT_CONTEXT = 8192
+_DEFAULT_SLOTS = 4
+
+
+class LlamaCppEngine(Engine):
+    name = "llama.cpp"
+    model_types = frozenset({"LLM"})
+    formats = frozenset({"ggufv2"})
+    requires = ("xllamacpp",)
+    extra = "llamacpp"
+    cpu_options = {"n_gpu_layers": 0}
+
+    def load(self) -> None:
+        import xllamacpp
+
+        options = dict(self.config.options)
+        family = self.config.family
+        slots = int(options.pop("n_parallel", _DEFAULT_SLOTS))
+        slot_context = int(
+            options.pop("n_ctx", min(family.get("context_length", 4096), _DEFAULT_SLOT_CONTEXT))
+        )
+        if slots < 1 or slot_context < 16:
+            raise InvalidRequest("n_parallel must be >= 1 and n_ctx >= 16", param="n_ctx")
+
+        params = xllamacpp.CommonParams()
+        params.model.path = self.config.model_path
+        params.model_alias = {self.config.model_uid}
+        params.n_parallel = slots
+        params.n_ctx = slot_context * slots
+        params.cpuparams.n_threads = int(options.pop("n_threads", os.cpu_count() or 1))
+        params.n_gpu_layers = int(options.pop("n_gpu_layers", -1))
+        params.endpoint_metrics = True
+        params.use_jinja = True
+        if family.get("chat_template"):
+            params.chat_template = family["chat_template"]
+        for key, value in options.items():
+            if not hasattr(params, key):
+                raise InvalidRequest(f"unknown llama.cpp option {key!r}", param=key)
+            setattr(params, key, value)
+
+        self._stops: list[str] = list(family.get("stop") or [])
+        # Every request blocks one thread inside llama.cpp (which releases the GIL); the server
+        # queues what its slots cannot take, so the pool only has to exceed the slots.
+        self._pool = ThreadPoolExecutor(max_workers=max(32, slots * 4), thread_name_prefix="llama")
+        self._server = xllamacpp.Server(params)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def chat(self, request: Json) -> Json:
+        return await self._call(self._server.handle_chat_completions, request)
+
+    def chat_stream(self, request: Json) -> AsyncIterator[Json]:
+        return self._stream(self._server.handle_chat_completions, request)
+
+    async def complete(self, request: Json) -> Json:
+        return await self._call(self._server.handle_completions, request)
+
+    def complete_stream(self, request: Json) -> AsyncIterator[Json]:
+        return self._stream(self._server.handle_completions, request)
+
+    def _prepare(self, request: Json, stream: bool) -> Json:
+        request = dict(request)
+        request["stream"] = stream
+        if self._stops:
+            stop = request.get("stop") or []
+            stop = [stop] if isinstance(stop, str) else list(stop)
+            request["stop"] = stop + [s for s in self._stops if s not in stop]
+        return request
+
+    async def _call(self, handler: Callable[..., Any], request: Json) -> Json:
+        prepared = self._prepare(request, stream=False)
+
+        def run() -> Json:
+            try:
+                result: Json = handler(prepared)
+            except ValueError as exc:
+                raise InvalidRequest(str(exc)) from exc
+            return result
+
+        result = await asyncio.get_running_loop().run_in_executor(self._pool, run)
+        _raise_if_error(result)
+        return result
+
+    async def _stream(self, handler: Callable[..., Any], request: Json) -> AsyncIterator[Json]:
+        prepared = self._prepare(request, stream=True)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        stop = threading.Event()
+        done = object()
+
+        def put(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop closed under us: the process is exiting
+                stop.set()
+
+        def on_chunk(chunk: Json) -> bool:
+            put(chunk)
+            return stop.is_set()  # True tells llama.cpp to cancel and free the slot
+
+        def run() -> None:
+            try:
+                handler(prepared, on_chunk)
+            except ValueError as exc:
+                put(InvalidRequest(str(exc)))
+            except Exception as exc:
+                put(exc)
+            finally:
+                put(done)
+
+        loop.run_in_executor(self._pool, run)
+        try:
+            while True:
+                item = await queue.get()
+                if item is done:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                _raise_if_error(item)
+                yield item
+        finally:
+            stop.set()
+
+
+class EngineRequestError(InferdError):
+    """An error llama.cpp reported for one request, with the status it chose."""
+
+    def __init__(self, status: int, message: str, error_type: str):
+        super().__init__(message)
+        self.status_code = status
+        self.error_type = "invalid_request_error" if 400 <= status < 500 else error_type
+        self.code = error_type
+
+
+def _raise_if_error(result: Json) -> None:
+    error = result.get("error")
+    if error is None:
+        return
+    if not isinstance(error, dict):
+        raise EngineRequestError(500, str(error), "server_error")
+    status = int(error.get("code") or 500)
+    message = str(error.get("message") or "llama.cpp reported an error")
+    raise EngineRequestError(status, message, str(error.get("type") or "server_error"))

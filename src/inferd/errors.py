@@ -1,0 +1,59 @@
+"""The exceptions inferd raises; the API layer maps each to an HTTP status in one place."""
+
+from __future__ import annotations
+
+
+class InferdError(Exception):
+    """Base of every error inferd reports to a client."""
+
+    status_code = 500
+    error_type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequest(InferdError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class UnsupportedOperation(InvalidRequest):
+    """The model (or its engine) cannot do what was asked, e.g. chat on an embedding model."""
+
+    code = "unsupported_operation"
+
+
+class NotFound(InferdError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class Conflict(InferdError):
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "conflict"
+
+
+class ModelFilesUnavailable(InvalidRequest):
+    code = "model_files_unavailable"
+
+
+class LaunchFailed(InvalidRequest):
+    """The model process could not load the model; the message carries the model's own reason."""
+
+    code = "launch_failed"
+
+
+class ModelUnavailable(InferdError):
+    """The model exists but cannot answer now (loading, or its process died)."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "model_unavailable"

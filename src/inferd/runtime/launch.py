@@ -1,0 +1,42 @@
+"""A launch request: what to serve and how. The same fields Xinference's launch takes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from inferd.catalog.schema import ModelType
+
+
+class LaunchRequest(BaseModel):
+    # Unknown fields are engine options (n_ctx, n_parallel, ...), as in Xinference's launch.
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    model_name: str = Field(min_length=1)
+    model_type: str = "LLM"
+    model_uid: str | None = Field(default=None, pattern=r"^[\w.\-]+$", max_length=128)
+    model_engine: str | None = None
+    model_format: str | None = None
+    model_size_in_billions: str | None = None
+    quantization: str | None = None
+    model_path: str | None = None
+    replica: int = Field(default=1, ge=1)
+    n_gpu: int | str | None = "auto"
+    gpu_idx: int | list[int] | None = None
+    peft_model_config: dict[str, Any] | None = None
+    download_hub: str | None = None
+
+    @field_validator("model_type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        return ModelType.parse(value).value
+
+    @field_validator("model_size_in_billions", mode="before")
+    @classmethod
+    def _size_as_text(cls, value: object) -> str | None:
+        return None if value is None else str(value).replace(".", "_")
+
+    @property
+    def engine_options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})

@@ -1,0 +1,166 @@
+"""The model process: loads one engine and serves it over HTTP on a Unix socket.
+
+The server starts it as `python -m inferd.runtime.worker CONFIG_JSON SOCKET`. The socket is up
+within a second so the server can follow the load through `GET /health`; the weights load in a
+thread meanwhile. Requests arrive already validated by the server; responses are the final
+OpenAI-shaped bodies, which the server relays without re-encoding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from inferd.engines import ENGINES
+from inferd.engines.base import Engine, EngineConfig, Json
+from inferd.errors import InferdError
+
+log = logging.getLogger("inferd.worker")
+
+
+def error_body(exc: BaseException) -> tuple[int, bytes]:
+    """An exception as an OpenAI error body, with its HTTP status."""
+    if isinstance(exc, InferdError):
+        status, kind, code, param = exc.status_code, exc.error_type, exc.code, exc.param
+        message = exc.message
+    else:
+        status, kind, code, param = 500, "server_error", "engine_error", None
+        message = f"{type(exc).__name__}: {exc}"
+        log.error("request failed:\n%s", traceback.format_exc())
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return status, orjson.dumps(body)
+
+
+class Worker:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.engine: Engine = ENGINES[config.engine](config)
+        self.status = "loading"
+        self.error: str | None = None
+        self.started = time.time()
+        self.load_seconds: float | None = None
+
+    def load(self) -> None:
+        try:
+            self.engine.load()
+        except BaseException as exc:
+            self.error = (
+                exc.message if isinstance(exc, InferdError) else f"{type(exc).__name__}: {exc}"
+            )
+            self.status = "failed"
+            log.error("loading %s failed:\n%s", self.config.model_uid, traceback.format_exc())
+            return
+        self.load_seconds = time.time() - self.started
+        self.status = "ready"
+        log.info("%s ready in %.2fs", self.config.model_uid, self.load_seconds)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        yield
+        if self.status == "ready":
+            self.engine.close()
+
+    async def health(self, request: Request) -> Response:
+        body = {
+            "status": self.status,
+            "error": self.error,
+            "pid": os.getpid(),
+            "load_seconds": self.load_seconds,
+        }
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    async def chat(self, request: Request) -> Response:
+        return await self._serve(request, self.engine.chat, self.engine.chat_stream)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._serve(request, self.engine.complete, self.engine.complete_stream)
+
+    async def embeddings(self, request: Request) -> Response:
+        return await self._serve(request, self.engine.embed, None)
+
+    async def _serve(self, request: Request, call: Any, stream: Any) -> Response:
+        if self.status != "ready":
+            status, body = error_body(InferdError(f"model is {self.status}"))
+            return Response(body, status_code=503, media_type="application/json")
+        payload: Json = orjson.loads(await request.body())
+        try:
+            if stream is not None and payload.get("stream"):
+                chunks = stream(payload)
+                # Pull the first chunk before answering, so an invalid request still gets its
+                # own status code instead of a 200 with an error inside the stream.
+                first = await anext(chunks)
+                return StreamingResponse(_sse(first, chunks), media_type="text/event-stream")
+            result = await call(payload)
+        except StopAsyncIteration:
+            return StreamingResponse(_sse(None, None), media_type="text/event-stream")
+        except Exception as exc:
+            status, body = error_body(exc)
+            return Response(body, status_code=status, media_type="application/json")
+        return Response(orjson.dumps(result), media_type="application/json")
+
+
+async def _sse(first: Json | None, rest: AsyncIterator[Json] | None) -> AsyncIterator[bytes]:
+    try:
+        if first is not None:
+            yield b"data: " + orjson.dumps(first) + b"\n\n"
+        if rest is not None:
+            async for chunk in rest:
+                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+    except Exception as exc:
+        _, body = error_body(exc)
+        yield b"data: " + body + b"\n\n"
+    finally:
+        if rest is not None:
+            await rest.aclose()  # type: ignore[attr-defined]
+    yield b"data: [DONE]\n\n"
+
+
+def _exit_with_parent() -> None:
+    """End this process if the server that started it dies, even by SIGKILL."""
+    parent = os.getppid()
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(0)
+
+
+def main() -> None:
+    config_path, socket_path = sys.argv[1], sys.argv[2]
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = EngineConfig.model_validate_json(Path(config_path).read_bytes())
+    worker = Worker(config)
+    threading.Thread(target=_exit_with_parent, daemon=True).start()
+    threading.Thread(target=worker.load, daemon=True, name="load").start()
+
+    app = Starlette(
+        routes=[
+            Route("/health", worker.health),
+            Route("/chat/completions", worker.chat, methods=["POST"]),
+            Route("/completions", worker.completions, methods=["POST"]),
+            Route("/embeddings", worker.embeddings, methods=["POST"]),
+        ],
+        lifespan=worker.lifespan,
+    )
+    Path(socket_path).unlink(missing_ok=True)
+    uvicorn.run(app, uds=socket_path, log_level="warning", timeout_graceful_shutdown=5)
+
+
+if __name__ == "__main__":
+    main()

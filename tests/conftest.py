@@ -1,0 +1,126 @@
+"""Shared fixtures: a real inferd server in a subprocess, the real CLI, real clients."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+LLM = "gemma-3-270m"
+EMBEDDING = "all-MiniLM-L6-v2"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class InferdServer:
+    """`inferd serve` in a subprocess with its own INFERD_HOME and port."""
+
+    def __init__(self, home: Path, *args: str):
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "INFERD_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+        self.env.pop("INFERD_ENDPOINT", None)
+        self.log_path = home / "server.log"
+        home.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the server
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "inferd", "serve", "--port", str(self.port), *args],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.wait_healthy()
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server not healthy after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        """Runs the real `inferd` CLI on this machine, as a user would."""
+        result = subprocess.run(
+            [sys.executable, "-m", "inferd", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"inferd {' '.join(args)} failed:\n{result.stderr}")
+        return result
+
+    def openai(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0)
+
+    def models(self) -> dict[str, dict]:
+        data = httpx.get(f"{self.url}/v1/models", timeout=10).json()["data"]
+        return {m["id"]: m for m in data}
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout)
+        self._log.close()
+        return self.proc.returncode
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it holds no memory, so it counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InferdServer]:
+    srv = InferdServer(tmp_path_factory.mktemp("inferd-home"))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def launched(server: InferdServer) -> InferdServer:
+    """The server with both demo models launched through the CLI."""
+    for name, model_type in ((LLM, "LLM"), (EMBEDDING, "embedding")):
+        if name not in server.models():
+            out = server.cli("launch", "--model-name", name, "--model-type", model_type)
+            assert out.stdout.strip() == name
+    return server
+
+
+@pytest.fixture
+def client(launched: InferdServer) -> openai.OpenAI:
+    return launched.openai()

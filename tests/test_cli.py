@@ -1,0 +1,88 @@
+"""The CLI as a user drives it: launch, list, terminate, registrations, endpoint discovery."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.conftest import EMBEDDING, LLM, InferdServer, pid_alive
+
+pytestmark = pytest.mark.slow
+
+
+def test_list_shows_both_demo_models(launched: InferdServer) -> None:
+    table = launched.cli("list").stdout
+    assert LLM in table and EMBEDDING in table and "ready" in table
+
+    models = json.loads(launched.cli("list", "--json").stdout)
+    by_id = {m["id"]: m for m in models}
+    assert by_id[LLM]["model_engine"] == "llama.cpp"
+    assert by_id[LLM]["model_format"] == "ggufv2"
+    assert by_id[EMBEDDING]["model_engine"] == "sentence_transformers"
+    assert all(m["status"] == "ready" for m in models)
+
+
+def test_terminate_ends_the_model_process(launched: InferdServer) -> None:
+    uid = launched.cli(
+        "launch", "-n", EMBEDDING, "-t", "embedding", "-u", "minilm-to-stop"
+    ).stdout.strip()
+    assert uid == "minilm-to-stop"
+    pid = launched.models()[uid]["pid"]
+    assert pid_alive(pid)
+
+    launched.cli("terminate", uid)
+    assert uid not in launched.models()
+    deadline = time.monotonic() + 10
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(pid)
+
+
+def test_terminate_unknown_uid_fails_clearly(server: InferdServer) -> None:
+    result = server.cli("terminate", "no-such-uid", check=False)
+    assert result.returncode == 1
+    assert "no launched model with uid 'no-such-uid'" in result.stderr
+
+
+def test_launch_of_a_model_without_local_files_says_so(server: InferdServer) -> None:
+    result = server.cli("launch", "-n", "qwen2.5-instruct", check=False)
+    assert result.returncode == 1
+    assert "not on this machine" in result.stderr
+    assert "--model-path" in result.stderr
+
+
+def test_launch_passes_engine_options_and_reports_engine_failure(server: InferdServer) -> None:
+    result = server.cli(
+        "launch", "-n", LLM, "-u", "bad-options", "--no_such_llama_option", "1", check=False
+    )
+    assert result.returncode == 1
+    assert "no_such_llama_option" in result.stderr
+    assert "bad-options" not in server.models()
+
+
+def test_registrations_lists_the_catalogue(server: InferdServer) -> None:
+    table = server.cli("registrations", "--model-type", "embedding").stdout
+    assert "bge-large-zh-v1.5" in table and EMBEDDING in table
+    llms = json.loads(server.cli("registrations", "-t", "LLM", "--json").stdout)
+    assert any(f["model_name"] == LLM for f in llms)
+    bad = server.cli("registrations", "-t", "spaceship", check=False)
+    assert bad.returncode == 1 and "unknown model type" in bad.stderr
+
+
+def test_endpoint_resolution_order(server: InferdServer) -> None:
+    # The fixture's server runs on a random port: found through INFERD_HOME with no flag.
+    assert server.cli("list").returncode == 0
+    unreachable = "http://127.0.0.1:9"
+    via_flag = server.cli("list", "-e", unreachable, check=False)
+    assert (
+        via_flag.returncode == 1
+        and "cannot reach an inferd server at " + unreachable in via_flag.stderr
+    )
+    server.env["INFERD_ENDPOINT"] = unreachable
+    try:
+        via_env = server.cli("list", check=False)
+    finally:
+        del server.env["INFERD_ENDPOINT"]
+    assert via_env.returncode == 1 and unreachable in via_env.stderr

@@ -1,0 +1,190 @@
+"""The OpenAI SDK against the demo models: chat, completions, embeddings, streaming."""
+
+from __future__ import annotations
+
+import base64
+import math
+import struct
+import threading
+
+import openai
+import pytest
+
+from tests.conftest import EMBEDDING, LLM
+
+pytestmark = pytest.mark.slow
+
+HELLO = [{"role": "user", "content": "Write one sentence about the sea."}]
+
+
+def test_models_list_is_openai_shaped(client: openai.OpenAI) -> None:
+    ids = {m.id for m in client.models.list()}
+    assert {LLM, EMBEDDING} <= ids
+
+
+def test_chat_counts_tokens_and_honours_max_tokens(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(model=LLM, messages=HELLO, max_tokens=7, temperature=0)
+    assert reply.object == "chat.completion"
+    assert reply.model == LLM
+    choice = reply.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content
+    assert choice.finish_reason == "length"
+    assert reply.usage is not None
+    assert reply.usage.completion_tokens == 7
+    assert reply.usage.prompt_tokens > 5
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + 7
+
+
+def test_chat_is_deterministic_at_temperature_zero(client: openai.OpenAI) -> None:
+    answers = {
+        client.chat.completions.create(model=LLM, messages=HELLO, max_tokens=12, temperature=0)
+        .choices[0]
+        .message.content
+        for _ in range(3)
+    }
+    assert len(answers) == 1
+
+
+def test_chat_seed_reproduces_sampled_answers(client: openai.OpenAI) -> None:
+    def sample(seed: int) -> str | None:
+        return (
+            client.chat.completions.create(
+                model=LLM, messages=HELLO, max_tokens=16, temperature=1.0, top_p=0.95, seed=seed
+            )
+            .choices[0]
+            .message.content
+        )
+
+    assert sample(1234) == sample(1234)
+
+
+def test_chat_template_is_applied(client: openai.OpenAI) -> None:
+    # Gemma's template wraps the one user turn in 4 markers + BOS: the prompt must count them.
+    bare = client.completions.create(model=LLM, prompt="Hi", max_tokens=1, temperature=0)
+    chat = client.chat.completions.create(
+        model=LLM, messages=[{"role": "user", "content": "Hi"}], max_tokens=1, temperature=0
+    )
+    assert chat.usage is not None and bare.usage is not None
+    assert chat.usage.prompt_tokens >= bare.usage.prompt_tokens + 6
+
+
+def test_stop_sequence_ends_the_answer(client: openai.OpenAI) -> None:
+    free = (
+        client.completions.create(model=LLM, prompt="1, 2, 3, 4, 5,", max_tokens=12, temperature=0)
+        .choices[0]
+        .text
+    )
+    assert " 7" in free  # the base model continues the count
+    stopped = client.completions.create(
+        model=LLM, prompt="1, 2, 3, 4, 5,", max_tokens=12, temperature=0, stop=[" 7"]
+    ).choices[0]
+    assert " 7" not in stopped.text
+    assert stopped.finish_reason == "stop"
+    assert free.startswith(stopped.text)
+
+
+def test_chat_stream_delivers_tokens_then_usage(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model=LLM,
+        messages=HELLO,
+        max_tokens=10,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    content_chunks = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(content_chunks) >= 5
+    finish = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert finish == ["length"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 10
+    plain = client.chat.completions.create(model=LLM, messages=HELLO, max_tokens=10, temperature=0)
+    assert text == plain.choices[0].message.content
+
+
+def test_stream_without_usage_request_sends_none(client: openai.OpenAI) -> None:
+    chunks = list(
+        client.chat.completions.create(model=LLM, messages=HELLO, max_tokens=3, stream=True)
+    )
+    assert all(c.usage is None for c in chunks)
+
+
+def test_completions_plain_and_streamed(client: openai.OpenAI) -> None:
+    reply = client.completions.create(
+        model=LLM, prompt="The capital of France is", max_tokens=8, temperature=0
+    )
+    assert reply.object == "text_completion"
+    assert reply.choices[0].text
+    assert reply.usage is not None and reply.usage.completion_tokens == 8
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(
+            model=LLM, prompt="The capital of France is", max_tokens=8, temperature=0, stream=True
+        )
+        if c.choices
+    )
+    assert streamed == reply.choices[0].text
+
+
+def test_completion_default_max_tokens_is_openais_16(client: openai.OpenAI) -> None:
+    reply = client.completions.create(model=LLM, prompt="Once upon a time", temperature=0)
+    assert reply.usage is not None and reply.usage.completion_tokens <= 16
+
+
+def test_concurrent_chats_all_complete(client: openai.OpenAI) -> None:
+    results: list[int] = []
+
+    def one() -> None:
+        r = client.chat.completions.create(model=LLM, messages=HELLO, max_tokens=8)
+        assert r.usage is not None
+        results.append(r.usage.completion_tokens)
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert results == [8] * 6
+
+
+def _cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+
+
+def test_embeddings_place_similar_sentences_closer(client: openai.OpenAI) -> None:
+    texts = [
+        "A man is playing a guitar.",
+        "Someone plays an acoustic guitar.",
+        "The stock market fell sharply today.",
+    ]
+    reply = client.embeddings.create(model=EMBEDDING, input=texts)
+    assert reply.model == EMBEDDING
+    vectors = [d.embedding for d in sorted(reply.data, key=lambda d: d.index)]
+    assert all(len(v) == 384 for v in vectors)
+    assert _cosine(vectors[0], vectors[1]) > _cosine(vectors[0], vectors[2]) + 0.3
+    assert reply.usage.prompt_tokens > 15
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens
+
+
+def test_embedding_of_one_string_and_base64(launched) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    url = f"{launched.url}/v1/embeddings"
+    floats = httpx.post(url, json={"model": EMBEDDING, "input": "hello world"}).json()
+    assert len(floats["data"]) == 1
+    raw = httpx.post(
+        url, json={"model": EMBEDDING, "input": "hello world", "encoding_format": "base64"}
+    ).json()["data"][0]["embedding"]
+    decoded = struct.unpack("<384f", base64.b64decode(raw))
+    assert decoded == pytest.approx(floats["data"][0]["embedding"], abs=1e-6)
+
+
+def test_embedding_dimensions_truncate_and_renormalise(client: openai.OpenAI) -> None:
+    vector = client.embeddings.create(model=EMBEDDING, input="hello", dimensions=64).data[0]
+    assert len(vector.embedding) == 64
+    assert math.sqrt(sum(x * x for x in vector.embedding)) == pytest.approx(1.0, abs=1e-4)
