@@ -27,8 +27,8 @@ serve: $(VENV)/.demo
 	$(VENV)/bin/inferd serve --host $(HOST) --port $(PORT) $(DEMO_MODELS)
 
 lint: $(VENV)/.test
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
 
 test: lint

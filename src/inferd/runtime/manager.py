@@ -15,7 +15,7 @@ from typing import Any
 
 from inferd.catalog import Catalog, EmbeddingFamily, LLMFamily, ModelSpec, ModelType
 from inferd.engines import Engine, EngineConfig, choose_engine
-from inferd.errors import Conflict, InvalidRequest, ModelUnavailable, NotFound
+from inferd.errors import Conflict, InvalidRequest, LaunchFailed, ModelUnavailable, NotFound
 from inferd.runtime.launch import LaunchRequest
 from inferd.runtime.process import ModelProcess
 from inferd.settings import Settings
@@ -37,6 +37,13 @@ class ModelInstance:
     created: float = field(default_factory=time.time)
     process: ModelProcess | None = None
     task: asyncio.Task[None] | None = None
+
+    @property
+    def state(self) -> str:
+        """The status, except that a ready model whose process has gone reads `exited`."""
+        if self.status == "ready" and (self.process is None or not self.process.alive):
+            return "exited"
+        return self.status
 
     @property
     def model_type(self) -> str:
@@ -64,7 +71,7 @@ class ModelInstance:
             "model_family": family.model_name,
             "model_hub": next(iter(self.spec.model_hub)),
             "replica": 1,
-            "status": self.status,
+            "status": self.state,
             "error": self.error,
             "created": int(self.created),
             "pid": self.process.pid if self.process else None,
@@ -112,9 +119,9 @@ class ModelManager:
                 f"the model {model!r} does not exist or is not launched (running: {running})",
                 param="model",
             )
-        if instance.status != "ready" or instance.process is None or not instance.process.alive:
+        if instance.state != "ready":
             raise ModelUnavailable(
-                f"model {instance.uid!r} is {instance.status}, not ready", param="model"
+                f"model {instance.uid!r} is {instance.state}, not ready", param="model"
             )
         return instance
 
@@ -133,6 +140,12 @@ class ModelManager:
         except BaseException:
             if self._models.get(instance.uid) is instance:
                 del self._models[instance.uid]
+            if instance.task.cancelled():
+                raise LaunchFailed(
+                    f"the launch of {instance.uid!r} was cancelled: it was terminated while "
+                    "loading",
+                    code="launch_cancelled",
+                ) from None
             raise
         return instance
 

