@@ -104,6 +104,24 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def wait_ready(server: InferdServer, uids: set[str], timeout: float = 120) -> dict[str, dict]:
+    """Polls the model list until every uid is ready; the list then."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        models = server.models()
+        if uids <= {uid for uid, m in models.items() if m["status"] == "ready"}:
+            return models
+        time.sleep(0.1)
+    raise AssertionError(f"models not ready: {server.models()}\n{server.log()}")
+
+
+def wait_gone(pids: list[int], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(pid_alive(p) for p in pids), f"still running: {pids}"
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InferdServer]:
     srv = InferdServer(tmp_path_factory.mktemp("inferd-home"))

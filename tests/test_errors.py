@@ -121,8 +121,10 @@ def test_management_errors(launched: InferdServer) -> None:
     assert _error(bad_type, 400)["param"] == "model_type"
     bad_uid = httpx.post(url, json={"model_name": LLM, "model_uid": "a/b"})
     assert _error(bad_uid, 400)["param"] == "model_uid"
-    replicas = httpx.post(url, json={"model_name": LLM, "model_uid": "r", "replica": 2})
-    assert "replica" in _error(replicas, 400)["message"]
+    replicas = httpx.post(url, json={"model_name": LLM, "model_uid": "r", "replica": 0})
+    assert _error(replicas, 400)["param"] == "replica"
+    idle = httpx.post(url, json={"model_name": LLM, "model_uid": "i", "idle_timeout": -1})
+    assert _error(idle, 400)["param"] == "idle_timeout"
     bad_engine = httpx.post(url, json={"model_name": LLM, "model_engine": "warp-drive"})
     assert _error(bad_engine, 400)["param"] == "model_engine"
     missing_path = httpx.post(

@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     model_src: str = Field(default="huggingface", description="huggingface or modelscope")
     launch_timeout: float = Field(default=900.0, description="Seconds a model may take to load")
     terminate_timeout: float = Field(default=10.0, description="Seconds before a model is killed")
+    request_wait: float = Field(
+        default=30.0, description="Seconds a request waits for a restarting model before a 503"
+    )
 
     def model_post_init(self, __context: object) -> None:
         self.home = self.home.expanduser().resolve()
@@ -34,6 +37,10 @@ class Settings(BaseSettings):
     @property
     def run_dir(self) -> Path:
         return self.home / "run"
+
+    @property
+    def state_db(self) -> Path:
+        return self.home / "state.db"
 
     @property
     def server_record(self) -> Path:

@@ -20,22 +20,26 @@ from inferd.errors import InferdError
 from inferd.runtime.launch import LaunchRequest
 from inferd.runtime.manager import ModelManager
 from inferd.settings import Settings
+from inferd.storage.state import StateStore
 
 log = logging.getLogger("inferd.server")
 
 
-def create_app(settings: Settings, launch: Sequence[str] = ()) -> FastAPI:
-    """The server's app; `launch` names catalogue models to start once it is up."""
+def create_app(settings: Settings, launch: Sequence[str] = (), restore: bool = True) -> FastAPI:
+    """The server's app; `launch` names catalogue models to start once it is up, `restore`
+    brings back the models that were running when the last server stopped."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.home.mkdir(parents=True, exist_ok=True)
-        manager = ModelManager(settings, get_catalog())
+        store = StateStore(settings.state_db)
+        manager = ModelManager(settings, get_catalog(), store)
         app.state.manager = manager
         app.state.started = time.time()
+        # Restored models are listed at once (status `restoring`) and load in the background,
+        # like --launch ones: the API answers from the first moment.
+        await manager.start(restore=restore)
         _record_address(settings)
-        # Models load in the background: the API answers at once, and each model joins
-        # /v1/models when it is ready.
         startup = asyncio.create_task(_launch_all(manager, launch))
         try:
             yield
@@ -44,6 +48,7 @@ def create_app(settings: Settings, launch: Sequence[str] = ()) -> FastAPI:
             with contextlib.suppress(BaseException):
                 await startup
             await manager.shutdown()
+            store.close()
 
     app = FastAPI(
         title="inferd",
@@ -59,6 +64,8 @@ def create_app(settings: Settings, launch: Sequence[str] = ()) -> FastAPI:
 async def _launch_all(manager: ModelManager, names: Sequence[str]) -> None:
     async def launch_one(name: str) -> None:
         started = time.monotonic()
+        if any(m.uid == name for m in manager.list()):
+            return  # restored from the last run already
         try:
             family = manager.catalog.get(name)
             request = LaunchRequest(model_name=name, model_type=family.model_type)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
 from inferd.api.deps import manager as _manager
+from inferd.api.logs import follow_log, read_tail
 from inferd.catalog import ModelType, get_catalog
 from inferd.errors import InvalidRequest
 from inferd.runtime.launch import LaunchRequest
@@ -32,7 +34,36 @@ async def launch_model(body: LaunchRequest, request: Request) -> dict:
 
 @router.get("/v1/models/{model_uid}")
 async def describe_model(model_uid: str, request: Request) -> dict:
-    return _manager(request).get(model_uid).describe()
+    manager = _manager(request)
+    info = manager.get(model_uid).describe()
+    info["history"] = manager.store.events(model_uid, limit=20)
+    return info
+
+
+@router.get("/v1/models/{model_uid}/progress")
+async def launch_progress(model_uid: str, request: Request) -> dict:
+    return _manager(request).get(model_uid).progress()
+
+
+@router.get("/v1/models/{model_uid}/logs", response_model=None)
+async def model_logs(
+    model_uid: str,
+    request: Request,
+    tail: int = Query(default=200, ge=0, le=100_000),
+    replica: int = Query(default=0, ge=0),
+    follow: bool = False,
+) -> Response:
+    """The model process's log: its last `tail` lines, then new lines as they come if `follow`."""
+    manager = _manager(request)
+    instance = manager.get(model_uid)
+    if replica >= max(instance.request.replica, 1):
+        raise InvalidRequest(
+            f"{model_uid} has {instance.request.replica} replica(s)", param="replica"
+        )
+    path = manager.log_path(model_uid, replica)
+    if not follow:
+        return PlainTextResponse(read_tail(path, tail))
+    return StreamingResponse(follow_log(path, tail), media_type="text/plain")
 
 
 @router.delete("/v1/models/{model_uid}")

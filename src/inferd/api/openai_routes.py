@@ -10,7 +10,7 @@ from inferd.api.protocol import ChatCompletionRequest, CompletionRequest, Embedd
 from inferd.api.proxy import relay
 from inferd.catalog import EmbeddingFamily
 from inferd.errors import InvalidRequest, UnsupportedOperation
-from inferd.runtime.manager import ModelInstance
+from inferd.runtime.instance import ModelInstance
 
 router = APIRouter(prefix="/v1")
 
@@ -26,24 +26,31 @@ def _require(instance: ModelInstance, ability: str, endpoint: str) -> None:
 
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-    instance = _manager(request).route(body.model)
+    manager = _manager(request)
+    instance = manager.lookup(body.model)
     _require(instance, "chat", "/v1/chat/completions")
-    return await relay(instance, "/chat/completions", body.engine_body(instance.uid), body.stream)
+    return await relay(
+        manager, instance, "/chat/completions", body.engine_body(instance.uid), body.stream
+    )
 
 
 @router.post("/completions")
 async def completions(body: CompletionRequest, request: Request) -> Response:
-    instance = _manager(request).route(body.model)
+    manager = _manager(request)
+    instance = manager.lookup(body.model)
     _require(instance, "generate", "/v1/completions")
     prompts = body.prompt if isinstance(body.prompt, list) else [body.prompt]
     if body.stream and len(prompts) > 1 and not isinstance(prompts[0], int):
         raise InvalidRequest("a streamed completion takes a single prompt", param="prompt")
-    return await relay(instance, "/completions", body.engine_body(instance.uid), body.stream)
+    return await relay(
+        manager, instance, "/completions", body.engine_body(instance.uid), body.stream
+    )
 
 
 @router.post("/embeddings")
 async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
-    instance = _manager(request).route(body.model)
+    manager = _manager(request)
+    instance = manager.lookup(body.model)
     _require(instance, "embed", "/v1/embeddings")
     family = instance.family
     if (
@@ -55,4 +62,6 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
             f"dimensions must be at most {family.dimensions} for {family.model_name}",
             param="dimensions",
         )
-    return await relay(instance, "/embeddings", body.engine_body(instance.uid), stream=False)
+    return await relay(
+        manager, instance, "/embeddings", body.engine_body(instance.uid), stream=False
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
@@ -9,47 +10,81 @@ import orjson
 from fastapi.responses import Response, StreamingResponse
 
 from inferd.errors import ModelUnavailable
-from inferd.runtime.manager import ModelInstance
+from inferd.runtime.instance import ModelInstance
+from inferd.runtime.manager import ModelManager
+from inferd.runtime.replica import Replica
+
+# A request that could not even connect was never seen by the model, so it is safe to send it
+# again once the dead process has been noticed (which takes milliseconds).
+_CONNECT_ATTEMPTS = 5
 
 
-async def relay(instance: ModelInstance, path: str, body: dict, stream: bool) -> Response:
-    assert instance.process is not None
-    client = instance.process.client
-    request = client.build_request("POST", path, content=orjson.dumps(body))
-    try:
-        upstream = await client.send(request, stream=stream)
-    except httpx.HTTPError as exc:
-        raise ModelUnavailable(
-            f"model {instance.uid!r} did not answer ({type(exc).__name__}); its process may have "
-            "stopped",
-            param="model",
-        ) from exc
+async def relay(
+    manager: ModelManager, instance: ModelInstance, path: str, body: dict, stream: bool
+) -> Response:
+    content = orjson.dumps(body)
+    for attempt in range(_CONNECT_ATTEMPTS):
+        replica = await manager.acquire(instance)
+        assert replica.process is not None
+        client = replica.process.client
+        try:
+            upstream = await client.send(
+                client.build_request("POST", path, content=content), stream=stream
+            )
+        except httpx.ConnectError:
+            manager.release(instance, replica)
+            await asyncio.sleep(0.05 * (attempt + 1))
+            continue
+        except httpx.HTTPError as exc:
+            manager.release(instance, replica)
+            raise _stopped(instance, exc) from exc
+        break
+    else:
+        raise ModelUnavailable(f"model {instance.uid!r} is not answering", param="model")
+
     content_type = upstream.headers.get("content-type", "application/json")
     if not stream or not content_type.startswith("text/event-stream"):
-        content = upstream.content if not stream else await upstream.aread()
-        await upstream.aclose()
-        return Response(content, status_code=upstream.status_code, media_type=content_type)
+        try:
+            data = await upstream.aread() if stream else upstream.content
+        except httpx.HTTPError as exc:
+            raise _stopped(instance, exc) from exc
+        finally:
+            await upstream.aclose()
+            manager.release(instance, replica)
+        return Response(data, status_code=upstream.status_code, media_type=content_type)
     return StreamingResponse(
-        _forward(instance.uid, upstream),
+        _forward(manager, instance, replica, upstream),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _forward(uid: str, upstream: httpx.Response) -> AsyncIterator[bytes]:
+def _stopped(instance: ModelInstance, exc: Exception) -> ModelUnavailable:
+    return ModelUnavailable(
+        f"model {instance.uid!r} stopped while answering ({type(exc).__name__}); it is being "
+        "restarted",
+        param="model",
+    )
+
+
+async def _forward(
+    manager: ModelManager, instance: ModelInstance, replica: Replica, upstream: httpx.Response
+) -> AsyncIterator[bytes]:
     try:
         async for chunk in upstream.aiter_raw():
             yield chunk
-    except httpx.HTTPError:
-        # The model process died mid-answer: end the stream with an error the client can read.
-        error = {
+    except httpx.HTTPError as exc:
+        # Headers are gone already: end the stream with an error event the client can read.
+        error = _stopped(instance, exc)
+        body = {
             "error": {
-                "message": f"model {uid!r} stopped while answering",
-                "type": "service_unavailable",
+                "message": error.message,
+                "type": error.error_type,
                 "param": None,
-                "code": "model_unavailable",
+                "code": error.code,
             }
         }
-        yield b"data: " + orjson.dumps(error) + b"\n\ndata: [DONE]\n\n"
+        yield b"data: " + orjson.dumps(body) + b"\n\ndata: [DONE]\n\n"
     finally:
         await upstream.aclose()
+        manager.release(instance, replica)

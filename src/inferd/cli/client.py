@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -37,8 +39,28 @@ class Client:
         self._http = httpx.Client(base_url=endpoint, timeout=timeout)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
+        with self._errors():
             response = self._http.request(method, path, **kwargs)
+        _raise_for_error(response)
+        return response.json()
+
+    def text(self, path: str, **kwargs: Any) -> str:
+        with self._errors():
+            response = self._http.get(path, **kwargs)
+        _raise_for_error(response)
+        return response.text
+
+    def stream_text(self, path: str, **kwargs: Any) -> Iterator[str]:
+        with self._errors(), self._http.stream("GET", path, **kwargs) as response:
+            if response.status_code >= 400:
+                response.read()
+                _raise_for_error(response)
+            yield from response.iter_text()
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
         except httpx.ConnectError as exc:
             raise ClientError(
                 f"cannot reach an inferd server at {self.endpoint}: is `inferd serve` running? "
@@ -46,10 +68,13 @@ class Client:
             ) from exc
         except httpx.TimeoutException as exc:
             raise ClientError(f"the server at {self.endpoint} did not answer in time") from exc
-        if response.status_code >= 400:
-            try:
-                message = response.json()["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = response.text or response.reason_phrase
-            raise ClientError(message)
-        return response.json()
+
+
+def _raise_for_error(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text or response.reason_phrase
+    raise ClientError(message)

@@ -47,9 +47,16 @@ def cli() -> None:
     metavar="NAME",
     help="Launch this catalogue model once the server is up (repeatable).",
 )
+@click.option(
+    "--no-restore",
+    is_flag=True,
+    help="Do not relaunch the models that were running when the last server stopped.",
+)
 @click.option("--log-level", default="info", show_default=True)
-def serve(host: str | None, port: int | None, launch: tuple[str, ...], log_level: str) -> None:
-    """Start the server."""
+def serve(
+    host: str | None, port: int | None, launch: tuple[str, ...], no_restore: bool, log_level: str
+) -> None:
+    """Start the server; models launched before come back unless --no-restore."""
     import logging
 
     import uvicorn
@@ -76,7 +83,7 @@ def serve(host: str | None, port: int | None, launch: tuple[str, ...], log_level
     base = f"http://{settings.host}:{settings.port}"
     console.print(f"inferd {__version__}: OpenAI base URL [bold]{base}/v1[/bold]", highlight=False)
     uvicorn.run(
-        create_app(settings, launch),
+        create_app(settings, launch, restore=not no_restore),
         host=settings.host,
         port=settings.port,
         log_level=log_level.lower(),
@@ -117,6 +124,10 @@ def _parse_value(text: str) -> Any:
 @click.option("-q", "--quantization", default=None)
 @click.option("--model-path", default=None, help="Serve weights from this local path.")
 @click.option("--n-gpu", default=None, help="'auto', or 0 for the CPU.")
+@click.option("-r", "--replica", type=int, default=None, help="Number of model processes.")
+@click.option(
+    "--idle-timeout", type=float, default=None, help="Unload after SECONDS without requests."
+)
 @endpoint_option
 @click.pass_context
 def launch(ctx: click.Context, endpoint: str | None, n_gpu: str | None, **fields: Any) -> None:
@@ -131,12 +142,51 @@ def launch(ctx: click.Context, endpoint: str | None, n_gpu: str | None, **fields
         body["n_gpu"] = _parse_value(n_gpu)
     body.update(_engine_options(ctx.args))
     client = _client(endpoint, timeout=None)
+    uid = body.get("model_uid") or body["model_name"]
     try:
-        with console.status(f"Launching {fields['model_name']} on {client.endpoint} ..."):
-            result = client.request("POST", "/v1/models", json=body)
+        result = _launch_with_progress(client, body, uid)
     except ClientError as exc:
         _fail(str(exc))
     click.echo(result["model_uid"])
+
+
+def _launch_with_progress(client: Client, body: dict[str, Any], uid: str) -> dict[str, Any]:
+    """POST the launch and, while it runs, draw the model's progress from its progress API."""
+    import threading
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    outcome: dict[str, Any] = {}
+
+    def send() -> None:
+        try:
+            outcome["result"] = client.request("POST", "/v1/models", json=body)
+        except ClientError as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=send, daemon=True)
+    worker.start()
+    poller = Client(client.endpoint, timeout=5)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TextColumn("{task.fields[stage]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(f"Launching {uid}", total=1.0, stage="starting")
+        while worker.is_alive():
+            worker.join(0.25)
+            try:
+                progress = poller.request("GET", f"/v1/models/{uid}/progress")
+            except ClientError:
+                continue  # not registered yet, or gone
+            bar.update(task, completed=progress["progress"], stage=progress["stage"])
+    if "error" in outcome:
+        raise outcome["error"]
+    result: dict[str, Any] = outcome["result"]
+    return result
 
 
 @cli.command("list")
@@ -151,8 +201,11 @@ def list_models(endpoint: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(models, indent=2))
         return
-    table = Table("UID", "Type", "Name", "Engine", "Format", "Size (B)", "Quantization", "Status")
+    table = Table(
+        "UID", "Type", "Name", "Engine", "Format", "Size (B)", "Quantization", "Replicas", "Status"
+    )
     for m in models:
+        ready = sum(1 for r in m["replicas"] if r["status"] == "ready")
         table.add_row(
             m["id"],
             m["model_type"],
@@ -161,6 +214,7 @@ def list_models(endpoint: str | None, as_json: bool) -> None:
             m["model_format"],
             m["model_size_in_billions"].replace("_", "."),
             m["quantization"],
+            f"{ready}/{m['replica']}",
             m["status"],
         )
     out.print(table)
@@ -180,6 +234,28 @@ def terminate(model_uid: str | None, uid_option: str | None, endpoint: str | Non
     except ClientError as exc:
         _fail(str(exc))
     console.print(f"terminated {uid}")
+
+
+@cli.command()
+@click.argument("model_uid")
+@click.option("-n", "--lines", type=int, default=200, show_default=True)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.option("--replica", type=int, default=0, show_default=True)
+@endpoint_option
+def logs(model_uid: str, lines: int, follow: bool, replica: int, endpoint: str | None) -> None:
+    """Print a model process's log."""
+    params = {"tail": lines, "replica": replica, "follow": follow}
+    client = _client(endpoint, timeout=None)
+    try:
+        if not follow:
+            click.echo(client.text(f"/v1/models/{model_uid}/logs", params=params), nl=False)
+            return
+        for chunk in client.stream_text(f"/v1/models/{model_uid}/logs", params=params):
+            click.echo(chunk, nl=False)
+    except ClientError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        pass
 
 
 @cli.command()

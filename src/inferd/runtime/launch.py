@@ -26,6 +26,10 @@ class LaunchRequest(BaseModel):
     gpu_idx: int | list[int] | None = None
     peft_model_config: dict[str, Any] | None = None
     download_hub: str | None = None
+    idle_timeout: float | None = Field(
+        default=None, gt=0, description="Unload after this many seconds without requests"
+    )
+    wait_ready: bool = Field(default=True, description="Answer only once the model is ready")
 
     @field_validator("model_type")
     @classmethod
@@ -36,6 +40,10 @@ class LaunchRequest(BaseModel):
     @classmethod
     def _size_as_text(cls, value: object) -> str | None:
         return None if value is None else str(value).replace(".", "_")
+
+    def persisted(self) -> dict[str, Any]:
+        """What the state store keeps to launch it again after a restart."""
+        return self.model_dump(mode="json", exclude={"wait_ready"}, exclude_none=True)
 
     @property
     def engine_options(self) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""The one place that owns model lifecycles: launch, look-up, terminate, shutdown."""
+"""The one place that owns model lifecycles: launch, restore, route, idle unload, terminate.
+
+Everything a restart must not lose goes through the state store; nothing on a request's path
+touches it.
+"""
 
 from __future__ import annotations
 
@@ -6,96 +10,105 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import shutil
+import signal
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from inferd.catalog import Catalog, EmbeddingFamily, LLMFamily, ModelSpec, ModelType
 from inferd.engines import Engine, EngineConfig, choose_engine
-from inferd.errors import Conflict, InvalidRequest, LaunchFailed, ModelUnavailable, NotFound
+from inferd.errors import (
+    Conflict,
+    InferdError,
+    InvalidRequest,
+    LaunchFailed,
+    ModelUnavailable,
+    NotFound,
+)
+from inferd.runtime.instance import (
+    FAILED,
+    IDLE,
+    LAUNCHING,
+    LOADING,
+    READY,
+    RESTORING,
+    TERMINATING,
+    ModelInstance,
+)
 from inferd.runtime.launch import LaunchRequest
-from inferd.runtime.process import ModelProcess
+from inferd.runtime.replica import Replica
 from inferd.settings import Settings
 from inferd.storage.resolve import resolve_model_path
+from inferd.storage.state import StateStore
 
 log = logging.getLogger("inferd.manager")
 
 
-@dataclass
-class ModelInstance:
-    uid: str
-    request: LaunchRequest
-    family: LLMFamily | EmbeddingFamily
-    spec: ModelSpec
-    quantization: str
-    engine: type[Engine]
-    status: str = "launching"
-    error: str | None = None
-    created: float = field(default_factory=time.time)
-    process: ModelProcess | None = None
-    task: asyncio.Task[None] | None = None
-
-    @property
-    def state(self) -> str:
-        """The status, except that a ready model whose process has gone reads `exited`."""
-        if self.status == "ready" and (self.process is None or not self.process.alive):
-            return "exited"
-        return self.status
-
-    @property
-    def model_type(self) -> str:
-        return self.family.model_type
-
-    @property
-    def abilities(self) -> list[str]:
-        return list(self.family.model_ability)
-
-    def describe(self) -> dict[str, Any]:
-        """Xinference's describe_model fields, plus what inferd knows about the process."""
-        family = self.family
-        info: dict[str, Any] = {
-            "id": self.uid,
-            "model_uid": self.uid,
-            "model_name": family.model_name,
-            "model_type": family.model_type,
-            "model_engine": self.engine.name,
-            "model_format": self.spec.model_format,
-            "model_size_in_billions": self.spec.model_size_in_billions,
-            "quantization": self.quantization,
-            "model_ability": self.abilities,
-            "model_lang": family.model_lang,
-            "model_description": family.model_description,
-            "model_family": family.model_name,
-            "model_hub": next(iter(self.spec.model_hub)),
-            "replica": 1,
-            "status": self.state,
-            "error": self.error,
-            "created": int(self.created),
-            "pid": self.process.pid if self.process else None,
-            "load_seconds": self.process.load_seconds if self.process else None,
-            "address": "local",
-            "accelerators": [],
-        }
-        if isinstance(family, LLMFamily):
-            info["context_length"] = family.context_length
-        else:
-            info["dimensions"] = family.dimensions
-            info["max_tokens"] = family.max_tokens
-        return info
-
-
 class ModelManager:
-    def __init__(self, settings: Settings, catalog: Catalog):
+    def __init__(self, settings: Settings, catalog: Catalog, store: StateStore):
         self.settings = settings
         self.catalog = catalog
+        self.store = store
         self._models: dict[str, ModelInstance] = {}
         # Unix socket paths are limited to ~100 bytes, so they live in a short temp folder
         # rather than under INFERD_HOME, which may be deep.
         self._socket_dir = Path(tempfile.mkdtemp(prefix="inferd-"))
         self._counter = itertools.count(1)
+        self._idle_task: asyncio.Task[None] | None = None
+
+    # start-up and shut-down ----------------------------------------------------------
+
+    async def start(self, restore: bool = True) -> None:
+        """End orphans of a killed server, then bring back what was running when it stopped."""
+        _end_orphans(self.store.take_processes())
+        if restore:
+            self._restore()
+        else:
+            for row in self.store.launches():
+                self.store.forget_launch(row["uid"])
+        self._idle_task = asyncio.create_task(self._unload_idle())
+
+    def _restore(self) -> None:
+        for row in self.store.launches():
+            uid = row["uid"]
+            try:
+                instance = self._plan(LaunchRequest.model_validate(row["request"]))
+            except (InferdError, ValueError) as exc:
+                log.error("cannot restore %s: %s", uid, getattr(exc, "message", exc))
+                self.store.set_status(uid, FAILED, f"cannot restore: {exc}", wanted="failed")
+                continue
+            instance.expected_load_seconds = row["load_seconds"]
+            self._models[uid] = instance
+            if row["wanted"] == "running":
+                instance.set_phase(RESTORING)
+                instance.task = asyncio.create_task(self._bring_up(instance))
+                instance.task.add_done_callback(_consume_exception)
+            elif row["wanted"] == "idle":
+                instance.set_phase(IDLE)
+            else:
+                instance.set_phase(FAILED)
+                instance.error = row["error"]
+            log.info("restoring %s (%s)", uid, instance.phase)
+
+    async def shutdown(self) -> None:
+        """Stop every model but remember them: the next `inferd serve` restores them."""
+        if self._idle_task is not None:
+            self._idle_task.cancel()
+        for instance in self._models.values():
+            if instance.task is not None and not instance.task.done():
+                instance.task.cancel()
+        await asyncio.gather(
+            *(r.stop(grace=self.settings.terminate_timeout) for r in self._all_replicas()),
+            return_exceptions=True,
+        )
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+    def _all_replicas(self) -> list[Replica]:
+        return [r for m in self._models.values() for r in m.replicas]
+
+    # look-ups -------------------------------------------------------------------------
 
     def list(self) -> list[ModelInstance]:
         return list(self._models.values())
@@ -106,8 +119,8 @@ class ModelManager:
             raise NotFound(f"no launched model with uid {uid!r}", param="model_uid")
         return instance
 
-    def route(self, model: str) -> ModelInstance:
-        """The ready instance a request's `model` names: its uid, or a name launched once."""
+    def lookup(self, model: str) -> ModelInstance:
+        """The instance a request's `model` names: its uid, or a model name launched once."""
         instance = self._models.get(model)
         if instance is None:
             same_name = [m for m in self._models.values() if m.family.model_name == model]
@@ -119,11 +132,42 @@ class ModelManager:
                 f"the model {model!r} does not exist or is not launched (running: {running})",
                 param="model",
             )
-        if instance.state != "ready":
-            raise ModelUnavailable(
-                f"model {instance.uid!r} is {instance.state}, not ready", param="model"
-            )
         return instance
+
+    async def acquire(self, instance: ModelInstance) -> Replica:
+        """A ready replica for one request, waiting (bounded) through restarts and reloads."""
+        deadline = time.monotonic() + self.settings.request_wait
+        while True:
+            replica = instance.pick() if instance.phase == READY else None
+            if replica is not None:
+                replica.inflight += 1
+                replica.served += 1
+                instance.last_used = time.monotonic()
+                return replica
+            state = instance.state
+            if state == IDLE:
+                self._wake(instance)
+                deadline = max(deadline, time.monotonic() + self.settings.launch_timeout)
+            elif state in (FAILED, TERMINATING) or self._models.get(instance.uid) is not instance:
+                raise ModelUnavailable(
+                    f"model {instance.uid!r} is {state}"
+                    + (f": {instance.error_text()}" if state == FAILED else ""),
+                    param="model",
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ModelUnavailable(
+                    f"model {instance.uid!r} is {state}; it did not become ready within "
+                    f"{self.settings.request_wait:.0f}s",
+                    param="model",
+                )
+            await instance.wait_change(remaining)
+
+    def release(self, instance: ModelInstance, replica: Replica) -> None:
+        replica.inflight -= 1
+        instance.last_used = time.monotonic()
+
+    # launch ---------------------------------------------------------------------------
 
     async def launch(self, request: LaunchRequest) -> ModelInstance:
         instance = self._plan(request)
@@ -134,13 +178,21 @@ class ModelManager:
                 param="model_uid",
             )
         self._models[instance.uid] = instance
-        instance.task = asyncio.create_task(self._start(instance))
+        instance.expected_load_seconds = self.store.load_seconds(instance.uid)
+        self.store.save_launch(instance.uid, request.persisted(), LAUNCHING)
+        task = asyncio.create_task(self._bring_up(instance))
+        instance.task = task
+        if not request.wait_ready:
+            task.add_done_callback(_consume_exception)
+            return instance
         try:
-            await asyncio.shield(instance.task)
+            await asyncio.shield(task)
         except BaseException:
+            # The caller hears why; nothing of a launch that never came up is kept.
             if self._models.get(instance.uid) is instance:
                 del self._models[instance.uid]
-            if instance.task.cancelled():
+                self.store.forget_launch(instance.uid)
+            if task.cancelled():
                 raise LaunchFailed(
                     f"the launch of {instance.uid!r} was cancelled: it was terminated while "
                     "loading",
@@ -151,8 +203,6 @@ class ModelManager:
 
     def _plan(self, request: LaunchRequest) -> ModelInstance:
         """Check everything that can be checked before a process starts."""
-        if request.replica != 1:
-            raise InvalidRequest("replica > 1 is not supported yet", param="replica")
         if request.gpu_idx is not None:
             raise InvalidRequest(
                 "gpu_idx is not supported yet: GPU placement is to come", param="gpu_idx"
@@ -191,9 +241,12 @@ class ModelManager:
             engine=engine,
         )
 
-    async def _start(self, instance: ModelInstance) -> None:
-        request = instance.request
+    async def _bring_up(self, instance: ModelInstance) -> None:
+        """Resolve the weights and start every replica; on failure the instance reads failed."""
+        uid = instance.uid
         try:
+            instance.stage = "resolving"
+            request = instance.request
             path = await asyncio.to_thread(
                 resolve_model_path,
                 instance.family,
@@ -206,7 +259,7 @@ class ModelManager:
             if request.n_gpu == 0:
                 options = {**instance.engine.cpu_options, **options}
             config = EngineConfig(
-                model_uid=instance.uid,
+                model_uid=uid,
                 engine=instance.engine.name,
                 model_name=instance.family.model_name,
                 model_type=instance.family.model_type,
@@ -216,40 +269,126 @@ class ModelManager:
                 family=instance.family.model_dump(mode="json"),
                 options=options,
             )
-            instance.process = ModelProcess(
-                config,
-                socket_path=self._socket_dir / f"m{next(self._counter)}.sock",
-                log_path=self.settings.logs_dir / f"{instance.uid}.log",
+            instance.replicas = [
+                Replica(
+                    index,
+                    config,
+                    socket_path=self._socket_dir / f"m{next(self._counter)}.sock",
+                    log_path=self.log_path(uid, index),
+                    launch_timeout=self.settings.launch_timeout,
+                    on_change=lambda r, status, msg: self._replica_changed(
+                        instance, r, status, msg
+                    ),
+                )
+                for index in range(request.replica)
+            ]
+            instance.set_phase(instance.phase, LOADING)
+            self.store.set_status(uid, LOADING)
+            log.info("loading %s on %s (%s)", uid, instance.engine.name, path)
+            started = time.monotonic()
+            results = await asyncio.gather(
+                *(r.start() for r in instance.replicas), return_exceptions=True
             )
-            instance.status = "loading"
-            log.info("launching %s (%s, %s)", instance.uid, instance.engine.name, path)
-            await instance.process.start(self.settings.launch_timeout)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                raise errors[0]
         except BaseException as exc:
-            instance.status = "failed"
-            instance.error = getattr(exc, "message", str(exc))
-            if instance.process is not None:
-                await instance.process.stop(self.settings.terminate_timeout)
+            await asyncio.gather(
+                *(r.stop(grace=0) for r in instance.replicas), return_exceptions=True
+            )
+            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, asyncio.CancelledError):
+                message = "cancelled"
+            instance.error = message
+            instance.set_phase(FAILED)
+            self.store.set_status(uid, FAILED, message, wanted="failed")
+            instance.notify()
             raise
-        instance.status = "ready"
-        log.info("%s is ready (pid %s)", instance.uid, instance.process.pid)
+        load_seconds = time.monotonic() - started
+        instance.error = None
+        instance.set_phase(READY)
+        instance.last_used = time.monotonic()
+        self.store.set_status(uid, READY, wanted="running", load_seconds=load_seconds)
+        instance.notify()
+        log.info(
+            "%s is ready in %.1fs (pids %s)", uid, load_seconds, [r.pid for r in instance.replicas]
+        )
+
+    def _replica_changed(
+        self, instance: ModelInstance, replica: Replica, status: str, message: str | None
+    ) -> None:
+        if status == "spawned" and message:
+            self.store.add_process(int(message), instance.uid, replica.index)
+            return
+        if status == "exited":
+            if message:
+                self.store.remove_process(int(message))
+            return
+        if instance.phase == READY:
+            self.store.add_event(instance.uid, f"replica {replica.index} {status}", message)
+            if instance.state == FAILED:
+                self.store.set_status(instance.uid, FAILED, replica.error, wanted="failed")
+        instance.notify()
+
+    def log_path(self, uid: str, replica: int = 0) -> Path:
+        name = f"{uid}.log" if replica == 0 else f"{uid}.r{replica}.log"
+        return self.settings.logs_dir / name
+
+    # idle unload ------------------------------------------------------------------------
+
+    async def _unload_idle(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for instance in list(self._models.values()):
+                timeout = instance.request.idle_timeout
+                if (
+                    timeout
+                    and instance.state == READY
+                    and instance.inflight == 0
+                    and now - instance.last_used > timeout
+                ):
+                    log.info("%s idle for %.0fs: unloading", instance.uid, timeout)
+                    instance.set_phase(IDLE)
+                    self.store.set_status(instance.uid, IDLE, wanted="idle")
+                    replicas = instance.replicas
+                    instance.task = asyncio.create_task(_stop_all(replicas, grace=0))
+
+    def _wake(self, instance: ModelInstance) -> None:
+        """Reload an idle model for the request that needs it."""
+        if instance.phase != IDLE:
+            return
+        log.info("%s requested while idle: reloading", instance.uid)
+        instance.set_phase(LOADING)
+        unloading = instance.task
+
+        async def reload() -> None:
+            if unloading is not None:
+                with contextlib.suppress(BaseException):
+                    await unloading
+            await self._bring_up(instance)
+
+        instance.task = asyncio.create_task(reload())
+        instance.task.add_done_callback(_consume_exception)
+        instance.notify()
+
+    # terminate --------------------------------------------------------------------------
 
     async def terminate(self, uid: str) -> None:
+        """Stop a model for good: in-flight requests get the grace period to finish."""
         instance = self.get(uid)
-        instance.status = "terminating"
-        del self._models[uid]
+        instance.set_phase(TERMINATING)
+        instance.notify()
+        self.store.forget_launch(uid)
         if instance.task is not None and not instance.task.done():
             instance.task.cancel()
             with contextlib.suppress(BaseException):
                 await instance.task
-        if instance.process is not None:
-            await instance.process.stop(self.settings.terminate_timeout)
+        await _stop_all(instance.replicas, grace=self.settings.terminate_timeout)
+        if self._models.get(uid) is instance:
+            del self._models[uid]
+        self.store.add_event(uid, "terminated")
         log.info("terminated %s", uid)
-
-    async def shutdown(self) -> None:
-        await asyncio.gather(
-            *(self.terminate(uid) for uid in list(self._models)), return_exceptions=True
-        )
-        shutil.rmtree(self._socket_dir, ignore_errors=True)
 
 
 def _first_servable(
@@ -261,11 +400,32 @@ def _first_servable(
     errors: list[InvalidRequest] = []
     for spec, quantization in candidates:
         try:
-            return (
-                spec,
-                quantization,
-                choose_engine(family.model_type, spec.model_format, wanted_engine),
-            )
+            engine = choose_engine(family.model_type, spec.model_format, wanted_engine)
         except InvalidRequest as exc:
             errors.append(exc)
+            continue
+        return spec, quantization, engine
     raise errors[0]
+
+
+async def _stop_all(replicas: list[Replica], grace: float) -> None:
+    await asyncio.gather(*(r.stop(grace=grace) for r in replicas), return_exceptions=True)
+
+
+def _consume_exception(task: asyncio.Task[None]) -> None:
+    """Background launches report through the instance's status, not the task."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _end_orphans(pids: list[int]) -> None:
+    """Model processes a killed server left behind hold memory and ports: end them."""
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue  # gone already (they exit when their server dies), or not Linux
+        if b"inferd.runtime.worker" in cmdline:
+            log.warning("ending model process %d left by an earlier server", pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

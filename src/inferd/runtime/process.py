@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -41,7 +42,7 @@ class ModelProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
-    async def start(self, timeout: float) -> None:
+    async def start(self, timeout: float, on_spawn: Callable[[int], None] | None = None) -> None:
         """Start the process and return once the model is ready, or raise LaunchFailed."""
         config_path = self.socket_path.with_suffix(".json")
         config_path.write_text(self.config.model_dump_json())
@@ -61,6 +62,8 @@ class ModelProcess:
                 start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"},
             )
+        if on_spawn is not None:
+            on_spawn(self.proc.pid)
         deadline = time.monotonic() + timeout
         delay = 0.02
         while True:
@@ -81,6 +84,11 @@ class ModelProcess:
                 raise LaunchFailed(self._failure(f"the model was not ready after {timeout:.0f}s"))
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.25)
+
+    async def wait(self) -> int:
+        """Wait for the process to exit; its exit code."""
+        assert self.proc is not None
+        return await self.proc.wait()
 
     async def _health(self) -> dict | None:
         try:

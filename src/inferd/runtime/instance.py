@@ -1,0 +1,156 @@
+"""A launched model as the server knows it: its catalogue entry, its replicas and its phase."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from inferd.catalog import EmbeddingFamily, LLMFamily, ModelSpec
+from inferd.engines import Engine
+from inferd.runtime.launch import LaunchRequest
+from inferd.runtime.replica import Replica
+
+# Phases the manager moves an instance through; once `ready`, what clients see is derived
+# from its replicas (ready, restarting, failed).
+LAUNCHING = "launching"
+RESTORING = "restoring"
+LOADING = "loading"
+READY = "ready"
+IDLE = "idle"
+TERMINATING = "terminating"
+FAILED = "failed"
+RESTARTING = "restarting"
+
+
+@dataclass
+class ModelInstance:
+    uid: str
+    request: LaunchRequest
+    family: LLMFamily | EmbeddingFamily
+    spec: ModelSpec
+    quantization: str
+    engine: type[Engine]
+    phase: str = LAUNCHING
+    stage: str = "queued"
+    error: str | None = None
+    created: float = field(default_factory=time.time)
+    phase_since: float = field(default_factory=time.monotonic)
+    expected_load_seconds: float | None = None
+    last_used: float = field(default_factory=time.monotonic)
+    replicas: list[Replica] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def model_type(self) -> str:
+        return self.family.model_type
+
+    @property
+    def abilities(self) -> list[str]:
+        return list(self.family.model_ability)
+
+    @property
+    def inflight(self) -> int:
+        return sum(r.inflight for r in self.replicas)
+
+    @property
+    def state(self) -> str:
+        if self.phase == LAUNCHING and self.stage in (LOADING, "downloading"):
+            return self.stage
+        if self.phase != READY:
+            return self.phase
+        if any(r.ready for r in self.replicas):
+            return READY
+        if any(r.status in (RESTARTING, LOADING) for r in self.replicas):
+            return RESTARTING
+        return FAILED
+
+    def pick(self) -> Replica | None:
+        """The least busy ready replica, so load spreads as requests finish at their own pace."""
+        ready = [r for r in self.replicas if r.ready]
+        return min(ready, key=lambda r: r.inflight) if ready else None
+
+    def notify(self) -> None:
+        """Wake every request waiting for this model to change state."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_change(self, timeout: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+
+    def set_phase(self, phase: str, stage: str | None = None) -> None:
+        self.phase = phase
+        self.stage = stage or phase
+        self.phase_since = time.monotonic()
+
+    def progress(self) -> dict[str, Any]:
+        """0..1 with a stage name. Loading has no engine-side counter, so its share grows with
+        the time the last load of this model took."""
+        state = self.state
+        if state in (READY, IDLE):
+            return {"progress": 1.0, "stage": state}
+        if state == LOADING or self.stage == LOADING:
+            expected = self.expected_load_seconds or 10.0
+            elapsed = time.monotonic() - self.phase_since
+            return {
+                "progress": round(0.1 + 0.85 * min(elapsed / expected, 1.0), 3),
+                "stage": LOADING,
+            }
+        fractions = {LAUNCHING: 0.0, RESTORING: 0.0, "resolving": 0.05, RESTARTING: 0.5}
+        return {"progress": fractions.get(self.stage, 0.0), "stage": self.stage}
+
+    def error_text(self) -> str | None:
+        if self.error:
+            return self.error
+        failed = [r.error for r in self.replicas if r.status == FAILED and r.error]
+        return failed[0] if failed else None
+
+    def describe(self) -> dict[str, Any]:
+        """Xinference's describe_model fields, plus what inferd knows about the processes."""
+        family = self.family
+        replicas = [
+            {
+                "replica": r.index,
+                "status": r.status,
+                "pid": r.pid,
+                "inflight": r.inflight,
+                "served": r.served,
+                "restarts": r.restarts,
+                "started": r.started,
+            }
+            for r in self.replicas
+        ]
+        info: dict[str, Any] = {
+            "id": self.uid,
+            "model_uid": self.uid,
+            "model_name": family.model_name,
+            "model_type": family.model_type,
+            "model_engine": self.engine.name,
+            "model_format": self.spec.model_format,
+            "model_size_in_billions": self.spec.model_size_in_billions,
+            "quantization": self.quantization,
+            "model_ability": self.abilities,
+            "model_lang": family.model_lang,
+            "model_description": family.model_description,
+            "model_family": family.model_name,
+            "model_hub": next(iter(self.spec.model_hub)),
+            "replica": self.request.replica,
+            "replicas": replicas,
+            "status": self.state,
+            "error": self.error_text(),
+            "created": int(self.created),
+            "pid": replicas[0]["pid"] if replicas else None,
+            "idle_timeout": self.request.idle_timeout,
+            "address": "local",
+            "accelerators": [],
+        }
+        if isinstance(family, LLMFamily):
+            info["context_length"] = family.context_length
+        else:
+            info["dimensions"] = family.dimensions
+            info["max_tokens"] = family.max_tokens
+        return info

@@ -1,0 +1,200 @@
+"""The state store: one SQLite file under INFERD_HOME that remembers what must survive a restart.
+
+It holds every launch with its parameters and wanted state, each model's status history, and the
+model processes started (so a later server can end the orphans of a killed one). It is written on
+lifecycle changes only, never on a request's path.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+# Each migration brings the schema from version N to N+1; append, never edit.
+_MIGRATIONS: list[str] = [
+    """
+        CREATE TABLE launches (
+            uid TEXT PRIMARY KEY,
+            request TEXT NOT NULL,
+            wanted TEXT NOT NULL,
+            status TEXT NOT NULL,
+            error TEXT,
+            load_seconds REAL,
+            created REAL NOT NULL,
+            updated REAL NOT NULL
+        );
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            uid TEXT NOT NULL,
+            time REAL NOT NULL,
+            status TEXT NOT NULL,
+            message TEXT
+        );
+        CREATE INDEX events_uid ON events(uid, time);
+        CREATE TABLE processes (
+            pid INTEGER PRIMARY KEY,
+            uid TEXT NOT NULL,
+            replica INTEGER NOT NULL,
+            started REAL NOT NULL
+        );
+        CREATE TABLE registrations (
+            model_type TEXT NOT NULL,
+            model_name TEXT NOT NULL,
+            family TEXT NOT NULL,
+            created REAL NOT NULL,
+            PRIMARY KEY (model_type, model_name)
+        );
+    """,
+]
+
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+class StateStore:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"the state store is at schema {version}, newer than this inferd "
+                f"({SCHEMA_VERSION}): upgrade inferd"
+            )
+        for number in range(version, SCHEMA_VERSION):
+            # One transaction per step: a crash mid-migration leaves the previous version.
+            self._db.executescript(
+                f"BEGIN; {_MIGRATIONS[number]}; PRAGMA user_version = {number + 1}; COMMIT;"
+            )
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _write(self, sql: str, *args: Any) -> None:
+        with self._lock:
+            self._db.execute(sql, args)
+
+    # launches --------------------------------------------------------------------------
+
+    def save_launch(self, uid: str, request: dict[str, Any], status: str) -> None:
+        now = time.time()
+        self._write(
+            "INSERT INTO launches (uid, request, wanted, status, created, updated) "
+            "VALUES (?, ?, 'running', ?, ?, ?) "
+            "ON CONFLICT(uid) DO UPDATE SET request=excluded.request, wanted='running', "
+            "status=excluded.status, error=NULL, updated=excluded.updated",
+            uid,
+            json.dumps(request),
+            status,
+            now,
+            now,
+        )
+        self.add_event(uid, status, "launch requested")
+
+    def set_status(
+        self,
+        uid: str,
+        status: str,
+        message: str | None = None,
+        *,
+        wanted: str | None = None,
+        load_seconds: float | None = None,
+    ) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE launches SET status=?, error=?, updated=?, "
+                "wanted=COALESCE(?, wanted), load_seconds=COALESCE(?, load_seconds) WHERE uid=?",
+                (
+                    status,
+                    message if status == "failed" else None,
+                    time.time(),
+                    wanted,
+                    load_seconds,
+                    uid,
+                ),
+            )
+            self._db.execute(
+                "INSERT INTO events (uid, time, status, message) VALUES (?, ?, ?, ?)",
+                (uid, time.time(), status, message),
+            )
+
+    def add_event(self, uid: str, status: str, message: str | None = None) -> None:
+        self._write(
+            "INSERT INTO events (uid, time, status, message) VALUES (?, ?, ?, ?)",
+            uid,
+            time.time(),
+            status,
+            message,
+        )
+
+    def forget_launch(self, uid: str) -> None:
+        self._write("DELETE FROM launches WHERE uid=?", uid)
+
+    def launches(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT uid, request, wanted, status, error, load_seconds FROM launches "
+                "ORDER BY created"
+            ).fetchall()
+        return [
+            {
+                "uid": uid,
+                "request": json.loads(request),
+                "wanted": wanted,
+                "status": status,
+                "error": error,
+                "load_seconds": load_seconds,
+            }
+            for uid, request, wanted, status, error, load_seconds in rows
+        ]
+
+    def load_seconds(self, uid: str) -> float | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT load_seconds FROM launches WHERE uid=?", (uid,)
+            ).fetchone()
+        return None if row is None else row[0]
+
+    def events(self, uid: str, limit: int = 50) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT time, status, message FROM events WHERE uid=? ORDER BY id DESC LIMIT ?",
+                (uid, limit),
+            ).fetchall()
+        return [{"time": t, "status": s, "message": m} for t, s, m in reversed(rows)]
+
+    # processes -------------------------------------------------------------------------
+
+    def add_process(self, pid: int, uid: str, replica: int) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO processes (pid, uid, replica, started) VALUES (?, ?, ?, ?)",
+            pid,
+            uid,
+            replica,
+            time.time(),
+        )
+
+    def remove_process(self, pid: int) -> None:
+        self._write("DELETE FROM processes WHERE pid=?", pid)
+
+    def take_processes(self) -> list[int]:
+        """The pids recorded by an earlier server, forgetting them."""
+        with self._lock:
+            pids = [row[0] for row in self._db.execute("SELECT pid FROM processes")]
+            self._db.execute("DELETE FROM processes")
+        return pids
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
