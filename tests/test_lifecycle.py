@@ -70,3 +70,56 @@ def test_client_disconnect_frees_the_slot(launched: InferdServer) -> None:
         assert reply.status_code == 200
     finally:
         launched.cli("terminate", "one-slot")
+
+
+def test_terminate_lets_inflight_requests_finish(launched: InferdServer) -> None:
+    launched.cli("launch", "-n", LLM, "-u", "graceful")
+    pid = launched.models()["graceful"]["pid"]
+    body = {
+        "model": "graceful",
+        "messages": [{"role": "user", "content": "Count slowly."}],
+        "max_tokens": 60,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    terminated = threading.Thread(
+        target=lambda: httpx.delete(f"{launched.url}/v1/models/graceful", timeout=60)
+    )
+    received = []
+    with httpx.stream(
+        "POST", f"{launched.url}/v1/chat/completions", json=body, timeout=60
+    ) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: ") and not terminated.is_alive() and not received:
+                terminated.start()  # while the answer is being written
+            if line:
+                received.append(line)
+    terminated.join(60)
+    assert received[-1] == "data: [DONE]"
+    assert any('"completion_tokens":60' in line for line in received)
+    assert "graceful" not in launched.models()
+    assert not pid_alive(pid)
+
+
+def test_concurrent_launches_of_one_uid_start_one_model(launched: InferdServer) -> None:
+    codes: list[int] = []
+
+    def launch() -> None:
+        r = httpx.post(
+            f"{launched.url}/v1/models",
+            json={"model_name": LLM, "model_uid": "only-once"},
+            timeout=120,
+        )
+        codes.append(r.status_code)
+
+    threads = [threading.Thread(target=launch) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    try:
+        assert sorted(codes) == [200, 409, 409]
+        assert len(launched.models()["only-once"]["replicas"]) == 1
+    finally:
+        launched.cli("terminate", "only-once")
