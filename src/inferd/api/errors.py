@@ -24,7 +24,11 @@ def error_response(
     code: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    # `detail` is where Xinference's clients look for the message; OpenAI's read `error`.
+    body = {
+        "error": {"message": message, "type": error_type, "param": param, "code": code},
+        "detail": message,
+    }
     return Response(
         orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
     )

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
 
 from inferd.api.deps import manager as _manager
 from inferd.api.logs import follow_log, read_tail
-from inferd.catalog import ModelType, get_catalog
+from inferd.catalog import EmbeddingFamily, LLMFamily, ModelType
+from inferd.engines import engines_for, is_installed
 from inferd.errors import InvalidRequest
 from inferd.runtime.launch import LaunchRequest
+from inferd.storage.resolve import list_cache
 
 router = APIRouter()
 
@@ -27,9 +32,25 @@ async def list_models(request: Request) -> dict:
 
 
 @router.post("/v1/models")
-async def launch_model(body: LaunchRequest, request: Request) -> dict:
+async def launch_model(
+    body: LaunchRequest, request: Request, wait_ready: bool | None = None
+) -> dict:
+    if wait_ready is not None:  # xinference-client sends it as a query parameter
+        body.wait_ready = wait_ready
     instance = await _manager(request).launch(body)
     return {"model_uid": instance.uid}
+
+
+@router.post("/v1/models/{model_uid}/cancel")
+async def cancel_launch(model_uid: str, request: Request) -> dict:
+    manager = _manager(request)
+    instance = manager.get(model_uid)
+    if instance.state == "ready":
+        raise InvalidRequest(
+            f"{model_uid} is launched already; terminate it instead", param="model_uid"
+        )
+    await manager.terminate(model_uid)
+    return {"model_uid": model_uid, "cancelled": True}
 
 
 @router.get("/v1/models/{model_uid}")
@@ -80,16 +101,70 @@ def _model_type(value: str) -> ModelType:
 
 
 @router.get("/v1/model_registrations/{model_type}")
-async def list_registrations(model_type: str, detailed: bool = False) -> list[dict]:
-    families = get_catalog().list(_model_type(model_type))
+async def list_registrations(model_type: str, request: Request, detailed: bool = False) -> list:
+    families = _manager(request).catalog.list(_model_type(model_type))
     if detailed:
         return [f.model_dump(mode="json") for f in families]
     return [{"model_name": f.model_name, "is_builtin": f.is_builtin} for f in families]
 
 
 @router.get("/v1/model_registrations/{model_type}/{model_name}")
-async def get_registration(model_type: str, model_name: str) -> dict:
-    return get_catalog().get(model_name, _model_type(model_type)).model_dump(mode="json")
+async def get_registration(model_type: str, model_name: str, request: Request) -> dict:
+    family = _manager(request).catalog.get(model_name, _model_type(model_type))
+    return family.model_dump(mode="json")
+
+
+class Registration(BaseModel):
+    model: str | dict[str, Any] = Field(description="The model definition, JSON or its text")
+    persist: bool = False
+    worker_ip: str | None = None
+
+
+@router.post("/v1/model_registrations/{model_type}")
+async def register_model(model_type: str, body: Registration, request: Request) -> dict:
+    if body.worker_ip:
+        raise InvalidRequest("worker_ip needs a cluster, which is to come", param="worker_ip")
+    ignored = _manager(request).register(_model_type(model_type), body.model, body.persist)
+    return {"registered": True, "ignored_fields": ignored}
+
+
+@router.delete("/v1/model_registrations/{model_type}/{model_name}")
+async def unregister_model(model_type: str, model_name: str, request: Request) -> dict:
+    _manager(request).unregister(_model_type(model_type), model_name)
+    return {"unregistered": True}
+
+
+@router.get("/v1/engines/{model_name}")
+async def engines_for_name(model_name: str, request: Request) -> dict:
+    return _engine_table(_manager(request).catalog.get(model_name))
+
+
+@router.get("/v1/engines/{model_type}/{model_name}")
+async def engines_for_type_and_name(model_type: str, model_name: str, request: Request) -> dict:
+    return _engine_table(_manager(request).catalog.get(model_name, _model_type(model_type)))
+
+
+def _engine_table(family: LLMFamily | EmbeddingFamily) -> dict[str, list[dict[str, Any]]]:
+    """Which engine serves which spec of a model, and whether it is installed here."""
+    table: dict[str, list[dict[str, Any]]] = {}
+    for spec in family.model_specs:
+        for engine in engines_for(family.model_type, spec.model_format):
+            table.setdefault(engine.name, []).append(
+                {
+                    "model_format": spec.model_format,
+                    "model_size_in_billions": spec.model_size_in_billions,
+                    "quantizations": spec.quantizations,
+                    "installed": is_installed(engine),
+                }
+            )
+    return table
+
+
+@router.get("/v1/cache/models")
+async def cached_models(request: Request, model_name: str | None = None) -> dict:
+    settings = _manager(request).settings
+    entries = await asyncio.to_thread(list_cache, settings.cache_dir, model_name)
+    return {"list": entries}
 
 
 @router.get("/health")

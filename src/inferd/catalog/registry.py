@@ -9,7 +9,7 @@ from importlib import resources
 from pydantic import TypeAdapter
 
 from inferd.catalog.schema import EmbeddingFamily, Family, LLMFamily, ModelType
-from inferd.errors import NotFound
+from inferd.errors import Conflict, InvalidRequest, NotFound
 
 _DATA_FILES = {ModelType.LLM: "llm.json", ModelType.EMBEDDING: "embedding.json"}
 _family_list = TypeAdapter(list[Family])
@@ -38,6 +38,29 @@ class Catalog:
                 families.append(entry)
         return cls(families)
 
+    def register(self, family: LLMFamily | EmbeddingFamily) -> None:
+        """Add a custom family; a built-in name cannot be taken."""
+        self.ensure_free(family)
+        self._by_type[ModelType(family.model_type)][family.model_name] = family
+
+    def ensure_free(self, family: LLMFamily | EmbeddingFamily) -> None:
+        existing = self._by_type[ModelType(family.model_type)].get(family.model_name)
+        if existing is not None:
+            kind = "built-in" if existing.is_builtin else "registered"
+            raise Conflict(
+                f"a {kind} {family.model_type} model named {family.model_name!r} exists already",
+                param="model_name",
+            )
+
+    def unregister(self, model_name: str, model_type: ModelType) -> None:
+        family = self.get(model_name, model_type)
+        if family.is_builtin:
+            raise InvalidRequest(
+                f"{model_name!r} is a built-in model and cannot be unregistered",
+                param="model_name",
+            )
+        del self._by_type[model_type][model_name]
+
     def list(self, model_type: ModelType | None = None) -> list[LLMFamily | EmbeddingFamily]:
         types = [model_type] if model_type else list(ModelType)
         return [f for t in types for f in self._by_type[t].values()]
@@ -59,5 +82,10 @@ class Catalog:
 
 
 @lru_cache(maxsize=1)
+def _builtin_families() -> tuple[LLMFamily | EmbeddingFamily, ...]:
+    return tuple(Catalog.builtin().list())
+
+
 def get_catalog() -> Catalog:
-    return Catalog.builtin()
+    """A fresh catalogue of the built-in families, to which a server adds its registrations."""
+    return Catalog(list(_builtin_families()))

@@ -58,12 +58,15 @@ class ModelSpec(BaseModel):
 
     model_format: ModelFormat
     model_size_in_billions: str = Field(description="As Xinference writes it: '7', '0_5'")
-    quantizations: list[str] = Field(min_length=1)
-    model_hub: dict[Hub, str] = Field(min_length=1, description="Repository id on each hub")
+    quantizations: list[str] = Field(default=["none"], min_length=1)
+    model_hub: dict[Hub, str] = Field(default_factory=dict, description="Repository id per hub")
     model_file_name_template: str | None = Field(
         default=None, description="For GGUF: file name in the repo, with {quantization}"
     )
     package: PackageSource | None = None
+    model_uri: str | None = Field(
+        default=None, description="Local weights of a custom registration (path or file://)"
+    )
 
     @field_validator("model_size_in_billions", mode="before")
     @classmethod
@@ -79,10 +82,19 @@ class ModelSpec(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _gguf_has_file(self) -> ModelSpec:
-        if self.model_format == "ggufv2" and not self.model_file_name_template:
+    def _has_a_source(self) -> ModelSpec:
+        if not (self.model_hub or self.package or self.model_uri):
+            raise ValueError("a spec needs model_hub, package or model_uri")
+        if self.model_format == "ggufv2" and not (self.model_file_name_template or self.model_uri):
             raise ValueError("a ggufv2 spec needs model_file_name_template")
         return self
+
+    @property
+    def local_path(self) -> str | None:
+        """model_uri as a filesystem path."""
+        if self.model_uri is None:
+            return None
+        return self.model_uri.removeprefix("file://")
 
     @property
     def default_quantization(self) -> str:

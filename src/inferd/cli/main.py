@@ -118,7 +118,7 @@ def _parse_value(text: str) -> Any:
 @click.option("-n", "--model-name", required=True, help="Catalogue name of the model.")
 @click.option("-t", "--model-type", default="LLM", show_default=True)
 @click.option("-u", "--model-uid", default=None, help="Name to serve it under (default: its name).")
-@click.option("--model-engine", "--engine", "model_engine", default=None)
+@click.option("-en", "--model-engine", "--engine", "model_engine", default=None)
 @click.option("-f", "--model-format", default=None)
 @click.option("-s", "--size-in-billions", "size", default=None)
 @click.option("-q", "--quantization", default=None)
@@ -256,6 +256,96 @@ def logs(model_uid: str, lines: int, follow: bool, replica: int, endpoint: str |
         _fail(str(exc))
     except KeyboardInterrupt:
         pass
+
+
+@cli.command()
+@click.option("-t", "--model-type", default="LLM", show_default=True)
+@click.option("--file", "file_", type=click.Path(exists=True, dir_okay=False), required=True)
+@click.option("--persist", is_flag=True, help="Keep it across server restarts.")
+@endpoint_option
+def register(model_type: str, file_: str, persist: bool, endpoint: str | None) -> None:
+    """Register a custom model from a JSON definition (Xinference's format)."""
+    with open(file_, encoding="utf-8") as f:
+        model = f.read()
+    try:
+        result = _client(endpoint).request(
+            "POST",
+            f"/v1/model_registrations/{model_type}",
+            json={"model": model, "persist": persist},
+        )
+    except ClientError as exc:
+        _fail(str(exc))
+    if result.get("ignored_fields"):
+        console.print(f"ignored fields: {', '.join(result['ignored_fields'])}", highlight=False)
+    console.print(f"registered ({'persisted' if persist else 'until the server stops'})")
+
+
+@cli.command()
+@click.option("-t", "--model-type", default="LLM", show_default=True)
+@click.option("-n", "--model-name", required=True)
+@endpoint_option
+def unregister(model_type: str, model_name: str, endpoint: str | None) -> None:
+    """Remove a custom model registration."""
+    try:
+        _client(endpoint).request("DELETE", f"/v1/model_registrations/{model_type}/{model_name}")
+    except ClientError as exc:
+        _fail(str(exc))
+    console.print(f"unregistered {model_name}")
+
+
+@cli.command()
+@click.option("-n", "--model-name", required=True)
+@click.option("-t", "--model-type", default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@endpoint_option
+def engine(model_name: str, model_type: str | None, as_json: bool, endpoint: str | None) -> None:
+    """Which engines can serve a model, for which formats, and whether they are installed."""
+    path = f"/v1/engines/{model_type}/{model_name}" if model_type else f"/v1/engines/{model_name}"
+    try:
+        table_data = _client(endpoint).request("GET", path)
+    except ClientError as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(table_data, indent=2))
+        return
+    table = Table("Engine", "Format", "Size (B)", "Quantizations", "Installed")
+    for name, rows in table_data.items():
+        for row in rows:
+            table.add_row(
+                name,
+                row["model_format"],
+                row["model_size_in_billions"].replace("_", "."),
+                ", ".join(row["quantizations"]),
+                "yes" if row["installed"] else "no",
+            )
+    out.print(table)
+
+
+@cli.command()
+@click.option("-n", "--model-name", default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@endpoint_option
+def cached(model_name: str | None, as_json: bool, endpoint: str | None) -> None:
+    """Models in this server's cache, with their size on disk."""
+    params = {"model_name": model_name} if model_name else {}
+    try:
+        entries = _client(endpoint).request("GET", "/v1/cache/models", params=params)["list"]
+    except ClientError as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    table = Table("Name", "Format", "Size (B)", "Quantization", "On disk", "Path")
+    for e in entries:
+        table.add_row(
+            e["model_name"],
+            e["model_format"],
+            e["model_size_in_billions"].replace("_", "."),
+            e["quantization"],
+            f"{e['size_bytes'] / 1e6:.1f} MB",
+            e["path"],
+        )
+    out.print(table)
 
 
 @cli.command()

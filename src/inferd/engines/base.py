@@ -27,6 +27,7 @@ class EngineConfig(BaseModel):
     model_path: str
     family: Json = Field(description="The catalogue entry, for templates, stops and limits")
     options: Json = Field(default_factory=dict, description="Engine options from the launch")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables")
 
 
 class Engine(ABC):

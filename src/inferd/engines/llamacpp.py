@@ -44,6 +44,7 @@ class LlamaCppEngine(Engine):
         params.n_parallel = slots
         params.n_ctx = slot_context * slots
         params.cpuparams.n_threads = int(options.pop("n_threads", os.cpu_count() or 1))
+        thinking = options.pop("enable_thinking", None)
         params.n_gpu_layers = int(options.pop("n_gpu_layers", -1))
         params.endpoint_metrics = True
         params.use_jinja = True
@@ -55,6 +56,9 @@ class LlamaCppEngine(Engine):
             setattr(params, key, value)
 
         self._stops: list[str] = list(family.get("stop") or [])
+        self._template_kwargs: Json = {}
+        if thinking is not None:
+            self._template_kwargs["enable_thinking"] = bool(thinking)
         # Every request blocks one thread inside llama.cpp (which releases the GIL); the server
         # queues what its slots cannot take, so the pool only has to exceed the slots.
         self._pool = ThreadPoolExecutor(max_workers=max(32, slots * 4), thread_name_prefix="llama")
@@ -82,6 +86,11 @@ class LlamaCppEngine(Engine):
             stop = request.get("stop") or []
             stop = [stop] if isinstance(stop, str) else list(stop)
             request["stop"] = stop + [s for s in self._stops if s not in stop]
+        if self._template_kwargs:
+            request["chat_template_kwargs"] = {
+                **self._template_kwargs,
+                **(request.get("chat_template_kwargs") or {}),
+            }
         return request
 
     async def _call(self, handler: Callable[..., Any], request: Json) -> Json:

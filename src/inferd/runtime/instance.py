@@ -137,7 +137,7 @@ class ModelInstance:
             "model_lang": family.model_lang,
             "model_description": family.model_description,
             "model_family": family.model_name,
-            "model_hub": next(iter(self.spec.model_hub)),
+            "model_hub": next(iter(self.spec.model_hub), "local"),
             "replica": self.request.replica,
             "replicas": replicas,
             "status": self.state,

@@ -26,6 +26,16 @@ class LaunchRequest(BaseModel):
     gpu_idx: int | list[int] | None = None
     peft_model_config: dict[str, Any] | None = None
     download_hub: str | None = None
+    # Xinference's launch fields; what inferd cannot honour yet is refused by the manager.
+    n_worker: int = Field(default=1, ge=1)
+    request_limits: int | None = None
+    worker_ip: str | None = None
+    replica_config: list[dict[str, Any]] | None = None
+    enable_thinking: bool | None = None
+    enable_virtual_env: bool | None = None
+    virtual_env_packages: list[str] | None = None
+    virtual_env_find_links: list[str] | None = None
+    envs: dict[str, str] | None = None
     idle_timeout: float | None = Field(
         default=None, gt=0, description="Unload after this many seconds without requests"
     )
@@ -47,4 +57,7 @@ class LaunchRequest(BaseModel):
 
     @property
     def engine_options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
+        options = dict(self.model_extra or {})
+        if self.enable_thinking is not None:
+            options["enable_thinking"] = self.enable_thinking
+        return options

@@ -17,7 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from inferd.catalog import Catalog, EmbeddingFamily, LLMFamily, ModelSpec, ModelType
+from pydantic import TypeAdapter
+
+from inferd.catalog import Catalog, EmbeddingFamily, Family, LLMFamily, ModelSpec, ModelType
+from inferd.catalog.custom import parse_registration, verify_local_files
 from inferd.engines import Engine, EngineConfig, choose_engine
 from inferd.errors import (
     Conflict,
@@ -44,6 +47,7 @@ from inferd.storage.resolve import resolve_model_path
 from inferd.storage.state import StateStore
 
 log = logging.getLogger("inferd.manager")
+_family_adapter: TypeAdapter[LLMFamily | EmbeddingFamily] = TypeAdapter(Family)
 
 
 class ModelManager:
@@ -63,6 +67,11 @@ class ModelManager:
     async def start(self, restore: bool = True) -> None:
         """End orphans of a killed server, then bring back what was running when it stopped."""
         _end_orphans(self.store.take_processes())
+        for raw in self.store.registrations():
+            try:
+                self.catalog.register(_family_adapter.validate_python(raw))
+            except (InferdError, ValueError) as exc:
+                log.error("skipping stored registration %s: %s", raw.get("model_name"), exc)
         if restore:
             self._restore()
         else:
@@ -107,6 +116,34 @@ class ModelManager:
 
     def _all_replicas(self) -> list[Replica]:
         return [r for m in self._models.values() for r in m.replicas]
+
+    # registrations --------------------------------------------------------------------
+
+    def register(self, model_type: ModelType, model: str | dict, persist: bool) -> list[str]:
+        """Add a custom model; with `persist` it survives restarts. The fields it ignored."""
+        family, ignored = parse_registration(model_type, model, self.catalog)
+        self.catalog.ensure_free(family)
+        verify_local_files(family)
+        self.catalog.register(family)
+        if persist:
+            self.store.save_registration(
+                family.model_type, family.model_name, family.model_dump(mode="json")
+            )
+        return ignored
+
+    def unregister(self, model_type: ModelType, model_name: str) -> None:
+        users = [
+            m.uid
+            for m in self._models.values()
+            if m.family.model_name == model_name and m.family.model_type == model_type.value
+        ]
+        if users:
+            raise Conflict(
+                f"{model_name!r} is in use by {', '.join(users)}; terminate first",
+                param="model_name",
+            )
+        self.catalog.unregister(model_name, model_type)
+        self.store.remove_registration(model_type.value, model_name)
 
     # look-ups -------------------------------------------------------------------------
 
@@ -214,6 +251,18 @@ class ModelManager:
             )
         if request.peft_model_config:
             raise InvalidRequest("LoRA adapters are not supported yet", param="peft_model_config")
+        unsupported = {
+            "n_worker": request.n_worker != 1,
+            "request_limits": request.request_limits is not None,
+            "worker_ip": request.worker_ip is not None,
+            "replica_config": bool(request.replica_config),
+            "enable_virtual_env": bool(request.enable_virtual_env),
+            "virtual_env_packages": bool(request.virtual_env_packages),
+            "virtual_env_find_links": bool(request.virtual_env_find_links),
+        }
+        for name, asked in unsupported.items():
+            if asked:
+                raise InvalidRequest(f"{name} is not supported by inferd yet", param=name)
         family = self.catalog.get(request.model_name, ModelType.parse(request.model_type))
         candidates = list(
             family.matching_specs(
@@ -268,6 +317,7 @@ class ModelManager:
                 model_path=str(path),
                 family=instance.family.model_dump(mode="json"),
                 options=options,
+                env=request.envs or {},
             )
             instance.replicas = [
                 Replica(

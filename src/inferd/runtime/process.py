@@ -60,7 +60,12 @@ class ModelProcess:
                 # Its own session: a Ctrl-C in the server's terminal reaches the server only,
                 # which then stops the models in order.
                 start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"},
+                env={
+                    **os.environ,
+                    "PYTHONUNBUFFERED": "1",
+                    "HF_HUB_OFFLINE": "1",
+                    **self.config.env,
+                },
             )
         if on_spawn is not None:
             on_spawn(self.proc.pid)

@@ -32,7 +32,9 @@ def resolve_model_path(
 ) -> Path:
     """The file (GGUF) or folder (safetensors) the engine should load."""
     if model_path:
-        return _check_user_path(Path(model_path).expanduser(), spec)
+        return check_local_weights(Path(model_path).expanduser(), spec.model_format)
+    if spec.local_path:
+        return check_local_weights(Path(spec.local_path).expanduser(), spec.model_format)
 
     cached = cache_dir_for(cache_root, family.model_name, spec, quantization)
     found = _from_cache(cached, spec, quantization)
@@ -57,28 +59,31 @@ def resolve_model_path(
     )
 
 
-def _check_user_path(path: Path, spec: ModelSpec) -> Path:
+def check_local_weights(path: Path, model_format: str, param: str = "model_path") -> Path:
+    """The file or folder an engine loads from a user's path, or a 400 saying what is wrong."""
     if not path.exists():
-        raise InvalidRequest(f"model_path {str(path)!r} does not exist", param="model_path")
-    if spec.model_format == "ggufv2":
+        raise InvalidRequest(f"{param} {str(path)!r} does not exist", param=param)
+    if model_format == "ggufv2":
         if path.is_dir():
             ggufs = sorted(path.glob("*.gguf"))
             if len(ggufs) != 1:
                 raise InvalidRequest(
-                    f"model_path {str(path)!r} is a folder with {len(ggufs)} .gguf files; "
+                    f"{param} {str(path)!r} is a folder with {len(ggufs)} .gguf files; "
                     "point it at the one file to serve",
-                    param="model_path",
+                    param=param,
                 )
             return ggufs[0]
         if path.suffix != ".gguf":
-            raise InvalidRequest(
-                f"model_path {str(path)!r} is not a .gguf file", param="model_path"
-            )
+            raise InvalidRequest(f"{param} {str(path)!r} is not a .gguf file", param=param)
         return path
     if not path.is_dir() or not (path / "config.json").exists():
         raise InvalidRequest(
-            f"model_path {str(path)!r} must be a folder holding config.json and the weights",
-            param="model_path",
+            f"{param} {str(path)!r} must be a folder holding config.json and the weights",
+            param=param,
+        )
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise InvalidRequest(
+            f"{param} {str(path)!r} holds no weights (*.safetensors or *.bin)", param=param
         )
     return path
 
@@ -109,3 +114,27 @@ def _from_package(spec: ModelSpec, cached: Path) -> Path:
     getattr(module, spec.package.assemble)(target)
     (cached / _COMPLETE_MARK).touch()
     return target
+
+
+def list_cache(cache_root: Path, model_name: str | None = None) -> list[dict[str, object]]:
+    """Every complete model variant in the cache, with its size on disk."""
+    entries: list[dict[str, object]] = []
+    if not cache_root.exists():
+        return entries
+    for marker in sorted(cache_root.glob(f"{model_name or '*'}/*/{_COMPLETE_MARK}")):
+        variant = marker.parent
+        model_format, _, rest = variant.name.partition("-")
+        size, _, quantization = rest.partition("b-")
+        files = [f for f in variant.rglob("*") if f.is_file() and f.name != _COMPLETE_MARK]
+        entries.append(
+            {
+                "model_name": variant.parent.name,
+                "model_format": model_format,
+                "model_size_in_billions": size,
+                "quantization": quantization,
+                "path": str(variant),
+                "size_bytes": sum(f.stat().st_size for f in files),
+                "last_modified": max((f.stat().st_mtime for f in files), default=None),
+            }
+        )
+    return entries

@@ -174,6 +174,28 @@ class StateStore:
             ).fetchall()
         return [{"time": t, "status": s, "message": m} for t, s, m in reversed(rows)]
 
+    # registrations ---------------------------------------------------------------------
+
+    def save_registration(self, model_type: str, model_name: str, family: dict[str, Any]) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO registrations (model_type, model_name, family, created) "
+            "VALUES (?, ?, ?, ?)",
+            model_type,
+            model_name,
+            json.dumps(family),
+            time.time(),
+        )
+
+    def remove_registration(self, model_type: str, model_name: str) -> None:
+        self._write(
+            "DELETE FROM registrations WHERE model_type=? AND model_name=?", model_type, model_name
+        )
+
+    def registrations(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT family FROM registrations ORDER BY created").fetchall()
+        return [json.loads(row[0]) for row in rows]
+
     # processes -------------------------------------------------------------------------
 
     def add_process(self, pid: int, uid: str, replica: int) -> None:
