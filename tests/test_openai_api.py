@@ -188,3 +188,52 @@ def test_embedding_dimensions_truncate_and_renormalise(client: openai.OpenAI) ->
     vector = client.embeddings.create(model=EMBEDDING, input="hello", dimensions=64).data[0]
     assert len(vector.embedding) == 64
     assert math.sqrt(sum(x * x for x in vector.embedding)) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_json_schema_output_parses(client: openai.OpenAI) -> None:
+    import json
+
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer"}},
+        "required": ["ok", "n"],
+        "additionalProperties": False,
+    }
+    reply = client.chat.completions.create(
+        model=LLM,
+        messages=[{"role": "user", "content": "Answer in JSON."}],
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": schema},
+        },
+        max_tokens=300,
+        temperature=0,
+    )
+    data = json.loads(reply.choices[0].message.content or "")
+    assert set(data) == {"ok", "n"}
+    assert isinstance(data["ok"], bool) and isinstance(data["n"], int)
+
+
+def test_logprobs_and_n(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model=LLM, messages=HELLO, max_tokens=3, logprobs=True, top_logprobs=2
+    )
+    logprobs = reply.choices[0].logprobs
+    assert logprobs is not None and logprobs.content is not None
+    assert len(logprobs.content) == 3
+    assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in logprobs.content)
+
+    several = client.chat.completions.create(
+        model=LLM, messages=HELLO, max_tokens=3, n=3, temperature=1
+    )
+    assert [c.index for c in several.choices] == [0, 1, 2]
+
+
+def test_tools_on_a_model_without_tool_calling_is_refused(client: openai.OpenAI) -> None:
+    tool = {
+        "type": "function",
+        "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}},
+    }
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=LLM, messages=HELLO, tools=[tool])  # type: ignore[list-item]
+    assert info.value.param == "tools"

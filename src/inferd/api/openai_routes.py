@@ -29,6 +29,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     manager = _manager(request)
     instance = manager.lookup(body.model)
     _require(instance, "chat", "/v1/chat/completions")
+    if body.tools and "tools" not in instance.abilities:
+        raise InvalidRequest(
+            f"model {instance.uid!r} does not support tools: its chat template has no tool "
+            "calling (the catalogue lists 'tools' among a model's abilities where it does)",
+            param="tools",
+        )
     return await relay(
         manager, instance, "/chat/completions", body.engine_body(instance.uid), body.stream
     )
