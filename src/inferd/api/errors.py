@@ -23,12 +23,17 @@ def error_response(
     param: str | None = None,
     code: str | None = None,
     headers: dict[str, str] | None = None,
+    request: Request | None = None,
 ) -> Response:
-    # `detail` is where Xinference's clients look for the message; OpenAI's read `error`.
-    body = {
-        "error": {"message": message, "type": error_type, "param": param, "code": code},
-        "detail": message,
-    }
+    body: dict[str, Any]
+    if request is not None and request.url.path.startswith("/api/"):
+        body = {"error": message}  # Ollama's clients read a plain string
+    else:
+        # `detail` is where Xinference's clients look for the message; OpenAI's read `error`.
+        body = {
+            "error": {"message": message, "type": error_type, "param": param, "code": code},
+            "detail": message,
+        }
     return Response(
         orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
     )
@@ -61,6 +66,7 @@ def _validation_error(request: Request, exc: Exception) -> Response:
             f"the request body is not valid JSON: {reason}",
             "invalid_request_error",
             code="invalid_json",
+            request=request,
         )
     param = _param_name(tuple(first.get("loc", ())))
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
@@ -70,14 +76,22 @@ def _validation_error(request: Request, exc: Exception) -> Response:
         got = first.get("input")
         shown = orjson.dumps(got, default=str).decode()[:100] if got is not None else "null"
         message = f"invalid '{param}': {message} (got {shown})"
-    return error_response(400, message, "invalid_request_error", param, "invalid_value")
+    return error_response(
+        400, message, "invalid_request_error", param, "invalid_value", request=request
+    )
 
 
 def _inferd_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, InferdError)
     headers = {"Retry-After": "5"} if exc.status_code == 503 else None
     return error_response(
-        exc.status_code, exc.message, exc.error_type, exc.param, exc.code, headers=headers
+        exc.status_code,
+        exc.message,
+        exc.error_type,
+        exc.param,
+        exc.code,
+        headers=headers,
+        request=request,
     )
 
 
@@ -92,12 +106,15 @@ def _http_error(request: Request, exc: Exception) -> Response:
         message,
         "invalid_request_error" if exc.status_code < 500 else "server_error",
         code=kinds.get(exc.status_code),
+        request=request,
     )
 
 
 def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
+    return error_response(
+        500, f"internal error: {type(exc).__name__}: {exc}", "server_error", request=request
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -97,6 +97,10 @@ class ModelSpec(BaseModel):
         return self.model_uri.removeprefix("file://")
 
     @property
+    def size_in_billions(self) -> float:
+        return float(self.model_size_in_billions.replace("_", "."))
+
+    @property
     def default_quantization(self) -> str:
         """Q4_K_M where offered: the usual balance of size and quality for GGUF."""
         return next((q for q in self.quantizations if q.lower() == "q4_k_m"), self.quantizations[0])

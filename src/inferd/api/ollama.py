@@ -1,0 +1,411 @@
+"""Ollama's API (/api/*) over the same models, for tools that speak it (Open WebUI, Continue).
+
+Requests are translated to the OpenAI shapes the model processes already serve, and answers
+back to Ollama's, streamed as NDJSON (Ollama streams unless told `"stream": false`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from inferd import __version__
+from inferd.api.deps import manager as _manager
+from inferd.api.proxy import relay
+from inferd.catalog import LLMFamily
+from inferd.errors import InferdError, InvalidRequest, UnsupportedOperation
+from inferd.runtime.instance import ModelInstance
+from inferd.runtime.launch import LaunchRequest
+from inferd.runtime.manager import ModelManager
+
+router = APIRouter(prefix="/api")
+
+# Ollama option name -> OpenAI/llama.cpp request field.
+_OPTIONS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "typical_p": "typical_p",
+    "seed": "seed",
+    "stop": "stop",
+    "repeat_penalty": "repeat_penalty",
+    "repeat_last_n": "repeat_last_n",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "mirostat": "mirostat",
+    "mirostat_tau": "mirostat_tau",
+    "mirostat_eta": "mirostat_eta",
+}
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(min_length=1)
+
+
+class ChatBody(_Body):
+    messages: list[dict[str, Any]] = Field(default_factory=list)
+    tools: list[dict[str, Any]] | None = None
+    format: str | dict[str, Any] | None = None
+    options: dict[str, Any] | None = None
+    stream: bool = True
+    keep_alive: float | str | None = None
+
+
+class GenerateBody(_Body):
+    prompt: str = ""
+    system: str | None = None
+    raw: bool = False
+    format: str | dict[str, Any] | None = None
+    options: dict[str, Any] | None = None
+    stream: bool = True
+    keep_alive: float | str | None = None
+
+
+class EmbedBody(_Body):
+    input: str | list[str]
+    truncate: bool = True
+    dimensions: int | None = Field(default=None, ge=1)
+    options: dict[str, Any] | None = None
+
+
+class LegacyEmbeddingsBody(_Body):
+    prompt: str
+
+
+class PullBody(_Body):
+    stream: bool = True
+    insecure: bool | None = None
+
+
+def _uid(name: str) -> str:
+    """Ollama names carry a tag ('gemma:latest'); inferd uids do not."""
+    return name[: -len(":latest")] if name.endswith(":latest") else name
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _details(instance: ModelInstance) -> dict[str, Any]:
+    return {
+        "parent_model": "",
+        "format": "gguf" if instance.spec.model_format == "ggufv2" else instance.spec.model_format,
+        "family": instance.family.model_name,
+        "families": [instance.family.model_name],
+        "parameter_size": f"{instance.spec.size_in_billions:g}B",
+        "quantization_level": instance.quantization,
+    }
+
+
+def _entry(instance: ModelInstance) -> dict[str, Any]:
+    return {
+        "name": f"{instance.uid}:latest",
+        "model": f"{instance.uid}:latest",
+        "modified_at": datetime.fromtimestamp(instance.created, timezone.utc).isoformat(),
+        "size": 0,
+        "digest": "",
+        "details": _details(instance),
+    }
+
+
+def _sampling(options: dict[str, Any] | None, fmt: str | dict[str, Any] | None) -> dict:
+    body: dict[str, Any] = {}
+    for key, value in (options or {}).items():
+        if key in _OPTIONS:
+            body[_OPTIONS[key]] = value
+        elif key == "num_predict" and isinstance(value, int) and value > 0:
+            body["max_tokens"] = value
+    if fmt == "json":
+        body["response_format"] = {"type": "json_object"}
+    elif isinstance(fmt, dict):
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "format", "schema": fmt},
+        }
+    return body
+
+
+def _model(manager: ModelManager, name: str, ability: str) -> ModelInstance:
+    instance = manager.lookup(_uid(name))
+    if ability not in instance.abilities:
+        raise UnsupportedOperation(
+            f"model {instance.uid!r} is a {instance.model_type} model; it cannot {ability}",
+            param="model",
+        )
+    return instance
+
+
+@router.get("/version")
+async def version() -> dict:
+    return {"version": __version__}
+
+
+@router.get("/tags")
+async def tags(request: Request) -> dict:
+    return {"models": [_entry(m) for m in _manager(request).list()]}
+
+
+@router.get("/ps")
+async def running(request: Request) -> dict:
+    models = []
+    for instance in _manager(request).list():
+        if instance.state != "ready":
+            continue
+        entry = _entry(instance)
+        timeout = instance.request.idle_timeout
+        expires = time.time() + (
+            timeout - (time.monotonic() - instance.last_used) if timeout else 10**8
+        )
+        entry["expires_at"] = datetime.fromtimestamp(expires, timezone.utc).isoformat()
+        entry["size_vram"] = 0
+        if isinstance(instance.family, LLMFamily):
+            entry["context_length"] = instance.family.context_length
+        models.append(entry)
+    return {"models": models}
+
+
+@router.post("/show")
+async def show(body: _Body, request: Request) -> dict:
+    instance = _manager(request).lookup(_uid(body.model))
+    family = instance.family
+    capabilities = {"chat": "completion", "generate": "completion", "embed": "embedding"}
+    caps = sorted({capabilities.get(a, a) for a in family.model_ability})
+    info: dict[str, Any] = {"general.basename": family.model_name}
+    if isinstance(family, LLMFamily):
+        info["general.context_length"] = family.context_length
+    return {
+        "modelfile": f"# served by inferd: {family.model_name}",
+        "parameters": "\n".join(f"stop {s}" for s in getattr(family, "stop", [])),
+        "template": getattr(family, "chat_template", None) or "",
+        "details": _details(instance),
+        "model_info": info,
+        "capabilities": caps,
+        "modified_at": datetime.fromtimestamp(instance.created, timezone.utc).isoformat(),
+    }
+
+
+@router.post("/chat", response_model=None)
+async def chat(body: ChatBody, request: Request) -> Response:
+    manager = _manager(request)
+    instance = _model(manager, body.model, "chat")
+    if not body.messages:  # Ollama's way to load a model: answer done at once
+        return _done_only(
+            body.model, body.stream, {"message": {"role": "assistant", "content": ""}}
+        )
+    messages = [
+        {k: v for k, v in m.items() if k in ("role", "content", "tool_calls", "tool_call_id")}
+        for m in body.messages
+    ]
+    openai = {"messages": messages, **_sampling(body.options, body.format)}
+    if body.tools:
+        openai["tools"] = body.tools
+    return await _run(
+        manager, instance, body.model, "/chat/completions", openai, body.stream, "chat"
+    )
+
+
+@router.post("/generate", response_model=None)
+async def generate(body: GenerateBody, request: Request) -> Response:
+    manager = _manager(request)
+    if not body.prompt:
+        _model(manager, body.model, "generate")
+        return _done_only(body.model, body.stream, {"response": ""})
+    if body.raw:
+        instance = _model(manager, body.model, "generate")
+        openai = {"prompt": body.prompt, **_sampling(body.options, body.format)}
+        openai.setdefault("max_tokens", 512)
+        return await _run(
+            manager, instance, body.model, "/completions", openai, body.stream, "generate"
+        )
+    instance = _model(manager, body.model, "chat")
+    messages = [{"role": "system", "content": body.system}] if body.system else []
+    messages.append({"role": "user", "content": body.prompt})
+    openai = {"messages": messages, **_sampling(body.options, body.format)}
+    return await _run(
+        manager, instance, body.model, "/chat/completions", openai, body.stream, "generate"
+    )
+
+
+@router.post("/embed")
+async def embed(body: EmbedBody, request: Request) -> dict:
+    manager = _manager(request)
+    instance = _model(manager, body.model, "embed")
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    if not texts or any(not t for t in texts):
+        raise InvalidRequest("input must hold non-empty texts", param="input")
+    started = time.perf_counter_ns()
+    payload: dict[str, Any] = {"model": instance.uid, "input": texts}
+    if body.dimensions:
+        payload["dimensions"] = body.dimensions
+    result = await _json(manager, instance, "/embeddings", payload)
+    return {
+        "model": body.model,
+        "embeddings": [d["embedding"] for d in result["data"]],
+        "total_duration": time.perf_counter_ns() - started,
+        "load_duration": 0,
+        "prompt_eval_count": result["usage"]["prompt_tokens"],
+    }
+
+
+@router.post("/embeddings")
+async def legacy_embeddings(body: LegacyEmbeddingsBody, request: Request) -> dict:
+    manager = _manager(request)
+    instance = _model(manager, body.model, "embed")
+    result = await _json(
+        manager, instance, "/embeddings", {"model": instance.uid, "input": [body.prompt]}
+    )
+    return {"embedding": result["data"][0]["embedding"]}
+
+
+@router.post("/pull", response_model=None)
+async def pull(body: PullBody, request: Request) -> Response:
+    """Ollama's pull, inferd's launch: brings a catalogue model up under its name."""
+    manager = _manager(request)
+    name = _uid(body.model)
+    existing = next((m for m in manager.list() if m.uid == name), None)
+    if existing is not None and existing.state == "failed":
+        await manager.terminate(name)  # a pull is a fresh try
+        existing = None
+    if existing is None:
+        family = manager.catalog.get(name)
+        launch = LaunchRequest(model_name=name, model_type=family.model_type, wait_ready=False)
+        await manager.launch(launch)
+    instance = manager.get(name)
+    if not body.stream:
+        while instance.state not in ("ready", "failed"):
+            await instance.wait_change(1.0)
+        if instance.state == "failed":
+            raise InvalidRequest(instance.error_text() or "launch failed", param="model")
+        return Response(orjson.dumps({"status": "success"}), media_type="application/json")
+
+    async def progress() -> AsyncIterator[bytes]:
+        yield orjson.dumps({"status": "pulling manifest"}) + b"\n"
+        while instance.state not in ("ready", "failed"):
+            p = instance.progress()
+            line = {"status": p["stage"], "completed": int(p["progress"] * 100), "total": 100}
+            yield orjson.dumps(line) + b"\n"
+            await instance.wait_change(0.5)
+        if instance.state == "failed":
+            yield orjson.dumps({"error": instance.error_text() or "launch failed"}) + b"\n"
+        else:
+            yield orjson.dumps({"status": "success"}) + b"\n"
+
+    return StreamingResponse(progress(), media_type="application/x-ndjson")
+
+
+def _done_only(model: str, stream: bool, extra: dict[str, Any]) -> Response:
+    body = {"model": model, "created_at": _now(), "done": True, "done_reason": "load", **extra}
+    media = "application/x-ndjson" if stream else "application/json"
+    return Response(orjson.dumps(body) + (b"\n" if stream else b""), media_type=media)
+
+
+async def _json(manager: ModelManager, instance: ModelInstance, path: str, body: dict) -> Any:
+    response = await relay(manager, instance, path, body, stream=False)
+    data = orjson.loads(bytes(response.body))
+    if response.status_code != 200:
+        raise _error(response.status_code, data)
+    return data
+
+
+def _error(status: int, data: Any) -> InferdError:
+    error = InferdError(str(data.get("error", {}).get("message", data)))
+    error.status_code = status
+    return error
+
+
+def _final(model: str, usage: dict[str, Any], finish: str | None, started: int) -> dict:
+    return {
+        "model": model,
+        "created_at": _now(),
+        "done": True,
+        "done_reason": finish or "stop",
+        "total_duration": time.perf_counter_ns() - started,
+        "load_duration": 0,
+        "prompt_eval_count": usage.get("prompt_tokens", 0),
+        "eval_count": usage.get("completion_tokens", 0),
+    }
+
+
+async def _run(
+    manager: ModelManager,
+    instance: ModelInstance,
+    model: str,
+    path: str,
+    openai: dict[str, Any],
+    stream: bool,
+    kind: str,
+) -> Response:
+    started = time.perf_counter_ns()
+    openai["model"] = instance.uid
+
+    def piece(text: str) -> dict[str, Any]:
+        if kind == "chat":
+            return {"message": {"role": "assistant", "content": text}}
+        return {"response": text}
+
+    if not stream:
+        result = await _json(manager, instance, path, openai)
+        choice = result["choices"][0]
+        text = choice["message"]["content"] if "message" in choice else choice["text"]
+        answer = {**_final(model, result.get("usage", {}), choice.get("finish_reason"), started)}
+        answer.update(piece(text or ""))
+        if kind == "chat" and choice.get("message", {}).get("tool_calls"):
+            answer["message"]["tool_calls"] = [
+                {
+                    "function": {
+                        "name": c["function"]["name"],
+                        "arguments": orjson.loads(c["function"]["arguments"]),
+                    }
+                }
+                for c in choice["message"]["tool_calls"]
+            ]
+        return Response(orjson.dumps(answer), media_type="application/json")
+
+    openai["stream"] = True
+    openai["stream_options"] = {"include_usage": True}
+    upstream = await relay(manager, instance, path, openai, stream=True)
+    if not isinstance(upstream, StreamingResponse):
+        raise _error(upstream.status_code, orjson.loads(bytes(upstream.body)))
+
+    async def lines() -> AsyncIterator[bytes]:
+        finish: str | None = None
+        usage: dict[str, Any] = {}
+        async for event in _sse_events(upstream.body_iterator):
+            if "error" in event:
+                yield orjson.dumps({"error": event["error"].get("message", "error")}) + b"\n"
+                return
+            if event.get("usage"):
+                usage = event["usage"]
+            for choice in event.get("choices") or []:
+                finish = choice.get("finish_reason") or finish
+                if "delta" in choice:  # a chat chunk; completion chunks carry `text`
+                    text = (choice["delta"] or {}).get("content")
+                else:
+                    text = choice.get("text")
+                if text:
+                    line = {"model": model, "created_at": _now(), "done": False, **piece(text)}
+                    yield orjson.dumps(line) + b"\n"
+        final = {**_final(model, usage, finish, started), **piece("")}
+        yield orjson.dumps(final) + b"\n"
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+async def _sse_events(chunks: Any) -> AsyncIterator[dict[str, Any]]:
+    """Server-sent events from a byte stream cut at arbitrary places."""
+    buffer = b""
+    async for chunk in chunks:
+        buffer += chunk if isinstance(chunk, bytes) else chunk.encode()
+        while b"\n\n" in buffer:
+            event, buffer = buffer.split(b"\n\n", 1)
+            if event.startswith(b"data: ") and event[6:] != b"[DONE]":
+                yield orjson.loads(event[6:])

@@ -1,0 +1,99 @@
+"""The `ollama` Python client against inferd's /api endpoints."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import ollama
+import pytest
+
+from tests.conftest import EMBEDDING, LLM, InferdServer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def oclient(launched: InferdServer) -> ollama.Client:
+    return ollama.Client(host=launched.url)
+
+
+def test_tags_ps_show(oclient: ollama.Client) -> None:
+    names = {m.model for m in oclient.list().models}
+    assert {f"{LLM}:latest", f"{EMBEDDING}:latest"} <= names
+    running = {m.model for m in oclient.ps().models}
+    assert f"{LLM}:latest" in running
+    shown = oclient.show(LLM)
+    assert shown.details is not None and shown.details.format == "gguf"
+    assert shown.capabilities and "completion" in shown.capabilities
+    assert "<start_of_turn>" in (shown.template or "")
+
+
+def test_chat_plain_and_streamed(oclient: ollama.Client) -> None:
+    messages = [{"role": "user", "content": "Say hi."}]
+    reply = oclient.chat(
+        model=f"{LLM}:latest", messages=messages, options={"num_predict": 6, "temperature": 0}
+    )
+    assert reply.done and reply.message.role == "assistant" and reply.message.content
+    assert reply.eval_count == 6 and reply.done_reason == "length"
+    parts = list(
+        oclient.chat(
+            model=LLM, messages=messages, options={"num_predict": 6, "temperature": 0}, stream=True
+        )
+    )
+    assert parts[-1].done and parts[-1].eval_count == 6
+    assert "".join(p.message.content or "" for p in parts) == reply.message.content
+
+
+def test_generate_and_format_json(oclient: ollama.Client) -> None:
+    text = oclient.generate(model=LLM, prompt="The sky is", raw=True, options={"num_predict": 4})
+    assert text.response and text.done
+    streamed = list(
+        oclient.generate(model=LLM, prompt="Hello", options={"num_predict": 3}, stream=True)
+    )
+    assert streamed[-1].done and any(p.response for p in streamed[:-1])
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    structured = oclient.chat(
+        model=LLM,
+        messages=[{"role": "user", "content": "JSON please"}],
+        format=schema,
+        options={"num_predict": 200, "temperature": 0},
+    )
+    assert isinstance(json.loads(structured.message.content or "")["ok"], bool)
+
+
+def test_embed(oclient: ollama.Client) -> None:
+    result = oclient.embed(model=EMBEDDING, input=["one", "two"])
+    assert len(result.embeddings) == 2 and len(result.embeddings[0]) == 384
+    assert result.prompt_eval_count and result.prompt_eval_count > 0
+    legacy = oclient.embeddings(model=EMBEDDING, prompt="one")
+    assert list(legacy.embedding) == pytest.approx(list(result.embeddings[0]), abs=1e-5)
+
+
+def test_pull_launches_a_catalogue_model(launched: InferdServer) -> None:
+    client = ollama.Client(host=launched.url)
+    launched.cli("terminate", EMBEDDING)
+    statuses = [p.status for p in client.pull(EMBEDDING, stream=True)]
+    assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
+    assert launched.models()[EMBEDDING]["status"] == "ready"
+    response = httpx.post(f"{launched.url}/api/pull", json={"model": LLM, "stream": False})
+    assert response.json() == {"status": "success"}  # launched already
+
+    # Weights that are not on this machine: the pull fails with the launch's reason.
+    with pytest.raises(ollama.ResponseError, match="not on this machine"):
+        list(client.pull("all-mpnet-base-v2", stream=True))
+    with pytest.raises(ollama.ResponseError, match="not on this machine"):
+        client.pull("all-mpnet-base-v2")
+    launched.cli("terminate", "all-mpnet-base-v2")
+
+
+def test_errors_are_ollama_shaped(oclient: ollama.Client, launched: InferdServer) -> None:
+    with pytest.raises(ollama.ResponseError) as info:
+        oclient.chat(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == 404
+    assert "does not exist" in info.value.error
+    with pytest.raises(ollama.ResponseError) as info:
+        oclient.embed(model=LLM, input="x")
+    assert info.value.status_code == 400
+    raw = httpx.post(f"{launched.url}/api/chat", json={"messages": []})
+    assert raw.status_code == 400 and isinstance(raw.json()["error"], str)
