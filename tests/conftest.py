@@ -16,6 +16,8 @@ import openai
 import pytest
 
 LLM = "gemma-3-270m"
+# No test may reach a real hub: unless a test brings its own, the hub is a closed local port.
+NO_HUB = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_DISABLE_TELEMETRY": "1"}
 EMBEDDING = "all-MiniLM-L6-v2"
 
 
@@ -28,11 +30,17 @@ def free_port() -> int:
 class InferdServer:
     """`inferd serve` in a subprocess with its own INFERD_HOME and port."""
 
-    def __init__(self, home: Path, *args: str):
+    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None):
         self.home = home
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "INFERD_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+        self.env = {
+            **os.environ,
+            **NO_HUB,
+            "INFERD_HOME": str(home),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
         self.env.pop("INFERD_ENDPOINT", None)
         self.log_path = home / "server.log"
         home.mkdir(parents=True, exist_ok=True)
@@ -113,6 +121,12 @@ def wait_ready(server: InferdServer, uids: set[str], timeout: float = 120) -> di
             return models
         time.sleep(0.1)
     raise AssertionError(f"models not ready: {server.models()}\n{server.log()}")
+
+
+def restart(old: InferdServer) -> InferdServer:
+    """A new server on the same INFERD_HOME and environment, as after a reboot."""
+    extra = {k: v for k, v in old.env.items() if os.environ.get(k) != v}
+    return InferdServer(old.home, env=extra)
 
 
 def wait_gone(pids: list[int], timeout: float = 15) -> None:

@@ -46,10 +46,12 @@ def test_terminate_unknown_uid_fails_clearly(server: InferdServer) -> None:
     assert "no launched model with uid 'no-such-uid'" in result.stderr
 
 
-def test_launch_of_a_model_without_local_files_says_so(server: InferdServer) -> None:
+def test_launch_whose_download_fails_says_why(server: InferdServer) -> None:
     result = server.cli("launch", "-n", "qwen2.5-instruct", check=False)
     assert result.returncode == 1
-    assert "not on this machine" in result.stderr
+    assert "could not download the model" in result.stderr
+    assert "huggingface (Qwen/Qwen2.5-0.5B-Instruct-GGUF)" in result.stderr
+    assert "pip install modelscope" in result.stderr  # the fallback hub, and what it lacks
     assert "--model-path" in result.stderr
 
 

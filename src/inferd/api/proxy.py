@@ -14,29 +14,29 @@ from inferd.runtime.instance import ModelInstance
 from inferd.runtime.manager import ModelManager
 from inferd.runtime.replica import Replica
 
-# A request that could not even connect was never seen by the model, so it is safe to send it
-# again once the dead process has been noticed (which takes milliseconds).
-_CONNECT_ATTEMPTS = 5
+# A request that failed before any answer because its model process is gone (refused
+# connection, or a pooled connection the dead process left) produced nothing for the client,
+# so it is sent again to another replica, or to the restarted process.
+_ATTEMPTS = 5
 
 
 async def relay(
     manager: ModelManager, instance: ModelInstance, path: str, body: dict, stream: bool
 ) -> Response:
     content = orjson.dumps(body)
-    for attempt in range(_CONNECT_ATTEMPTS):
+    for attempt in range(_ATTEMPTS):
         replica = await manager.acquire(instance)
-        assert replica.process is not None
-        client = replica.process.client
+        process = replica.process
+        assert process is not None
         try:
-            upstream = await client.send(
-                client.build_request("POST", path, content=content), stream=stream
+            upstream = await process.client.send(
+                process.client.build_request("POST", path, content=content), stream=stream
             )
-        except httpx.ConnectError:
-            manager.release(instance, replica)
-            await asyncio.sleep(0.05 * (attempt + 1))
-            continue
         except httpx.HTTPError as exc:
             manager.release(instance, replica)
+            await asyncio.sleep(0.05 * (attempt + 1))  # time for the supervisor to notice
+            if isinstance(exc, httpx.ConnectError) or not process.alive:
+                continue
             raise _stopped(instance, exc) from exc
         break
     else:

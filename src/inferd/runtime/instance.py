@@ -12,6 +12,7 @@ from inferd.catalog import EmbeddingFamily, LLMFamily, ModelSpec
 from inferd.engines import Engine
 from inferd.runtime.launch import LaunchRequest
 from inferd.runtime.replica import Replica
+from inferd.storage.download import DownloadProgress
 
 # Phases the manager moves an instance through; once `ready`, what clients see is derived
 # from its replicas (ready, restarting, failed).
@@ -42,6 +43,7 @@ class ModelInstance:
     last_used: float = field(default_factory=time.monotonic)
     replicas: list[Replica] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
+    download: DownloadProgress | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -93,13 +95,20 @@ class ModelInstance:
         state = self.state
         if state in (READY, IDLE):
             return {"progress": 1.0, "stage": state}
+        # A download, when there is one, takes the first 80% of the bar.
+        load_from = 0.8 if self.download is not None else 0.1
+        if self.stage == "downloading" and self.download is not None:
+            share = self.download.done / self.download.total if self.download.total else 0.0
+            return {
+                "progress": round(0.8 * share, 3),
+                "stage": "downloading",
+                "download": self.download.as_dict(),
+            }
         if state == LOADING or self.stage == LOADING:
             expected = self.expected_load_seconds or 10.0
             elapsed = time.monotonic() - self.phase_since
-            return {
-                "progress": round(0.1 + 0.85 * min(elapsed / expected, 1.0), 3),
-                "stage": LOADING,
-            }
+            share = min(elapsed / expected, 1.0)
+            return {"progress": round(load_from + (0.95 - load_from) * share, 3), "stage": LOADING}
         fractions = {LAUNCHING: 0.0, RESTORING: 0.0, "resolving": 0.05, RESTARTING: 0.5}
         return {"progress": fractions.get(self.stage, 0.0), "stage": self.stage}
 

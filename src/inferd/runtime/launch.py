@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -25,7 +25,7 @@ class LaunchRequest(BaseModel):
     n_gpu: int | str | None = "auto"
     gpu_idx: int | list[int] | None = None
     peft_model_config: dict[str, Any] | None = None
-    download_hub: str | None = None
+    download_hub: Literal["huggingface", "modelscope"] | None = None
     # Xinference's launch fields; what inferd cannot honour yet is refused by the manager.
     n_worker: int = Field(default=1, ge=1)
     request_limits: int | None = None

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from inferd.errors import (
     InferdError,
     InvalidRequest,
     LaunchFailed,
+    ModelFilesUnavailable,
     ModelUnavailable,
     NotFound,
 )
@@ -43,7 +45,8 @@ from inferd.runtime.instance import (
 from inferd.runtime.launch import LaunchRequest
 from inferd.runtime.replica import Replica
 from inferd.settings import Settings
-from inferd.storage.resolve import resolve_model_path
+from inferd.storage.download import DownloadProgress, download
+from inferd.storage.resolve import cache_dir_for, cached_weights, find_local_weights
 from inferd.storage.state import StateStore
 
 log = logging.getLogger("inferd.manager")
@@ -61,6 +64,7 @@ class ModelManager:
         self._socket_dir = Path(tempfile.mkdtemp(prefix="inferd-"))
         self._counter = itertools.count(1)
         self._idle_task: asyncio.Task[None] | None = None
+        self._download_locks: dict[Path, asyncio.Lock] = {}
 
     # start-up and shut-down ----------------------------------------------------------
 
@@ -296,14 +300,7 @@ class ModelManager:
         try:
             instance.stage = "resolving"
             request = instance.request
-            path = await asyncio.to_thread(
-                resolve_model_path,
-                instance.family,
-                instance.spec,
-                instance.quantization,
-                self.settings.cache_dir,
-                request.model_path,
-            )
+            path = await self._weights(instance)
             options = request.engine_options
             if request.n_gpu == 0:
                 options = {**instance.engine.cpu_options, **options}
@@ -363,6 +360,58 @@ class ModelManager:
         log.info(
             "%s is ready in %.1fs (pids %s)", uid, load_seconds, [r.pid for r in instance.replicas]
         )
+
+    async def _weights(self, instance: ModelInstance) -> Path:
+        """The weights on local disk, downloading them first if they are not."""
+        args = (
+            instance.family,
+            instance.spec,
+            instance.quantization,
+            self.settings.cache_dir,
+            instance.request.model_path,
+        )
+        path = await asyncio.to_thread(find_local_weights, *args)
+        if path is not None:
+            return path
+        variant = cache_dir_for(
+            self.settings.cache_dir,
+            instance.family.model_name,
+            instance.spec,
+            instance.quantization,
+        )
+        # Two launches of one model download it once: the second waits, then finds it cached.
+        lock = self._download_locks.setdefault(variant, asyncio.Lock())
+        async with lock:
+            path = await asyncio.to_thread(find_local_weights, *args)
+            if path is not None:
+                return path
+            hub = instance.request.download_hub or self.settings.model_src
+            instance.download = DownloadProgress(hub=hub)
+            instance.set_phase(instance.phase, "downloading")
+            self.store.set_status(instance.uid, "downloading")
+            instance.notify()
+            cancelled = threading.Event()
+            try:
+                await asyncio.to_thread(
+                    download,
+                    instance.spec,
+                    instance.quantization,
+                    variant,
+                    hub,
+                    instance.download,
+                    cancelled,
+                )
+            except asyncio.CancelledError:
+                cancelled.set()  # the thread stops before its next file
+                raise
+            found = cached_weights(variant, instance.spec, instance.quantization)
+            if found is None:
+                raise ModelFilesUnavailable(
+                    f"the download of {instance.family.model_name} finished without the file "
+                    "the engine loads",
+                    param="model_name",
+                )
+            return found
 
     def _replica_changed(
         self, instance: ModelInstance, replica: Replica, status: str, message: str | None

