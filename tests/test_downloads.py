@@ -128,12 +128,22 @@ def test_download_shows_progress_and_fetches_only_what_is_needed(
 
         cached = server.cli("cached", "--json").stdout
         entry = next(e for e in json.loads(cached) if e["model_name"] == "hub-minilm")
-        assert entry["size_bytes"] > 90_000_000
+        assert entry["size_bytes"] > 90_000_000 and entry["source"] == "huggingface"
 
         # A second launch of the same model reads the cache: nothing more is fetched.
         before = dict(hub.served)
         server.cli("launch", "-n", "hub-minilm", "-t", "embedding", "-u", "again")
         assert hub.served == before
+
+        # Freeing the cache is refused while the model runs, then frees its bytes.
+        busy = server.cli("remove-cache", "hub-minilm", "-y", check=False)
+        assert busy.returncode == 1 and "in use" in busy.stderr
+        server.cli("terminate", "hub-minilm")
+        server.cli("terminate", "again")
+        freed = server.cli("remove-cache", "hub-minilm", "-y")
+        assert "MB freed" in freed.stderr
+        assert json.loads(server.cli("cached", "--json").stdout) == []
+        assert not (server.home / "cache" / "hub-minilm").exists()
     finally:
         server.stop()
 

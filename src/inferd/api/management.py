@@ -14,9 +14,9 @@ from inferd.api.deps import manager as _manager
 from inferd.api.logs import follow_log, read_tail
 from inferd.catalog import EmbeddingFamily, LLMFamily, ModelType
 from inferd.engines import engines_for, is_installed
-from inferd.errors import InvalidRequest
+from inferd.errors import Conflict, InvalidRequest, NotFound
 from inferd.runtime.launch import LaunchRequest
-from inferd.storage.resolve import list_cache
+from inferd.storage.resolve import list_cache, remove_cached
 
 router = APIRouter()
 
@@ -158,6 +158,20 @@ def _engine_table(family: LLMFamily | EmbeddingFamily) -> dict[str, list[dict[st
                 }
             )
     return table
+
+
+@router.delete("/v1/cache/models")
+async def remove_cached_model(request: Request, model_name: str = Query(min_length=1)) -> dict:
+    manager = _manager(request)
+    users = [m.uid for m in manager.list() if m.family.model_name == model_name]
+    if users:
+        raise Conflict(
+            f"{model_name} is in use by {', '.join(users)}; terminate it first", param="model_name"
+        )
+    removed, freed = await asyncio.to_thread(remove_cached, manager.settings.cache_dir, model_name)
+    if not removed:
+        raise NotFound(f"nothing of {model_name!r} is in the cache", param="model_name")
+    return {"result": True, "removed": removed, "freed_bytes": freed}
 
 
 @router.get("/v1/cache/models")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 import click
@@ -335,7 +336,7 @@ def cached(model_name: str | None, as_json: bool, endpoint: str | None) -> None:
     if as_json:
         click.echo(json.dumps(entries, indent=2))
         return
-    table = Table("Name", "Format", "Size (B)", "Quantization", "On disk", "Path")
+    table = Table("Name", "Format", "Size (B)", "Quantization", "On disk", "Source", "Last used")
     for e in entries:
         table.add_row(
             e["model_name"],
@@ -343,9 +344,27 @@ def cached(model_name: str | None, as_json: bool, endpoint: str | None) -> None:
             e["model_size_in_billions"].replace("_", "."),
             e["quantization"],
             f"{e['size_bytes'] / 1e6:.1f} MB",
-            e["path"],
+            e["source"],
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(e["last_used"])),
         )
     out.print(table)
+
+
+@cli.command("remove-cache")
+@click.argument("model_name")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@endpoint_option
+def remove_cache(model_name: str, yes: bool, endpoint: str | None) -> None:
+    """Delete a model's cached files (refused while it is launched)."""
+    if not yes:
+        click.confirm(f"Delete every cached file of {model_name}?", abort=True, err=True)
+    try:
+        result = _client(endpoint).request(
+            "DELETE", "/v1/cache/models", params={"model_name": model_name}
+        )
+    except ClientError as exc:
+        _fail(str(exc))
+    console.print(f"removed {model_name}: {result['freed_bytes'] / 1e6:.1f} MB freed")
 
 
 @cli.command()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import shutil
 from pathlib import Path
 
 from inferd.catalog.schema import EmbeddingFamily, LLMFamily, ModelSpec
@@ -82,8 +83,10 @@ def check_local_weights(path: Path, model_format: str, param: str = "model_path"
 def cached_weights(cached: Path, spec: ModelSpec, quantization: str) -> Path | None:
     """What a complete cache folder holds for the engine: its GGUF file (the first part of a
     split one) or the folder itself."""
-    if not (cached / COMPLETE_MARK).exists():
+    mark = cached / COMPLETE_MARK
+    if not mark.exists():
         return None
+    mark.touch()  # its time is the variant's last use, which `inferd cached` shows
     file_name = spec.package.file_name if spec.package and spec.package.file_name else None
     file_name = file_name or spec.file_name(quantization)
     if not file_name:
@@ -108,7 +111,7 @@ def _from_package(spec: ModelSpec, cached: Path) -> Path:
     target = cached / spec.package.file_name
     target.unlink(missing_ok=True)  # a half-written file from an interrupted launch
     getattr(module, spec.package.assemble)(target)
-    (cached / COMPLETE_MARK).touch()
+    (cached / COMPLETE_MARK).write_text(f"package {spec.package.distribution}")
     return target
 
 
@@ -130,7 +133,19 @@ def list_cache(cache_root: Path, model_name: str | None = None) -> list[dict[str
                 "quantization": quantization,
                 "path": str(variant),
                 "size_bytes": sum(f.stat().st_size for f in files),
-                "last_modified": max((f.stat().st_mtime for f in files), default=None),
+                "last_used": marker.stat().st_mtime,
+                "source": marker.read_text().strip() or "package",
             }
         )
     return entries
+
+
+def remove_cached(cache_root: Path, model_name: str) -> tuple[list[str], int]:
+    """Delete every cached variant of a model; the paths removed and the bytes freed."""
+    folder = cache_root / model_name
+    if not folder.is_dir() or folder.resolve().parent != cache_root.resolve():
+        return [], 0
+    removed = [str(p) for p in sorted(folder.iterdir())]
+    freed = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    shutil.rmtree(folder)
+    return removed, freed
