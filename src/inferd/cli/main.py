@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -27,9 +27,17 @@ def _client(endpoint: str | None, timeout: float | None = 30.0) -> Client:
     return Client(resolve_endpoint(endpoint, Settings()), timeout=timeout)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     console.print("[red]Error:[/red]", message, highlight=False, markup=True, soft_wrap=True)
     sys.exit(1)
+
+
+def _request(endpoint: str | None, method: str, path: str, **kwargs: Any) -> Any:
+    """One call to the server; a failure ends the command with the server's message."""
+    try:
+        return _client(endpoint).request(method, path, **kwargs)
+    except ClientError as exc:
+        _fail(str(exc))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -195,10 +203,7 @@ def _launch_with_progress(client: Client, body: dict[str, Any], uid: str) -> dic
 @endpoint_option
 def list_models(endpoint: str | None, as_json: bool) -> None:
     """List launched models."""
-    try:
-        models = _client(endpoint).request("GET", "/v1/models")["data"]
-    except ClientError as exc:
-        _fail(str(exc))
+    models = _request(endpoint, "GET", "/v1/models")["data"]
     if as_json:
         click.echo(json.dumps(models, indent=2))
         return
@@ -230,10 +235,7 @@ def terminate(model_uid: str | None, uid_option: str | None, endpoint: str | Non
     uid = model_uid or uid_option
     if not uid:
         raise click.UsageError("give the model's uid: inferd terminate UID")
-    try:
-        _client(endpoint).request("DELETE", f"/v1/models/{uid}")
-    except ClientError as exc:
-        _fail(str(exc))
+    _request(endpoint, "DELETE", f"/v1/models/{uid}")
     console.print(f"terminated {uid}")
 
 
@@ -268,14 +270,12 @@ def register(model_type: str, file_: str, persist: bool, endpoint: str | None) -
     """Register a custom model from a JSON definition (Xinference's format)."""
     with open(file_, encoding="utf-8") as f:
         model = f.read()
-    try:
-        result = _client(endpoint).request(
-            "POST",
-            f"/v1/model_registrations/{model_type}",
-            json={"model": model, "persist": persist},
-        )
-    except ClientError as exc:
-        _fail(str(exc))
+    result = _request(
+        endpoint,
+        "POST",
+        f"/v1/model_registrations/{model_type}",
+        json={"model": model, "persist": persist},
+    )
     if result.get("ignored_fields"):
         console.print(f"ignored fields: {', '.join(result['ignored_fields'])}", highlight=False)
     console.print(f"registered ({'persisted' if persist else 'until the server stops'})")
@@ -287,10 +287,7 @@ def register(model_type: str, file_: str, persist: bool, endpoint: str | None) -
 @endpoint_option
 def unregister(model_type: str, model_name: str, endpoint: str | None) -> None:
     """Remove a custom model registration."""
-    try:
-        _client(endpoint).request("DELETE", f"/v1/model_registrations/{model_type}/{model_name}")
-    except ClientError as exc:
-        _fail(str(exc))
+    _request(endpoint, "DELETE", f"/v1/model_registrations/{model_type}/{model_name}")
     console.print(f"unregistered {model_name}")
 
 
@@ -302,10 +299,7 @@ def unregister(model_type: str, model_name: str, endpoint: str | None) -> None:
 def engine(model_name: str, model_type: str | None, as_json: bool, endpoint: str | None) -> None:
     """Which engines can serve a model, for which formats, and whether they are installed."""
     path = f"/v1/engines/{model_type}/{model_name}" if model_type else f"/v1/engines/{model_name}"
-    try:
-        table_data = _client(endpoint).request("GET", path)
-    except ClientError as exc:
-        _fail(str(exc))
+    table_data = _request(endpoint, "GET", path)
     if as_json:
         click.echo(json.dumps(table_data, indent=2))
         return
@@ -329,10 +323,7 @@ def engine(model_name: str, model_type: str | None, as_json: bool, endpoint: str
 def cached(model_name: str | None, as_json: bool, endpoint: str | None) -> None:
     """Models in this server's cache, with their size on disk."""
     params = {"model_name": model_name} if model_name else {}
-    try:
-        entries = _client(endpoint).request("GET", "/v1/cache/models", params=params)["list"]
-    except ClientError as exc:
-        _fail(str(exc))
+    entries = _request(endpoint, "GET", "/v1/cache/models", params=params)["list"]
     if as_json:
         click.echo(json.dumps(entries, indent=2))
         return
@@ -358,12 +349,7 @@ def remove_cache(model_name: str, yes: bool, endpoint: str | None) -> None:
     """Delete a model's cached files (refused while it is launched)."""
     if not yes:
         click.confirm(f"Delete every cached file of {model_name}?", abort=True, err=True)
-    try:
-        result = _client(endpoint).request(
-            "DELETE", "/v1/cache/models", params={"model_name": model_name}
-        )
-    except ClientError as exc:
-        _fail(str(exc))
+    result = _request(endpoint, "DELETE", "/v1/cache/models", params={"model_name": model_name})
     console.print(f"removed {model_name}: {result['freed_bytes'] / 1e6:.1f} MB freed")
 
 
@@ -373,12 +359,9 @@ def remove_cache(model_name: str, yes: bool, endpoint: str | None) -> None:
 @endpoint_option
 def registrations(model_type: str, as_json: bool, endpoint: str | None) -> None:
     """List the models the server can launch."""
-    try:
-        families = _client(endpoint).request(
-            "GET", f"/v1/model_registrations/{model_type}", params={"detailed": "true"}
-        )
-    except ClientError as exc:
-        _fail(str(exc))
+    families = _request(
+        endpoint, "GET", f"/v1/model_registrations/{model_type}", params={"detailed": "true"}
+    )
     if as_json:
         click.echo(json.dumps(families, indent=2, ensure_ascii=False))
         return

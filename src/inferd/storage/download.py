@@ -119,7 +119,7 @@ class HuggingFaceHub:
             if isinstance(f, RepoFile)
         ]
 
-    def fetch(self, repo_id: str, file: RemoteFile, partial: Path, on_bytes: OnBytes) -> None:
+    def fetch(self, repo_id: str, file: RemoteFile, partial: Path, sink: Received) -> None:
         # huggingface_hub resolves the file (mirrors, redirects to LFS storage, auth); the bytes
         # come through our own ranged GET, because its downloader restarts interrupted files
         # from zero and we resume them.
@@ -131,18 +131,52 @@ class HuggingFaceHub:
         headers = build_hf_headers()
         if urlsplit(meta.location).netloc != urlsplit(url).netloc:
             headers.pop("authorization", None)  # a storage CDN gets no Hub token
-        _ranged_get(meta.location, partial, file.size, headers, on_bytes)
+        _ranged_get(meta.location, partial, file.size, headers, sink)
 
 
-OnBytes = Callable[[int], None]
+class Received:
+    """Counts and hashes one file's bytes as they arrive, so verifying it needs no second read."""
+
+    def __init__(
+        self, progress: DownloadProgress, lock: threading.Lock, cancelled: threading.Event | None
+    ):
+        self._progress = progress
+        self._lock = lock
+        self._cancelled = cancelled
+        self.digest = hashlib.sha256()
+
+    def __call__(self, chunk: bytes) -> None:
+        if self._cancelled is not None and self._cancelled.is_set():
+            raise InterruptedError("download cancelled")
+        self.digest.update(chunk)
+        with self._lock:
+            self._progress.done += len(chunk)
+
+    def resume_from(self, partial: Path) -> None:
+        """Hash what an earlier attempt wrote (already counted in the progress)."""
+        with open(partial, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                self.digest.update(block)
+
+    def start_over(self, dropped: int) -> None:
+        self.digest = hashlib.sha256()
+        with self._lock:
+            self._progress.done -= dropped
+
+    def whole_file(self, path: Path) -> None:
+        """A file some other client wrote at once: hash and count it."""
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                self(block)
 
 
 def _ranged_get(
-    url: str, partial: Path, size: int, headers: dict[str, str], on_bytes: OnBytes
+    url: str, partial: Path, size: int, headers: dict[str, str], sink: Received
 ) -> None:
     """GET `url` into `partial`, continuing from what an earlier attempt left there."""
     start = partial.stat().st_size if partial.exists() else 0
     if start >= size > 0:
+        sink.resume_from(partial)
         return
     request_headers = {**headers, "Accept-Encoding": "identity"}
     if start:
@@ -151,13 +185,15 @@ def _ranged_get(
         "GET", url, headers=request_headers, follow_redirects=True, timeout=httpx.Timeout(60.0)
     ) as response:
         response.raise_for_status()
-        mode = "ab" if start and response.status_code == 206 else "wb"
-        if mode == "wb" and start:
-            on_bytes(-start)  # the server ignored the range: start over
-        with open(partial, mode) as f:
+        resumed = start > 0 and response.status_code == 206
+        if resumed:
+            sink.resume_from(partial)
+        elif start:
+            sink.start_over(start)  # the server ignored the range
+        with open(partial, "ab" if resumed else "wb") as f:
             for chunk in response.iter_bytes(1 << 20):
                 f.write(chunk)
-                on_bytes(len(chunk))
+                sink(chunk)
 
 
 def download(
@@ -230,21 +266,15 @@ def _fetch_all(
     target_dir.mkdir(parents=True, exist_ok=True)
     progress.done = sum(_present(target_dir, f) for f in files)
     lock = threading.Lock()
-
-    def on_bytes(n: int) -> None:
-        if cancelled is not None and cancelled.is_set():
-            raise InterruptedError("download cancelled")
-        with lock:
-            progress.done += n
-
     for file in files:
         final = target_dir / file.path
-        if final.exists() and _verified(final, file):
-            continue
+        if final.exists() and final.stat().st_size == file.size:
+            continue  # verified before it got its final name
         final.parent.mkdir(parents=True, exist_ok=True)
         partial = final.with_name(final.name + PARTIAL_SUFFIX)
+        sink = Received(progress, lock, cancelled)
         try:
-            hub.fetch(repo, file, partial, on_bytes)
+            hub.fetch(repo, file, partial, sink)
         except InterruptedError:
             raise
         except Exception as exc:
@@ -254,7 +284,8 @@ def _fetch_all(
             else:
                 reason = f"downloading {file.path} from {repo} failed: {exc}"
             raise ModelFilesUnavailable(reason, param="model_name") from exc
-        if not _verified(partial, file):
+        size_ok = partial.exists() and partial.stat().st_size == file.size
+        if not size_ok or (file.sha256 is not None and sink.digest.hexdigest() != file.sha256):
             partial.unlink(missing_ok=True)
             raise ModelFilesUnavailable(
                 f"{file.path} from {repo} does not match the hub's checksum; it was removed "
@@ -271,18 +302,6 @@ def _present(target_dir: Path, file: RemoteFile) -> int:
         return min(final.stat().st_size, file.size)
     partial = final.with_name(final.name + PARTIAL_SUFFIX)
     return partial.stat().st_size if partial.exists() else 0
-
-
-def _verified(path: Path, file: RemoteFile) -> bool:
-    if not path.exists() or path.stat().st_size != file.size:
-        return False
-    if file.sha256 is None:
-        return True
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest() == file.sha256
 
 
 class ModelScopeHub:
@@ -308,10 +327,10 @@ class ModelScopeHub:
             if e.get("Type") != "tree"
         ]
 
-    def fetch(self, repo_id: str, file: RemoteFile, partial: Path, on_bytes: OnBytes) -> None:
+    def fetch(self, repo_id: str, file: RemoteFile, partial: Path, sink: Received) -> None:
         from modelscope.hub.file_download import model_file_download
 
         with tempfile.TemporaryDirectory(dir=partial.parent) as tmp:
             path = model_file_download(repo_id, file.path, local_dir=tmp)
             shutil.move(path, partial)
-        on_bytes(file.size)
+        sink.whole_file(partial)
