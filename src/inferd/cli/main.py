@@ -178,7 +178,7 @@ def _launch_with_progress(client: Client, body: dict[str, Any], uid: str) -> dic
     poller = Client(client.endpoint, timeout=5)
     columns = (
         TextColumn("{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=24),
         TextColumn("{task.percentage:>3.0f}%"),
         TextColumn("{task.fields[stage]}"),
         TimeElapsedColumn(),
@@ -191,7 +191,16 @@ def _launch_with_progress(client: Client, body: dict[str, Any], uid: str) -> dic
                 progress = poller.request("GET", f"/v1/models/{uid}/progress")
             except ClientError:
                 continue  # not registered yet, or gone
-            bar.update(task, completed=progress["progress"], stage=progress["stage"])
+            stage = progress["stage"]
+            if (download := progress.get("download")) and download["total_bytes"]:
+                speed = download["speed_bytes_per_s"] / 1e6
+                eta = download["eta_s"]
+                stage = (
+                    f"downloading {download['bytes'] / 1e6:.0f}/"
+                    f"{download['total_bytes'] / 1e6:.0f} MB {speed:.0f} MB/s"
+                    + (f" {eta:.0f}s left" if eta is not None else "")
+                )
+            bar.update(task, completed=progress["progress"], stage=stage)
     if "error" in outcome:
         raise outcome["error"]
     result: dict[str, Any] = outcome["result"]
