@@ -35,10 +35,6 @@ class Settings(BaseSettings):
         return self.home / "logs"
 
     @property
-    def run_dir(self) -> Path:
-        return self.home / "run"
-
-    @property
     def state_db(self) -> Path:
         return self.home / "state.db"
 

@@ -32,7 +32,6 @@ class ModelProcess:
             timeout=httpx.Timeout(None, connect=5.0),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
         )
-        self.load_seconds: float | None = None
 
     @property
     def pid(self) -> int | None:
@@ -79,7 +78,6 @@ class ModelProcess:
             health = await self._health()
             if health is not None:
                 if health["status"] == "ready":
-                    self.load_seconds = health.get("load_seconds")
                     return
                 if health["status"] == "failed":
                     await self.stop(timeout=5)

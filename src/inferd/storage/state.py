@@ -77,10 +77,6 @@ class StateStore:
                 f"BEGIN; {_MIGRATIONS[number]}; PRAGMA user_version = {number + 1}; COMMIT;"
             )
 
-    @property
-    def schema_version(self) -> int:
-        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
-
     def _write(self, sql: str, *args: Any) -> None:
         with self._lock:
             self._db.execute(sql, args)
