@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from inferd.engines.base import Engine, Json
+from inferd.engines.batching import DynamicBatcher
 from inferd.errors import InvalidRequest
 
 
@@ -36,16 +36,20 @@ class SentenceTransformersEngine(Engine):
             trust_remote_code=trust_remote_code,
             local_files_only=True,
         )
-        # One thread runs the model: torch already spreads one forward pass over every core.
+        # One thread runs the model: torch already spreads one forward pass over every core,
+        # and concurrent requests are batched into that pass rather than run side by side.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+        self._batcher: DynamicBatcher[str] = DynamicBatcher(self._encode, self._pool, max_items=64)
 
     def close(self) -> None:
+        self._batcher.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def embed(self, request: Json) -> Json:
         texts: list[str] = request["input"]
-        loop = asyncio.get_running_loop()
-        vectors, tokens = await loop.run_in_executor(self._pool, self._encode, texts)
+        rows = await self._batcher.submit(texts)
+        vectors = [vector for vector, _ in rows]
+        tokens = sum(count for _, count in rows)
         as_base64 = request.get("encoding_format") == "base64"
         dimensions = request.get("dimensions")
         data = []
@@ -65,11 +69,12 @@ class SentenceTransformersEngine(Engine):
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
 
-    def _encode(self, texts: list[str]) -> tuple[Any, int]:
+    def _encode(self, texts: list[str]) -> list[tuple[Any, int]]:
+        """(vector, token count) per text, in one pass over all of them."""
         # tokenize() truncates as encode() does, so this counts the tokens the model saw.
-        tokens = int(self._model.tokenize(texts)["attention_mask"].sum())
-        vectors = self._model.encode(texts, convert_to_numpy=True, batch_size=32)
-        return vectors, tokens
+        counts = self._model.tokenize(texts)["attention_mask"].sum(dim=1).tolist()
+        vectors = self._model.encode(texts, convert_to_numpy=True, batch_size=64)
+        return list(zip(vectors, (int(c) for c in counts), strict=True))
 
 
 def _truncate(vector: Any, dimensions: int) -> Any:

@@ -1,0 +1,110 @@
+"""Dynamic batching: requests that arrive together share a pass; each gets its own answers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from inferd.engines.batching import DynamicBatcher
+
+
+def _run_with_log(log: list[list[str]]):  # type: ignore[no-untyped-def]
+    def run(items: list[str]) -> list[str]:
+        log.append(list(items))
+        if "bad" in items:
+            raise ValueError("bad input")
+        time.sleep(0.05)  # a forward pass takes time, so later requests queue up
+        return [item.upper() for item in items]
+
+    return run
+
+
+def test_concurrent_requests_share_passes_and_get_their_own_results() -> None:
+    passes: list[list[str]] = []
+
+    async def main() -> list[list[str]]:
+        batcher: DynamicBatcher[str] = DynamicBatcher(
+            _run_with_log(passes), ThreadPoolExecutor(1), max_items=64
+        )
+        requests = [[f"r{i}a", f"r{i}b"] for i in range(10)]
+        return await asyncio.gather(*(batcher.submit(r) for r in requests))
+
+    results = asyncio.run(main())
+    assert results == [[f"R{i}A", f"R{i}B"] for i in range(10)]
+    assert len(passes) < 10  # not one pass per request
+    assert sum(len(p) for p in passes) == 20
+
+
+def test_a_lone_request_does_not_wait() -> None:
+    async def main() -> float:
+        batcher: DynamicBatcher[str] = DynamicBatcher(
+            lambda items: items, ThreadPoolExecutor(1), max_items=64
+        )
+        started = time.perf_counter()
+        await batcher.submit(["x"])
+        return time.perf_counter() - started
+
+    assert asyncio.run(main()) < 0.5  # no timer: only the pass itself
+
+
+def test_a_bad_request_fails_alone() -> None:
+    passes: list[list[str]] = []
+
+    async def main() -> list[object]:
+        batcher: DynamicBatcher[str] = DynamicBatcher(
+            _run_with_log(passes), ThreadPoolExecutor(1), max_items=64
+        )
+        blocker = asyncio.ensure_future(batcher.submit(["first"]))
+        await asyncio.sleep(0.01)  # the others queue behind it and go in one batch
+        rest = [batcher.submit(["good"]), batcher.submit(["bad"]), batcher.submit(["fine"])]
+        return await asyncio.gather(blocker, *rest, return_exceptions=True)
+
+    first, good, bad, fine = asyncio.run(main())
+    assert first == ["FIRST"] and good == ["GOOD"] and fine == ["FINE"]
+    assert isinstance(bad, ValueError)
+    assert ["good", "bad", "fine"] in passes  # tried together first
+
+
+def test_batches_respect_the_size_cap() -> None:
+    passes: list[list[str]] = []
+
+    async def main() -> None:
+        batcher: DynamicBatcher[str] = DynamicBatcher(
+            _run_with_log(passes), ThreadPoolExecutor(1), max_items=4
+        )
+        await asyncio.gather(*(batcher.submit([f"{i}"]) for i in range(12)))
+
+    asyncio.run(main())
+    assert max(len(p) for p in passes) <= 4
+
+
+@pytest.mark.slow
+def test_concurrent_embeddings_match_single_ones(launched) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    url = f"{launched.url}/v1/embeddings"
+    texts = [f"sentence number {i} about topic {i * 7}" for i in range(16)]
+    alone = {
+        t: httpx.post(url, json={"model": "all-MiniLM-L6-v2", "input": t}).json()["data"][0][
+            "embedding"
+        ]
+        for t in texts[:4]
+    }
+    together: dict[str, list[float]] = {}
+
+    def one(text: str) -> None:
+        r = httpx.post(url, json={"model": "all-MiniLM-L6-v2", "input": [text]}, timeout=60)
+        together[text] = r.json()["data"][0]["embedding"]
+
+    threads = [threading.Thread(target=one, args=(t,)) for t in texts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(together) == 16
+    for text, vector in alone.items():
+        assert together[text] == pytest.approx(vector, abs=1e-4)
