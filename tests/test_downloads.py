@@ -259,3 +259,26 @@ def test_unknown_repo_fails_with_the_hubs_reason(tmp_path: Path, hub: FakeHub) -
         assert result.returncode == 1 and "nobody/nothing" in result.stderr
     finally:
         server.stop()
+
+
+def test_launch_interrupted_by_sigterm_is_restored(tmp_path: Path, hub: FakeHub) -> None:
+    server = _server(tmp_path, hub)
+    try:
+        _register(server)
+        hub.bytes_per_second = 30e6
+        r = httpx.post(
+            f"{server.url}/v1/models",
+            json={"model_name": "hub-minilm", "model_type": "embedding"},
+            params={"wait_ready": False},
+        )
+        assert r.status_code == 200
+        while hub.served.get("model.safetensors", 0) < 10_000_000:
+            time.sleep(0.05)
+    finally:
+        server.stop(signal.SIGTERM)
+    hub.bytes_per_second = None
+    again = restart(server)
+    try:
+        wait_ready(again, {"hub-minilm"}, timeout=120)
+    finally:
+        again.stop()

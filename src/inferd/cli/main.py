@@ -88,7 +88,8 @@ def serve(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request
+    for chatty in ("httpx", "httpx2"):  # one line per proxied request or hub call
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     base = f"http://{settings.host}:{settings.port}"
     console.print(f"inferd {__version__}: OpenAI base URL [bold]{base}/v1[/bold]", highlight=False)
     uvicorn.run(

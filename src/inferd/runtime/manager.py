@@ -229,6 +229,10 @@ class ModelManager:
         try:
             await asyncio.shield(task)
         except BaseException:
+            if not task.done():
+                # The caller went away (the server is stopping): the launch itself stays, and
+                # a restart restores it.
+                raise
             # The caller hears why; nothing of a launch that never came up is kept.
             if self._models.get(instance.uid) is instance:
                 del self._models[instance.uid]
@@ -348,7 +352,10 @@ class ModelManager:
                 message = "cancelled"
             instance.error = message
             instance.set_phase(FAILED)
-            self.store.set_status(uid, FAILED, message, wanted="failed")
+            if not isinstance(exc, asyncio.CancelledError):
+                # A cancelled launch was terminated (its record is gone) or the server is
+                # stopping (its record stays, to be restored).
+                self.store.set_status(uid, FAILED, message, wanted="failed")
             instance.notify()
             raise
         load_seconds = time.monotonic() - started
