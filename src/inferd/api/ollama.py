@@ -397,7 +397,10 @@ async def _run(
         final = {**_final(model, usage, finish, started), **piece("")}
         yield orjson.dumps(final) + b"\n"
 
-    return StreamingResponse(lines(), media_type="application/x-ndjson")
+    # The relay's background frees the replica even if this stream never starts.
+    return StreamingResponse(
+        lines(), media_type="application/x-ndjson", background=upstream.background
+    )
 
 
 async def _sse_events(chunks: Any) -> AsyncIterator[dict[str, Any]]:

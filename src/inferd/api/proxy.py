@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 import orjson
 from fastapi.responses import Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from inferd.errors import ModelUnavailable
 from inferd.runtime.instance import ModelInstance
@@ -52,11 +53,43 @@ async def relay(
             await upstream.aclose()
             manager.release(instance, replica)
         return Response(data, status_code=upstream.status_code, media_type=content_type)
+    lease = _Lease(manager, instance, replica, upstream)
     return StreamingResponse(
-        _forward(manager, instance, replica, upstream),
+        _forward(instance, lease),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        # If the client leaves before the stream starts, the generator never runs its
+        # `finally`; the background task still frees the replica and stops the model's work.
+        background=BackgroundTask(lease.close),
     )
+
+
+class _Lease:
+    """One streamed answer's hold on a replica, released exactly once."""
+
+    def __init__(
+        self,
+        manager: ModelManager,
+        instance: ModelInstance,
+        replica: Replica,
+        upstream: httpx.Response,
+    ):
+        self.manager, self.instance, self.replica, self.upstream = (
+            manager,
+            instance,
+            replica,
+            upstream,
+        )
+        self._closed = False
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self.upstream.aclose()  # the model process sees the disconnect and stops
+        finally:
+            self.manager.release(self.instance, self.replica)
 
 
 def _stopped(instance: ModelInstance, exc: Exception) -> ModelUnavailable:
@@ -67,11 +100,9 @@ def _stopped(instance: ModelInstance, exc: Exception) -> ModelUnavailable:
     )
 
 
-async def _forward(
-    manager: ModelManager, instance: ModelInstance, replica: Replica, upstream: httpx.Response
-) -> AsyncIterator[bytes]:
+async def _forward(instance: ModelInstance, lease: _Lease) -> AsyncIterator[bytes]:
     try:
-        async for chunk in upstream.aiter_raw():
+        async for chunk in lease.upstream.aiter_raw():
             yield chunk
     except httpx.HTTPError as exc:
         # Headers are gone already: end the stream with an error event the client can read.
@@ -86,5 +117,4 @@ async def _forward(
         }
         yield b"data: " + orjson.dumps(body) + b"\n\ndata: [DONE]\n\n"
     finally:
-        await upstream.aclose()
-        manager.release(instance, replica)
+        await lease.close()

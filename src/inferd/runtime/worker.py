@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from inferd.engines import ENGINES
 from inferd.engines.base import Engine, EngineConfig, Json
-from inferd.errors import InferdError
+from inferd.errors import InferdError, ModelUnavailable
 
 log = logging.getLogger("inferd.worker")
 
@@ -95,8 +95,8 @@ class Worker:
 
     async def _serve(self, request: Request, call: Any, stream: Any) -> Response:
         if self.status != "ready":
-            status, body = error_body(InferdError(f"model is {self.status}"))
-            return Response(body, status_code=503, media_type="application/json")
+            status, body = error_body(ModelUnavailable(f"model is {self.status}"))
+            return Response(body, status_code=status, media_type="application/json")
         payload: Json = orjson.loads(await request.body())
         try:
             if stream is not None and payload.get("stream"):
