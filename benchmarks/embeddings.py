@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
+from inferd_server import BenchServer
 
 MODEL = "all-MiniLM-L6-v2"
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
@@ -75,28 +70,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args()
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "INFERD_HOME": tempfile.mkdtemp(prefix="inferd-bench-")}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "inferd",
-            "serve",
-            "--port",
-            str(port),
-            "--launch",
-            MODEL,
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = BenchServer("--launch", MODEL, "--log-level", "warning")
+    url = server.url
     try:
         while True:
             try:
@@ -108,8 +83,7 @@ def main() -> None:
             time.sleep(0.2)
         results = {c: asyncio.run(load(url, c, args.seconds)) for c in (1, 32)}
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(60)
+        server.stop()
     single, batched = raw_rates(args.seconds)
 
     header = ("clients", "inferd req/s", "p50 ms", "p99 ms", "errors", "engine alone", "ratio")

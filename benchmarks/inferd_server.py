@@ -1,0 +1,56 @@
+"""A real `inferd serve` in a subprocess, for the benchmarks: start, watch its models, stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+
+class BenchServer:
+    def __init__(self, *args: str, home: Path | None = None):
+        """Starts the server with `args` and returns once /health answers."""
+        self.home = home or Path(tempfile.mkdtemp(prefix="inferd-bench-"))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "inferd", "serve", "--port", str(self.port), *args],
+            env={**os.environ, "INFERD_HOME": str(self.home)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        while True:
+            try:
+                httpx.get(f"{self.url}/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.02)
+        self.health_seconds = time.perf_counter() - self.started
+
+    def models(self) -> dict[str, dict]:
+        return {m["id"]: m for m in httpx.get(f"{self.url}/v1/models").json()["data"]}
+
+    def wait_ready(self, uids: set[str], exclude_pid: int | None = None) -> float:
+        """Waits until every uid is ready (in a process other than `exclude_pid`); the time."""
+        while True:
+            models = self.models()
+            if all(
+                models.get(u, {}).get("status") == "ready" and models[u]["pid"] != exclude_pid
+                for u in uids
+            ):
+                return time.perf_counter()
+            time.sleep(0.02)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(sig)
+        self.proc.wait(60)
