@@ -112,10 +112,7 @@ class ModelManager:
         for instance in self._models.values():
             if instance.task is not None and not instance.task.done():
                 instance.task.cancel()
-        await asyncio.gather(
-            *(r.stop(grace=self.settings.terminate_timeout) for r in self._all_replicas()),
-            return_exceptions=True,
-        )
+        await _stop_all(self._all_replicas(), grace=self.settings.terminate_timeout)
         shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     def _all_replicas(self) -> list[Replica]:
@@ -344,18 +341,15 @@ class ModelManager:
             if errors:
                 raise errors[0]
         except BaseException as exc:
-            await asyncio.gather(
-                *(r.stop(grace=0) for r in instance.replicas), return_exceptions=True
-            )
-            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, asyncio.CancelledError):
-                message = "cancelled"
-            instance.error = message
+            await _stop_all(instance.replicas, grace=0)
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            message = "cancelled" if cancelled else getattr(exc, "message", None)
+            instance.error = message or f"{type(exc).__name__}: {exc}"
             instance.set_phase(FAILED)
-            if not isinstance(exc, asyncio.CancelledError):
+            if not cancelled:
                 # A cancelled launch was terminated (its record is gone) or the server is
                 # stopping (its record stays, to be restored).
-                self.store.set_status(uid, FAILED, message, wanted="failed")
+                self.store.set_status(uid, FAILED, instance.error, wanted="failed")
             instance.notify()
             raise
         load_seconds = time.monotonic() - started
