@@ -20,7 +20,7 @@ from inferd import __version__
 from inferd.api.deps import manager as _manager
 from inferd.api.proxy import relay
 from inferd.catalog import LLMFamily
-from inferd.errors import InferdError, InvalidRequest, UnsupportedOperation
+from inferd.errors import InferdError, InvalidRequest
 from inferd.runtime.instance import ModelInstance
 from inferd.runtime.launch import LaunchRequest
 from inferd.runtime.manager import ModelManager
@@ -136,11 +136,7 @@ def _sampling(options: dict[str, Any] | None, fmt: str | dict[str, Any] | None) 
 
 def _model(manager: ModelManager, name: str, ability: str) -> ModelInstance:
     instance = manager.lookup(_uid(name))
-    if ability not in instance.abilities:
-        raise UnsupportedOperation(
-            f"model {instance.uid!r} is a {instance.model_type} model; it cannot {ability}",
-            param="model",
-        )
+    instance.require(ability, f"Ollama's {ability}")
     return instance
 
 

@@ -9,26 +9,16 @@ from inferd.api.deps import manager as _manager
 from inferd.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from inferd.api.proxy import relay
 from inferd.catalog import EmbeddingFamily
-from inferd.errors import InvalidRequest, UnsupportedOperation
-from inferd.runtime.instance import ModelInstance
+from inferd.errors import InvalidRequest
 
 router = APIRouter(prefix="/v1")
-
-
-def _require(instance: ModelInstance, ability: str, endpoint: str) -> None:
-    if ability not in instance.abilities:
-        raise UnsupportedOperation(
-            f"model {instance.uid!r} is a {instance.model_type} model and cannot serve "
-            f"{endpoint} (its abilities: {', '.join(instance.abilities)})",
-            param="model",
-        )
 
 
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     manager = _manager(request)
     instance = manager.lookup(body.model)
-    _require(instance, "chat", "/v1/chat/completions")
+    instance.require("chat", "/v1/chat/completions")
     if body.tools and "tools" not in instance.abilities:
         raise InvalidRequest(
             f"model {instance.uid!r} does not support tools: its chat template has no tool "
@@ -44,7 +34,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 async def completions(body: CompletionRequest, request: Request) -> Response:
     manager = _manager(request)
     instance = manager.lookup(body.model)
-    _require(instance, "generate", "/v1/completions")
+    instance.require("generate", "/v1/completions")
     prompts = body.prompt if isinstance(body.prompt, list) else [body.prompt]
     if body.stream and len(prompts) > 1 and not isinstance(prompts[0], int):
         raise InvalidRequest("a streamed completion takes a single prompt", param="prompt")
@@ -57,7 +47,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
 async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
     manager = _manager(request)
     instance = manager.lookup(body.model)
-    _require(instance, "embed", "/v1/embeddings")
+    instance.require("embed", "/v1/embeddings")
     family = instance.family
     if (
         body.dimensions is not None

@@ -10,6 +10,7 @@ from typing import Any
 
 from inferd.catalog import EmbeddingFamily, LLMFamily, ModelSpec
 from inferd.engines import Engine
+from inferd.errors import UnsupportedOperation
 from inferd.runtime.launch import LaunchRequest
 from inferd.runtime.replica import Replica
 from inferd.storage.download import DownloadProgress
@@ -69,6 +70,15 @@ class ModelInstance:
         if any(r.status in (RESTARTING, LOADING) for r in self.replicas):
             return RESTARTING
         return FAILED
+
+    def require(self, ability: str, what: str) -> None:
+        """Refuse (400) a request for something this model cannot do, naming `what` it asked."""
+        if ability not in self.abilities:
+            raise UnsupportedOperation(
+                f"model {self.uid!r} is a {self.model_type} model and cannot serve {what} "
+                f"(its abilities: {', '.join(self.abilities)})",
+                param="model",
+            )
 
     def pick(self) -> Replica | None:
         """The least busy ready replica, so load spreads as requests finish at their own pace."""
