@@ -7,8 +7,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -121,6 +122,15 @@ def wait_ready(server: InferdServer, uids: set[str], timeout: float = 120) -> di
             return models
         time.sleep(0.1)
     raise AssertionError(f"models not ready: {server.models()}\n{server.log()}")
+
+
+def run_together(*calls: Callable[[], object], timeout: float = 120) -> None:
+    """Runs the calls at the same time, one thread each, and waits for all of them."""
+    threads = [threading.Thread(target=call) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
 
 
 def restart(old: InferdServer) -> InferdServer:

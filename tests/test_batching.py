@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import threading
+import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from inferd.engines.batching import DynamicBatcher
+from tests.conftest import run_together
 
 
 def _run_with_log(log: list[list[str]]):  # type: ignore[no-untyped-def]
@@ -100,11 +101,7 @@ def test_concurrent_embeddings_match_single_ones(launched) -> None:  # type: ign
         r = httpx.post(url, json={"model": "all-MiniLM-L6-v2", "input": [text]}, timeout=60)
         together[text] = r.json()["data"][0]["embedding"]
 
-    threads = [threading.Thread(target=one, args=(t,)) for t in texts]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    run_together(*(functools.partial(one, t) for t in texts), timeout=60)
     assert len(together) == 16
     for text, vector in alone.items():
         assert together[text] == pytest.approx(vector, abs=1e-4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import signal
 import tempfile
@@ -14,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import InferdServer, restart, wait_ready
+from tests.conftest import InferdServer, restart, run_together, wait_ready
 from tests.fake_hub import FakeHub
 
 pytestmark = pytest.mark.slow
@@ -231,11 +232,7 @@ def test_two_launches_download_once(tmp_path: Path, hub: FakeHub) -> None:
             )
             codes.append(r.status_code)
 
-        threads = [threading.Thread(target=launch, args=(uid,)) for uid in ("a", "b")]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        run_together(functools.partial(launch, "a"), functools.partial(launch, "b"))
         assert codes == [200, 200]
         size = hub.repos[EMBED_REPO]["model.safetensors"].size
         assert hub.served["model.safetensors"] == size

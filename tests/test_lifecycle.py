@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import EMBEDDING, LLM, InferdServer, pid_alive
+from tests.conftest import EMBEDDING, LLM, InferdServer, pid_alive, run_together
 
 pytestmark = pytest.mark.slow
 
@@ -113,11 +113,7 @@ def test_concurrent_launches_of_one_uid_start_one_model(launched: InferdServer) 
         )
         codes.append(r.status_code)
 
-    threads = [threading.Thread(target=launch) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    run_together(launch, launch, launch)
     try:
         assert sorted(codes) == [200, 409, 409]
         assert len(launched.models()["only-once"]["replicas"]) == 1

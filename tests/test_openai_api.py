@@ -5,12 +5,11 @@ from __future__ import annotations
 import base64
 import math
 import struct
-import threading
 
 import openai
 import pytest
 
-from tests.conftest import EMBEDDING, LLM
+from tests.conftest import EMBEDDING, LLM, run_together
 
 pytestmark = pytest.mark.slow
 
@@ -143,11 +142,7 @@ def test_concurrent_chats_all_complete(client: openai.OpenAI) -> None:
         assert r.usage is not None
         results.append(r.usage.completion_tokens)
 
-    threads = [threading.Thread(target=one) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    run_together(*[one] * 6)
     assert results == [8] * 6
 
 

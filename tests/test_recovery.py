@@ -18,6 +18,7 @@ from tests.conftest import (
     InferdServer,
     pid_alive,
     restart,
+    run_together,
     wait_gone,
     wait_ready,
 )
@@ -214,11 +215,7 @@ def test_replicas_share_the_load_and_survive_each_other(launched: InferdServer) 
                         )
                         statuses.append(r.status_code)
 
-            threads = [threading.Thread(target=one) for _ in range(4)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(120)
+            run_together(*[one] * 4)
             return statuses
 
         assert set(embed_many(5)) == {200}
