@@ -57,3 +57,12 @@ class ModelUnavailable(InferdError):
     status_code = 503
     error_type = "service_unavailable"
     code = "model_unavailable"
+
+
+class RequestAborted(Conflict):
+    """The request was aborted through the abort API while it ran, or was blocked beforehand."""
+
+    code = "request_aborted"
+
+    def __init__(self, request_id: str):
+        super().__init__(f"request {request_id!r} was aborted", param="request_id")

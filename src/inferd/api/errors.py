@@ -46,12 +46,22 @@ def _param_name(loc: tuple[Any, ...]) -> str | None:
     for part in parts:
         if isinstance(part, int):
             name += f"[{part}]"
-        elif part in ("str", "list[str]", "function-after", "literal"):
-            # pydantic names the branch of a union it tried; the user's field is what matters
+        elif _is_union_branch(str(part)):
             continue
         else:
             name += f".{part}" if name else str(part)
     return name or None
+
+
+def _is_union_branch(part: str) -> bool:
+    """pydantic names the branch of a union it tried ('str', "literal['a','b']",
+    'NamedToolChoice', 'function-after[...]'); the user's field is what matters. API fields are
+    lower-case words, so anything else is a branch name."""
+    return (
+        part in ("str", "int", "float", "bool")
+        or not part.replace("_", "").islower()
+        or any(c in part for c in "[(-")
+    )
 
 
 def _validation_error(request: Request, exc: Exception) -> Response:

@@ -53,6 +53,23 @@ async def cancel_launch(model_uid: str, request: Request) -> dict:
     return {"model_uid": model_uid, "cancelled": True}
 
 
+class AbortBody(BaseModel):
+    block_duration: float = Field(default=30, ge=0, le=3600)
+
+
+@router.post("/v1/models/{model_uid}/requests/{request_id}/abort")
+async def abort_request(
+    model_uid: str, request_id: str, request: Request, body: AbortBody | None = None
+) -> dict:
+    """Cancel a running request by the id its client gave it; an id that has not arrived yet
+    (or already finished) is refused for `block_duration` seconds, as in Xinference."""
+    manager = _manager(request)
+    instance = manager.get(model_uid)
+    block = (body or AbortBody()).block_duration
+    aborted = await manager.aborts.abort(instance, request_id, block)
+    return {"model_uid": model_uid, "request_id": request_id, "aborted": aborted}
+
+
 @router.get("/v1/models/{model_uid}")
 async def describe_model(model_uid: str, request: Request) -> dict:
     manager = _manager(request)

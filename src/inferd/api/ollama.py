@@ -197,16 +197,52 @@ async def chat(body: ChatBody, request: Request) -> Response:
         return _done_only(
             body.model, body.stream, {"message": {"role": "assistant", "content": ""}}
         )
-    messages = [
-        {k: v for k, v in m.items() if k in ("role", "content", "tool_calls", "tool_call_id")}
-        for m in body.messages
-    ]
+    messages = [_openai_message(m) for m in body.messages]
     openai = {"messages": messages, **_sampling(body.options, body.format)}
     if body.tools:
+        instance.require("tools", "tool calls", param="tools")
         openai["tools"] = body.tools
     return await _run(
         manager, instance, body.model, "/chat/completions", openai, body.stream, "chat"
     )
+
+
+def _openai_message(message: dict[str, Any]) -> dict[str, Any]:
+    """An Ollama chat message in OpenAI's shape: tool calls carry ids and JSON-text arguments,
+    a tool's answer names its tool."""
+    out = {k: v for k, v in message.items() if k in ("role", "content", "tool_call_id")}
+    if message.get("tool_calls"):
+        out["tool_calls"] = [
+            {
+                "id": call.get("id") or f"call_{i}",
+                "type": "function",
+                "function": {
+                    "name": call["function"]["name"],
+                    "arguments": _json_text(call["function"].get("arguments", {})),
+                },
+            }
+            for i, call in enumerate(message["tool_calls"])
+        ]
+    if message.get("tool_name"):
+        out["name"] = message["tool_name"]
+    return out
+
+
+def _json_text(arguments: Any) -> str:
+    return arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode()
+
+
+def _ollama_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI tool calls as Ollama's: arguments as an object, not JSON text."""
+    out = []
+    for call in calls:
+        arguments = call["function"].get("arguments") or "{}"
+        try:
+            parsed = orjson.loads(arguments) if isinstance(arguments, str) else arguments
+        except orjson.JSONDecodeError:
+            parsed = {}  # cut off by max_tokens mid-arguments: nothing usable to pass on
+        out.append({"function": {"name": call["function"]["name"], "arguments": parsed}})
+    return out
 
 
 @router.post("/generate", response_model=None)
@@ -355,15 +391,7 @@ async def _run(
         answer = {**_final(model, result.get("usage", {}), choice.get("finish_reason"), started)}
         answer.update(piece(text or ""))
         if kind == "chat" and choice.get("message", {}).get("tool_calls"):
-            answer["message"]["tool_calls"] = [
-                {
-                    "function": {
-                        "name": c["function"]["name"],
-                        "arguments": orjson.loads(c["function"]["arguments"]),
-                    }
-                }
-                for c in choice["message"]["tool_calls"]
-            ]
+            answer["message"]["tool_calls"] = _ollama_tool_calls(choice["message"]["tool_calls"])
         return Response(orjson.dumps(answer), media_type="application/json")
 
     openai["stream"] = True
@@ -375,6 +403,7 @@ async def _run(
     async def lines() -> AsyncIterator[bytes]:
         finish: str | None = None
         usage: dict[str, Any] = {}
+        calls: dict[int, dict[str, Any]] = {}  # tool calls arrive in pieces; Ollama sends whole
         async for event in _sse_events(upstream.body_iterator):
             if "error" in event:
                 yield orjson.dumps({"error": event["error"].get("message", "error")}) + b"\n"
@@ -385,11 +414,16 @@ async def _run(
                 finish = choice.get("finish_reason") or finish
                 if "delta" in choice:  # a chat chunk; completion chunks carry `text`
                     text = (choice["delta"] or {}).get("content")
+                    _gather_calls(calls, (choice["delta"] or {}).get("tool_calls") or [])
                 else:
                     text = choice.get("text")
                 if text:
                     line = {"model": model, "created_at": _now(), "done": False, **piece(text)}
                     yield orjson.dumps(line) + b"\n"
+        if calls:
+            line = {"model": model, "created_at": _now(), "done": False, **piece("")}
+            line["message"]["tool_calls"] = _ollama_tool_calls([calls[i] for i in sorted(calls)])
+            yield orjson.dumps(line) + b"\n"
         final = {**_final(model, usage, finish, started), **piece("")}
         yield orjson.dumps(final) + b"\n"
 
@@ -397,6 +431,14 @@ async def _run(
     return StreamingResponse(
         lines(), media_type="application/x-ndjson", background=upstream.background
     )
+
+
+def _gather_calls(calls: dict[int, dict[str, Any]], deltas: list[dict[str, Any]]) -> None:
+    for delta in deltas:
+        call = calls.setdefault(delta.get("index", 0), {"function": {"name": "", "arguments": ""}})
+        function = delta.get("function") or {}
+        call["function"]["name"] += function.get("name") or ""
+        call["function"]["arguments"] += function.get("arguments") or ""
 
 
 async def _sse_events(chunks: Any) -> AsyncIterator[dict[str, Any]]:

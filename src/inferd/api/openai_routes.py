@@ -19,14 +19,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     manager = _manager(request)
     instance = manager.lookup(body.model)
     instance.require("chat", "/v1/chat/completions")
-    if body.tools and "tools" not in instance.abilities:
-        raise InvalidRequest(
-            f"model {instance.uid!r} does not support tools: its chat template has no tool "
-            "calling (the catalogue lists 'tools' among a model's abilities where it does)",
-            param="tools",
-        )
+    if body.tools and body.tool_choice != "none":
+        instance.require("tools", "tool calls", param="tools")
     return await relay(
-        manager, instance, "/chat/completions", body.engine_body(instance.uid), body.stream
+        manager, instance, "/chat/completions", body.engine_body(instance.uid), body.stream, request
     )
 
 
@@ -39,7 +35,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     if body.stream and len(prompts) > 1 and not isinstance(prompts[0], int):
         raise InvalidRequest("a streamed completion takes a single prompt", param="prompt")
     return await relay(
-        manager, instance, "/completions", body.engine_body(instance.uid), body.stream
+        manager, instance, "/completions", body.engine_body(instance.uid), body.stream, request
     )
 
 

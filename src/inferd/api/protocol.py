@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 Stop = str | list[str] | None
 
@@ -60,19 +60,62 @@ class ChatMessage(BaseModel):
     tool_call_id: str | None = None
 
 
+class ToolFunction(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["function"]
+    function: ToolFunction
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[Tool] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_names_a_tool(cls, choice: Any, info: ValidationInfo) -> Any:
+        tools: list[Tool] = info.data.get("tools") or []
+        if choice not in (None, "none") and not tools:
+            raise ValueError("tool_choice is only allowed when tools are given")
+        if isinstance(choice, NamedToolChoice):
+            name = choice.function.name
+            if name not in {tool.function.name for tool in tools}:
+                raise ValueError(f"it names {name!r}, which is not among the tools")
+        return choice
 
     def engine_body(self, uid: str) -> dict[str, Any]:
         body = super().engine_body(uid)
         if "max_completion_tokens" in body:
             body.setdefault("max_tokens", body.pop("max_completion_tokens"))
+        if isinstance(self.tool_choice, NamedToolChoice):
+            # "Call this function" is "a call is required" over a list of just that function,
+            # which every engine's constrained decoding can express.
+            name = self.tool_choice.function.name
+            body["tools"] = [t for t in body["tools"] if t["function"]["name"] == name]
+            body["tool_choice"] = "required"
         return body
 
 

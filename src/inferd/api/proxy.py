@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import orjson
+from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
-from inferd.errors import ModelUnavailable
+from inferd.errors import InvalidRequest, ModelUnavailable, RequestAborted
+from inferd.runtime.aborts import cancel
 from inferd.runtime.instance import ModelInstance
 from inferd.runtime.manager import ModelManager
 from inferd.runtime.replica import Replica
@@ -21,24 +25,57 @@ from inferd.runtime.replica import Replica
 _ATTEMPTS = 5
 
 
+def request_id_of(body: dict, client: Request | None) -> str:
+    """The id a client gave its request (Xinference's `request_id` field, or the
+    `X-Request-Id` header), else a new one; it is what abort names."""
+    given = body.pop("request_id", None) or (client.headers.get("x-request-id") if client else None)
+    if given is None:
+        return uuid.uuid4().hex
+    if not isinstance(given, str) or not 0 < len(given) <= 128 or "/" in given:
+        raise InvalidRequest(
+            "request_id must be a string of 1 to 128 characters without '/'", param="request_id"
+        )
+    return given
+
+
 async def relay(
-    manager: ModelManager, instance: ModelInstance, path: str, body: dict, stream: bool
+    manager: ModelManager,
+    instance: ModelInstance,
+    path: str,
+    body: dict,
+    stream: bool,
+    client: Request | None = None,
 ) -> Response:
+    request_id = request_id_of(body, client)
+    if manager.aborts.blocked(instance.uid, request_id):
+        raise RequestAborted(request_id)
     content = orjson.dumps(body)
+    headers = {"X-Request-Id": request_id}
     for attempt in range(_ATTEMPTS):
         replica = await manager.acquire(instance)
         process = replica.process
         assert process is not None
+        sending = process.client.send(
+            process.client.build_request("POST", path, content=content, headers=headers),
+            stream=stream,
+        )
         try:
-            upstream = await process.client.send(
-                process.client.build_request("POST", path, content=content), stream=stream
-            )
+            if stream or client is None:
+                upstream = await sending
+            else:
+                upstream = await _unless_client_leaves(sending, client, process.client, request_id)
         except httpx.HTTPError as exc:
             manager.release(instance, replica)
             await asyncio.sleep(0.05 * (attempt + 1))  # time for the supervisor to notice
             if isinstance(exc, httpx.ConnectError) or not process.alive:
                 continue
             raise _stopped(instance, exc) from exc
+        except _ClientLeft:
+            manager.release(instance, replica)
+            return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+        except BaseException:
+            manager.release(instance, replica)
+            raise
         break
     else:
         raise ModelUnavailable(f"model {instance.uid!r} is not answering", param="model")
@@ -52,16 +89,46 @@ async def relay(
         finally:
             await upstream.aclose()
             manager.release(instance, replica)
-        return Response(data, status_code=upstream.status_code, media_type=content_type)
+        return Response(
+            data, status_code=upstream.status_code, media_type=content_type, headers=headers
+        )
     lease = _Lease(manager, instance, replica, upstream)
     return StreamingResponse(
         _forward(instance, lease),
         media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
         # If the client leaves before the stream starts, the generator never runs its
         # `finally`; the background task still frees the replica and stops the model's work.
         background=BackgroundTask(lease.close),
     )
+
+
+async def _unless_client_leaves(
+    sending: Any, client: Request, process_client: httpx.AsyncClient, request_id: str
+) -> httpx.Response:
+    """Await a whole answer, cancelling it in the model process if the client disconnects
+    first: a generation nobody will read should not keep its slot."""
+    answer = asyncio.ensure_future(sending)
+    left = asyncio.ensure_future(_disconnected(client))
+    try:
+        await asyncio.wait({answer, left}, return_when=asyncio.FIRST_COMPLETED)
+        if answer.done():
+            return answer.result()
+        await cancel(process_client, request_id)
+        answer.cancel()
+        raise _ClientLeft
+    finally:
+        left.cancel()
+
+
+class _ClientLeft(Exception):
+    pass
+
+
+async def _disconnected(client: Request) -> None:
+    # The body has been read, so the next ASGI message can only be the disconnect.
+    while (await client.receive())["type"] != "http.disconnect":
+        pass
 
 
 class _Lease:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+import httpx
 
 from inferd.engines.base import Engine, Json
 from inferd.errors import InferdError, InvalidRequest
@@ -48,6 +51,10 @@ class LlamaCppEngine(Engine):
         params.n_gpu_layers = int(options.pop("n_gpu_layers", -1))
         params.endpoint_metrics = True
         params.use_jinja = True
+        # llama.cpp also listens on a loopback port; a per-process key keeps other local users
+        # off it, since it bypasses inferd's own checks.
+        self._key = secrets.token_urlsafe(24)
+        params.api_keys = [self._key]
         if family.get("chat_template"):
             params.chat_template = family["chat_template"]
         for key, value in options.items():
@@ -63,18 +70,27 @@ class LlamaCppEngine(Engine):
         # queues what its slots cannot take, so the pool only has to exceed the slots.
         self._pool = ThreadPoolExecutor(max_workers=max(32, slots * 4), thread_name_prefix="llama")
         self._server = xllamacpp.Server(params)
+        # Whole answers go through llama.cpp's own HTTP server rather than the in-process call:
+        # only there does a closed connection cancel the generation (the in-process call cannot
+        # be stopped), which is what makes abort and a client giving up free the slot.
+        self._http = httpx.AsyncClient(
+            base_url=self._server.listening_address,
+            headers={"Authorization": f"Bearer {self._key}"},
+            timeout=httpx.Timeout(None, connect=10.0),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=slots * 2),
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def chat(self, request: Json) -> Json:
-        return await self._call(self._server.handle_chat_completions, request)
+        return await self._call("/v1/chat/completions", request)
 
     def chat_stream(self, request: Json) -> AsyncIterator[Json]:
         return self._stream(self._server.handle_chat_completions, request)
 
     async def complete(self, request: Json) -> Json:
-        return await self._call(self._server.handle_completions, request)
+        return await self._call("/v1/completions", request)
 
     def complete_stream(self, request: Json) -> AsyncIterator[Json]:
         return self._stream(self._server.handle_completions, request)
@@ -93,17 +109,12 @@ class LlamaCppEngine(Engine):
             }
         return request
 
-    async def _call(self, handler: Callable[..., Any], request: Json) -> Json:
-        prepared = self._prepare(request, stream=False)
-
-        def run() -> Json:
-            try:
-                result: Json = handler(prepared)
-            except ValueError as exc:
-                raise InvalidRequest(str(exc)) from exc
-            return result
-
-        result = await asyncio.get_running_loop().run_in_executor(self._pool, run)
+    async def _call(self, path: str, request: Json) -> Json:
+        response = await self._http.post(path, json=self._prepare(request, stream=False))
+        try:
+            result: Json = response.json()
+        except ValueError:
+            raise EngineRequestError(response.status_code, response.text, "server_error") from None
         _raise_if_error(result)
         return result
 

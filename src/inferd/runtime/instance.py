@@ -71,14 +71,21 @@ class ModelInstance:
             return RESTARTING
         return FAILED
 
-    def require(self, ability: str, what: str) -> None:
+    def require(self, ability: str, what: str, param: str = "model") -> None:
         """Refuse (400) a request for something this model cannot do, naming `what` it asked."""
-        if ability not in self.abilities:
-            raise UnsupportedOperation(
-                f"model {self.uid!r} is a {self.model_type} model and cannot serve {what} "
-                f"(its abilities: {', '.join(self.abilities)})",
-                param="model",
-            )
+        if ability in self.abilities:
+            return
+        hint = (
+            "; the catalogue or a registration lists 'tools' where a model's chat template "
+            "supports tool calls"
+            if ability == "tools"
+            else ""
+        )
+        raise UnsupportedOperation(
+            f"model {self.uid!r} is a {self.model_type} model and cannot serve {what} "
+            f"(its abilities: {', '.join(self.abilities)}{hint})",
+            param=param,
+        )
 
     def pick(self) -> Replica | None:
         """The least busy ready replica, so load spreads as requests finish at their own pace."""

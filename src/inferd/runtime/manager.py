@@ -32,6 +32,7 @@ from inferd.errors import (
     ModelUnavailable,
     NotFound,
 )
+from inferd.runtime.aborts import Aborts
 from inferd.runtime.instance import (
     FAILED,
     IDLE,
@@ -65,6 +66,7 @@ class ModelManager:
         self._counter = itertools.count(1)
         self._idle_task: asyncio.Task[None] | None = None
         self._download_locks: dict[Path, asyncio.Lock] = {}
+        self.aborts = Aborts()
 
     # start-up and shut-down ----------------------------------------------------------
 

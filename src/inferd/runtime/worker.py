@@ -8,6 +8,7 @@ OpenAI-shaped bodies, which the server relays without re-encoding.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -28,7 +29,7 @@ from starlette.routing import Route
 
 from inferd.engines import ENGINES
 from inferd.engines.base import Engine, EngineConfig, Json
-from inferd.errors import InferdError, ModelUnavailable
+from inferd.errors import InferdError, InvalidRequest, ModelUnavailable, RequestAborted
 
 log = logging.getLogger("inferd.worker")
 
@@ -42,7 +43,12 @@ def error_body(exc: BaseException) -> tuple[int, bytes]:
         status, kind, code, param = 500, "server_error", "engine_error", None
         message = f"{type(exc).__name__}: {exc}"
         log.error("request failed:\n%s", traceback.format_exc())
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    # The same shape as the server's own errors, `detail` included for Xinference's clients:
+    # the server relays these bodies untouched.
+    body = {
+        "error": {"message": message, "type": kind, "param": param, "code": code},
+        "detail": message,
+    }
     return status, orjson.dumps(body)
 
 
@@ -54,6 +60,9 @@ class Worker:
         self.error: str | None = None
         self.started = time.time()
         self.load_seconds: float | None = None
+        # Requests in progress by their id, for abort: a task for a whole answer, an event a
+        # stream checks between chunks.
+        self.running: dict[str, asyncio.Task[Any] | asyncio.Event] = {}
 
     def load(self) -> None:
         try:
@@ -93,33 +102,83 @@ class Worker:
     async def embeddings(self, request: Request) -> Response:
         return await self._serve(request, self.engine.embed, None)
 
+    async def abort(self, request: Request) -> Response:
+        handle = self.running.get(request.path_params["request_id"])
+        if isinstance(handle, asyncio.Task):
+            handle.cancel()
+        elif handle is not None:
+            handle.set()
+        return Response(
+            orjson.dumps({"aborted": handle is not None}), media_type="application/json"
+        )
+
     async def _serve(self, request: Request, call: Any, stream: Any) -> Response:
         if self.status != "ready":
-            status, body = error_body(ModelUnavailable(f"model is {self.status}"))
-            return Response(body, status_code=status, media_type="application/json")
+            return _error_response(ModelUnavailable(f"model is {self.status}"))
         payload: Json = orjson.loads(await request.body())
+        request_id = request.headers.get("x-request-id") or ""
+        if request_id in self.running:
+            return _error_response(
+                InvalidRequest(f"request id {request_id!r} is already in use", param="request_id")
+            )
+        if stream is not None and payload.get("stream"):
+            return await self._serve_stream(stream(payload), request_id)
+        task = asyncio.ensure_future(call(payload))
+        self.running[request_id] = task
         try:
-            if stream is not None and payload.get("stream"):
-                chunks = stream(payload)
-                # Pull the first chunk before answering, so an invalid request still gets its
-                # own status code instead of a 200 with an error inside the stream.
-                first = await anext(chunks)
-                return StreamingResponse(_sse(first, chunks), media_type="text/event-stream")
-            result = await call(payload)
-        except StopAsyncIteration:
-            return StreamingResponse(_sse(None, None), media_type="text/event-stream")
+            result = await task
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise  # this handler itself was cancelled, not the request
+            return _error_response(RequestAborted(request_id))
         except Exception as exc:
-            status, body = error_body(exc)
-            return Response(body, status_code=status, media_type="application/json")
+            return _error_response(exc)
+        finally:
+            self.running.pop(request_id, None)
         return Response(orjson.dumps(result), media_type="application/json")
 
+    async def _serve_stream(self, chunks: AsyncIterator[Json], request_id: str) -> Response:
+        aborted = asyncio.Event()
+        self.running[request_id] = aborted
+        try:
+            # Pull the first chunk before answering, so an invalid request still gets its own
+            # status code instead of a 200 with an error inside the stream.
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            self.running.pop(request_id, None)
+            return StreamingResponse(_sse(None, None, aborted), media_type="text/event-stream")
+        except Exception as exc:
+            self.running.pop(request_id, None)
+            return _error_response(exc)
 
-async def _sse(first: Json | None, rest: AsyncIterator[Json] | None) -> AsyncIterator[bytes]:
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for part in _sse(first, chunks, aborted, request_id):
+                    yield part
+            finally:
+                self.running.pop(request_id, None)
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+
+def _error_response(exc: BaseException) -> Response:
+    status, body = error_body(exc)
+    return Response(body, status_code=status, media_type="application/json")
+
+
+async def _sse(
+    first: Json | None,
+    rest: AsyncIterator[Json] | None,
+    aborted: asyncio.Event,
+    request_id: str = "",
+) -> AsyncIterator[bytes]:
     try:
         if first is not None:
             yield b"data: " + orjson.dumps(first) + b"\n\n"
         if rest is not None:
             async for chunk in rest:
+                if aborted.is_set():
+                    raise RequestAborted(request_id)
                 yield b"data: " + orjson.dumps(chunk) + b"\n\n"
     except Exception as exc:
         _, body = error_body(exc)
@@ -155,6 +214,7 @@ def main() -> None:
             Route("/chat/completions", worker.chat, methods=["POST"]),
             Route("/completions", worker.completions, methods=["POST"]),
             Route("/embeddings", worker.embeddings, methods=["POST"]),
+            Route("/abort/{request_id}", worker.abort, methods=["POST"]),
         ],
         lifespan=worker.lifespan,
     )

@@ -1,0 +1,43 @@
+"""Aborting requests by id: Xinference's `abort_request`, and a client that gives up waiting.
+
+A request carries an id (the client's `request_id`, else one inferd makes); the model process
+running it can cancel it by that id. An abort that arrives before its request (or races it)
+blocks the id for a while, so the request is refused when it does arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+
+from inferd.runtime.instance import ModelInstance
+
+
+class Aborts:
+    def __init__(self) -> None:
+        self._blocked: dict[tuple[str, str], float] = {}
+
+    async def abort(self, instance: ModelInstance, request_id: str, block_seconds: float) -> bool:
+        """Cancel the request wherever it runs; True if a model process had it in progress."""
+        if block_seconds > 0:
+            self._blocked[(instance.uid, request_id)] = time.monotonic() + block_seconds
+        processes = [r.process for r in instance.replicas if r.process and r.process.alive]
+        results = await asyncio.gather(*(cancel(p.client, request_id) for p in processes))
+        return any(results)
+
+    def blocked(self, uid: str, request_id: str) -> bool:
+        now = time.monotonic()
+        for key in [key for key, until in self._blocked.items() if until <= now]:
+            del self._blocked[key]
+        return (uid, request_id) in self._blocked
+
+
+async def cancel(client: httpx.AsyncClient, request_id: str) -> bool:
+    """Ask one model process to cancel a request; False if it was not running there."""
+    try:
+        response = await client.post(f"/abort/{request_id}", timeout=5.0)
+        return bool(response.json().get("aborted"))
+    except (httpx.HTTPError, ValueError):
+        return False  # a process that is gone has nothing left to cancel
