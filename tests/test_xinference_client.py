@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 from xinference_client import RESTfulClient
 
-from tests.conftest import EMBEDDING, LLM, InferdServer, wait_gone
+from tests.conftest import EMBEDDING, LLM, InferdServer, run_together, wait_gone
 
 pytestmark = pytest.mark.slow
 
@@ -161,3 +162,65 @@ def test_engines_cache_and_cluster_info(xclient: RESTfulClient) -> None:
     workers = xclient.get_workers_info()
     assert workers[0]["cpu_count"] >= 1
     assert xclient.get_supervisor_info()["supervisor_address"]
+
+
+def test_instance_info_and_replica_scaling(xclient: RESTfulClient) -> None:
+    (info,) = xclient.get_instance_info(model_name=LLM, model_uid=LLM)
+    assert info["model_uid"] == LLM and len(info["replicas"]) == 1
+
+    added = xclient.add_model_replica(LLM)
+    assert added["replicas"] == 2
+    replicas = xclient.describe_model(LLM)["replicas"]
+    assert [r["status"] for r in replicas] == ["ready", "ready"]
+    assert replicas[0]["pid"] != replicas[1]["pid"]
+    # Requests spread over both processes.
+    run_together(*[lambda: xclient.get_model(LLM).generate("Once", {"max_tokens": 8})] * 4)
+    assert all(r["served"] > 0 for r in xclient.describe_model(LLM)["replicas"])
+
+    assert xclient.terminate_model_replica(LLM, added["added"][0]) == 1
+    wait_gone([replicas[1]["pid"]])
+    with pytest.raises(RuntimeError, match="last"):
+        xclient.terminate_model_replica(LLM, replicas[0]["replica"])
+    with pytest.raises(RuntimeError, match="no replica 7"):
+        xclient.terminate_model_replica(LLM, 7)
+    with pytest.raises(RuntimeError, match="another engine"):
+        xclient.add_model_replica(LLM, model_engine="vllm")
+
+
+def test_cache_entries_by_model_version(xclient: RESTfulClient, launched: InferdServer) -> None:
+    (gemma,) = [e for e in xclient.list_cached_models() if e["model_name"] == LLM]
+    files = xclient.list_deletable_models(gemma["model_version"])["paths"]
+    assert any(path.endswith(".gguf") for path in files)
+    with pytest.raises(RuntimeError, match="in use"):
+        xclient.confirm_and_remove_model(gemma["model_version"])
+
+    # A cached model nothing uses goes, files and all.
+    variant = launched.home / "cache" / "bge-small-en-v1.5" / "pytorch-0_03b-none"
+    variant.mkdir(parents=True)
+    (variant / "model.safetensors").write_bytes(b"\0" * 1024)
+    (variant / ".inferd-complete").write_text("test")
+    version = "bge-small-en-v1.5--pytorch-0_03b-none"
+    assert version in {e["model_version"] for e in xclient.list_cached_models()}
+    assert xclient.confirm_and_remove_model(version) is True
+    assert not variant.exists()
+    with pytest.raises(RuntimeError, match="not in the cache"):
+        xclient.list_deletable_models(version)
+
+
+def test_what_inferd_does_not_offer_says_why(
+    xclient: RESTfulClient, launched: InferdServer
+) -> None:
+    refusals = {
+        xclient.abort_cluster: "Ctrl-C",
+        xclient.get_autostart_config: "comes back when the server restarts",
+        lambda: xclient.relaunch_api(): "restart `inferd serve`",
+        lambda: xclient.reload_model(LLM, {"n_ctx": 1024}): "terminate it and launch it again",
+        xclient.vllm_models: "no vLLM engine",
+        lambda: xclient.get_progress("r1"): "no progress is tracked",
+    }
+    for call, reason in refusals.items():
+        with pytest.raises(RuntimeError, match=reason):
+            call()
+    answer = httpx.post(f"{launched.url}/token", json={"username": "a", "password": "b"})
+    assert answer.status_code == 400
+    assert "authentication is not enabled" in answer.json()["error"]["message"]

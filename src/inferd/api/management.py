@@ -16,7 +16,7 @@ from inferd.catalog import EmbeddingFamily, LLMFamily, ModelType
 from inferd.engines import engines_for, is_installed
 from inferd.errors import Conflict, InvalidRequest, NotFound
 from inferd.runtime.launch import LaunchRequest
-from inferd.storage.resolve import list_cache, remove_cached
+from inferd.storage.resolve import VERSION_SEPARATOR, list_cache, remove_cached
 
 router = APIRouter()
 
@@ -68,6 +68,56 @@ async def abort_request(
     block = (body or AbortBody()).block_duration
     aborted = await manager.aborts.abort(instance, request_id, block)
     return {"model_uid": model_uid, "request_id": request_id, "aborted": aborted}
+
+
+@router.get("/v1/models/instances")
+async def instance_info(
+    request: Request, model_name: str | None = None, model_uid: str | None = None
+) -> list[dict]:
+    """Xinference's instance listing: launched models, narrowed by name and/or uid."""
+    return [
+        instance.describe()
+        for instance in _manager(request).list()
+        if (model_name is None or instance.family.model_name == model_name)
+        and (model_uid is None or instance.uid == model_uid)
+    ]
+
+
+class AddReplicas(BaseModel):
+    replica: int = Field(default=1, ge=1, le=16)
+    model_engine: str | None = None
+    n_gpu: int | str | None = None
+    replica_config: Any = None
+
+
+@router.post("/v1/models/{model_uid}/replicas")
+async def add_replicas(model_uid: str, body: AddReplicas, request: Request) -> dict:
+    """Scale a ready model out: more processes of the same model, sharing its requests."""
+    manager = _manager(request)
+    instance = manager.get(model_uid)
+    if body.replica_config is not None:
+        raise InvalidRequest(
+            "per-replica configurations are not supported: new replicas copy the model's own",
+            param="replica_config",
+        )
+    if body.model_engine is not None and body.model_engine != instance.engine.name:
+        raise InvalidRequest(
+            f"{model_uid} runs on {instance.engine.name}; its replicas cannot use another engine",
+            param="model_engine",
+        )
+    if body.n_gpu not in (None, "auto", instance.request.n_gpu):
+        raise InvalidRequest(
+            "new replicas are placed like the model's first one; n_gpu cannot differ",
+            param="n_gpu",
+        )
+    added = await manager.add_replicas(model_uid, body.replica)
+    return {"model_uid": model_uid, "added": added, "replicas": len(instance.replicas)}
+
+
+@router.delete("/v1/models/{model_uid}/replicas/{replica_id}")
+async def remove_replica(model_uid: str, replica_id: int, request: Request) -> dict:
+    remaining = await _manager(request).remove_replica(model_uid, replica_id)
+    return {"model_uid": model_uid, "remaining_replicas": remaining}
 
 
 @router.get("/v1/models/{model_uid}")
@@ -178,23 +228,65 @@ def _engine_table(family: LLMFamily | EmbeddingFamily) -> dict[str, list[dict[st
 
 
 @router.delete("/v1/cache/models")
-async def remove_cached_model(request: Request, model_name: str = Query(min_length=1)) -> dict:
+async def remove_cached_model(
+    request: Request,
+    model_name: str | None = Query(default=None, min_length=1),
+    model_version: str | None = Query(default=None, min_length=1),
+) -> dict:
+    """Free a model's cached files: every variant by `model_name`, or one by `model_version`
+    (as `GET /v1/cache/models` names it, and Xinference's client sends)."""
     manager = _manager(request)
-    users = [m.uid for m in manager.list() if m.family.model_name == model_name]
+    name = model_name or _split_version(model_version)[0]
+    users = [m.uid for m in manager.list() if m.family.model_name == name]
     if users:
         raise Conflict(
-            f"{model_name} is in use by {', '.join(users)}; terminate it first", param="model_name"
+            f"{name} is in use by {', '.join(users)}; terminate it first",
+            param="model_name" if model_name else "model_version",
         )
-    removed, freed = await asyncio.to_thread(remove_cached, manager.settings.cache_dir, model_name)
+    cache = manager.settings.cache_dir
+    if model_name:
+        removed, freed = await asyncio.to_thread(remove_cached, cache, model_name)
+    else:
+        removed, freed = await asyncio.to_thread(
+            remove_cached, cache, *_split_version(model_version)
+        )
     if not removed:
-        raise NotFound(f"nothing of {model_name!r} is in the cache", param="model_name")
+        raise NotFound(
+            f"nothing of {model_name or model_version!r} is in the cache",
+            param="model_name" if model_name else "model_version",
+        )
     return {"result": True, "removed": removed, "freed_bytes": freed}
+
+
+@router.get("/v1/cache/models/files")
+async def cached_files(request: Request, model_version: str = Query(min_length=1)) -> dict:
+    """The files removing `model_version` would delete (Xinference's list_deletable_models)."""
+    cache = _manager(request).settings.cache_dir
+    name, _ = _split_version(model_version)
+    entries = await asyncio.to_thread(list_cache, cache, name)
+    paths = [e["files"] for e in entries if e["model_version"] == model_version]
+    if not paths:
+        raise NotFound(f"{model_version!r} is not in the cache", param="model_version")
+    return {"model_version": model_version, "paths": paths[0]}
+
+
+def _split_version(model_version: str | None) -> tuple[str, str]:
+    name, sep, variant = (model_version or "").partition(VERSION_SEPARATOR)
+    if not sep or not name or not variant:
+        raise InvalidRequest(
+            "give model_name, or a model_version as `GET /v1/cache/models` lists it "
+            f"(NAME{VERSION_SEPARATOR}VARIANT)",
+            param="model_version",
+        )
+    return name, variant
 
 
 @router.get("/v1/cache/models")
 async def cached_models(request: Request, model_name: str | None = None) -> dict:
     settings = _manager(request).settings
     entries = await asyncio.to_thread(list_cache, settings.cache_dir, model_name)
+    for entry in entries:
+        entry.pop("files")
     return {"list": entries}
 
 

@@ -320,17 +320,7 @@ class ModelManager:
                 env=request.envs or {},
             )
             instance.replicas = [
-                Replica(
-                    index,
-                    config,
-                    socket_path=self._socket_dir / f"m{next(self._counter)}.sock",
-                    log_path=self.log_path(uid, index),
-                    launch_timeout=self.settings.launch_timeout,
-                    on_change=lambda r, status, msg: self._replica_changed(
-                        instance, r, status, msg
-                    ),
-                )
-                for index in range(request.replica)
+                self._new_replica(instance, index, config) for index in range(request.replica)
             ]
             instance.set_phase(instance.phase, LOADING)
             self.store.set_status(uid, LOADING)
@@ -363,6 +353,63 @@ class ModelManager:
         log.info(
             "%s is ready in %.1fs (pids %s)", uid, load_seconds, [r.pid for r in instance.replicas]
         )
+
+    def _new_replica(self, instance: ModelInstance, index: int, config: EngineConfig) -> Replica:
+        return Replica(
+            index,
+            config,
+            socket_path=self._socket_dir / f"m{next(self._counter)}.sock",
+            log_path=self.log_path(instance.uid, index),
+            launch_timeout=self.settings.launch_timeout,
+            on_change=lambda r, status, msg: self._replica_changed(instance, r, status, msg),
+        )
+
+    # scaling --------------------------------------------------------------------------
+
+    async def add_replicas(self, uid: str, count: int) -> tuple[int, ...]:
+        """Start `count` more processes of a ready model; they take requests once loaded."""
+        instance = self.get(uid)
+        if instance.state != READY or not instance.replicas:
+            raise Conflict(
+                f"model {uid!r} is {instance.state}; replicas can be added once it is ready",
+                param="model_uid",
+            )
+        first = max(r.index for r in instance.replicas) + 1
+        config = instance.replicas[0].config
+        added = [self._new_replica(instance, first + i, config) for i in range(count)]
+        results = await asyncio.gather(*(r.start() for r in added), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors or self._models.get(uid) is not instance:
+            await _stop_all(added, grace=0)
+            if errors:
+                raise errors[0]
+            raise NotFound(f"model {uid!r} was terminated meanwhile", param="model_uid")
+        instance.replicas.extend(added)
+        instance.request.replica = len(instance.replicas)
+        self.store.update_request(uid, instance.request.persisted())
+        instance.notify()
+        return tuple(r.index for r in added)
+
+    async def remove_replica(self, uid: str, index: int) -> int:
+        """Stop one replica (its requests finish first); the number left."""
+        instance = self.get(uid)
+        replica = next((r for r in instance.replicas if r.index == index), None)
+        if replica is None:
+            have = ", ".join(str(r.index) for r in instance.replicas) or "none"
+            raise NotFound(
+                f"model {uid!r} has no replica {index} (it has: {have})", param="replica_id"
+            )
+        if len(instance.replicas) == 1:
+            raise Conflict(
+                f"replica {index} is the last of {uid!r}; terminate the model instead",
+                param="replica_id",
+            )
+        instance.replicas.remove(replica)  # no new requests go to it
+        instance.request.replica = len(instance.replicas)
+        self.store.update_request(uid, instance.request.persisted())
+        await replica.stop(grace=self.settings.terminate_timeout)
+        instance.notify()
+        return len(instance.replicas)
 
     async def _weights(self, instance: ModelInstance) -> Path:
         """The weights on local disk, downloading them first if they are not."""

@@ -115,8 +115,12 @@ def _from_package(spec: ModelSpec, cached: Path) -> Path:
     return target
 
 
+# A cached variant's name in listings and removals: "gemma-3-270m--ggufv2-0_27b-Q4_K_M".
+VERSION_SEPARATOR = "--"
+
+
 def list_cache(cache_root: Path, model_name: str | None = None) -> list[dict[str, object]]:
-    """Every complete model variant in the cache, with its size on disk."""
+    """Every complete model variant in the cache, with its size on disk and its files."""
     entries: list[dict[str, object]] = []
     if not cache_root.exists():
         return entries
@@ -124,10 +128,11 @@ def list_cache(cache_root: Path, model_name: str | None = None) -> list[dict[str
         variant = marker.parent
         model_format, _, rest = variant.name.partition("-")
         size, _, quantization = rest.partition("b-")
-        files = [f for f in variant.rglob("*") if f.is_file() and f.name != COMPLETE_MARK]
+        files = sorted(f for f in variant.rglob("*") if f.is_file() and f.name != COMPLETE_MARK)
         entries.append(
             {
                 "model_name": variant.parent.name,
+                "model_version": f"{variant.parent.name}{VERSION_SEPARATOR}{variant.name}",
                 "model_format": model_format,
                 "model_size_in_billions": size,
                 "quantization": quantization,
@@ -135,17 +140,27 @@ def list_cache(cache_root: Path, model_name: str | None = None) -> list[dict[str
                 "size_bytes": sum(f.stat().st_size for f in files),
                 "last_used": marker.stat().st_mtime,
                 "source": marker.read_text().strip() or "package",
+                "files": [str(f) for f in files],
             }
         )
     return entries
 
 
-def remove_cached(cache_root: Path, model_name: str) -> tuple[list[str], int]:
-    """Delete every cached variant of a model; the paths removed and the bytes freed."""
+def remove_cached(
+    cache_root: Path, model_name: str, variant: str | None = None
+) -> tuple[list[str], int]:
+    """Delete a model's cached variants (all, or the one named); the paths removed and the
+    bytes freed."""
+    root = cache_root.resolve()
     folder = cache_root / model_name
-    if not folder.is_dir() or folder.resolve().parent != cache_root.resolve():
+    if not folder.is_dir() or folder.resolve().parent != root:
         return [], 0
-    removed = [str(p) for p in sorted(folder.iterdir())]
-    freed = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-    shutil.rmtree(folder)
+    targets = sorted(folder.iterdir()) if variant is None else [folder / variant]
+    targets = [t for t in targets if t.is_dir() and t.resolve().parent == folder.resolve()]
+    removed = [str(t) for t in targets]
+    freed = sum(f.stat().st_size for t in targets for f in t.rglob("*") if f.is_file())
+    for target in targets:
+        shutil.rmtree(target)
+    if not any(folder.iterdir()):
+        folder.rmdir()
     return removed, freed

@@ -98,6 +98,15 @@ class StateStore:
         )
         self.add_event(uid, status, "launch requested")
 
+    def update_request(self, uid: str, request: dict[str, Any]) -> None:
+        """Change what a restore would launch (e.g. the replica count), nothing else."""
+        self._write(
+            "UPDATE launches SET request=?, updated=? WHERE uid=?",
+            json.dumps(request),
+            time.time(),
+            uid,
+        )
+
     def set_status(
         self,
         uid: str,
