@@ -18,7 +18,13 @@ import pytest
 
 LLM = "gemma-3-270m"
 # No test may reach a real hub: unless a test brings its own, the hub is a closed local port.
-NO_HUB = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_DISABLE_TELEMETRY": "1"}
+# No test may reach a real hub: both clients point at a closed loopback port unless a test
+# gives them its own loopback hub.
+NO_HUB = {
+    "HF_ENDPOINT": "http://127.0.0.1:9",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "MODELSCOPE_ENDPOINT": "http://127.0.0.1:9",
+}
 EMBEDDING = "all-MiniLM-L6-v2"
 
 
@@ -31,7 +37,13 @@ def free_port() -> int:
 class InferdServer:
     """`inferd serve` in a subprocess with its own INFERD_HOME and port."""
 
-    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        home: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        preexec: Callable[[], None] | None = None,
+    ):
         self.home = home
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -51,6 +63,7 @@ class InferdServer:
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=preexec,
         )
         self.wait_healthy()
 

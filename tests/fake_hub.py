@@ -1,6 +1,8 @@
-"""A loopback HTTP server that speaks the part of the Hugging Face Hub protocol
-`huggingface_hub` uses to download: the repo tree, file resolution with ETag and commit headers,
-redirects to LFS blobs, and Range requests. Tests point the real client at it via HF_ENDPOINT.
+"""A loopback HTTP server that speaks the part of the Hugging Face Hub's and ModelScope's
+protocols their clients use to download. Hugging Face: the repo tree, file resolution with ETag
+and commit headers, redirects to LFS blobs, Range requests (HF_ENDPOINT points the real
+`huggingface_hub` at it). ModelScope: the legacy `/api/v1` file listing with sizes and SHA-256,
+and `repo?FilePath=` downloads (MODELSCOPE_ENDPOINT points the real `modelscope` client at it).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 _LFS_THRESHOLD = 10_000  # files at least this large are served as LFS blobs, as on the Hub
@@ -47,8 +49,21 @@ class FakeHub:
     log: list[tuple[str, str, str | None]] = field(default_factory=list)  # method, path, range
     served: dict[str, int] = field(default_factory=dict)  # file path -> bytes sent
 
-    def add_repo(self, repo: str, files: dict[str, Path]) -> None:
+    hidden: dict[str, set[str]] = field(default_factory=dict)  # hub -> repos it lacks
+
+    def add_repo(
+        self,
+        repo: str,
+        files: dict[str, Path],
+        hubs: tuple[str, ...] = ("huggingface", "modelscope"),
+    ) -> None:
         self.repos[repo] = {name: HubFile(name, src) for name, src in files.items()}
+        for hub in ("huggingface", "modelscope"):
+            if hub not in hubs:
+                self.hidden.setdefault(hub, set()).add(repo)
+
+    def _repo(self, hub: str, repo: str) -> dict[str, HubFile] | None:
+        return None if repo in self.hidden.get(hub, set()) else self.repos.get(repo)
 
     def start(self) -> str:
         hub = self
@@ -85,6 +100,8 @@ class FakeHub:
         path = unquote(urlparse(req.path).path)
         self.log.append((req.command, path, req.headers.get("Range")))
         parts = path.strip("/").split("/")
+        if parts[:3] == ["api", "v1", "models"]:
+            return self._modelscope(req, parts[3:], head)
         if parts[:2] == ["api", "models"] and "tree" in parts:
             at = parts.index("tree")
             return self._tree(req, "/".join(parts[2:at]))
@@ -96,8 +113,33 @@ class FakeHub:
             return self._blob(req, parts[1], head)
         self._send(req, 404, b'{"error": "not found"}', {"Content-Type": "application/json"})
 
+    def _modelscope(self, req: BaseHTTPRequestHandler, parts: list[str], head: bool) -> None:
+        repo, what = "/".join(parts[:2]), parts[2:]
+        files = self._repo("modelscope", repo)
+        query = parse_qs(urlparse(req.path).query)
+        if files is None:
+            body = {"Code": 10010205001, "Message": f"model {repo} not found", "Success": False}
+            return self._send(req, 404, json.dumps(body).encode(), {})
+        if what == ["repo", "files"]:
+            entries = [
+                {
+                    "Name": f.path.rsplit("/", 1)[-1],
+                    "Path": f.path,
+                    "Size": f.size,
+                    "Sha256": f.sha256,
+                    "Type": "blob",
+                    "IsLFS": f.lfs,
+                }
+                for f in files.values()
+            ]
+            body = {"Code": 200, "Data": {"Files": entries}, "Success": True}
+            return self._send(req, 200, json.dumps(body).encode(), {})
+        if what == ["repo"] and (name := query.get("FilePath", [""])[0]) in files:
+            return self._content(req, files[name], head, {})
+        self._send(req, 404, b'{"Code": 404, "Success": false}', {})
+
     def _tree(self, req: BaseHTTPRequestHandler, repo: str) -> None:
-        files = self.repos.get(repo)
+        files = self._repo("huggingface", repo)
         if files is None:
             return self._send(
                 req, 404, b'{"error":"Repository not found"}', {"X-Error-Code": "RepoNotFound"}
@@ -117,7 +159,7 @@ class FakeHub:
         self._send(req, 200, body, {"Content-Type": "application/json"})
 
     def _resolve(self, req: BaseHTTPRequestHandler, repo: str, name: str, head: bool) -> None:
-        file = self.repos.get(repo, {}).get(name)
+        file = (self._repo("huggingface", repo) or {}).get(name)
         if file is None:
             headers = {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": COMMIT}
             return self._send(req, 404, b"{}", headers)

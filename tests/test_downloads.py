@@ -279,3 +279,153 @@ def test_launch_interrupted_by_sigterm_is_restored(tmp_path: Path, hub: FakeHub)
         wait_ready(again, {"hub-minilm"}, timeout=120)
     finally:
         again.stop()
+
+
+def test_modelscope_through_its_own_client(tmp_path: Path, hub: FakeHub) -> None:
+    """INFERD_MODEL_SRC=modelscope, as the seed's users set XINFERENCE_MODEL_SRC."""
+    server = InferdServer(
+        tmp_path / "home",
+        env={"MODELSCOPE_ENDPOINT": hub.url, "INFERD_MODEL_SRC": "modelscope"},
+    )
+    try:
+        body = {
+            "model_name": "ms-minilm",
+            "dimensions": 384,
+            "max_tokens": 256,
+            "model_id": EMBED_REPO,
+            "model_hub": "modelscope",  # Xinference's spelling of "this id is on ModelScope"
+        }
+        httpx.post(
+            f"{server.url}/v1/model_registrations/embedding", json={"model": json.dumps(body)}
+        ).raise_for_status()
+        server.cli("launch", "-n", "ms-minilm", "-t", "embedding")
+        assert "model.safetensors" in hub.fetched()
+        assert not {"onnx/model.onnx", "pytorch_model.bin"} & hub.fetched()
+        downloads = [path for method, path, _ in hub.log if method == "GET" and "/repo" in path]
+        assert downloads and all(p.startswith("/api/v1/models/") for p in downloads)
+        (entry,) = json.loads(server.cli("cached", "--json").stdout)
+        assert entry["source"] == "modelscope"
+        vectors = httpx.post(
+            f"{server.url}/v1/embeddings", json={"model": "ms-minilm", "input": "hello"}
+        ).json()
+        assert len(vectors["data"][0]["embedding"]) == 384
+    finally:
+        server.stop()
+
+
+def test_unreachable_hub_falls_back_to_the_other(tmp_path: Path, hub: FakeHub) -> None:
+    """Hugging Face blocked (the seed's daily pain): the model comes from ModelScope, and the
+    launch says why."""
+    server = InferdServer(
+        tmp_path / "home",
+        env={"HF_ENDPOINT": "http://127.0.0.1:9", "MODELSCOPE_ENDPOINT": hub.url},
+    )
+    try:
+        spec = {
+            "model_format": "ggufv2",
+            "model_size_in_billions": "0_27",
+            "quantizations": ["Q4_K_M"],
+            "model_hub": {"huggingface": "google/not-reachable", "modelscope": GGUF_REPO},
+            "model_file_name_template": "gemma-{quantization}.gguf",
+        }
+        body = {"model_name": "both-hubs", "model_family": "gemma-3-270m", "model_specs": [spec]}
+        httpx.post(
+            f"{server.url}/v1/model_registrations/LLM", json={"model": json.dumps(body)}
+        ).raise_for_status()
+        result = server.cli("launch", "-n", "both-hubs", "--download-hub", "huggingface")
+        assert result.stdout.strip() == "both-hubs"
+        assert hub.fetched() == {"gemma-Q4_K_M.gguf"}
+        described = httpx.get(f"{server.url}/v1/models/both-hubs").json()
+        assert described["status"] == "ready"
+        (event,) = [e for e in described["history"] if e["status"] == "downloaded"]
+        assert "from modelscope" in event["message"]
+        assert "skipped huggingface (google/not-reachable)" in event["message"]
+    finally:
+        server.stop()
+
+
+def test_a_download_the_disk_cannot_hold_is_refused_before_it_starts(
+    tmp_path: Path, hub: FakeHub
+) -> None:
+    hub.repos[EMBED_REPO]["model.safetensors"].size = 10**18  # the hub says: one exabyte
+    server = _server(tmp_path, hub)
+    try:
+        _register(server)
+        result = server.cli("launch", "-n", "hub-minilm", "-t", "embedding", check=False)
+        assert result.returncode == 1
+        assert "not enough disk space" in result.stderr and "1000000.0 TB" in result.stderr
+        assert hub.fetched() == set()
+    finally:
+        server.stop()
+
+
+def test_a_full_disk_ends_the_launch_and_leaves_no_half_file(tmp_path: Path, hub: FakeHub) -> None:
+    # A file-size limit on the server stands in for a full disk: writes past it fail the way
+    # they do on a full one, mid-file.
+    server = _server_with_file_limit(tmp_path, hub, limit=30_000_000)
+    try:
+        _register(server)
+        result = server.cli("launch", "-n", "hub-minilm", "-t", "embedding", check=False)
+        assert result.returncode == 1
+        assert "the disk is full (or a file-size limit was reached)" in result.stderr
+        assert "model.safetensors" in result.stderr
+        leftovers = [p.name for p in (server.home / "cache").rglob("*") if p.is_file()]
+        assert not [n for n in leftovers if n.endswith(".inferd-partial")], leftovers
+        assert ".inferd-complete" not in leftovers
+        assert server.proc.poll() is None  # the server itself carries on
+    finally:
+        server.stop()
+
+
+def _server_with_file_limit(tmp_path: Path, hub: FakeHub, limit: int) -> InferdServer:
+    import resource
+
+    def limit_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write, not the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return InferdServer(tmp_path / "home", env={"HF_ENDPOINT": hub.url}, preexec=limit_files)
+
+
+def _follow(server: InferdServer, uid: str) -> list[dict]:
+    """Every progress event of a launch, until the server ends the stream."""
+    events = []
+    url = f"{server.url}/v1/models/{uid}/progress/events"
+    with httpx.stream("GET", url, timeout=120) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+    return events
+
+
+def test_progress_events_follow_a_launch_to_its_end(tmp_path: Path, hub: FakeHub) -> None:
+    server = _server(tmp_path, hub)
+    try:
+        _register(server)
+        hub.bytes_per_second = 40e6
+        launch = {"model_name": "hub-minilm", "model_type": "embedding"}
+        httpx.post(
+            f"{server.url}/v1/models", json=launch, params={"wait_ready": False}
+        ).raise_for_status()
+        events = _follow(server, "hub-minilm")
+        stages = [e["stage"] for e in events]
+        assert stages[-1] == "ready" and "downloading" in stages and "loading" in stages
+        received = [e["download"]["bytes"] for e in events if e["stage"] == "downloading"]
+        assert len(received) >= 3 and received == sorted(received)
+        assert [e["progress"] for e in events] == sorted(e["progress"] for e in events)
+
+        # A launch terminated while followed ends its stream with that news.
+        hub.bytes_per_second = 5e6
+        httpx.post(
+            f"{server.url}/v1/models",
+            json={**launch, "model_name": "hub-gemma", "model_type": "LLM"},
+            params={"wait_ready": False},
+        ).raise_for_status()
+        threading.Timer(1.5, lambda: server.cli("terminate", "hub-gemma")).start()
+        assert _follow(server, "hub-gemma")[-1]["stage"] == "terminated"
+
+        missing = httpx.get(f"{server.url}/v1/models/nope/progress/events")
+        assert missing.status_code == 404
+    finally:
+        server.stop()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
@@ -131,6 +133,42 @@ async def describe_model(model_uid: str, request: Request) -> dict:
 @router.get("/v1/models/{model_uid}/progress")
 async def launch_progress(model_uid: str, request: Request) -> dict:
     return _manager(request).get(model_uid).progress()
+
+
+@router.get("/v1/models/{model_uid}/progress/events")
+async def launch_progress_events(model_uid: str, request: Request) -> StreamingResponse:
+    """The launch's progress as server-sent events, one whenever it changes, ending when the
+    model is ready, failed or gone: what a web page follows instead of polling."""
+    manager = _manager(request)
+    instance = manager.get(model_uid)
+
+    async def events() -> AsyncIterator[bytes]:
+        last: dict | None = None
+        quiet_since = time.monotonic()
+        while not await request.is_disconnected():
+            if manager.find(model_uid) is not instance:
+                yield _event({"progress": 0.0, "stage": "terminated"})
+                return
+            current = instance.progress()
+            if current["stage"] == "failed":
+                current["error"] = instance.error_text()
+            if current != last:
+                yield _event(current)
+                last, quiet_since = current, time.monotonic()
+                if current["stage"] in ("ready", "idle", "failed"):
+                    return
+            elif time.monotonic() - quiet_since > 15:
+                yield b": still working\n\n"  # keeps proxies from closing a quiet stream
+                quiet_since = time.monotonic()
+            await instance.wait_change(0.5)
+
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
+
+
+def _event(data: dict) -> bytes:
+    return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
 @router.get("/v1/models/{model_uid}/logs", response_model=None)

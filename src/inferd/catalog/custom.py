@@ -55,6 +55,7 @@ def parse_registration(
                 "model_size_in_billions": data.pop("model_size_in_billions", 0),
                 "model_id": data.pop("model_id", None),
                 "model_uri": data.pop("model_uri", None),
+                "model_hub": data.pop("model_hub", None),
             }
         ]
     parent = _parent(data, model_type, catalog)
@@ -80,8 +81,11 @@ def parse_registration(
         ignored += sorted(
             f"model_specs[{i}].{k}" for k in raw if k not in _SPEC_FIELDS and k != "model_id"
         )
-        if raw.get("model_id") and "model_hub" not in spec:
-            spec["model_hub"] = {"huggingface": raw["model_id"]}
+        hub = raw.get("model_hub")
+        if raw.get("model_id") and not isinstance(hub, dict):
+            # Xinference names one hub per spec ("model_hub": "modelscope"); inferd's catalogue
+            # form, a dict of repo ids per hub, is taken as it is.
+            spec["model_hub"] = {hub or "huggingface": raw["model_id"]}
         specs.append(spec)
     family_data["model_specs"] = specs
 

@@ -133,6 +133,12 @@ def _parse_value(text: str) -> Any:
 @click.option("-s", "--size-in-billions", "size", default=None)
 @click.option("-q", "--quantization", default=None)
 @click.option("--model-path", default=None, help="Serve weights from this local path.")
+@click.option(
+    "--download-hub",
+    type=click.Choice(["huggingface", "modelscope"]),
+    default=None,
+    help="Hub to fetch from (default: INFERD_MODEL_SRC, else huggingface).",
+)
 @click.option("--n-gpu", default=None, help="'auto', or 0 for the CPU.")
 @click.option("-r", "--replica", type=int, default=None, help="Number of model processes.")
 @click.option(
@@ -167,6 +173,7 @@ def _launch_with_progress(client: Client, body: dict[str, Any], uid: str) -> dic
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     outcome: dict[str, Any] = {}
+    notes: list[str] = []
 
     def send() -> None:
         try:
@@ -197,10 +204,14 @@ def _launch_with_progress(client: Client, body: dict[str, Any], uid: str) -> dic
                 speed = download["speed_bytes_per_s"] / 1e6
                 eta = download["eta_s"]
                 stage = (
-                    f"downloading {download['bytes'] / 1e6:.0f}/"
+                    f"downloading from {download['hub']} {download['bytes'] / 1e6:.0f}/"
                     f"{download['total_bytes'] / 1e6:.0f} MB {speed:.0f} MB/s"
                     + (f" {eta:.0f}s left" if eta is not None else "")
                 )
+                for note in download["notes"]:
+                    if note not in notes:  # why the hub asked for was not used
+                        notes.append(note)
+                        bar.console.print(f"[yellow]skipped {note}[/yellow]")
             bar.update(task, completed=progress["progress"], stage=stage)
     if "error" in outcome:
         raise outcome["error"]

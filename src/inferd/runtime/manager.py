@@ -153,6 +153,9 @@ class ModelManager:
     def list(self) -> list[ModelInstance]:
         return list(self._models.values())
 
+    def find(self, uid: str) -> ModelInstance | None:
+        return self._models.get(uid)
+
     def get(self, uid: str) -> ModelInstance:
         instance = self._models.get(uid)
         if instance is None:
@@ -454,6 +457,14 @@ class ModelManager:
             except asyncio.CancelledError:
                 cancelled.set()  # the thread stops before its next file
                 raise
+            done = instance.download
+            skipped = "".join(f"; skipped {note}" for note in done.notes)
+            self.store.add_event(
+                instance.uid,
+                "downloaded",
+                f"{done.done / 1e6:.0f} MB from {done.hub} in "
+                f"{time.monotonic() - done.started:.1f}s{skipped}",
+            )
             found = cached_weights(variant, instance.spec, instance.quantization)
             if found is None:
                 raise ModelFilesUnavailable(

@@ -13,12 +13,13 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
+import socket
 import threading
 import time
-from collections.abc import Callable
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -101,6 +102,16 @@ def select_files(files: list[RemoteFile], spec: ModelSpec, quantization: str) ->
     ]
 
 
+class Hub(Protocol):
+    """A model hub: lists a repo's files and fetches one into a partial file, resumably."""
+
+    name: str
+
+    def list_files(self, repo_id: str) -> list[RemoteFile]: ...
+
+    def fetch(self, repo_id: str, file: RemoteFile, partial: Path, sink: Received) -> None: ...
+
+
 class HuggingFaceHub:
     name = "huggingface"
 
@@ -111,7 +122,10 @@ class HuggingFaceHub:
         self.api = HfApi(endpoint=self.endpoint)
 
     def list_files(self, repo_id: str) -> list[RemoteFile]:
+        from huggingface_hub import constants
         from huggingface_hub.hf_api import RepoFile
+
+        _reachable(self.endpoint or constants.ENDPOINT)
 
         return [
             RemoteFile(f.path, f.size, f.lfs.sha256 if f.lfs else None)
@@ -132,6 +146,21 @@ class HuggingFaceHub:
         if urlsplit(meta.location).netloc != urlsplit(url).netloc:
             headers.pop("authorization", None)  # a storage CDN gets no Hub token
         _ranged_get(meta.location, partial, file.size, headers, sink)
+
+
+def _reachable(endpoint: str) -> None:
+    """Fail at once when a hub cannot be connected to at all: both clients retry a refused or
+    blackholed connection for tens of seconds, which would only delay the other hub."""
+    parts = urlsplit(endpoint)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")  # the hop we make
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "", port), timeout=5).close()
+    except OSError as exc:
+        raise ConnectionError(f"cannot connect to {endpoint}: {exc.strerror or exc}") from exc
 
 
 class Received:
@@ -203,7 +232,6 @@ def download(
     preferred_hub: str,
     progress: DownloadProgress,
     cancelled: threading.Event | None = None,
-    hub_factory: Callable[[str], HuggingFaceHub] | None = None,
 ) -> None:
     """Fill `target_dir` with the spec's files from the preferred hub, or the other one if the
     preferred cannot be reached. Partial files stay for the next try to resume."""
@@ -218,12 +246,13 @@ def download(
     for hub_name in hubs:
         repo = spec.model_hub[hub_name]  # type: ignore[index]
         try:
-            hub = (hub_factory or _make_hub)(hub_name)
+            hub = _make_hub(hub_name)
             files = hub.list_files(repo)
         except Exception as exc:
             # Unreachable, or the model is not there: the next hub may have it.
             reason = exc.message if isinstance(exc, ModelFilesUnavailable) else str(exc)
-            errors.append(f"{hub_name} ({repo}): {reason or type(exc).__name__}")
+            reason = (reason.strip().splitlines() or [type(exc).__name__])[0][:300]
+            errors.append(f"{hub_name} ({repo}): {reason}")
             log.warning("cannot use %s for %s: %s", hub_name, repo, reason)
             continue
         chosen = select_files(files, spec, quantization)
@@ -236,6 +265,7 @@ def download(
         progress.hub = hub_name
         progress.notes = list(errors)  # say why another hub than the preferred one is used
         progress.total = sum(f.size for f in chosen)
+        _check_space(target_dir, sum(f.size - _present(target_dir, f) for f in chosen))
         _fetch_all(hub, repo, chosen, target_dir, progress, cancelled)
         (target_dir / COMPLETE_MARK).write_text(hub_name)
         return
@@ -247,16 +277,40 @@ def download(
     )
 
 
-def _make_hub(name: str) -> HuggingFaceHub:
+def _check_space(target_dir: Path, needed: int) -> None:
+    """Refuse before fetching a byte what the disk cannot hold, rather than fail at 90%."""
+    existing = target_dir
+    while not existing.exists():
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if needed > free:
+        raise ModelFilesUnavailable(
+            f"not enough disk space: the download needs {_size(needed)} more and "
+            f"{existing} has {_size(free)} free; free some (inferd remove-cache NAME) or point "
+            "INFERD_HOME at a larger disk",
+            param="model_name",
+            code="insufficient_storage",
+        )
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _make_hub(name: str) -> Hub:
     if name == "huggingface":
         return HuggingFaceHub()
     if name == "modelscope":
-        return ModelScopeHub()  # type: ignore[return-value]
+        return ModelScopeHub()
     raise InvalidRequest(f"unknown hub {name!r}", param="download_hub")
 
 
 def _fetch_all(
-    hub: HuggingFaceHub,
+    hub: Hub,
     repo: str,
     files: list[RemoteFile],
     target_dir: Path,
@@ -278,9 +332,12 @@ def _fetch_all(
         except InterruptedError:
             raise
         except Exception as exc:
-            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 partial.unlink(missing_ok=True)  # no half file left behind on a full disk
-                reason = f"the disk is full writing {file.path}"
+                reason = (
+                    f"the disk is full (or a file-size limit was reached) writing {file.path}: "
+                    f"{exc.strerror}; the partial file was removed"
+                )
             else:
                 reason = f"downloading {file.path} from {repo} failed: {exc}"
             raise ModelFilesUnavailable(reason, param="model_name") from exc
@@ -305,13 +362,15 @@ def _present(target_dir: Path, file: RemoteFile) -> int:
 
 
 class ModelScopeHub:
-    """ModelScope through its own client, when installed (`pip install modelscope`)."""
+    """ModelScope through its own client (`pip install modelscope`), which lists the repo and
+    names the file URLs (mirrors via MODELSCOPE_ENDPOINT); the bytes come through the same
+    resumable, hashed GET as Hugging Face's."""
 
     name = "modelscope"
 
     def __init__(self) -> None:
         try:
-            from modelscope.hub.api import HubApi
+            from modelscope_hub.api import HubApi
         except ImportError as exc:
             raise ModelFilesUnavailable(
                 "downloading from ModelScope needs its client: pip install modelscope",
@@ -320,17 +379,13 @@ class ModelScopeHub:
         self.api = HubApi()
 
     def list_files(self, repo_id: str) -> list[RemoteFile]:
-        entries = self.api.get_model_files(repo_id, recursive=True)
+        _reachable(self.api.legacy.endpoint)
         return [
-            RemoteFile(e["Path"], int(e.get("Size", 0)), e.get("Sha256") or None)
-            for e in entries
-            if e.get("Type") != "tree"
+            RemoteFile(f.path, f.size, f.sha256 or None)
+            for f in self.api.list_repo_files(repo_id, "model")
+            if not f.is_dir
         ]
 
     def fetch(self, repo_id: str, file: RemoteFile, partial: Path, sink: Received) -> None:
-        from modelscope.hub.file_download import model_file_download
-
-        with tempfile.TemporaryDirectory(dir=partial.parent) as tmp:
-            path = model_file_download(repo_id, file.path, local_dir=tmp)
-            shutil.move(path, partial)
-        sink.whole_file(partial)
+        url = self.api.legacy.get_download_url(repo_id, "model", file.path)
+        _ranged_get(url, partial, file.size, {}, sink)
