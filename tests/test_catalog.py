@@ -14,7 +14,7 @@ def test_catalogue_loads_and_is_broad() -> None:
     catalog = get_catalog()
     llms = catalog.list(ModelType.LLM)
     embeddings = catalog.list(ModelType.EMBEDDING)
-    assert len(llms) + len(embeddings) >= 22
+    assert len(llms) >= 60 and len(embeddings) >= 45
     names = {f.model_name for f in llms + embeddings}
     for expected in (
         "gemma-3-270m",
@@ -97,3 +97,16 @@ def test_spec_matching_filters() -> None:
     assert quant == "q4_k_m"
     assert spec.file_name(quant) == "qwen2.5-1.5b-instruct-q4_k_m.gguf"
     assert list(qwen.matching_specs("ggufv2", "0.5", "no-such-quant")) == []
+
+
+def test_every_spec_can_be_chosen_and_fetched() -> None:
+    """`-f FORMAT -s SIZE` picks one spec; a GGUF spec names its file per quantization."""
+    for family in get_catalog().list():
+        keys = [(s.model_format, s.model_size_in_billions) for s in family.model_specs]
+        assert len(keys) == len(set(keys)), f"{family.model_name}: two specs share {keys}"
+        for spec in family.model_specs:
+            assert len(set(spec.quantizations)) == len(spec.quantizations), family.model_name
+            if spec.model_format == "ggufv2" and spec.package is None:
+                assert "{quantization}" in (spec.model_file_name_template or ""), family.model_name
+            if spec.model_format == "ggufv2" or spec.model_format == "pytorch":
+                assert spec.model_hub or spec.package, family.model_name
