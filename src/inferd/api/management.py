@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from inferd.api.deps import manager as _manager
 from inferd.api.logs import follow_log, read_tail
-from inferd.catalog import EmbeddingFamily, LLMFamily, ModelType
+from inferd.catalog import AnyFamily, ModelType
 from inferd.engines import engines_for, is_installed
 from inferd.errors import Conflict, InvalidRequest, NotFound
 from inferd.runtime.launch import LaunchRequest
@@ -249,7 +249,7 @@ async def engines_for_type_and_name(model_type: str, model_name: str, request: R
     return _engine_table(_manager(request).catalog.get(model_name, _model_type(model_type)))
 
 
-def _engine_table(family: LLMFamily | EmbeddingFamily) -> dict[str, list[dict[str, Any]]]:
+def _engine_table(family: AnyFamily) -> dict[str, list[dict[str, Any]]]:
     """Which engine serves which spec of a model, and whether it is installed here."""
     table: dict[str, list[dict[str, Any]]] = {}
     for spec in family.model_specs:

@@ -158,6 +158,38 @@ class EmbeddingRequest(_Request):
         return list(texts)
 
 
+class RerankRequest(_Request):
+    """Xinference's, Jina's and Cohere's rerank body; documents as strings or {"text": ...}."""
+
+    query: str = Field(min_length=1)
+    documents: list[str | dict[str, Any]] = Field(min_length=1, max_length=4096)
+    top_n: int | None = Field(default=None, ge=1)
+    return_documents: bool | None = None
+    return_len: bool | None = None
+    max_chunks_per_doc: int | None = None
+
+    @field_validator("documents")
+    @classmethod
+    def _texts(cls, value: list[str | dict[str, Any]]) -> list[str]:
+        texts = []
+        for i, document in enumerate(value):
+            text = document.get("text") if isinstance(document, dict) else document
+            if not isinstance(text, str) or not text:
+                raise ValueError(f"documents[{i}] must be a non-empty string or {{'text': ...}}")
+            texts.append(text)
+        return texts
+
+    @field_validator("max_chunks_per_doc")
+    @classmethod
+    def _no_chunking(cls, value: int | None) -> int | None:
+        if value is not None:
+            raise ValueError(
+                "splitting documents into chunks is not supported; a document longer than the "
+                "model's max_tokens is truncated"
+            )
+        return value
+
+
 _Sampling.model_rebuild()
 ChatCompletionRequest.model_rebuild()
 CompletionRequest.model_rebuild()

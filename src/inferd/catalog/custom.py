@@ -14,7 +14,14 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from inferd.catalog.registry import Catalog
-from inferd.catalog.schema import EmbeddingFamily, Family, LLMFamily, ModelType
+from inferd.catalog.schema import (
+    AnyFamily,
+    EmbeddingFamily,
+    Family,
+    LLMFamily,
+    ModelType,
+    RerankFamily,
+)
 from inferd.errors import InvalidRequest, NotFound
 from inferd.storage.resolve import check_local_weights
 
@@ -22,6 +29,7 @@ _family = TypeAdapter(Family)
 _FAMILY_FIELDS = {
     ModelType.LLM: set(LLMFamily.model_fields),
     ModelType.EMBEDDING: set(EmbeddingFamily.model_fields),
+    ModelType.RERANK: set(RerankFamily.model_fields),
 }
 _SPEC_FIELDS = {
     "model_format",
@@ -35,7 +43,7 @@ _SPEC_FIELDS = {
 
 def parse_registration(
     model_type: ModelType, model: str | dict[str, Any], catalog: Catalog
-) -> tuple[LLMFamily | EmbeddingFamily, list[str]]:
+) -> tuple[AnyFamily, list[str]]:
     """The family a registration defines, and the names of the fields it ignored."""
     if isinstance(model, str):
         try:
@@ -47,8 +55,8 @@ def parse_registration(
     data = dict(model)
     if "language" in data and "model_lang" not in data:
         data["model_lang"] = data.pop("language")
-    if model_type == ModelType.EMBEDDING and "model_specs" not in data:
-        # Xinference's embedding files are flat: one spec's fields at the top.
+    if model_type in (ModelType.EMBEDDING, ModelType.RERANK) and "model_specs" not in data:
+        # Xinference's embedding and rerank files are flat: one spec's fields at the top.
         data["model_specs"] = [
             {
                 "model_format": "pytorch",
@@ -58,6 +66,17 @@ def parse_registration(
                 "model_hub": data.pop("model_hub", None),
             }
         ]
+    if model_type == ModelType.RERANK:
+        # Xinference's "type" of reranker; "normal" ones are cross-encoders.
+        kind = data.pop("type", "normal")
+        if kind not in ("normal", "cross-encoder", "bi-encoder"):
+            raise InvalidRequest(
+                f"rerank type {kind!r} is not supported: inferd serves cross-encoders "
+                "('normal') and bi-encoders",
+                param="type",
+            )
+        data.setdefault("method", "bi-encoder" if kind == "bi-encoder" else "cross-encoder")
+        data.setdefault("max_tokens", 512)
     parent = _parent(data, model_type, catalog)
     data.setdefault("model_description", f"custom {model_type.value} model")
     data.setdefault("model_lang", ["en"])
@@ -101,7 +120,7 @@ def parse_registration(
     return family, ignored
 
 
-def verify_local_files(family: LLMFamily | EmbeddingFamily) -> None:
+def verify_local_files(family: AnyFamily) -> None:
     """Each spec's local weights exist and are of its format; a 400 naming the spec if not."""
     for i, checked in enumerate(family.model_specs):
         if checked.local_path:
@@ -114,9 +133,7 @@ def verify_local_files(family: LLMFamily | EmbeddingFamily) -> None:
             raise InvalidRequest(f"model_specs[{i}] needs model_uri or model_id", param="model")
 
 
-def _parent(
-    data: dict[str, Any], model_type: ModelType, catalog: Catalog
-) -> LLMFamily | EmbeddingFamily | None:
+def _parent(data: dict[str, Any], model_type: ModelType, catalog: Catalog) -> AnyFamily | None:
     """The built-in family a custom model names in `model_family`, for its template and stops."""
     name = data.get("model_family")
     if not name:

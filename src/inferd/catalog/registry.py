@@ -8,18 +8,20 @@ from importlib import resources
 
 from pydantic import TypeAdapter
 
-from inferd.catalog.schema import EmbeddingFamily, Family, LLMFamily, ModelType
+from inferd.catalog.schema import AnyFamily, EmbeddingFamily, Family, ModelType, RerankFamily
 from inferd.errors import Conflict, InvalidRequest, NotFound
 
-_DATA_FILES = {ModelType.LLM: "llm.json", ModelType.EMBEDDING: "embedding.json"}
+_DATA_FILES = {
+    ModelType.LLM: "llm.json",
+    ModelType.EMBEDDING: "embedding.json",
+    ModelType.RERANK: "rerank.json",
+}
 _family_list = TypeAdapter(list[Family])
 
 
 class Catalog:
-    def __init__(self, families: list[LLMFamily | EmbeddingFamily]):
-        self._by_type: dict[ModelType, dict[str, LLMFamily | EmbeddingFamily]] = {
-            t: {} for t in ModelType
-        }
+    def __init__(self, families: list[AnyFamily]):
+        self._by_type: dict[ModelType, dict[str, AnyFamily]] = {t: {} for t in ModelType}
         for family in families:
             bucket = self._by_type[ModelType(family.model_type)]
             if family.model_name in bucket:
@@ -28,7 +30,7 @@ class Catalog:
 
     @classmethod
     def builtin(cls) -> Catalog:
-        families: list[LLMFamily | EmbeddingFamily] = []
+        families: list[AnyFamily] = []
         data = resources.files("inferd.catalog") / "data"
         for model_type, file_name in _DATA_FILES.items():
             raw = json.loads((data / file_name).read_text(encoding="utf-8"))
@@ -38,12 +40,12 @@ class Catalog:
                 families.append(entry)
         return cls(families)
 
-    def register(self, family: LLMFamily | EmbeddingFamily) -> None:
+    def register(self, family: AnyFamily) -> None:
         """Add a custom family; a built-in name cannot be taken."""
         self.ensure_free(family)
         self._by_type[ModelType(family.model_type)][family.model_name] = family
 
-    def ensure_free(self, family: LLMFamily | EmbeddingFamily) -> None:
+    def ensure_free(self, family: AnyFamily) -> None:
         existing = self._by_type[ModelType(family.model_type)].get(family.model_name)
         if existing is not None:
             kind = "built-in" if existing.is_builtin else "registered"
@@ -61,18 +63,19 @@ class Catalog:
             )
         del self._by_type[model_type][model_name]
 
-    def list(self, model_type: ModelType | None = None) -> list[LLMFamily | EmbeddingFamily]:
+    def list(self, model_type: ModelType | None = None) -> list[AnyFamily]:
         types = [model_type] if model_type else list(ModelType)
         return [f for t in types for f in self._by_type[t].values()]
 
-    def get(
-        self, model_name: str, model_type: ModelType | None = None
-    ) -> LLMFamily | EmbeddingFamily:
+    def get(self, model_name: str, model_type: ModelType | None = None) -> AnyFamily:
         types = [model_type] if model_type else list(ModelType)
         for t in types:
             family = self._by_type[t].get(model_name)
             if family is not None:
                 return family
+        embedding = self._by_type[ModelType.EMBEDDING].get(model_name)
+        if model_type == ModelType.RERANK and isinstance(embedding, EmbeddingFamily):
+            return RerankFamily.from_embedding(embedding)  # any embedding model ranks by cosine
         where = f" of type {model_type.value}" if model_type else ""
         raise NotFound(
             f"no model named {model_name!r}{where} in the catalogue; "
@@ -82,7 +85,7 @@ class Catalog:
 
 
 @lru_cache(maxsize=1)
-def _builtin_families() -> tuple[LLMFamily | EmbeddingFamily, ...]:
+def _builtin_families() -> tuple[AnyFamily, ...]:
     return tuple(Catalog.builtin().list())
 
 

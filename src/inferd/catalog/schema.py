@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 class ModelType(str, Enum):
     LLM = "LLM"
     EMBEDDING = "embedding"
+    RERANK = "rerank"
 
     @classmethod
     def parse(cls, value: str) -> ModelType:
@@ -160,4 +161,27 @@ class EmbeddingFamily(_FamilyBase):
     max_tokens: int = Field(gt=0)
 
 
-Family = Annotated[LLMFamily | EmbeddingFamily, Field(discriminator="model_type")]
+class RerankFamily(_FamilyBase):
+    """Scores documents against a query. A cross-encoder reads each (query, document) pair;
+    a bi-encoder (any embedding model) compares their embeddings by cosine."""
+
+    model_type: Literal["rerank"] = "rerank"
+    model_ability: list[Literal["rerank"]] = Field(default=["rerank"])
+    method: Literal["cross-encoder", "bi-encoder"] = "cross-encoder"
+    max_tokens: int = Field(gt=0)
+
+    @classmethod
+    def from_embedding(cls, family: EmbeddingFamily) -> RerankFamily:
+        return cls(
+            model_name=family.model_name,
+            model_lang=family.model_lang,
+            model_description=f"{family.model_description} Served as a bi-encoder reranker.",
+            model_specs=family.model_specs,
+            is_builtin=family.is_builtin,
+            method="bi-encoder",
+            max_tokens=family.max_tokens,
+        )
+
+
+AnyFamily = LLMFamily | EmbeddingFamily | RerankFamily
+Family = Annotated[AnyFamily, Field(discriminator="model_type")]

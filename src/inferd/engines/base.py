@@ -65,6 +65,9 @@ class Engine(ABC):
     async def embed(self, request: Json) -> Json:
         raise self._unsupported("embeddings")
 
+    async def rerank(self, request: Json) -> Json:
+        raise self._unsupported("rerank")
+
     def _unsupported(self, what: str) -> UnsupportedOperation:
         return UnsupportedOperation(
             f"model {self.config.model_uid!r} ({self.config.model_type}, engine {self.name}) "

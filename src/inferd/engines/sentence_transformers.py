@@ -1,19 +1,25 @@
-"""Embedding models on sentence-transformers (PyTorch, CPU or CUDA)."""
+"""Embedding and rerank models on sentence-transformers (PyTorch, CPU or CUDA).
+
+A rerank model is a cross-encoder (each query-document pair read together) or, for any embedding
+model launched as rerank, a bi-encoder (query and documents embedded, compared by cosine).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from inferd.engines.base import Engine, Json
 from inferd.engines.batching import DynamicBatcher
+from inferd.engines.ranking import rerank_response
 from inferd.errors import InvalidRequest
 
 
 class SentenceTransformersEngine(Engine):
     name = "sentence_transformers"
-    model_types = frozenset({"embedding"})
+    model_types = frozenset({"embedding", "rerank"})
     formats = frozenset({"pytorch"})
     requires = ("sentence_transformers", "torch")
     extra = "sentence-transformers"
@@ -30,12 +36,25 @@ class SentenceTransformersEngine(Engine):
                 f"unknown sentence_transformers option(s): {', '.join(sorted(options))}",
                 param=next(iter(options)),
             )
-        self._model = SentenceTransformer(
-            self.config.model_path,
-            device=device,
-            trust_remote_code=trust_remote_code,
-            local_files_only=True,
-        )
+        family = self.config.family
+        self._cross = self.config.model_type == "rerank" and family["method"] == "cross-encoder"
+        if self._cross:
+            from sentence_transformers import CrossEncoder
+
+            self._model = CrossEncoder(
+                self.config.model_path,
+                device=device,
+                max_length=family["max_tokens"],
+                trust_remote_code=trust_remote_code,
+                local_files_only=True,
+            )
+        else:
+            self._model = SentenceTransformer(
+                self.config.model_path,
+                device=device,
+                trust_remote_code=trust_remote_code,
+                local_files_only=True,
+            )
         # One thread runs the model: torch already spreads one forward pass over every core,
         # and concurrent requests are batched into that pass rather than run side by side.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
@@ -68,6 +87,32 @@ class SentenceTransformersEngine(Engine):
             "data": data,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
+
+    async def rerank(self, request: Json) -> Json:
+        query: str = request["query"]
+        documents: list[str] = request["documents"]
+        scores, tokens = await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._score, query, documents
+        )
+        return rerank_response(self.config.model_uid, request, scores, tokens)
+
+    def _score(self, query: str, documents: list[str]) -> tuple[list[float], int]:
+        """Each document's relevance to the query, and the tokens the model read."""
+        if self._cross:
+            pairs = [(query, document) for document in documents]
+            scores = self._model.predict(pairs, batch_size=32, convert_to_numpy=True)
+            encoded = self._model.tokenizer(
+                [query] * len(documents),
+                documents,
+                truncation=True,
+                max_length=self._model.max_length,
+            )
+            tokens = sum(len(ids) for ids in encoded["input_ids"])
+            return [float(s) for s in scores], tokens
+        texts = [query, *documents]
+        tokens = int(self._model.tokenize(texts)["attention_mask"].sum())
+        vectors = self._model.encode(texts, convert_to_numpy=True, normalize_embeddings=True)
+        return [float(v) for v in vectors[1:] @ vectors[0]], tokens
 
     def _encode(self, texts: list[str]) -> list[tuple[Any, int]]:
         """(vector, token count) per text, in one pass over all of them."""

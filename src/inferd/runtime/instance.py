@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from inferd.catalog import EmbeddingFamily, LLMFamily, ModelSpec
+from inferd.catalog import AnyFamily, EmbeddingFamily, LLMFamily, ModelSpec
 from inferd.engines import Engine
 from inferd.errors import UnsupportedOperation
 from inferd.runtime.launch import LaunchRequest
@@ -31,7 +31,7 @@ RESTARTING = "restarting"
 class ModelInstance:
     uid: str
     request: LaunchRequest
-    family: LLMFamily | EmbeddingFamily
+    family: AnyFamily
     spec: ModelSpec
     quantization: str
     engine: type[Engine]
@@ -176,7 +176,10 @@ class ModelInstance:
         }
         if isinstance(family, LLMFamily):
             info["context_length"] = family.context_length
-        else:
+        elif isinstance(family, EmbeddingFamily):
             info["dimensions"] = family.dimensions
             info["max_tokens"] = family.max_tokens
+        else:
+            info["max_tokens"] = family.max_tokens
+            info["method"] = family.method
         return info

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import TypeAdapter
 
-from inferd.catalog import Catalog, EmbeddingFamily, Family, LLMFamily, ModelSpec, ModelType
+from inferd.catalog import AnyFamily, Catalog, Family, ModelSpec, ModelType
 from inferd.catalog.custom import parse_registration, verify_local_files
 from inferd.engines import Engine, EngineConfig, choose_engine
 from inferd.errors import (
@@ -51,7 +51,7 @@ from inferd.storage.resolve import cache_dir_for, cached_weights, find_local_wei
 from inferd.storage.state import StateStore
 
 log = logging.getLogger("inferd.manager")
-_family_adapter: TypeAdapter[LLMFamily | EmbeddingFamily] = TypeAdapter(Family)
+_family_adapter: TypeAdapter[AnyFamily] = TypeAdapter(Family)
 
 
 class ModelManager:
@@ -552,7 +552,7 @@ class ModelManager:
 
 
 def _first_servable(
-    family: LLMFamily | EmbeddingFamily,
+    family: AnyFamily,
     candidates: list[tuple[ModelSpec, str]],
     wanted_engine: str | None,
 ) -> tuple[ModelSpec, str, type[Engine]]:

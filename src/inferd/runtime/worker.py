@@ -102,6 +102,9 @@ class Worker:
     async def embeddings(self, request: Request) -> Response:
         return await self._serve(request, self.engine.embed, None)
 
+    async def rerank(self, request: Request) -> Response:
+        return await self._serve(request, self.engine.rerank, None)
+
     async def abort(self, request: Request) -> Response:
         handle = self.running.get(request.path_params["request_id"])
         if isinstance(handle, asyncio.Task):
@@ -214,6 +217,7 @@ def main() -> None:
             Route("/chat/completions", worker.chat, methods=["POST"]),
             Route("/completions", worker.completions, methods=["POST"]),
             Route("/embeddings", worker.embeddings, methods=["POST"]),
+            Route("/rerank", worker.rerank, methods=["POST"]),
             Route("/abort/{request_id}", worker.abort, methods=["POST"]),
         ],
         lifespan=worker.lifespan,

@@ -11,7 +11,7 @@ import importlib.util
 import shutil
 from pathlib import Path
 
-from inferd.catalog.schema import EmbeddingFamily, LLMFamily, ModelSpec
+from inferd.catalog.schema import AnyFamily, ModelSpec
 from inferd.errors import InvalidRequest, ModelFilesUnavailable
 from inferd.storage.download import COMPLETE_MARK
 
@@ -23,7 +23,7 @@ def cache_dir_for(cache_root: Path, model_name: str, spec: ModelSpec, quantizati
 
 
 def find_local_weights(
-    family: LLMFamily | EmbeddingFamily,
+    family: AnyFamily,
     spec: ModelSpec,
     quantization: str,
     cache_root: Path,

