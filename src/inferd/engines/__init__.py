@@ -11,10 +11,12 @@ import importlib.util
 from inferd.engines.base import Engine, EngineConfig
 from inferd.engines.llamacpp import LlamaCppEngine
 from inferd.engines.sentence_transformers import SentenceTransformersEngine
+from inferd.engines.transformers import TransformersEngine
 from inferd.errors import InvalidRequest
 
 ENGINES: dict[str, type[Engine]] = {
-    engine.name: engine for engine in (LlamaCppEngine, SentenceTransformersEngine)
+    engine.name: engine
+    for engine in (LlamaCppEngine, SentenceTransformersEngine, TransformersEngine)
 }
 
 

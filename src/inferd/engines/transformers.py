@@ -1,0 +1,466 @@
+"""Causal LMs on transformers (safetensors, CPU or CUDA), served with continuous batching.
+
+transformers' own continuous-batching manager runs one generation loop over a paged KV cache:
+a request joins the running batch between decode steps and leaves when it ends, so concurrent
+requests share every forward pass instead of waiting for each other. This module turns OpenAI
+requests into that manager's requests (per-request temperature, top_p, top_k) and its token
+stream back into OpenAI answers: stop strings, max_tokens, usage, logprobs, cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+from inferd.engines.base import Engine, Json
+from inferd.errors import InvalidRequest, UnsupportedOperation
+
+# What no sampling field asks for: OpenAI's defaults.
+_TEMPERATURE, _TOP_P = 1.0, 1.0
+
+
+class TransformersEngine(Engine):
+    name = "transformers"
+    model_types = frozenset({"LLM"})
+    formats = frozenset({"pytorch"})
+    requires = ("transformers", "torch")
+    extra = "transformers"
+    cpu_options = {"device": "cpu"}
+
+    def load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        options = dict(self.config.options)
+        device = options.pop("device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = options.pop("dtype", "auto")
+        trust_remote_code = bool(options.pop("trust_remote_code", False))
+        batching = {
+            key: options.pop(key)
+            for key in ("max_batch_tokens", "num_blocks", "page_size", "max_requests_per_batch")
+            if key in options
+        }
+        if options:
+            raise InvalidRequest(
+                f"unknown transformers option(s): {', '.join(sorted(options))}",
+                param=next(iter(options)),
+            )
+        if str(device).startswith("cpu"):
+            # Without a GPU to measure, the cache would be sized for one; a few thousand tokens
+            # of KV cache keep a CPU machine's memory in hand.
+            batching.setdefault("num_blocks", 64)
+            batching.setdefault("page_size", 64)
+            batching.setdefault("max_batch_tokens", 512)
+
+        path = self.config.model_path
+        family = self.config.family
+        self._tokenizer = AutoTokenizer.from_pretrained(
+            path, trust_remote_code=trust_remote_code, local_files_only=True
+        )
+        if family.get("chat_template"):
+            self._tokenizer.chat_template = family["chat_template"]
+        self._model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=dtype,
+            device_map=device,
+            trust_remote_code=trust_remote_code,
+            local_files_only=True,
+        ).eval()
+        self._context = int(
+            getattr(self._model.config, "max_position_embeddings", None)
+            or family.get("context_length", 4096)
+        )
+        eos = self._model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        if self._tokenizer.eos_token_id is not None:
+            eos.append(self._tokenizer.eos_token_id)
+        self._eos = sorted({*eos, *family.get("stop_token_ids", [])}) or [-1]
+        self._stops: list[str] = list(family.get("stop") or [])
+
+        # Sampling processors exist only if the base config departs from their defaults; each
+        # request then sets its own temperature, top_p and top_k.
+        generation = GenerationConfig(
+            do_sample=True,
+            temperature=0.7,
+            top_p=0.9,
+            top_k=50,
+            max_new_tokens=256,
+            eos_token_id=self._eos,
+            pad_token_id=self._tokenizer.pad_token_id or self._eos[0],
+        )
+        config = ContinuousBatchingConfig(
+            per_request_processors=True, return_logprobs=True, **batching
+        )
+        self._manager = self._model.init_continuous_batching(
+            generation_config=generation, continuous_batching_config=config
+        )
+        self._manager.start()
+        self._vocab = len(self._tokenizer)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._manager.stop(block=False)
+
+    # requests ------------------------------------------------------------------------
+
+    async def chat(self, request: Json) -> Json:
+        return await _whole(self._generate(request, self._chat_prompt(request), chat=True))
+
+    def chat_stream(self, request: Json) -> AsyncIterator[Json]:
+        return self._generate(request, self._chat_prompt(request), chat=True, stream=True)
+
+    async def complete(self, request: Json) -> Json:
+        return await _whole(self._generate(request, self._text_prompt(request), chat=False))
+
+    def complete_stream(self, request: Json) -> AsyncIterator[Json]:
+        return self._generate(request, self._text_prompt(request), chat=False, stream=True)
+
+    def _chat_prompt(self, request: Json) -> list[int]:
+        self._refuse_unsupported(request)
+        if not self._tokenizer.chat_template:
+            raise UnsupportedOperation(
+                f"model {self.config.model_uid!r} has no chat template; use /v1/completions "
+                "or register it with a chat_template",
+                param="messages",
+            )
+        ids = self._tokenizer.apply_chat_template(
+            request["messages"],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
+            **(request.get("chat_template_kwargs") or {}),
+        )
+        return list(ids)
+
+    def _text_prompt(self, request: Json) -> list[int]:
+        self._refuse_unsupported(request)
+        prompt = request["prompt"]
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+            return list(prompt)
+        if isinstance(prompt, list):
+            if len(prompt) != 1:
+                raise UnsupportedOperation(
+                    "the transformers engine takes one prompt per request", param="prompt"
+                )
+            prompt = prompt[0]
+        return list(self._tokenizer(prompt)["input_ids"])
+
+    def _refuse_unsupported(self, request: Json) -> None:
+        engine = "on the transformers engine"
+        if request.get("tools") and request.get("tool_choice") != "none":
+            raise UnsupportedOperation(
+                f"tool calls are not parsed {engine}; launch the model on llama.cpp", param="tools"
+            )
+        if (request.get("response_format") or {}).get("type") not in (None, "text"):
+            raise UnsupportedOperation(
+                f"constrained JSON output is not available {engine}; launch it on llama.cpp",
+                param="response_format",
+            )
+        if request.get("seed") is not None:
+            raise UnsupportedOperation(
+                f"per-request seeds are not available {engine}: requests share one sampler",
+                param="seed",
+            )
+        if request.get("top_logprobs"):
+            raise UnsupportedOperation(
+                f"top_logprobs are not available {engine}; logprobs are", param="top_logprobs"
+            )
+
+    async def _generate(
+        self, request: Json, prompt: list[int], chat: bool, stream: bool = False
+    ) -> AsyncIterator[Json]:
+        if len(prompt) >= self._context:
+            raise InvalidRequest(
+                f"the prompt is {len(prompt)} tokens; this model's context is {self._context}",
+                param="messages" if chat else "prompt",
+            )
+        room = self._context - len(prompt)
+        max_tokens = request.get("max_tokens") or room
+        if max_tokens > room:
+            raise InvalidRequest(
+                f"max_tokens {max_tokens} does not fit: the prompt is {len(prompt)} tokens of a "
+                f"{self._context}-token context, which leaves {room}",
+                param="max_tokens",
+            )
+        n = int(request.get("n") or 1)
+        stops = request.get("stop") or []
+        stops = [stops] if isinstance(stops, str) else list(stops)
+        sampling = self._sampling(request)
+        shape = _Shape(self.config.model_uid, chat, stream, bool(request.get("logprobs")))
+        eos = [-1] if request.get("ignore_eos") else self._eos
+        stops += self._stops
+        streams = [self._one(prompt, max_tokens, stops, sampling, eos) for _ in range(n)]
+        if stream:
+            merged = _merge(streams, shape)
+            try:
+                async for chunk in merged:
+                    yield chunk
+            finally:
+                await merged.aclose()  # closing this generator must reach the sequences now
+            if (request.get("stream_options") or {}).get("include_usage"):
+                yield shape.usage_chunk()
+            return
+        finals = await asyncio.gather(*(_last(s) for s in streams))
+        yield shape.whole(finals)
+
+    def _sampling(self, request: Json) -> dict[str, Any]:
+        temperature = request.get("temperature")
+        temperature = _TEMPERATURE if temperature is None else float(temperature)
+        top_k = int(request.get("top_k") or 0) or self._vocab
+        if temperature == 0:  # greedy: only the likeliest token survives
+            return {"temperature": 1.0, "top_p": 1.0, "top_k": 1}
+        top_p = request.get("top_p")
+        return {
+            "temperature": temperature,
+            "top_p": _TOP_P if top_p is None else float(top_p),
+            "top_k": min(top_k, self._vocab),
+        }
+
+    async def _one(
+        self,
+        prompt: list[int],
+        max_tokens: int,
+        stops: list[str],
+        sampling: dict[str, Any],
+        eos: list[int],
+    ) -> AsyncGenerator[_Step, None]:
+        """One sequence: its text as it grows, ending at EOS, a stop string or max_tokens."""
+        request_id = uuid.uuid4().hex
+        outputs: asyncio.Queue[Any] = asyncio.Queue()
+        self._manager.register_result_handler(request_id, outputs.put_nowait)
+        added = self._manager.add_request(
+            prompt,
+            request_id=request_id,
+            max_new_tokens=max_tokens,
+            streaming=True,
+            eos_token_id=eos,
+            **sampling,
+        )
+        if added is None:
+            self._forget(request_id)
+            raise RuntimeError("the generation loop is not accepting requests (it stopped)")
+        finished = False
+        text, sent = "", 0
+        try:
+            while not finished:
+                output = await outputs.get()
+                if output.error:
+                    raise RuntimeError(f"generation failed: {output.error}")
+                tokens = output.generated_tokens
+                finished = output.is_finished()
+                text = str(
+                    self._tokenizer.decode(
+                        [t for t in tokens if t not in self._eos], skip_special_tokens=True
+                    )
+                )
+                reason = None
+                cut = _first_stop(text, stops, sent)
+                if cut is not None:
+                    text, reason, finished = text[:cut], "stop", True
+                elif finished:
+                    reason = "length" if len(tokens) >= max_tokens else "stop"
+                elif text.endswith("\ufffd"):
+                    continue  # half of a multi-byte character: wait for the rest
+                else:
+                    # Hold back what could be the start of a stop string.
+                    held = _partial_stop(text, stops)
+                    if held:
+                        continue
+                yield _Step(
+                    text[sent:],
+                    reason,
+                    len(prompt),
+                    len(tokens),
+                    list(output.logprobs or []),
+                    tokens,
+                )
+                sent = len(text)
+        finally:
+            if not finished:
+                self._manager.cancel_request(request_id)  # a stop string, abort or disconnect
+            self._forget(request_id)
+
+    def _forget(self, request_id: str) -> None:
+        # A cancelled request never delivers a final output, so its handler would stay.
+        router = self._manager.output_router
+        with router._lock:
+            router.result_handlers.pop(request_id, None)
+
+
+class _Step:
+    """A piece of one sequence's text, and where the sequence stands."""
+
+    __slots__ = (
+        "completion_tokens",
+        "finish_reason",
+        "logprobs",
+        "prompt_tokens",
+        "text",
+        "tokens",
+    )
+
+    def __init__(
+        self,
+        text: str,
+        finish_reason: str | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+        logprobs: list[float],
+        tokens: list[int],
+    ):
+        self.text = text
+        self.finish_reason = finish_reason
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+        self.logprobs = logprobs
+        self.tokens = tokens
+
+
+class _Shape:
+    """OpenAI's chat.completion / text_completion objects and their chunks."""
+
+    def __init__(self, model: str, chat: bool, stream: bool, logprobs: bool):
+        self.model = model
+        self.chat = chat
+        self.logprobs = logprobs
+        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        self.created = int(time.time())
+        self.object = ("chat.completion" if chat else "text_completion") + (
+            ".chunk" if stream and chat else ""
+        )
+        self.prompt_tokens = 0
+        self.completion_tokens: dict[int, int] = {}
+
+    def _envelope(self, choices: list[Json]) -> Json:
+        return {
+            "id": self.id,
+            "object": self.object,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+
+    def _usage(self) -> Json:
+        completion = sum(self.completion_tokens.values())
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+        }
+
+    def chunk(self, index: int, step: _Step, first: bool) -> Json:
+        self.prompt_tokens = step.prompt_tokens
+        self.completion_tokens[index] = step.completion_tokens
+        choice: Json = {"index": index, "finish_reason": step.finish_reason}
+        if self.chat:
+            delta: Json = {"content": step.text}
+            if first:
+                delta["role"] = "assistant"
+            choice["delta"] = delta
+        else:
+            choice["text"] = step.text
+        if self.logprobs:
+            choice["logprobs"] = None  # per-token logprobs come with the whole answer
+        return self._envelope([choice])
+
+    def usage_chunk(self) -> Json:
+        body = self._envelope([])
+        body["usage"] = self._usage()
+        return body
+
+    def whole(self, finals: list[tuple[str, _Step]]) -> Json:
+        choices = []
+        for index, (text, last) in enumerate(finals):
+            self.prompt_tokens = last.prompt_tokens
+            self.completion_tokens[index] = last.completion_tokens
+            choice: Json = {"index": index, "finish_reason": last.finish_reason}
+            if self.chat:
+                choice["message"] = {"role": "assistant", "content": text}
+            else:
+                choice["text"] = text
+            choice["logprobs"] = (
+                {
+                    "content": [
+                        {"token_id": t, "logprob": lp}
+                        for t, lp in zip(last.tokens, last.logprobs, strict=False)
+                    ]
+                }
+                if self.logprobs
+                else None
+            )
+            choices.append(choice)
+        body = self._envelope(choices)
+        body["usage"] = self._usage()
+        return body
+
+
+async def _merge(
+    streams: list[AsyncGenerator[_Step, None]], shape: _Shape
+) -> AsyncGenerator[Json, None]:
+    """Chunks of n sequences as they come, each tagged with its choice index."""
+    queue: asyncio.Queue[tuple[int, _Step | BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int, steps: AsyncGenerator[_Step, None]) -> None:
+        try:
+            async for step in steps:
+                await queue.put((index, step))
+        except BaseException as exc:
+            await queue.put((index, exc))
+            raise
+        await queue.put((index, None))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    started: set[int] = set()
+    try:
+        remaining = len(tasks)
+        while remaining:
+            index, item = await queue.get()
+            if item is None:
+                remaining -= 1
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            yield shape.chunk(index, item, index not in started)
+            started.add(index)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for stream in streams:
+            await stream.aclose()
+
+
+async def _last(steps: AsyncGenerator[_Step, None]) -> tuple[str, _Step]:
+    """The whole text of one sequence and its final step."""
+    text, last = "", None
+    try:
+        async for step in steps:
+            text += step.text
+            last = step
+    finally:
+        await steps.aclose()  # cancelled: stop the sequence
+    assert last is not None
+    return text, last
+
+
+async def _whole(answers: AsyncIterator[Json]) -> Json:
+    async for answer in answers:
+        return answer
+    raise RuntimeError("no answer")
+
+
+def _first_stop(text: str, stops: list[str], sent: int) -> int | None:
+    """Where the earliest stop string starts, if one has appeared in the text not yet sent."""
+    found = [
+        at for stop in stops if stop and (at := text.find(stop, max(0, sent - len(stop) + 1))) != -1
+    ]
+    return min(found) if found else None
+
+
+def _partial_stop(text: str, stops: list[str]) -> bool:
+    """Whether the text ends with the beginning of a stop string."""
+    return any(text.endswith(stop[:i]) for stop in stops for i in range(1, len(stop)))
