@@ -62,7 +62,9 @@ def generate_alone(folder: Path, device: str, batch: int) -> float:
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).to(device).eval()
-    inputs = tokenizer([PROMPT] * batch, return_tensors="pt", return_token_type_ids=False).to(device)
+    inputs = tokenizer([PROMPT] * batch, return_tensors="pt", return_token_type_ids=False).to(
+        device
+    )
     kwargs = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False}
     with torch.inference_mode():
         model.generate(**inputs, max_new_tokens=8, do_sample=False)  # warm-up
@@ -96,6 +98,39 @@ async def inferd_streams(engine: object, streams: int) -> float:
     return sum(tokens) / elapsed
 
 
+def continuous_alone(folder: Path, device: str, streams: int, sampling: bool) -> float:
+    """transformers' own continuous batching (`generate_batch`), greedy: without our engine,
+    and with the per-request samplers our engine turns on (`sampling`)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).to(device).eval()
+    ids = tokenizer(PROMPT)["input_ids"]
+    extra = {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 50} if sampling else {}
+    generation = GenerationConfig(max_new_tokens=NEW_TOKENS, eos_token_id=-1, **extra)
+    config = ContinuousBatchingConfig(per_request_processors=sampling, return_logprobs=sampling)
+    model.generate_batch(
+        inputs=[ids] * min(streams, 4),
+        generation_config=generation,
+        continuous_batching_config=config,
+        progress_bar=False,
+    )
+    _sync(device)
+    start = time.perf_counter()
+    out = model.generate_batch(
+        inputs=[ids] * streams,
+        generation_config=generation,
+        continuous_batching_config=config,
+        progress_bar=False,
+    )
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    del model
+    return sum(len(o.generated_tokens) for o in out.values()) / elapsed
+
+
 def _sync(device: str) -> None:
     import torch
 
@@ -108,6 +143,9 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--tokenizer", type=Path, default=None)
     parser.add_argument("--streams", default="1,8,32")
+    parser.add_argument(
+        "--raw-cb", action="store_true", help="also time transformers' continuous batching alone"
+    )
     args = parser.parse_args()
 
     import torch
@@ -146,16 +184,32 @@ def main() -> None:
     measured = {n: asyncio.run(inferd_streams(engine, n)) for n in streams}
     engine.close()
 
-    print(f"{'streams':>8} {'inferd tok/s':>13} {'generate, 1 stream':>19} {'ratio':>6}"
-          f" {'generate, padded batch':>23} {'ratio':>6}")
+    print(
+        f"{'streams':>8} {'inferd tok/s':>13} {'generate, 1 stream':>19} {'ratio':>6}"
+        f" {'generate, padded batch':>23} {'ratio':>6}"
+    )
     for n in streams:
         padded = batched.get(n, single)
         print(
             f"{n:>8} {measured[n]:>13.0f} {single:>19.0f} {measured[n] / single:>6.2f}"
             f" {padded:>23.0f} {measured[n] / padded:>6.2f}"
         )
-    print("Xinference: not measured here (it cannot be installed on the GPU machine, which "
-          "reaches no package registry)")
+    if args.raw_cb:
+        print(
+            f"{'streams':>8} {'inferd tok/s':>13} {'CB alone, greedy':>17} {'ratio':>6}"
+            f" {'CB alone, samplers on':>22} {'ratio':>6}"
+        )
+        for n in streams:
+            plain = continuous_alone(folder, device, n, sampling=False)
+            samplers = continuous_alone(folder, device, n, sampling=True)
+            print(
+                f"{n:>8} {measured[n]:>13.0f} {plain:>17.0f} {measured[n] / plain:>6.2f}"
+                f" {samplers:>22.0f} {measured[n] / samplers:>6.2f}"
+            )
+    print(
+        "Xinference: not measured here (it cannot be installed on the GPU machine, which "
+        "reaches no package registry)"
+    )
 
 
 if __name__ == "__main__":
