@@ -290,6 +290,8 @@ class ModelManager:
                 f"it has: {available}",
                 param="model_format",
             )
+        if request.model_format is None and request.model_engine is None:
+            candidates = _cpu_friendly_first(candidates, request.n_gpu)
         spec, quantization, engine = _first_servable(family, candidates, request.model_engine)
         return ModelInstance(
             uid=request.model_uid or family.model_name,
@@ -549,6 +551,22 @@ class ModelManager:
             del self._models[uid]
         self.store.add_event(uid, "terminated")
         log.info("terminated %s", uid)
+
+
+def _cpu_friendly_first(
+    candidates: list[tuple[ModelSpec, str]], n_gpu: int | str | None
+) -> list[tuple[ModelSpec, str]]:
+    """Where the launch names no format and there is no GPU to use, quantized GGUF on llama.cpp
+    before full-precision weights: on a CPU it answers several times faster in a fraction of
+    the memory. With a GPU the catalogue's own order stands."""
+    if n_gpu not in (0, "0") and _has_nvidia_gpu():
+        return candidates
+    return sorted(candidates, key=lambda c: c[0].model_format != "ggufv2")
+
+
+def _has_nvidia_gpu() -> bool:
+    # The driver's device node, without importing torch or NVML into the server.
+    return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia/version").exists()
 
 
 def _first_servable(
