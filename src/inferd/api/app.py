@@ -13,7 +13,16 @@ from collections.abc import AsyncIterator, Sequence
 from fastapi import FastAPI
 
 from inferd import __version__
-from inferd.api import management, ollama, openai_routes, rerank, system, unsupported
+from inferd.api import (
+    audio,
+    images,
+    management,
+    ollama,
+    openai_routes,
+    rerank,
+    system,
+    unsupported,
+)
 from inferd.api.errors import install_error_handlers
 from inferd.catalog import get_catalog
 from inferd.errors import InferdError
@@ -58,6 +67,8 @@ def create_app(settings: Settings, launch: Sequence[str] = (), restore: bool = T
     install_error_handlers(app)
     app.include_router(openai_routes.router)
     app.include_router(rerank.router)
+    app.include_router(audio.router)
+    app.include_router(images.router)
     app.include_router(unsupported.router)  # before management: /v1/models/vllm-supported
     app.include_router(management.router)
     app.include_router(system.router)

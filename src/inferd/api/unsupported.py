@@ -84,7 +84,6 @@ for _method, _path, _message, _param in _REFUSED:
 async def request_progress(request_id: str) -> None:
     raise NotFound(
         f"no progress is tracked for request {request_id!r}: inferd reports progress for "
-        "launches (GET /v1/models/UID/progress); image generation, whose steps Xinference "
-        "reports here, is not served yet",
+        "launches (GET /v1/models/UID/progress), not for the steps of one image request",
         param="request_id",
     )

@@ -3,8 +3,10 @@
 from inferd.catalog.registry import Catalog, get_catalog
 from inferd.catalog.schema import (
     AnyFamily,
+    AudioFamily,
     EmbeddingFamily,
     Family,
+    ImageFamily,
     LLMFamily,
     ModelSpec,
     ModelType,
@@ -13,9 +15,11 @@ from inferd.catalog.schema import (
 
 __all__ = [
     "AnyFamily",
+    "AudioFamily",
     "Catalog",
     "EmbeddingFamily",
     "Family",
+    "ImageFamily",
     "LLMFamily",
     "ModelSpec",
     "ModelType",

@@ -16,8 +16,10 @@ from pydantic import TypeAdapter, ValidationError
 from inferd.catalog.registry import Catalog
 from inferd.catalog.schema import (
     AnyFamily,
+    AudioFamily,
     EmbeddingFamily,
     Family,
+    ImageFamily,
     LLMFamily,
     ModelType,
     RerankFamily,
@@ -30,6 +32,8 @@ _FAMILY_FIELDS = {
     ModelType.LLM: set(LLMFamily.model_fields),
     ModelType.EMBEDDING: set(EmbeddingFamily.model_fields),
     ModelType.RERANK: set(RerankFamily.model_fields),
+    ModelType.AUDIO: set(AudioFamily.model_fields),
+    ModelType.IMAGE: set(ImageFamily.model_fields),
 }
 _SPEC_FIELDS = {
     "model_format",
@@ -55,11 +59,16 @@ def parse_registration(
     data = dict(model)
     if "language" in data and "model_lang" not in data:
         data["model_lang"] = data.pop("language")
-    if model_type in (ModelType.EMBEDDING, ModelType.RERANK) and "model_specs" not in data:
-        # Xinference's embedding and rerank files are flat: one spec's fields at the top.
+    flat = (ModelType.EMBEDDING, ModelType.RERANK, ModelType.AUDIO, ModelType.IMAGE)
+    if model_type in flat and "model_specs" not in data:
+        # Xinference's embedding, rerank and audio files are flat: one spec's fields at the top.
+        uri = str(data.get("model_uri") or "")
+        default_format = "pytorch"
+        if model_type == ModelType.AUDIO:
+            default_format = "onnx" if uri.endswith(".onnx") else "ct2"
         data["model_specs"] = [
             {
-                "model_format": "pytorch",
+                "model_format": data.pop("model_format", default_format),
                 "model_size_in_billions": data.pop("model_size_in_billions", 0),
                 "model_id": data.pop("model_id", None),
                 "model_uri": data.pop("model_uri", None),

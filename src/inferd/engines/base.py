@@ -68,6 +68,17 @@ class Engine(ABC):
     async def rerank(self, request: Json) -> Json:
         raise self._unsupported("rerank")
 
+    async def transcribe(self, request: Json) -> Json:
+        """Speech to text; `request["audio"]` holds the file's bytes, base64-encoded."""
+        raise self._unsupported("transcription")
+
+    async def speech(self, request: Json) -> tuple[bytes, str]:
+        """Text to speech: the audio file's bytes and their media type."""
+        raise self._unsupported("speech")
+
+    async def images(self, request: Json) -> Json:
+        raise self._unsupported("image generation")
+
     def _unsupported(self, what: str) -> UnsupportedOperation:
         return UnsupportedOperation(
             f"model {self.config.model_uid!r} ({self.config.model_type}, engine {self.name}) "

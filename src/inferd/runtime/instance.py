@@ -8,7 +8,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from inferd.catalog import AnyFamily, EmbeddingFamily, LLMFamily, ModelSpec
+from inferd.catalog import (
+    AnyFamily,
+    AudioFamily,
+    EmbeddingFamily,
+    LLMFamily,
+    ModelSpec,
+    RerankFamily,
+)
 from inferd.engines import Engine
 from inferd.errors import UnsupportedOperation
 from inferd.runtime.launch import LaunchRequest
@@ -179,7 +186,11 @@ class ModelInstance:
         elif isinstance(family, EmbeddingFamily):
             info["dimensions"] = family.dimensions
             info["max_tokens"] = family.max_tokens
-        else:
+        elif isinstance(family, RerankFamily):
             info["max_tokens"] = family.max_tokens
             info["method"] = family.method
+        elif isinstance(family, AudioFamily):
+            info["multilingual"] = family.multilingual
+        else:
+            info["default_size"] = family.default_size
         return info

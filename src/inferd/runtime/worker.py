@@ -105,6 +105,15 @@ class Worker:
     async def rerank(self, request: Request) -> Response:
         return await self._serve(request, self.engine.rerank, None)
 
+    async def transcriptions(self, request: Request) -> Response:
+        return await self._serve(request, self.engine.transcribe, None)
+
+    async def speech(self, request: Request) -> Response:
+        return await self._serve(request, self.engine.speech, None)
+
+    async def images(self, request: Request) -> Response:
+        return await self._serve(request, self.engine.images, None)
+
     async def abort(self, request: Request) -> Response:
         handle = self.running.get(request.path_params["request_id"])
         if isinstance(handle, asyncio.Task):
@@ -138,6 +147,9 @@ class Worker:
             return _error_response(exc)
         finally:
             self.running.pop(request_id, None)
+        if isinstance(result, tuple):  # a file (audio), not JSON
+            data, media_type = result
+            return Response(data, media_type=media_type)
         return Response(orjson.dumps(result), media_type="application/json")
 
     async def _serve_stream(self, chunks: AsyncIterator[Json], request_id: str) -> Response:
@@ -218,6 +230,9 @@ def main() -> None:
             Route("/completions", worker.completions, methods=["POST"]),
             Route("/embeddings", worker.embeddings, methods=["POST"]),
             Route("/rerank", worker.rerank, methods=["POST"]),
+            Route("/audio/transcriptions", worker.transcriptions, methods=["POST"]),
+            Route("/audio/speech", worker.speech, methods=["POST"]),
+            Route("/images/generations", worker.images, methods=["POST"]),
             Route("/abort/{request_id}", worker.abort, methods=["POST"]),
         ],
         lifespan=worker.lifespan,

