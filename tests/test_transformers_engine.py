@@ -206,6 +206,8 @@ def test_what_the_engine_cannot_do_is_refused(launched: InferdServer, llama: str
         answer = httpx.post(url, json={**base, **extra}, timeout=30)
         assert answer.status_code == 400, (extra, answer.text)
         assert answer.json()["error"]["param"] == param
+    streamed = httpx.post(url, json={**base, "seed": 1, "stream": True}, timeout=30)
+    assert streamed.status_code == 400 and streamed.json()["error"]["param"] == "seed"
     with pytest.raises(openai.BadRequestError, match="context"):
         launched.openai().completions.create(model=llama, prompt="sea " * 3000, max_tokens=2)
 

@@ -1,4 +1,5 @@
-"""GGUF models on llama.cpp, through xllamacpp's in-process server (slots, batching, caching)."""
+"""GGUF models on llama.cpp, through xllamacpp's in-process server (slots, batching, caching):
+LLMs, and rerankers (a classification head over each query-document pair)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import httpx
 
 from inferd.engines.base import Engine, Json
+from inferd.engines.ranking import rerank_response
 from inferd.errors import InferdError, InvalidRequest
 
 # Per-slot context when the launch names none: the catalogue's context length can be 128k,
@@ -23,7 +25,7 @@ _DEFAULT_SLOTS = 4
 
 class LlamaCppEngine(Engine):
     name = "llama.cpp"
-    model_types = frozenset({"LLM"})
+    model_types = frozenset({"LLM", "rerank"})
     formats = frozenset({"ggufv2"})
     requires = ("xllamacpp",)
     extra = "llamacpp"
@@ -50,6 +52,10 @@ class LlamaCppEngine(Engine):
         thinking = options.pop("enable_thinking", None)
         params.n_gpu_layers = int(options.pop("n_gpu_layers", -1))
         params.endpoint_metrics = True
+        self._ranks = self.config.model_type == "rerank"
+        if self._ranks:
+            params.embedding = True
+            params.pooling_type = xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_RANK
         params.use_jinja = True
         # llama.cpp also listens on a loopback port; a per-process key keeps other local users
         # off it, since it bypasses inferd's own checks.
@@ -108,6 +114,19 @@ class LlamaCppEngine(Engine):
                 **(request.get("chat_template_kwargs") or {}),
             }
         return request
+
+    async def rerank(self, request: Json) -> Json:
+        if not self._ranks:
+            raise self._unsupported("rerank")
+        body = {"query": request["query"], "documents": request["documents"]}
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(self._pool, self._server.handle_rerank, body)
+        _raise_if_error(result)
+        scores = [0.0] * len(request["documents"])
+        for item in result["results"]:
+            scores[item["index"]] = float(item["relevance_score"])
+        tokens = int((result.get("usage") or {}).get("prompt_tokens", 0))
+        return rerank_response(self.config.model_uid, request, scores, tokens)
 
     async def _call(self, path: str, request: Json) -> Json:
         response = await self._http.post(path, json=self._prepare(request, stream=False))

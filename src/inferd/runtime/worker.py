@@ -134,7 +134,11 @@ class Worker:
                 InvalidRequest(f"request id {request_id!r} is already in use", param="request_id")
             )
         if stream is not None and payload.get("stream"):
-            return await self._serve_stream(stream(payload), request_id)
+            try:
+                chunks = stream(payload)  # an engine may refuse the request right here
+            except Exception as exc:
+                return _error_response(exc)
+            return await self._serve_stream(chunks, request_id)
         task = asyncio.ensure_future(call(payload))
         self.running[request_id] = task
         try:
