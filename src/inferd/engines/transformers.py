@@ -100,7 +100,8 @@ class TransformersEngine(Engine):
             generation_config=generation, continuous_batching_config=config
         )
         self._manager.start()
-        self._vocab = len(self._tokenizer)
+        # top_k's "no limit" is the width of the logits, which the tokenizer's length may not be.
+        self._vocab = int(self._model.get_output_embeddings().weight.shape[0])
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
