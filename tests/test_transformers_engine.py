@@ -3,7 +3,6 @@ continuous batching through the OpenAI API."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ import openai
 import pytest
 from xinference_client import RESTfulClient
 
-from tests.conftest import InferdServer, run_together
+from tests.conftest import InferdServer, custom_model, run_together
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +55,6 @@ def llama_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def llama(launched: InferdServer, llama_path: Path) -> Iterator[str]:
-    xclient = RESTfulClient(launched.url)
     definition = {
         "version": 2,
         "model_name": NAME,
@@ -74,11 +72,8 @@ def llama(launched: InferdServer, llama_path: Path) -> Iterator[str]:
             }
         ],
     }
-    xclient.register_model(model_type="LLM", model=json.dumps(definition), persist=False)
-    uid = xclient.launch_model(model_name=NAME, model_type="LLM", model_engine="transformers")
-    yield uid
-    xclient.terminate_model(uid)
-    xclient.unregister_model("LLM", NAME)
+    with custom_model(launched, "LLM", definition, model_engine="transformers") as uid:
+        yield uid
 
 
 def test_chat_counts_and_stops_at_max_tokens(launched: InferdServer, llama: str) -> None:

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from inferd.errors import UnsupportedOperation
+from inferd.errors import InvalidRequest, UnsupportedOperation
 
 Json = dict[str, Any]
 
@@ -78,6 +78,14 @@ class Engine(ABC):
 
     async def images(self, request: Json) -> Json:
         raise self._unsupported("image generation")
+
+    def _refuse_unknown(self, options: Json) -> None:
+        """Launch options left after the engine took its own are mistakes: name them."""
+        if options:
+            raise InvalidRequest(
+                f"unknown {self.name} option(s): {', '.join(sorted(options))}",
+                param=next(iter(options)),
+            )
 
     def _unsupported(self, what: str) -> UnsupportedOperation:
         return UnsupportedOperation(

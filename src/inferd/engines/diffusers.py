@@ -12,7 +12,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from inferd.engines.base import Engine, Json
-from inferd.errors import InvalidRequest
 
 
 class DiffusersEngine(Engine):
@@ -33,11 +32,7 @@ class DiffusersEngine(Engine):
             "float16" if device.startswith("cuda") else "float32"
         )
         self._steps = int(options.pop("num_inference_steps", self.config.family["default_steps"]))
-        if options:
-            raise InvalidRequest(
-                f"unknown diffusers option(s): {', '.join(sorted(options))}",
-                param=next(iter(options)),
-            )
+        self._refuse_unknown(options)
         self._pipeline = AutoPipelineForText2Image.from_pretrained(
             self.config.model_path, torch_dtype=getattr(torch, dtype), local_files_only=True
         ).to(device)

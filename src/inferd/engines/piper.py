@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from inferd.engines.base import Engine, Json
-from inferd.errors import InvalidRequest
 
 # OpenAI's response formats, and what PyAV calls their encoders and containers.
 _ENCODED = {
@@ -34,10 +33,7 @@ class PiperEngine(Engine):
         options = dict(self.config.options)
         use_cuda = bool(options.pop("use_cuda", False))
         options.pop("device", None)  # the CPU is where Piper runs unless use_cuda is given
-        if options:
-            raise InvalidRequest(
-                f"unknown piper option(s): {', '.join(sorted(options))}", param=next(iter(options))
-            )
+        self._refuse_unknown(options)
         self._voice = PiperVoice.load(self.config.model_path, use_cuda=use_cuda)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="piper")
 

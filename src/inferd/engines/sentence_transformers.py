@@ -14,7 +14,6 @@ from typing import Any
 from inferd.engines.base import Engine, Json
 from inferd.engines.batching import DynamicBatcher
 from inferd.engines.ranking import rerank_response
-from inferd.errors import InvalidRequest
 
 
 class SentenceTransformersEngine(Engine):
@@ -31,11 +30,7 @@ class SentenceTransformersEngine(Engine):
         options = dict(self.config.options)
         device = options.pop("device", None)
         trust_remote_code = bool(options.pop("trust_remote_code", False))
-        if options:
-            raise InvalidRequest(
-                f"unknown sentence_transformers option(s): {', '.join(sorted(options))}",
-                param=next(iter(options)),
-            )
+        self._refuse_unknown(options)
         family = self.config.family
         self._cross = self.config.model_type == "rerank" and family["method"] == "cross-encoder"
         if self._cross:

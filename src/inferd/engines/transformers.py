@@ -45,11 +45,7 @@ class TransformersEngine(Engine):
             for key in ("max_batch_tokens", "num_blocks", "page_size", "max_requests_per_batch")
             if key in options
         }
-        if options:
-            raise InvalidRequest(
-                f"unknown transformers option(s): {', '.join(sorted(options))}",
-                param=next(iter(options)),
-            )
+        self._refuse_unknown(options)
         if str(device).startswith("cpu"):
             # Without a GPU to measure, the cache would be sized for one; a few thousand tokens
             # of KV cache keep a CPU machine's memory in hand.

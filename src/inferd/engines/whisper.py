@@ -31,11 +31,7 @@ class WhisperEngine(Engine):
         device = options.pop("device", "auto")
         compute_type = options.pop("compute_type", "default")
         threads = int(options.pop("cpu_threads", 0))
-        if options:
-            raise InvalidRequest(
-                f"unknown faster_whisper option(s): {', '.join(sorted(options))}",
-                param=next(iter(options)),
-            )
+        self._refuse_unknown(options)
         self._model = WhisperModel(
             self.config.model_path,
             device=device,
