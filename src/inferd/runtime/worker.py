@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,7 @@ class Worker:
         if self.status != "ready":
             return _error_response(ModelUnavailable(f"model is {self.status}"))
         payload: Json = orjson.loads(await request.body())
-        request_id = request.headers.get("x-request-id") or ""
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         if request_id in self.running:
             return _error_response(
                 InvalidRequest(f"request id {request_id!r} is already in use", param="request_id")
