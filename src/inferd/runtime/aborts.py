@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from urllib.parse import quote
 
 import httpx
 
@@ -37,7 +38,7 @@ class Aborts:
 async def cancel(client: httpx.AsyncClient, request_id: str) -> bool:
     """Ask one model process to cancel a request; False if it was not running there."""
     try:
-        response = await client.post(f"/abort/{request_id}", timeout=5.0)
+        response = await client.post(f"/abort/{quote(request_id, safe='')}", timeout=5.0)
         return bool(response.json().get("aborted"))
     except (httpx.HTTPError, ValueError):
         return False  # a process that is gone has nothing left to cancel
