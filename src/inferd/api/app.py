@@ -17,6 +17,7 @@ from inferd.api import (
     audio,
     images,
     management,
+    metrics,
     ollama,
     openai_routes,
     rerank,
@@ -48,6 +49,7 @@ def create_app(settings: Settings, launch: Sequence[str] = (), restore: bool = T
         # Restored models are listed at once (status `restoring`) and load in the background,
         # like --launch ones: the API answers from the first moment.
         await manager.start(restore=restore)
+        watched = metrics.watch(manager)
         _record_address(settings)
         startup = asyncio.create_task(_launch_all(manager, launch))
         try:
@@ -57,6 +59,7 @@ def create_app(settings: Settings, launch: Sequence[str] = (), restore: bool = T
             with contextlib.suppress(BaseException):
                 await startup
             await manager.shutdown()
+            metrics.unwatch(watched)
             store.close()
 
     app = FastAPI(
@@ -73,6 +76,7 @@ def create_app(settings: Settings, launch: Sequence[str] = (), restore: bool = T
     app.include_router(management.router)
     app.include_router(system.router)
     app.include_router(ollama.router)
+    app.include_router(metrics.router)
     return app
 
 

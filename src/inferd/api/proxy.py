@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,6 +14,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
+from inferd.api.metrics import FIRST_TOKEN, LATENCY, REQUESTS, TOKENS
 from inferd.errors import InvalidRequest, ModelUnavailable, RequestAborted
 from inferd.runtime.aborts import cancel
 from inferd.runtime.instance import ModelInstance
@@ -51,6 +53,7 @@ async def relay(
         raise RequestAborted(request_id)
     content = orjson.dumps(body)
     headers = {"X-Request-Id": request_id}
+    started = time.perf_counter()
     for attempt in range(_ATTEMPTS):
         replica = await manager.acquire(instance)
         process = replica.process
@@ -89,10 +92,11 @@ async def relay(
         finally:
             await upstream.aclose()
             manager.release(instance, replica)
+        _record(instance.uid, path, upstream.status_code, started, data, content_type)
         return Response(
             data, status_code=upstream.status_code, media_type=content_type, headers=headers
         )
-    lease = _Lease(manager, instance, replica, upstream)
+    lease = _Lease(manager, instance, replica, upstream, path, started)
     return StreamingResponse(
         _forward(instance, lease),
         media_type="text/event-stream",
@@ -140,6 +144,8 @@ class _Lease:
         instance: ModelInstance,
         replica: Replica,
         upstream: httpx.Response,
+        path: str,
+        started: float,
     ):
         self.manager, self.instance, self.replica, self.upstream = (
             manager,
@@ -147,6 +153,7 @@ class _Lease:
             replica,
             upstream,
         )
+        self.path, self.started = path, started
         self._closed = False
 
     async def close(self) -> None:
@@ -168,8 +175,14 @@ def _stopped(instance: ModelInstance, exc: Exception) -> ModelUnavailable:
 
 
 async def _forward(instance: ModelInstance, lease: _Lease) -> AsyncIterator[bytes]:
+    first = True
     try:
         async for chunk in lease.upstream.aiter_raw():
+            if first:
+                FIRST_TOKEN.labels(instance.uid, lease.path).observe(
+                    time.perf_counter() - lease.started
+                )
+                first = False
             yield chunk
     except httpx.HTTPError as exc:
         # Headers are gone already: end the stream with an error event the client can read.
@@ -185,3 +198,24 @@ async def _forward(instance: ModelInstance, lease: _Lease) -> AsyncIterator[byte
         yield b"data: " + orjson.dumps(body) + b"\n\ndata: [DONE]\n\n"
     finally:
         await lease.close()
+        _record(instance.uid, lease.path, lease.upstream.status_code, lease.started)
+
+
+def _record(
+    uid: str,
+    path: str,
+    status: int,
+    started: float,
+    body: bytes = b"",
+    content_type: str = "",
+) -> None:
+    REQUESTS.labels(uid, path, str(status)).inc()
+    LATENCY.labels(uid, path).observe(time.perf_counter() - started)
+    if status == 200 and path in _COUNTS_TOKENS and content_type.startswith("application/json"):
+        usage = orjson.loads(body).get("usage") or {}
+        TOKENS.labels(uid, "prompt").inc(usage.get("prompt_tokens") or 0)
+        TOKENS.labels(uid, "completion").inc(usage.get("completion_tokens") or 0)
+
+
+# Generation answers are small to parse; an embeddings body can be megabytes of floats.
+_COUNTS_TOKENS = ("/chat/completions", "/completions")

@@ -1,0 +1,112 @@
+"""Prometheus metrics at /metrics: what each model's requests did (counts by status, latency,
+time to first token, tokens) and, read at scrape time, what its processes are (replicas by
+status, requests in flight, restarts, resident memory)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from inferd.runtime.manager import ModelManager
+
+router = APIRouter()
+
+REGISTRY = CollectorRegistry()
+_SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+REQUESTS = Counter(
+    "inferd_requests",
+    "Requests relayed to a model, by endpoint and HTTP status",
+    ["model", "endpoint", "status"],
+    registry=REGISTRY,
+)
+LATENCY = Histogram(
+    "inferd_request_seconds",
+    "Time from a request reaching its model to its last byte",
+    ["model", "endpoint"],
+    buckets=_SECONDS,
+    registry=REGISTRY,
+)
+FIRST_TOKEN = Histogram(
+    "inferd_time_to_first_token_seconds",
+    "Time from a streamed request reaching its model to its first chunk",
+    ["model", "endpoint"],
+    buckets=_SECONDS,
+    registry=REGISTRY,
+)
+TOKENS = Counter(
+    "inferd_tokens",
+    "Tokens read (prompt) and written (completion) by whole answers",
+    ["model", "kind"],
+    registry=REGISTRY,
+)
+
+
+class _ModelState(Collector):
+    """The models' processes as they are at scrape time."""
+
+    def __init__(self, manager: ModelManager):
+        self.manager = manager
+
+    def collect(self) -> Iterator[Metric]:
+        replicas = GaugeMetricFamily(
+            "inferd_model_replicas", "Model processes by status", labels=["model", "status"]
+        )
+        inflight = GaugeMetricFamily(
+            "inferd_model_requests_in_flight", "Requests a model is answering", labels=["model"]
+        )
+        restarts = CounterMetricFamily(
+            "inferd_model_restarts", "Times a model's processes were restarted", labels=["model"]
+        )
+        memory = GaugeMetricFamily(
+            "inferd_model_process_resident_memory_bytes",
+            "Resident memory of each model process",
+            labels=["model", "replica"],
+        )
+        for instance in self.manager.list():
+            statuses: dict[str, int] = {}
+            for replica in instance.replicas:
+                statuses[replica.status] = statuses.get(replica.status, 0) + 1
+                if replica.pid is not None and (rss := _resident_bytes(replica.pid)) is not None:
+                    memory.add_metric([instance.uid, str(replica.index)], rss)
+            for status, count in statuses.items():
+                replicas.add_metric([instance.uid, status], count)
+            inflight.add_metric([instance.uid], instance.inflight)
+            restarts.add_metric([instance.uid], sum(r.restarts for r in instance.replicas))
+        yield from (replicas, inflight, restarts, memory)
+
+
+def _resident_bytes(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None  # not Linux, or the process just ended
+
+
+def watch(manager: ModelManager) -> _ModelState:
+    """Add the live model state of this server's manager to the metrics."""
+    collector = _ModelState(manager)
+    REGISTRY.register(collector)
+    return collector
+
+
+def unwatch(collector: _ModelState) -> None:
+    REGISTRY.unregister(collector)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
