@@ -13,7 +13,7 @@ from pathlib import Path
 
 from inferd.catalog.schema import AnyFamily, ModelSpec
 from inferd.errors import InvalidRequest, ModelFilesUnavailable
-from inferd.storage.download import COMPLETE_MARK
+from inferd.storage.download import COMPLETE_MARK, PARTIAL_SUFFIX
 
 
 def cache_dir_for(cache_root: Path, model_name: str, spec: ModelSpec, quantization: str) -> Path:
@@ -204,7 +204,7 @@ def _join_parts(spec: ModelSpec, module: object, cached: Path) -> Path:
     for item in source.iterdir():
         if item.is_file() and ".part" not in item.suffix:
             shutil.copy2(item, cached / item.name)
-    partial = cached / (package.file_name + ".inferd-partial")
+    partial = cached / (package.file_name + PARTIAL_SUFFIX)
     with open(partial, "wb") as out:
         for part in package.join:
             part_module, relative = part.split(":", 1)
