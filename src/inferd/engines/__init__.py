@@ -14,12 +14,14 @@ from inferd.engines.llamacpp import LlamaCppEngine
 from inferd.engines.piper import PiperEngine
 from inferd.engines.sentence_transformers import SentenceTransformersEngine
 from inferd.engines.transformers import TransformersEngine
+from inferd.engines.vllm import VLLMEngine
 from inferd.engines.whisper import WhisperEngine
 from inferd.errors import InvalidRequest
 
 ENGINES: dict[str, type[Engine]] = {
     engine.name: engine
     for engine in (
+        VLLMEngine,
         LlamaCppEngine,
         SentenceTransformersEngine,
         TransformersEngine,

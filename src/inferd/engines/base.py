@@ -28,6 +28,9 @@ class EngineConfig(BaseModel):
     family: Json = Field(description="The catalogue entry, for templates, stops and limits")
     options: Json = Field(default_factory=dict, description="Engine options from the launch")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables")
+    gpus: list[int] = Field(
+        default_factory=list, description="The GPUs placed for it (as CUDA numbers them)"
+    )
 
 
 class Engine(ABC):
@@ -47,19 +50,26 @@ class Engine(ABC):
     def load(self) -> None:
         """Load the weights; runs in a thread, and its exception is the launch's failure reason."""
 
+    async def start(self) -> None:  # noqa: B027 - most engines are ready once loaded
+        """Finish loading on the model process's event loop, after `load`."""
+
     def close(self) -> None:  # noqa: B027 - most engines free everything on process exit
         """Release what the process exit would not."""
+
+    def metrics(self) -> bytes | None:
+        """The engine's own Prometheus figures, in the text format, if it keeps any."""
+        return None
 
     async def chat(self, request: Json) -> Json:
         raise self._unsupported("chat")
 
-    def chat_stream(self, request: Json) -> AsyncIterator[Json]:
+    def chat_stream(self, request: Json) -> AsyncIterator[Json | bytes]:
         raise self._unsupported("chat")
 
     async def complete(self, request: Json) -> Json:
         raise self._unsupported("completions")
 
-    def complete_stream(self, request: Json) -> AsyncIterator[Json]:
+    def complete_stream(self, request: Json) -> AsyncIterator[Json | bytes]:
         raise self._unsupported("completions")
 
     async def embed(self, request: Json) -> Json:

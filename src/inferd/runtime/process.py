@@ -81,7 +81,9 @@ class ModelProcess:
                     return
                 if health["status"] == "failed":
                     await self.stop(timeout=5)
-                    raise LaunchFailed(self._failure(str(health.get("error"))))
+                    raise LaunchFailed(
+                        self._failure(str(health.get("error"))), param=health.get("param")
+                    )
             if time.monotonic() > deadline:
                 await self.stop(timeout=5)
                 raise LaunchFailed(self._failure(f"the model was not ready after {timeout:.0f}s"))
@@ -91,7 +93,9 @@ class ModelProcess:
     async def wait(self) -> int:
         """Wait for the process to exit; its exit code."""
         assert self.proc is not None
-        return await self.proc.wait()
+        code = await self.proc.wait()
+        self._end_group()
+        return code
 
     async def _health(self) -> dict | None:
         try:
@@ -129,5 +133,13 @@ class ModelProcess:
                 with contextlib.suppress(ProcessLookupError):
                     self.proc.kill()
                 await self.proc.wait()
+        self._end_group()
         for path in (self.socket_path, self.socket_path.with_suffix(".json")):
             path.unlink(missing_ok=True)
+
+    def _end_group(self) -> None:
+        """Processes the model process started (vLLM's engine core, its GPU workers) share its
+        session; once it is gone they would only hold memory, so they go too."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)

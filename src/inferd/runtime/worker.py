@@ -59,19 +59,29 @@ class Worker:
         self.engine: Engine = ENGINES[config.engine](config)
         self.status = "loading"
         self.error: str | None = None
+        self.error_param: str | None = None
         self.started = time.time()
         self.load_seconds: float | None = None
         # Requests in progress by their id, for abort: a task for a whole answer, an event a
         # stream checks between chunks.
         self.running: dict[str, asyncio.Task[Any] | asyncio.Event] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop_ready = threading.Event()
 
     def load(self) -> None:
         try:
             self.engine.load()
+            # The second half of loading runs on the loop that will serve the requests
+            # (an async engine's handles belong to it).
+            self.loop_ready.wait()
+            assert self.loop is not None
+            asyncio.run_coroutine_threadsafe(self.engine.start(), self.loop).result()
         except BaseException as exc:
             self.error = (
                 exc.message if isinstance(exc, InferdError) else f"{type(exc).__name__}: {exc}"
             )
+            # A launch option the engine refused is named, so the launch's 400 can say which.
+            self.error_param = exc.param if isinstance(exc, InferdError) else None
             self.status = "failed"
             log.error("loading %s failed:\n%s", self.config.model_uid, traceback.format_exc())
             return
@@ -81,6 +91,8 @@ class Worker:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.loop = asyncio.get_running_loop()
+        self.loop_ready.set()
         yield
         if self.status == "ready":
             self.engine.close()
@@ -89,10 +101,18 @@ class Worker:
         body = {
             "status": self.status,
             "error": self.error,
+            "param": self.error_param,
             "pid": os.getpid(),
             "load_seconds": self.load_seconds,
         }
         return Response(orjson.dumps(body), media_type="application/json")
+
+    async def metrics(self, request: Request) -> Response:
+        """The engine's own Prometheus figures, which the server relabels by model."""
+        text = self.engine.metrics() if self.status == "ready" else None
+        if text is None:
+            return Response(status_code=204)
+        return Response(text, media_type="text/plain; version=0.0.4")
 
     async def chat(self, request: Request) -> Response:
         return await self._serve(request, self.engine.chat, self.engine.chat_stream)
@@ -157,7 +177,7 @@ class Worker:
             return Response(data, media_type=media_type)
         return Response(orjson.dumps(result), media_type="application/json")
 
-    async def _serve_stream(self, chunks: AsyncIterator[Json], request_id: str) -> Response:
+    async def _serve_stream(self, chunks: AsyncIterator[Json | bytes], request_id: str) -> Response:
         aborted = asyncio.Event()
         self.running[request_id] = aborted
         try:
@@ -187,19 +207,21 @@ def _error_response(exc: BaseException) -> Response:
 
 
 async def _sse(
-    first: Json | None,
-    rest: AsyncIterator[Json] | None,
+    first: Json | bytes | None,
+    rest: AsyncIterator[Json | bytes] | None,
     aborted: asyncio.Event,
     request_id: str = "",
 ) -> AsyncIterator[bytes]:
+    """A stream of chunks as server-sent events; an engine may hand over chunks already
+    encoded as JSON, which pass through untouched."""
     try:
         if first is not None:
-            yield b"data: " + orjson.dumps(first) + b"\n\n"
+            yield b"data: " + _encoded(first) + b"\n\n"
         if rest is not None:
             async for chunk in rest:
                 if aborted.is_set():
                     raise RequestAborted(request_id)
-                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+                yield b"data: " + _encoded(chunk) + b"\n\n"
     except Exception as exc:
         _, body = error_body(exc)
         yield b"data: " + body + b"\n\n"
@@ -207,6 +229,10 @@ async def _sse(
         if rest is not None:
             await rest.aclose()  # type: ignore[attr-defined]
     yield b"data: [DONE]\n\n"
+
+
+def _encoded(chunk: Json | bytes) -> bytes:
+    return chunk if isinstance(chunk, bytes) else orjson.dumps(chunk)
 
 
 def _exit_with_parent() -> None:
@@ -231,6 +257,7 @@ def main() -> None:
     app = Starlette(
         routes=[
             Route("/health", worker.health),
+            Route("/metrics", worker.metrics),
             Route("/chat/completions", worker.chat, methods=["POST"]),
             Route("/completions", worker.completions, methods=["POST"]),
             Route("/embeddings", worker.embeddings, methods=["POST"]),

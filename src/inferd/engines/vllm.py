@@ -1,0 +1,309 @@
+"""Causal LMs on vLLM: continuous batching over PagedAttention, prefix caching, quantized weights,
+tensor parallelism.
+
+The model process holds vLLM's async engine and vLLM's own OpenAI serving layer (the objects
+behind `vllm serve`), so templates, tool-call parsing, guided decoding, logprobs and parameter
+checks behave exactly as vLLM's users know them. Every request goes straight to the engine: no
+lock or queue of ours sits in front of vLLM's scheduler. Launch options are vLLM's own engine
+arguments, checked by vLLM's own argument parser before anything loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+
+from inferd.engines.base import Engine, Json
+from inferd.errors import InferdError, InvalidRequest, ModelUnavailable
+
+log = logging.getLogger("inferd.vllm")
+
+# Set by inferd itself: a launch may not point vLLM elsewhere or open another port.
+_OWN_ARGUMENTS = frozenset(
+    {"model", "served_model_name", "host", "port", "uds", "api_key", "headless", "tokenizer"}
+)
+
+# Tool-call formats of well-known families, so `tool_choice: "auto"` works without the
+# `tool_call_parser` option. Checked in order: the first prefix of the model's name wins.
+_TOOL_PARSERS = (
+    ("qwen3-coder", "qwen3_coder"),
+    ("qwen", "hermes"),
+    ("qwq", "hermes"),
+    ("hermes", "hermes"),
+    ("llama-3", "llama3_json"),
+    ("llama3", "llama3_json"),
+    ("llama-4", "llama4_pythonic"),
+    ("mistral", "mistral"),
+    ("deepseek-v3", "deepseek_v3"),
+    ("deepseek-r1", "deepseek_v3"),
+    ("glm-4", "glm45"),
+    ("kimi-k2", "kimi_k2"),
+    ("gpt-oss", "openai"),
+)
+
+
+class _ArgumentError(Exception):
+    pass
+
+
+class VLLMEngine(Engine):
+    name = "vllm"
+    model_types = frozenset({"LLM"})
+    formats = frozenset({"pytorch", "awq", "gptq", "fp8"})
+    requires = ("vllm",)
+    extra = "vllm"
+
+    def load(self) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self._args = self._parse(self._arguments())
+        engine_args = AsyncEngineArgs.from_cli_args(self._args)
+        vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        # Built off the event loop (loading takes a while, and the process must answer its
+        # health checks meanwhile); vLLM starts its output handler on the loop of the first
+        # request.
+        self._llm = AsyncLLM.from_vllm_config(
+            vllm_config=vllm_config,
+            usage_context=UsageContext.OPENAI_API_SERVER,
+            enable_log_requests=False,
+            disable_log_stats=False,  # its Prometheus figures are the model's /metrics
+        )
+
+    async def start(self) -> None:
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+
+        state = SimpleNamespace()
+        tasks = await self._llm.get_supported_tasks()
+        await init_app_state(self._llm, state, self._args, tasks)  # type: ignore[arg-type]
+        self._chat = state.openai_serving_chat
+        self._completion = state.openai_serving_completion
+        if self._chat is None or self._completion is None:
+            raise InvalidRequest(
+                f"vLLM loaded {self.config.model_name} without text generation "
+                f"(its tasks: {', '.join(tasks)})",
+                param="model_name",
+            )
+
+    def close(self) -> None:
+        llm = getattr(self, "_llm", None)
+        if llm is not None:
+            llm.shutdown()
+
+    def metrics(self) -> bytes:
+        from prometheus_client import REGISTRY, generate_latest
+
+        return generate_latest(REGISTRY)
+
+    async def chat(self, request: Json) -> Json:
+        return await self._whole(self._chat.create_chat_completion, self._chat_request(request))
+
+    def chat_stream(self, request: Json) -> AsyncIterator[bytes]:
+        return self._stream(self._chat.create_chat_completion, self._chat_request(request))
+
+    async def complete(self, request: Json) -> Json:
+        return await self._whole(
+            self._completion.create_completion, self._completion_request(request)
+        )
+
+    def complete_stream(self, request: Json) -> AsyncIterator[bytes]:
+        return self._stream(self._completion.create_completion, self._completion_request(request))
+
+    # -- launch options ---------------------------------------------------------------------
+
+    def _arguments(self) -> Json:
+        """The engine arguments of this launch: inferd's choices, then the launch's options."""
+        options = dict(self.config.options)
+        for name in _OWN_ARGUMENTS & options.keys():
+            raise InvalidRequest(
+                f"{name} is set by inferd and cannot be a launch option", param=name
+            )
+        family = self.config.family
+        arguments: Json = {
+            "model": self.config.model_path,
+            "served_model_name": [self.config.model_uid],
+            "enable_prefix_caching": True,
+        }
+        if family.get("chat_template"):
+            arguments["chat_template"] = family["chat_template"]
+        if self.config.gpus:
+            arguments["tensor_parallel_size"] = len(self.config.gpus)
+        thinking = options.pop("enable_thinking", None)
+        if thinking is not None:
+            arguments["default_chat_template_kwargs"] = {"enable_thinking": bool(thinking)}
+        if "tools" in family.get("model_ability", []) and "tool_call_parser" not in options:
+            parser = _tool_parser(self.config.model_name)
+            if parser is not None:
+                arguments["tool_call_parser"] = parser
+        if options.get("tool_call_parser") or arguments.get("tool_call_parser"):
+            arguments.setdefault("enable_auto_tool_choice", True)
+        arguments.update(options)
+        family_stops = list(family.get("stop") or [])
+        self._stops = family_stops
+        self._stop_token_ids = list(family.get("stop_token_ids") or [])
+        return arguments
+
+    def _parse(self, arguments: Json) -> Any:
+        """vLLM's own `serve` parser reads the arguments: unknown names and bad values are
+        refused with vLLM's words, naming the option."""
+        from vllm.entrypoints.launchers.cli_args import make_arg_parser
+        from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+        parser = make_arg_parser(FlexibleArgumentParser(prog="vllm serve"))
+        actions = {a.dest: a for a in parser._actions if a.option_strings}
+        argv: list[str] = []
+        for name, value in arguments.items():
+            action = actions.get(name)
+            if action is None:
+                raise InvalidRequest(
+                    f"unknown vLLM engine argument {name!r} (see `vllm serve --help`)", param=name
+                )
+            argv += _as_argv(action, value)
+        stderr = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(stderr):
+                return parser.parse_args(argv)
+        except SystemExit:
+            message = stderr.getvalue().strip().splitlines()
+            reason = message[-1] if message else "invalid engine arguments"
+            raise InvalidRequest(
+                f"vLLM refused the launch options: {reason}", param=_named_in(reason, arguments)
+            ) from None
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _with_stops(self, request: Json) -> Json:
+        if self._stops:
+            stop = request.get("stop") or []
+            stop = [stop] if isinstance(stop, str) else list(stop)
+            request["stop"] = stop + [s for s in self._stops if s not in stop]
+        if self._stop_token_ids:
+            ids = list(request.get("stop_token_ids") or [])
+            request["stop_token_ids"] = ids + [i for i in self._stop_token_ids if i not in ids]
+        return request
+
+    def _chat_request(self, request: Json) -> Any:
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+        return _validated(ChatCompletionRequest, self._with_stops(dict(request)))
+
+    def _completion_request(self, request: Json) -> Any:
+        from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+        return _validated(CompletionRequest, self._with_stops(dict(request)))
+
+    async def _whole(self, create: Any, request: Any) -> Json:
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+        with self._errors():
+            result = await create(request, None)
+        if isinstance(result, ErrorResponse):
+            raise _from_error(result.error.model_dump())
+        body: Json = result.model_dump(mode="json")
+        return body
+
+    async def _stream(self, create: Any, request: Any) -> AsyncIterator[bytes]:
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+        with self._errors():
+            result = await create(request, None)
+        if isinstance(result, ErrorResponse):
+            raise _from_error(result.error.model_dump())
+        # vLLM writes each chunk as a whole SSE event; the JSON inside passes through as is.
+        async for event in result:
+            with self._errors():
+                for line in event.split("\n"):
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    data = line[6:]
+                    if data.startswith('{"error"'):
+                        raise _from_error(orjson.loads(data)["error"])
+                    yield data.encode()
+
+    @contextlib.contextmanager
+    def _errors(self) -> Any:
+        """vLLM's exceptions as inferd's: the client's mistakes are 400s naming the field."""
+        from vllm.exceptions import VLLMClientError, VLLMValidationError
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        try:
+            yield
+        except InferdError:
+            raise
+        except VLLMValidationError as exc:
+            raise InvalidRequest(str(exc), param=exc.parameter) from None
+        except (VLLMClientError, ValueError) as exc:
+            raise InvalidRequest(str(exc)) from None
+        except EngineDeadError as exc:
+            # vLLM cannot recover its engine in place; exiting lets inferd restart the model.
+            log.error("vLLM's engine died (%s); ending the model process", exc)
+            os._exit(70)
+        except RuntimeError as exc:
+            if self._llm.errored:
+                raise ModelUnavailable(f"vLLM's engine failed: {exc}") from None
+            raise
+
+
+def _tool_parser(model_name: str) -> str | None:
+    name = model_name.lower()
+    return next((parser for prefix, parser in _TOOL_PARSERS if name.startswith(prefix)), None)
+
+
+def _as_argv(action: Any, value: Any) -> list[str]:
+    """One option as `vllm serve` would read it from a command line."""
+    flag = action.option_strings[0]
+    if isinstance(value, bool):
+        negative = next((s for s in action.option_strings if s.startswith("--no-")), None)
+        if action.nargs == 0 or negative is not None:  # a switch
+            if value:
+                return [flag]
+            return [negative] if negative is not None else []
+        return [flag, str(value).lower()]
+    if isinstance(value, dict):
+        return [flag, orjson.dumps(value).decode()]
+    if isinstance(value, list | tuple):
+        if action.nargs in ("+", "*"):
+            return [flag, *(_scalar(v) for v in value)]
+        return [flag, orjson.dumps(list(value)).decode()]
+    return [flag, _scalar(value)]
+
+
+def _scalar(value: Any) -> str:
+    return orjson.dumps(value).decode() if isinstance(value, dict | list) else str(value)
+
+
+def _named_in(reason: str, arguments: Json) -> str | None:
+    """The launch option an argparse message is about, for the error's `param`."""
+    for name in arguments:
+        if f"--{name.replace('_', '-')}" in reason or f"--{name}" in reason:
+            return name
+    return None
+
+
+def _validated(model: Any, body: Json) -> Any:
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"]) or None
+        raise InvalidRequest(f"{field}: {error['msg']}", param=field) from None
+
+
+def _from_error(error: Json) -> InferdError:
+    status = int(error.get("code") or 500)
+    message = str(error.get("message") or "vLLM could not answer")
+    if 400 <= status < 500:
+        failure = InvalidRequest(message, param=error.get("param"))
+        failure.status_code = status
+        return failure
+    return InferdError(message)

@@ -1,0 +1,257 @@
+"""The vLLM engine on vLLM's CPU build: a Llama of the real architecture with random weights,
+registered by path and launched with `model_engine="vllm"`, served through every client."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from xinference_client import RESTfulClient
+
+from tests.conftest import InferdServer, custom_model, run_together
+
+pytestmark = pytest.mark.slow
+
+NAME = "tiny-llama-vllm"
+# Renders tools and calls Hermes-style, so vLLM's `hermes` parser reads what the model writes.
+TEMPLATE = (
+    "{% if tools %}<tools>{% for t in tools %}{{ t | tojson }}{% endfor %}</tools>{% endif %}"
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] or '' }}</{{ m['role'] }}>"
+    "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+ASK = [{"role": "user", "content": "Tell me about the sea."}]
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "strict": True,  # arguments held to the schema, as OpenAI's strict mode
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 12}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def llama(launched: InferdServer, tiny_bpe_llama: Path) -> Iterator[str]:
+    definition = {
+        "version": 2,
+        "model_name": NAME,
+        "model_lang": ["en"],
+        "model_ability": ["generate", "chat", "tools"],
+        "context_length": 2048,
+        "chat_template": TEMPLATE,
+        "model_specs": [
+            {
+                "model_format": "pytorch",
+                "model_size_in_billions": "0_01",
+                "quantizations": ["none"],
+                "model_id": "local/tiny-llama",
+                "model_uri": str(tiny_bpe_llama),
+            }
+        ],
+    }
+    with custom_model(
+        launched,
+        "LLM",
+        definition,
+        model_engine="vllm",
+        max_model_len=1024,
+        tool_call_parser="hermes",
+        envs={"VLLM_CPU_KVCACHE_SPACE": "1"},
+    ) as uid:
+        yield uid
+
+
+def _metric(server: InferdServer, name: str, uid: str) -> float:
+    """The sum of a metric's samples for one model, as /metrics shows them."""
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    label = f'model_uid="{uid}"'
+    pattern = re.compile(rf"^{re.escape(name)}\{{([^}}]*)\}} (\S+)$")
+    values = [
+        float(m.group(2))
+        for line in text.splitlines()
+        if (m := pattern.match(line)) and label in m.group(1)
+    ]
+    assert values, f"{name} for {uid} not in /metrics:\n{text[:3000]}"
+    return sum(values)
+
+
+def test_sixteen_concurrent_streamed_chats_complete(launched: InferdServer, llama: str) -> None:
+    client = launched.openai()
+    results: list[tuple[str, str | None, int]] = []
+
+    def chat(i: int) -> None:
+        stream = client.chat.completions.create(
+            model=llama,
+            messages=[{"role": "user", "content": f"Story number {i}."}],
+            max_tokens=24,
+            temperature=0.8,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        text, finish, tokens = "", None, 0
+        for chunk in stream:
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+                finish = chunk.choices[0].finish_reason or finish
+            if chunk.usage:
+                tokens = chunk.usage.completion_tokens
+        results.append((text, finish, tokens))
+
+    run_together(*(lambda i=i: chat(i) for i in range(16)))
+    assert len(results) == 16
+    for text, finish, tokens in results:
+        assert finish in ("length", "stop")
+        assert text
+        assert 1 <= tokens <= 24
+    # All sixteen were in vLLM's batch together, not queued behind each other by inferd.
+    assert _metric(launched, "vllm:request_success_total", llama) >= 16
+
+
+def test_whole_answers_count_tokens_and_honour_seed(launched: InferdServer, llama: str) -> None:
+    client = launched.openai()
+    first = client.chat.completions.create(
+        model=llama, messages=ASK, max_tokens=12, temperature=1.0, seed=7
+    )
+    again = client.chat.completions.create(
+        model=llama, messages=ASK, max_tokens=12, temperature=1.0, seed=7
+    )
+    assert first.choices[0].message.content == again.choices[0].message.content
+    assert first.usage.completion_tokens == 12
+    assert first.choices[0].finish_reason == "length"
+
+    two = client.chat.completions.create(
+        model=llama, messages=ASK, max_tokens=6, n=2, logprobs=True, top_logprobs=3
+    )
+    assert [c.index for c in two.choices] == [0, 1]
+    content = two.choices[0].logprobs.content
+    assert len(content) == 6 and len(content[0].top_logprobs) == 3
+
+    completion = client.completions.create(
+        model=llama, prompt="The sea is", max_tokens=5, top_p=0.9, extra_body={"top_k": 20}
+    )
+    assert completion.usage.completion_tokens == 5
+
+
+def test_shared_system_prompt_hits_the_prefix_cache(launched: InferdServer, llama: str) -> None:
+    client = launched.openai()
+    system = "You are a careful assistant who answers about oceans. " * 20
+    before = _metric(launched, "vllm:prefix_cache_hits_total", llama)
+    for question in ("What is a tide?", "Why is the sea salty?", "How deep is it?"):
+        client.chat.completions.create(
+            model=llama,
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
+            max_tokens=4,
+        )
+    assert _metric(launched, "vllm:prefix_cache_hits_total", llama) > before
+    assert _metric(launched, "vllm:prompt_tokens_total", llama) > 0
+    assert _metric(launched, "vllm:time_to_first_token_seconds_count", llama) >= 3
+
+
+def test_guided_json_and_tool_calls_parse(launched: InferdServer, llama: str) -> None:
+    client = launched.openai()
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 10}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    }
+    answer = client.chat.completions.create(
+        model=llama,
+        messages=ASK,
+        max_tokens=60,
+        response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": schema}},
+    )
+    person = json.loads(answer.choices[0].message.content)
+    assert set(person) == {"name", "age"} and isinstance(person["age"], int)
+
+    for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        called = client.chat.completions.create(
+            model=llama,
+            messages=ASK,
+            max_tokens=80,
+            tools=[WEATHER],
+            tool_choice=choice,
+            parallel_tool_calls=False,
+        )
+        assert called.choices[0].finish_reason == "tool_calls", called.choices[0]
+        call = called.choices[0].message.tool_calls[0]
+        assert call.function.name == "get_weather"
+        assert isinstance(json.loads(call.function.arguments)["city"], str)
+
+    xmodel = RESTfulClient(launched.url).get_model(llama)
+    answer = xmodel.chat(
+        messages=ASK,
+        generate_config={
+            "max_tokens": 60,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "p", "schema": schema},
+            },
+        },
+    )
+    assert set(json.loads(answer["choices"][0]["message"]["content"])) == {"name", "age"}
+
+
+def test_bad_parameters_are_400s_naming_the_field(launched: InferdServer, llama: str) -> None:
+    cases = [
+        ({"max_tokens": 5000}, "max_tokens"),
+        ({"temperature": -1}, "temperature"),
+        ({"top_k": "many"}, "top_k"),
+        ({"min_p": 3}, "min_p"),
+        ({"repetition_penalty": -2}, "repetition_penalty"),
+    ]
+    for extra, field in cases:
+        response = httpx.post(
+            f"{launched.url}/v1/chat/completions",
+            json={"model": llama, "messages": ASK, **extra},
+            timeout=30,
+        )
+        assert response.status_code == 400, (extra, response.text)
+        error = response.json()["error"]
+        assert field in (error["param"] or "") + error["message"], (extra, error)
+        assert error["type"] == "invalid_request_error"
+    # The model is still there for the next caller.
+    ok = launched.openai().chat.completions.create(model=llama, messages=ASK, max_tokens=2)
+    assert ok.usage.completion_tokens == 2
+
+
+def test_a_client_that_leaves_frees_its_place_in_vllm(launched: InferdServer, llama: str) -> None:
+    generated = _metric(launched, "vllm:generation_tokens_total", llama)
+    body = {"model": llama, "messages": ASK, "max_tokens": 1000, "stream": True, "ignore_eos": True}
+    with httpx.stream("POST", f"{launched.url}/v1/chat/completions", json=body) as response:
+        assert next(line for line in response.iter_lines() if line.startswith("data: "))
+    # Leaving the block hung up after the first token; vLLM's batch empties long before a
+    # thousand tokens could have been written.
+    deadline = time.monotonic() + 30
+    while _metric(launched, "vllm:num_requests_running", llama) > 0:
+        assert time.monotonic() < deadline, "vLLM kept generating for a client that left"
+        time.sleep(0.2)
+    assert _metric(launched, "vllm:generation_tokens_total", llama) - generated < 500
+
+
+def test_unknown_engine_argument_is_refused_by_name(launched: InferdServer, llama: str) -> None:
+    response = httpx.post(
+        f"{launched.url}/v1/models",
+        json={
+            "model_name": NAME,
+            "model_uid": "vllm-bad-args",
+            "model_engine": "vllm",
+            "max_num_seqz": 4,
+        },
+        timeout=120,
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "max_num_seqz" and "vllm serve" in error["message"]
+    assert "vllm-bad-args" not in launched.models()
