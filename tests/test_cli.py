@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import httpx
 import pytest
 
 from tests.conftest import EMBEDDING, LLM, InferdServer, pid_alive
@@ -63,6 +64,36 @@ def test_launch_passes_engine_options_and_reports_engine_failure(server: InferdS
     assert result.returncode == 1
     assert "no_such_llama_option" in result.stderr
     assert "bad-options" not in server.models()
+
+
+def test_engine_says_what_runs_on_this_machine(server: InferdServer) -> None:
+    rows = json.loads(server.cli("engine", "-n", "qwen2.5-instruct", "--json").stdout)
+    # vLLM's CPU build is installed here, so vLLM serves the safetensors specs on this CPU.
+    assert {r["model_format"] for r in rows["vllm"]} >= {"pytorch"}
+    assert all(r["usable"] and r["reason"] is None for r in rows["vllm"])
+    assert rows["llama.cpp"][0]["model_format"] == "ggufv2"
+    table = server.cli("engine", "-n", "qwen2.5-instruct").stdout
+    assert "On this machine" in table and "vllm" in table
+
+
+def test_gpu_requests_on_a_machine_without_one_are_400s(server: InferdServer) -> None:
+    cases = [
+        ({"n_gpu": 1}, "n_gpu", "no NVIDIA GPU"),
+        ({"gpu_idx": [0]}, "gpu_idx", "no NVIDIA GPU"),
+        ({"n_gpu": "two"}, "n_gpu", "a number of GPUs"),
+        ({"n_gpu": 2, "gpu_idx": [0]}, "gpu_idx", "names 1 GPU"),
+        ({"gpu_idx": [1, 1]}, "gpu_idx", "twice"),
+    ]
+    for fields, param, words in cases:
+        response = httpx.post(
+            f"{server.url}/v1/models",
+            json={"model_name": LLM, "model_uid": "gpu-ask", **fields},
+            timeout=60,
+        )
+        assert response.status_code == 400, (fields, response.text)
+        error = response.json()["error"]
+        assert error["param"] == param and words in error["message"], (fields, error)
+    assert "gpu-ask" not in server.models()
 
 
 def test_registrations_lists_the_catalogue(server: InferdServer) -> None:

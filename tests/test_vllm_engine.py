@@ -42,7 +42,41 @@ WEATHER = {
 
 
 @pytest.fixture(scope="module")
-def llama(launched: InferdServer, tiny_bpe_llama: Path) -> Iterator[str]:
+def lora(tiny_bpe_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PEFT LoRA adapter for the tiny Llama's attention, with weights big enough to change
+    what it writes."""
+    import torch
+    from safetensors.torch import save_file
+
+    config = json.loads((tiny_bpe_llama / "config.json").read_text())
+    hidden, layers = config["hidden_size"], config["num_hidden_layers"]
+    kv = hidden // config["num_attention_heads"] * config["num_key_value_heads"]
+    rank = 8
+    torch.manual_seed(1)
+    tensors = {}
+    for layer in range(layers):
+        for name, out in (("q_proj", hidden), ("v_proj", kv)):
+            key = f"base_model.model.model.layers.{layer}.self_attn.{name}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(rank, hidden) * 0.5
+            tensors[f"{key}.lora_B.weight"] = torch.randn(out, rank) * 0.5
+    folder = tmp_path_factory.mktemp("sea-lora")
+    save_file(tensors, folder / "adapter_model.safetensors")
+    adapter = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": rank,
+        "lora_alpha": 16,
+        "lora_dropout": 0.0,
+        "target_modules": ["q_proj", "v_proj"],
+        "bias": "none",
+        "base_model_name_or_path": str(tiny_bpe_llama),
+    }
+    (folder / "adapter_config.json").write_text(json.dumps(adapter))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def llama(launched: InferdServer, tiny_bpe_llama: Path, lora: Path) -> Iterator[str]:
     definition = {
         "version": 2,
         "model_name": NAME,
@@ -68,6 +102,7 @@ def llama(launched: InferdServer, tiny_bpe_llama: Path) -> Iterator[str]:
         max_model_len=1024,
         tool_call_parser="hermes",
         envs={"VLLM_CPU_KVCACHE_SPACE": "1"},
+        peft_model_config={"lora_list": [{"lora_name": "sea-lora", "local_path": str(lora)}]},
     ) as uid:
         yield uid
 
@@ -255,3 +290,55 @@ def test_unknown_engine_argument_is_refused_by_name(launched: InferdServer, llam
     error = response.json()["error"]
     assert error["param"] == "max_num_seqz" and "vllm serve" in error["message"]
     assert "vllm-bad-args" not in launched.models()
+
+
+def test_lora_adapters_are_chosen_per_request(launched: InferdServer, llama: str) -> None:
+    client = launched.openai()
+
+    def write(**extra: object) -> str:
+        answer = client.completions.create(
+            model=llama, prompt="The sea", max_tokens=8, temperature=0, extra_body=extra
+        )
+        return answer.choices[0].text
+
+    base, tuned = write(), write(lora_name="sea-lora")
+    assert tuned != base and write(lora_name="sea-lora") == tuned
+    xmodel = RESTfulClient(launched.url).get_model(llama)
+    generated = xmodel.generate(
+        "The sea", generate_config={"lora_name": "sea-lora", "max_tokens": 8, "temperature": 0}
+    )
+    assert generated["choices"][0]["text"] == tuned
+
+    response = httpx.post(
+        f"{launched.url}/v1/completions",
+        json={"model": llama, "prompt": "The sea", "lora_name": "river-lora"},
+        timeout=30,
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "lora_name" and "sea-lora" in error["message"]
+
+
+def test_lora_on_an_engine_without_adapters_is_refused(launched: InferdServer, lora: Path) -> None:
+    peft = {"lora_list": [{"lora_name": "x", "local_path": str(lora)}]}
+    response = httpx.post(
+        f"{launched.url}/v1/models",
+        json={
+            "model_name": "gemma-3-270m",
+            "model_engine": "llama.cpp",
+            "model_uid": "gguf-lora",
+            "peft_model_config": peft,
+        },
+        timeout=60,
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "peft_model_config" and "vLLM" in error["message"]
+    missing = {"lora_list": [{"lora_name": "x", "local_path": "/nowhere/at/all"}]}
+    response = httpx.post(
+        f"{launched.url}/v1/models",
+        json={"model_name": "gemma-3-270m", "peft_model_config": missing},
+        timeout=60,
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "peft_model_config.lora_list.0.local_path"

@@ -157,6 +157,10 @@ def test_bad_registrations_are_refused_at_once(xclient: RESTfulClient, tmp_path:
 def test_engines_cache_and_cluster_info(xclient: RESTfulClient) -> None:
     engines = xclient.query_engine_by_model_name(LLM)
     assert engines["llama.cpp"][0]["installed"] is True
+    assert engines["llama.cpp"][0]["usable"] is True and engines["llama.cpp"][0]["reason"] is None
+    supported = xclient.vllm_models()
+    assert "qwen2.5-instruct" in supported["chat"] and LLM in supported["generate"]
+    assert "all-MiniLM-L6-v2" not in supported["chat"] + supported["generate"]
     cached = xclient.list_cached_models()
     assert any(entry["model_name"] == LLM for entry in cached)
     workers = xclient.get_workers_info()
@@ -215,7 +219,6 @@ def test_what_inferd_does_not_offer_says_why(
         xclient.get_autostart_config: "comes back when the server restarts",
         lambda: xclient.relaunch_api(): "restart `inferd serve`",
         lambda: xclient.reload_model(LLM, {"n_ctx": 1024}): "terminate it and launch it again",
-        xclient.vllm_models: "no vLLM engine",
         lambda: xclient.get_progress("r1"): "no progress is tracked",
     }
     for call, reason in refusals.items():

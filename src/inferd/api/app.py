@@ -72,7 +72,7 @@ def create_app(settings: Settings, launch: Sequence[str] = (), restore: bool = T
     app.include_router(rerank.router)
     app.include_router(audio.router)
     app.include_router(images.router)
-    app.include_router(unsupported.router)  # before management: /v1/models/vllm-supported
+    app.include_router(unsupported.router)
     app.include_router(management.router)
     app.include_router(system.router)
     app.include_router(ollama.router)

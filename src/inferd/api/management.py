@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from inferd.api.deps import manager as _manager
 from inferd.api.logs import follow_log, read_tail
 from inferd.catalog import AnyFamily, ModelType
-from inferd.engines import engines_for, is_installed
+from inferd.engines import engines_for, is_installed, vllm_supported
 from inferd.errors import Conflict, InvalidRequest, NotFound
 from inferd.runtime.launch import LaunchRequest
 from inferd.storage.resolve import VERSION_SEPARATOR, list_cache, remove_cached
@@ -90,6 +90,12 @@ class AddReplicas(BaseModel):
     model_engine: str | None = None
     n_gpu: int | str | None = None
     replica_config: Any = None
+
+
+@router.get("/v1/models/vllm-supported")
+async def vllm_models(request: Request) -> dict[str, list[str]]:
+    """The catalogue's LLMs that have weights vLLM loads (Xinference's `vllm_models`)."""
+    return vllm_supported(_manager(request).catalog.list(ModelType.LLM))
 
 
 @router.post("/v1/models/{model_uid}/replicas")
@@ -254,12 +260,15 @@ def _engine_table(family: AnyFamily) -> dict[str, list[dict[str, Any]]]:
     table: dict[str, list[dict[str, Any]]] = {}
     for spec in family.model_specs:
         for engine in engines_for(family.model_type, spec.model_format):
+            reason = engine.unusable_here()
             table.setdefault(engine.name, []).append(
                 {
                     "model_format": spec.model_format,
                     "model_size_in_billions": spec.model_size_in_billions,
                     "quantizations": spec.quantizations,
                     "installed": is_installed(engine),
+                    "usable": reason is None,
+                    "reason": reason,
                 }
             )
     return table

@@ -8,6 +8,7 @@ import platform
 from fastapi import APIRouter, Request
 
 from inferd import __version__
+from inferd.runtime.gpus import discover
 
 router = APIRouter(prefix="/v1")
 
@@ -34,6 +35,7 @@ async def workers() -> list[dict]:
 
 
 def _node() -> dict:
+    gpus = discover()
     memory: dict[str, int] = {}
     try:
         with open("/proc/meminfo") as f:
@@ -49,5 +51,9 @@ def _node() -> dict:
         "cpu_count": os.cpu_count(),
         "memory_total": memory.get("MemTotal"),
         "memory_available": memory.get("MemAvailable"),
-        "gpu_count": 0,
+        "gpu_count": len(gpus),
+        "gpus": [
+            {"index": g.index, "name": g.name, "memory_total": g.total, "memory_free": g.free}
+            for g in gpus
+        ],
     }

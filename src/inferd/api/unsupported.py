@@ -51,13 +51,6 @@ _REFUSED: list[tuple[str, str, str, str]] = [
     ("GET", "/v1/models/{model_uid}/reload", _RELOAD, "model_config"),
     ("GET", "/v1/models/{model_uid}/reload/config", _RELOAD, "model_config"),
     (
-        "GET",
-        "/v1/models/vllm-supported",
-        "inferd has no vLLM engine yet; `inferd engine -n NAME` (GET /v1/engines/NAME) lists the "
-        "engines that can serve a model",
-        "model_engine",
-    ),
-    (
         "POST",
         "/token",
         "authentication is not enabled on this server (GET /v1/cluster/auth says so); send "

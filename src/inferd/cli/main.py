@@ -318,13 +318,13 @@ def unregister(model_type: str, model_name: str, endpoint: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @endpoint_option
 def engine(model_name: str, model_type: str | None, as_json: bool, endpoint: str | None) -> None:
-    """Which engines can serve a model, for which formats, and whether they are installed."""
+    """Which engines can serve a model, for which formats, and whether they run here."""
     path = f"/v1/engines/{model_type}/{model_name}" if model_type else f"/v1/engines/{model_name}"
     table_data = _request(endpoint, "GET", path)
     if as_json:
         click.echo(json.dumps(table_data, indent=2))
         return
-    table = Table("Engine", "Format", "Size (B)", "Quantizations", "Installed")
+    table = Table("Engine", "Format", "Size (B)", "Quantizations", "On this machine")
     for name, rows in table_data.items():
         for row in rows:
             table.add_row(
@@ -332,7 +332,7 @@ def engine(model_name: str, model_type: str | None, as_json: bool, endpoint: str
                 row["model_format"],
                 row["model_size_in_billions"].replace("_", "."),
                 ", ".join(row["quantizations"]),
-                "yes" if row["installed"] else "no",
+                "yes" if row["usable"] else f"no - {row['reason']}",
             )
     out.print(table)
 

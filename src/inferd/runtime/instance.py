@@ -154,6 +154,7 @@ class ModelInstance:
                 "served": r.served,
                 "restarts": r.restarts,
                 "started": r.started,
+                "gpus": r.config.gpus,
             }
             for r in self.replicas
         ]
@@ -179,7 +180,8 @@ class ModelInstance:
             "pid": replicas[0]["pid"] if replicas else None,
             "idle_timeout": self.request.idle_timeout,
             "address": "local",
-            "accelerators": [],
+            # Xinference's field: the GPUs the model holds, as strings.
+            "accelerators": sorted({str(g) for r in self.replicas for g in r.config.gpus}),
         }
         if isinstance(family, LLMFamily):
             info["context_length"] = family.context_length

@@ -9,6 +9,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from inferd.catalog.schema import ModelType
 
 
+class LoraAdapter(BaseModel):
+    lora_name: str = Field(min_length=1, max_length=128, pattern=r"^[\w.\-]+$")
+    local_path: str = Field(min_length=1)
+
+
+class PeftModelConfig(BaseModel):
+    """Xinference's `peft_model_config`: LoRA adapters served beside the base model, each
+    chosen per request by `lora_name`."""
+
+    model_config = ConfigDict(extra="allow")  # its image-LoRA fields, which LLMs ignore
+
+    lora_list: list[LoraAdapter] = Field(default_factory=list)
+
+
 class LaunchRequest(BaseModel):
     # Unknown fields are engine options (n_ctx, n_parallel, ...), as in Xinference's launch.
     model_config = ConfigDict(extra="allow", protected_namespaces=())
@@ -24,7 +38,7 @@ class LaunchRequest(BaseModel):
     replica: int = Field(default=1, ge=1)
     n_gpu: int | str | None = "auto"
     gpu_idx: int | list[int] | None = None
-    peft_model_config: dict[str, Any] | None = None
+    peft_model_config: PeftModelConfig | None = None
     download_hub: Literal["huggingface", "modelscope"] | None = None
     # Xinference's launch fields; what inferd cannot honour yet is refused by the manager.
     n_worker: int = Field(default=1, ge=1)
@@ -54,6 +68,12 @@ class LaunchRequest(BaseModel):
     def persisted(self) -> dict[str, Any]:
         """What the state store keeps to launch it again after a restart."""
         return self.model_dump(mode="json", exclude={"wait_ready"}, exclude_none=True)
+
+    @property
+    def loras(self) -> dict[str, str]:
+        """LoRA adapters by name, with their folders."""
+        adapters = self.peft_model_config.lora_list if self.peft_model_config else []
+        return {a.lora_name: a.local_path for a in adapters}
 
     @property
     def engine_options(self) -> dict[str, Any]:

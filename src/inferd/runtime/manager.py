@@ -33,6 +33,7 @@ from inferd.errors import (
     NotFound,
 )
 from inferd.runtime.aborts import Aborts
+from inferd.runtime.gpus import Placement, has_nvidia_gpu, weights_bytes
 from inferd.runtime.instance import (
     FAILED,
     IDLE,
@@ -250,17 +251,18 @@ class ModelManager:
 
     def _plan(self, request: LaunchRequest) -> ModelInstance:
         """Check everything that can be checked before a process starts."""
-        if request.gpu_idx is not None:
+        _gpu_count(request)  # a malformed n_gpu or gpu_idx is refused before anything runs
+        adapters = request.peft_model_config.lora_list if request.peft_model_config else []
+        for i, adapter in enumerate(adapters):
+            if not Path(adapter.local_path).is_dir():
+                raise InvalidRequest(
+                    f"LoRA adapter {adapter.lora_name!r}: no folder at {adapter.local_path}",
+                    param=f"peft_model_config.lora_list.{i}.local_path",
+                )
+        if len(request.loras) != len(adapters):
             raise InvalidRequest(
-                "gpu_idx is not supported yet: GPU placement is to come", param="gpu_idx"
+                "two LoRA adapters share a name", param="peft_model_config.lora_list"
             )
-        if request.n_gpu not in (None, "auto", 0, 1):
-            raise InvalidRequest(
-                "n_gpu must be 'auto', 0 (CPU) or 1: multi-GPU placement is not supported yet",
-                param="n_gpu",
-            )
-        if request.peft_model_config:
-            raise InvalidRequest("LoRA adapters are not supported yet", param="peft_model_config")
         unsupported = {
             "n_worker": request.n_worker != 1,
             "request_limits": request.request_limits is not None,
@@ -292,7 +294,9 @@ class ModelManager:
             )
         if request.model_format is None and request.model_engine is None:
             candidates = _cpu_friendly_first(candidates, request.n_gpu)
-        spec, quantization, engine = _first_servable(family, candidates, request.model_engine)
+        spec, quantization, engine = _first_servable(
+            family, candidates, request.model_engine, lora=bool(request.loras)
+        )
         return ModelInstance(
             uid=request.model_uid or family.model_name,
             request=request,
@@ -323,10 +327,11 @@ class ModelManager:
                 family=instance.family.model_dump(mode="json"),
                 options=options,
                 env=request.envs or {},
+                loras=request.loras,
             )
-            instance.replicas = [
-                self._new_replica(instance, index, config) for index in range(request.replica)
-            ]
+            instance.replicas = []
+            for index in range(request.replica):  # one at a time: each sees where the last went
+                instance.replicas.append(self._new_replica(instance, index, config))
             instance.set_phase(instance.phase, LOADING)
             self.store.set_status(uid, LOADING)
             log.info("loading %s on %s (%s)", uid, instance.engine.name, path)
@@ -362,12 +367,44 @@ class ModelManager:
     def _new_replica(self, instance: ModelInstance, index: int, config: EngineConfig) -> Replica:
         return Replica(
             index,
-            config,
+            self._placed(instance, config),
             socket_path=self._socket_dir / f"m{next(self._counter)}.sock",
             log_path=self.log_path(instance.uid, index),
             launch_timeout=self.settings.launch_timeout,
             on_change=lambda r, status, msg: self._replica_changed(instance, r, status, msg),
         )
+
+    def _placed(self, instance: ModelInstance, config: EngineConfig) -> EngineConfig:
+        """The config of one more process of `instance`, with the GPUs placed for it and the
+        environment that shows it only those; a 400 if it cannot fit."""
+        request = instance.request
+        engine = instance.engine
+        env = dict(config.env)
+        if "CUDA_VISIBLE_DEVICES" in (request.envs or {}):
+            return config.model_copy(update={"gpus": []})  # the user placed it themselves
+        count = _gpu_count(request)
+        if count == 0 or not engine.uses_gpu:
+            if has_nvidia_gpu():
+                env["CUDA_VISIBLE_DEVICES"] = ""  # kept off the GPUs others were placed on
+            return config.model_copy(update={"gpus": [], "env": env})
+        if count is None:  # "auto": one GPU where there are any, else the CPU
+            if not has_nvidia_gpu():
+                return config.model_copy(update={"gpus": []})
+            count = 1
+        weights = weights_bytes(config.model_path)
+        need = engine.gpu_need(config.options, weights, count)
+        held = {
+            f"{m.uid}/{r.index}": r.config.gpus
+            for m in self._models.values()
+            for r in m.replicas
+            if r.config.gpus
+        }
+        gpu_idx = _gpu_idx(request)
+        gpus = Placement(held).place(need, gpu_idx)
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA's numbering then matches NVML's
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpus)
+        log.info("placing %s on GPU %s (%s)", instance.uid, gpus, need.what)
+        return config.model_copy(update={"gpus": gpus, "env": env})
 
     # scaling --------------------------------------------------------------------------
 
@@ -559,28 +596,64 @@ def _cpu_friendly_first(
     """Where the launch names no format and there is no GPU to use, quantized GGUF on llama.cpp
     before full-precision weights: on a CPU it answers several times faster in a fraction of
     the memory. With a GPU the catalogue's own order stands."""
-    if n_gpu not in (0, "0") and _has_nvidia_gpu():
+    if n_gpu not in (0, "0") and has_nvidia_gpu():
         return candidates
     return sorted(candidates, key=lambda c: c[0].model_format != "ggufv2")
 
 
-def _has_nvidia_gpu() -> bool:
-    # The driver's device node, without importing torch or NVML into the server.
-    return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia/version").exists()
+def _gpu_idx(request: LaunchRequest) -> list[int] | None:
+    return [request.gpu_idx] if isinstance(request.gpu_idx, int) else request.gpu_idx
+
+
+def _gpu_count(request: LaunchRequest) -> int | None:
+    """How many GPUs the launch asks for; None for "auto"."""
+    gpu_idx = _gpu_idx(request)
+    if gpu_idx is not None and (not gpu_idx or any(i < 0 for i in gpu_idx)):
+        raise InvalidRequest("gpu_idx must list GPU numbers (0, 1, ...)", param="gpu_idx")
+    if gpu_idx is not None and len(set(gpu_idx)) != len(gpu_idx):
+        raise InvalidRequest("gpu_idx names a GPU twice", param="gpu_idx")
+    n_gpu = request.n_gpu
+    if n_gpu in (None, "auto"):
+        return len(gpu_idx) if gpu_idx else None
+    try:
+        count = int(n_gpu)
+    except ValueError:
+        raise InvalidRequest(
+            f"n_gpu must be 'auto' or a number of GPUs (0 for the CPU), not {n_gpu!r}",
+            param="n_gpu",
+        ) from None
+    if count < 0:
+        raise InvalidRequest("n_gpu cannot be negative", param="n_gpu")
+    if gpu_idx is not None and count != len(gpu_idx):
+        raise InvalidRequest(
+            f"n_gpu={count} but gpu_idx names {len(gpu_idx)} GPU(s)", param="gpu_idx"
+        )
+    return count
 
 
 def _first_servable(
     family: AnyFamily,
     candidates: list[tuple[ModelSpec, str]],
     wanted_engine: str | None,
+    lora: bool = False,
 ) -> tuple[ModelSpec, str, type[Engine]]:
-    """The first spec an installed engine can serve; if none, the first spec's reason why not."""
+    """The first spec an installed engine can serve (with LoRA adapters, if asked); if none,
+    the first spec's reason why not."""
     errors: list[InvalidRequest] = []
     for spec, quantization in candidates:
         try:
             engine = choose_engine(family.model_type, spec.model_format, wanted_engine)
         except InvalidRequest as exc:
             errors.append(exc)
+            continue
+        if lora and not engine.supports_lora:
+            errors.append(
+                InvalidRequest(
+                    f"LoRA adapters are served by the vLLM engine; {engine.name} cannot serve "
+                    f"them (launch a safetensors spec with model_engine='vllm')",
+                    param="peft_model_config",
+                )
+            )
             continue
         return spec, quantization, engine
     raise errors[0]

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -241,7 +242,9 @@ def _exit_with_parent() -> None:
     while True:
         time.sleep(0.5)
         if os.getppid() != parent:
-            os._exit(0)
+            # The whole session goes: processes an engine started (vLLM's engine core and its
+            # workers) would otherwise outlive it, holding memory and GPUs.
+            os.killpg(0, signal.SIGKILL)
 
 
 def main() -> None:
