@@ -4,7 +4,9 @@ registered by path and launched with `model_engine="vllm"`, served through every
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -342,3 +344,35 @@ def test_lora_on_an_engine_without_adapters_is_refused(launched: InferdServer, l
     )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "peft_model_config.lora_list.0.local_path"
+
+
+def _session(leader: int) -> set[int]:
+    """The processes in a model process's session: it and what its engine started."""
+    members = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == leader and fields[0] != "Z":  # process group, not a zombie
+            members.add(int(stat.parent.name))
+    return members
+
+
+def test_a_crashed_vllm_process_comes_back_and_leaves_nothing(
+    launched: InferdServer, llama: str
+) -> None:
+    old = launched.models()[llama]["pid"]
+    engine_processes = _session(old) - {old}
+    assert engine_processes, "vLLM's engine core runs in the model process's session"
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 300
+    while (model := launched.models()[llama])["pid"] in (old, None) or model["status"] != "ready":
+        assert time.monotonic() < deadline, f"not back: {model}"
+        time.sleep(0.2)
+    deadline = time.monotonic() + 30
+    while _session(old):
+        assert time.monotonic() < deadline, f"left behind: {_session(old)}"
+        time.sleep(0.2)
+    answer = launched.openai().chat.completions.create(model=llama, messages=ASK, max_tokens=3)
+    assert answer.usage.completion_tokens == 3
