@@ -204,6 +204,27 @@ def custom_model(
         xclient.unregister_model(model_type, name)
 
 
+def local_llm(name: str, path: Path, template: str, abilities: tuple[str, ...] = ()) -> dict:
+    """A registration (Xinference's JSON) of safetensors weights in a local folder."""
+    return {
+        "version": 2,
+        "model_name": name,
+        "model_lang": ["en"],
+        "model_ability": ["generate", "chat", *abilities],
+        "context_length": 2048,
+        "chat_template": template,
+        "model_specs": [
+            {
+                "model_format": "pytorch",
+                "model_size_in_billions": "0_01",
+                "quantizations": ["none"],
+                "model_id": f"local/{name}",
+                "model_uri": str(path),
+            }
+        ],
+    }
+
+
 def _tiny_llama(folder: Path, tokenizer: Any) -> Path:
     """A 4-layer Llama with random weights around `tokenizer`: small, but every code path of a
     real causal LM, for the engines that load Hugging Face folders."""

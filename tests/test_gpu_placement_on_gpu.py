@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import InferdServer, custom_model
+from tests.conftest import InferdServer, custom_model, local_llm
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
@@ -24,23 +24,7 @@ TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 
 
 def definition(name: str, path: Path) -> dict:
-    return {
-        "version": 2,
-        "model_name": name,
-        "model_lang": ["en"],
-        "model_ability": ["generate", "chat"],
-        "context_length": 2048,
-        "chat_template": TEMPLATE,
-        "model_specs": [
-            {
-                "model_format": "pytorch",
-                "model_size_in_billions": "0_01",
-                "quantizations": ["none"],
-                "model_id": f"local/{name}",
-                "model_uri": str(path),
-            }
-        ],
-    }
+    return local_llm(name, path, TEMPLATE)
 
 
 def gpu_pids() -> dict[int, set[int]]:

@@ -13,7 +13,7 @@ import openai
 import pytest
 from xinference_client import RESTfulClient
 
-from tests.conftest import InferdServer, custom_model, run_together
+from tests.conftest import InferdServer, custom_model, local_llm, run_together
 
 pytestmark = pytest.mark.slow
 
@@ -27,23 +27,7 @@ ASK = [{"role": "user", "content": "Tell me about the sea."}]
 
 @pytest.fixture(scope="module")
 def llama(launched: InferdServer, tiny_llama: Path) -> Iterator[str]:
-    definition = {
-        "version": 2,
-        "model_name": NAME,
-        "model_lang": ["en"],
-        "model_ability": ["generate", "chat"],
-        "context_length": 2048,
-        "chat_template": TEMPLATE,
-        "model_specs": [
-            {
-                "model_format": "pytorch",
-                "model_size_in_billions": "0_01",
-                "quantizations": ["none"],
-                "model_id": "local/tiny-llama",
-                "model_uri": str(tiny_llama),
-            }
-        ],
-    }
+    definition = local_llm(NAME, tiny_llama, TEMPLATE)
     with custom_model(launched, "LLM", definition, model_engine="transformers") as uid:
         yield uid
 

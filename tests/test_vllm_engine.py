@@ -15,7 +15,7 @@ import httpx
 import pytest
 from xinference_client import RESTfulClient
 
-from tests.conftest import InferdServer, custom_model, run_together
+from tests.conftest import InferdServer, custom_model, local_llm, run_together
 
 pytestmark = pytest.mark.slow
 
@@ -79,23 +79,7 @@ def lora(tiny_bpe_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 @pytest.fixture(scope="module")
 def llama(launched: InferdServer, tiny_bpe_llama: Path, lora: Path) -> Iterator[str]:
-    definition = {
-        "version": 2,
-        "model_name": NAME,
-        "model_lang": ["en"],
-        "model_ability": ["generate", "chat", "tools"],
-        "context_length": 2048,
-        "chat_template": TEMPLATE,
-        "model_specs": [
-            {
-                "model_format": "pytorch",
-                "model_size_in_billions": "0_01",
-                "quantizations": ["none"],
-                "model_id": "local/tiny-llama",
-                "model_uri": str(tiny_bpe_llama),
-            }
-        ],
-    }
+    definition = local_llm(NAME, tiny_bpe_llama, TEMPLATE, ("tools",))
     with custom_model(
         launched,
         "LLM",

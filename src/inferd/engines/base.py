@@ -123,3 +123,12 @@ class Engine(ABC):
             f"does not support {what}",
             param="model",
         )
+
+
+def with_stops(request: Json, stops: list[str]) -> Json:
+    """The request's own stop strings followed by the model's (its template's end-of-turn)."""
+    if not stops:
+        return request
+    stop = request.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else list(stop)
+    return {**request, "stop": stop + [s for s in stops if s not in stop]}

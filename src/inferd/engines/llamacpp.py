@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from inferd.engines.base import Engine, Json
+from inferd.engines.base import Engine, Json, with_stops
 from inferd.engines.ranking import rerank_response
 from inferd.errors import InferdError, InvalidRequest
 
@@ -102,12 +102,8 @@ class LlamaCppEngine(Engine):
         return self._stream(self._server.handle_completions, request)
 
     def _prepare(self, request: Json, stream: bool) -> Json:
-        request = dict(request)
+        request = with_stops(request, self._stops)
         request["stream"] = stream
-        if self._stops:
-            stop = request.get("stop") or []
-            stop = [stop] if isinstance(stop, str) else list(stop)
-            request["stop"] = stop + [s for s in self._stops if s not in stop]
         if self._template_kwargs:
             request["chat_template_kwargs"] = {
                 **self._template_kwargs,

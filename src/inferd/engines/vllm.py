@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from inferd.engines.base import Engine, Json
+from inferd.engines.base import Engine, Json, with_stops
 from inferd.errors import InferdError, InvalidRequest, ModelUnavailable
 from inferd.runtime.gpus import Need, has_nvidia_gpu
 
@@ -222,10 +222,7 @@ class VLLMEngine(Engine):
                     param="lora_name",
                 )
             request["model"] = lora
-        if self._stops:
-            stop = request.get("stop") or []
-            stop = [stop] if isinstance(stop, str) else list(stop)
-            request["stop"] = stop + [s for s in self._stops if s not in stop]
+        request = with_stops(request, self._stops)
         if self._stop_token_ids:
             ids = list(request.get("stop_token_ids") or [])
             request["stop_token_ids"] = ids + [i for i in self._stop_token_ids if i not in ids]
