@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from fastapi import FastAPI
 
-from inferd import __version__
+from inferd import __version__, ui
 from inferd.api import (
     audio,
     images,
@@ -77,6 +77,7 @@ def create_app(settings: Settings, launch: Sequence[str] = (), restore: bool = T
     app.include_router(system.router)
     app.include_router(ollama.router)
     app.include_router(metrics.router)
+    ui.mount(app)
     return app
 
 

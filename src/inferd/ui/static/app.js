@@ -1,0 +1,509 @@
+// inferd's web UI: one module, three pages (catalogue, running models, playground), each a
+// function that renders into <main> from the same HTTP API the CLI and SDKs use.
+
+const TYPES = ["LLM", "embedding", "rerank", "audio", "image"];
+const page = document.getElementById("page");
+
+// ---- small helpers --------------------------------------------------------------------
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    else if (key === "text") el.textContent = value;
+    else el.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, {
+    ...options,
+    headers: { "Content-Type": "application/json", ...(options.headers || {}) },
+  });
+  const text = await response.text();
+  const body = text ? JSON.parse(text) : null;
+  if (!response.ok) {
+    const message = body?.error?.message || body?.detail || response.statusText;
+    throw new Error(message);
+  }
+  return body;
+}
+
+function toast(message, kind = "info") {
+  const box = document.getElementById("toast");
+  box.textContent = message;
+  box.className = `show ${kind}`;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => (box.className = ""), 6000);
+}
+
+function bytes(n) {
+  if (!n) return "0 B";
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  const i = Math.min(Math.floor(Math.log(n) / Math.log(1024)), units.length - 1);
+  return `${(n / 1024 ** i).toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+function size(text) {
+  return String(text).replace("_", ".");
+}
+
+// ---- catalogue ------------------------------------------------------------------------
+
+const catalogState = { type: "LLM", query: "", families: {}, cached: new Set() };
+
+async function catalogPage() {
+  const search = h("input", {
+    type: "search",
+    id: "catalog-search",
+    placeholder: "Search models",
+    "aria-label": "Search models",
+    value: catalogState.query,
+    oninput: (e) => {
+      catalogState.query = e.target.value.toLowerCase();
+      renderCards();
+    },
+  });
+  const typeSelect = h(
+    "select",
+    {
+      id: "catalog-type",
+      "aria-label": "Model type",
+      onchange: async (e) => {
+        catalogState.type = e.target.value;
+        await loadFamilies();
+        renderCards();
+      },
+    },
+    TYPES.map((t) => h("option", { value: t, selected: t === catalogState.type }, t)),
+  );
+  const cards = h("div", { class: "cards", id: "cards" });
+  page.replaceChildren(
+    h("h1", {}, "Catalogue"),
+    h("div", { class: "toolbar" }, search, typeSelect),
+    cards,
+  );
+  await loadFamilies();
+  renderCards();
+}
+
+async function loadFamilies() {
+  const type = catalogState.type;
+  if (!catalogState.families[type]) {
+    catalogState.families[type] = await api(`/v1/model_registrations/${type}?detailed=true`);
+  }
+  try {
+    const cached = await api("/v1/cache/models");
+    catalogState.cached = new Set(cached.list.map((e) => e.model_name));
+  } catch {
+    catalogState.cached = new Set();
+  }
+}
+
+function renderCards() {
+  const cards = document.getElementById("cards");
+  if (!cards) return;
+  const query = catalogState.query;
+  const families = (catalogState.families[catalogState.type] || []).filter(
+    (f) =>
+      !query ||
+      f.model_name.toLowerCase().includes(query) ||
+      (f.model_description || "").toLowerCase().includes(query),
+  );
+  cards.replaceChildren(
+    ...families.slice(0, 200).map((f) => {
+      const formats = [...new Set((f.model_specs || []).map((s) => s.model_format))];
+      return h(
+        "article",
+        { class: "card", "data-model": f.model_name },
+        h("h2", {}, f.model_name),
+        h("p", { class: "muted" }, (f.model_description || "").slice(0, 140)),
+        h(
+          "p",
+          { class: "tags" },
+          (f.model_ability || []).map((a) => h("span", { class: "tag" }, a)),
+          formats.map((x) => h("span", { class: "tag format" }, x)),
+          catalogState.cached.has(f.model_name) ? h("span", { class: "tag cached" }, "cached") : null,
+        ),
+        h(
+          "button",
+          { type: "button", onclick: () => launchDialog(f) },
+          `Launch ${f.model_name}`,
+        ),
+      );
+    }),
+  );
+  if (!families.length) cards.append(h("p", { class: "muted" }, "No model matches."));
+}
+
+async function launchDialog(family) {
+  let engines = {};
+  try {
+    engines = await api(`/v1/engines/${catalogState.type}/${encodeURIComponent(family.model_name)}`);
+  } catch (error) {
+    toast(error.message, "error");
+  }
+  // Only what runs on this machine: each engine's specs, where the engine is usable here.
+  const choices = [];
+  for (const [engine, rows] of Object.entries(engines)) {
+    for (const row of rows) {
+      for (const q of row.quantizations) {
+        choices.push({ engine, ...row, quantization: q });
+      }
+    }
+  }
+  const usable = choices.filter((c) => c.usable !== false);
+  const field = (label, control) => h("label", {}, h("span", {}, label), control);
+  // "Automatic" leaves the choice to the server, which prefers what runs best here (GGUF on a
+  // machine without a GPU).
+  const choice = h(
+    "select",
+    { name: "choice", id: "launch-choice" },
+    h("option", { value: "auto" }, "Automatic (best for this machine)"),
+    usable.map((c, i) =>
+      h(
+        "option",
+        { value: String(i) },
+        `${c.engine} · ${c.model_format} · ${size(c.model_size_in_billions)}B · ${c.quantization}`,
+      ),
+    ),
+  );
+  const uid = h("input", { name: "model_uid", id: "launch-uid", placeholder: family.model_name });
+  const replicas = h("input", { name: "replica", type: "number", min: "1", value: "1" });
+  const gpus = h(
+    "select",
+    { name: "n_gpu" },
+    h("option", { value: "auto" }, "auto"),
+    h("option", { value: "0" }, "CPU only"),
+    [1, 2, 4, 8].map((n) => h("option", { value: String(n) }, `${n} GPU${n > 1 ? "s" : ""}`)),
+  );
+  const idle = h("input", { name: "idle_timeout", type: "number", min: "1", placeholder: "never" });
+  const options = h("textarea", {
+    name: "options",
+    rows: "3",
+    placeholder: '{"n_ctx": 4096}',
+    "aria-label": "Engine options (JSON)",
+  });
+  const progress = h("div", { class: "progress", hidden: true });
+  const form = h(
+    "form",
+    { method: "dialog", class: "launch" },
+    h("h2", {}, `Launch ${family.model_name}`),
+    usable.length
+      ? field("Engine, format, size, quantization", choice)
+      : h("p", { class: "error" }, "No engine on this machine can serve this model."),
+    field("Model UID", uid),
+    field("Replicas", replicas),
+    field("GPUs", gpus),
+    field("Unload after idle seconds", idle),
+    field("Engine options (JSON)", options),
+    progress,
+    h(
+      "div",
+      { class: "actions" },
+      h("button", { type: "button", value: "cancel", onclick: () => dialog.close() }, "Close"),
+      h("button", { type: "submit", id: "launch-submit", disabled: !usable.length }, "Launch"),
+    ),
+  );
+  const dialog = h("dialog", { "aria-label": `Launch ${family.model_name}` }, form);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const picked = choice.value === "auto" ? null : usable[Number(choice.value)];
+    let extra = {};
+    if (options.value.trim()) {
+      try {
+        extra = JSON.parse(options.value);
+      } catch {
+        toast("Engine options must be a JSON object", "error");
+        return;
+      }
+    }
+    const body = {
+      model_name: family.model_name,
+      model_type: catalogState.type,
+      ...(picked
+        ? {
+            model_engine: picked.engine,
+            model_format: picked.model_format,
+            model_size_in_billions: picked.model_size_in_billions,
+            quantization: picked.quantization,
+          }
+        : {}),
+      replica: Number(replicas.value || 1),
+      n_gpu: gpus.value === "auto" ? "auto" : Number(gpus.value),
+      ...(uid.value.trim() ? { model_uid: uid.value.trim() } : {}),
+      ...(idle.value ? { idle_timeout: Number(idle.value) } : {}),
+      ...extra,
+    };
+    form.querySelector("#launch-submit").disabled = true;
+    try {
+      const launched = await api("/v1/models?wait_ready=false", {
+        method: "POST",
+        body: JSON.stringify(body),
+      });
+      await followLaunch(launched.model_uid, progress);
+      toast(`${launched.model_uid} is ready`);
+    } catch (error) {
+      progress.hidden = false;
+      progress.replaceChildren(h("p", { class: "error", role: "alert" }, error.message));
+    } finally {
+      form.querySelector("#launch-submit").disabled = false;
+    }
+  });
+  document.body.append(dialog);
+  dialog.addEventListener("close", () => dialog.remove());
+  dialog.showModal();
+}
+
+// Follows a launch's progress events until it is ready (resolves) or failed (rejects).
+function followLaunch(uid, box) {
+  box.hidden = false;
+  const bar = h("progress", { max: "1", value: "0", "aria-label": `Launching ${uid}` });
+  const stage = h("p", { class: "stage", id: "launch-stage" }, "starting");
+  box.replaceChildren(bar, stage);
+  return new Promise((resolve, reject) => {
+    const source = new EventSource(`/v1/models/${encodeURIComponent(uid)}/progress/events`);
+    source.onmessage = (event) => {
+      const state = JSON.parse(event.data);
+      bar.value = state.progress;
+      let text = state.stage;
+      const d = state.download;
+      if (d) {
+        text += ` ${bytes(d.done)} of ${bytes(d.total)}`;
+        if (d.speed) text += `, ${bytes(d.speed)}/s`;
+        if (d.eta) text += `, ${Math.round(d.eta)} s left`;
+      }
+      stage.textContent = text;
+      if (state.stage === "ready" || state.stage === "idle") {
+        source.close();
+        resolve(state);
+      } else if (state.stage === "failed" || state.stage === "terminated") {
+        source.close();
+        reject(new Error(state.error || `launch ${state.stage}`));
+      }
+    };
+    source.onerror = () => {
+      source.close();
+      reject(new Error("lost the launch's progress stream"));
+    };
+  });
+}
+
+// ---- running models -------------------------------------------------------------------
+
+async function runningPage() {
+  const table = h("table", { id: "running" });
+  page.replaceChildren(h("h1", {}, "Running models"), table);
+  const refresh = async () => {
+    if (!document.body.contains(table)) return;
+    const models = (await api("/v1/models")).data;
+    table.replaceChildren(
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          ["UID", "Name", "Type", "Engine", "Status", "Replicas", "GPUs", ""].map((c) =>
+            h("th", { scope: "col" }, c),
+          ),
+        ),
+      ),
+      h(
+        "tbody",
+        {},
+        models.map((m) =>
+          h(
+            "tr",
+            { "data-uid": m.model_uid },
+            h("td", {}, m.model_uid),
+            h("td", {}, m.model_name),
+            h("td", {}, m.model_type),
+            h("td", {}, m.model_engine),
+            h("td", { class: `status ${m.status}` }, m.status),
+            h("td", {}, `${m.replicas.filter((r) => r.status === "ready").length}/${m.replica}`),
+            h("td", {}, (m.accelerators || []).join(", ") || "CPU"),
+            h(
+              "td",
+              { class: "actions" },
+              h("a", { href: `/v1/models/${m.model_uid}/logs`, target: "_blank" }, "Logs"),
+              h(
+                "button",
+                {
+                  type: "button",
+                  class: "danger",
+                  "aria-label": `Terminate ${m.model_uid}`,
+                  onclick: async () => {
+                    try {
+                      await api(`/v1/models/${encodeURIComponent(m.model_uid)}`, {
+                        method: "DELETE",
+                      });
+                      toast(`${m.model_uid} terminated`);
+                      refresh();
+                    } catch (error) {
+                      toast(error.message, "error");
+                    }
+                  },
+                },
+                "Terminate",
+              ),
+            ),
+          ),
+        ),
+      ),
+    );
+    if (!models.length) table.append(h("caption", {}, "Nothing is running. Launch a model from the catalogue."));
+  };
+  await refresh();
+  const timer = setInterval(() => (document.body.contains(table) ? refresh() : clearInterval(timer)), 3000);
+}
+
+// ---- playground -----------------------------------------------------------------------
+
+async function playgroundPage() {
+  const models = (await api("/v1/models")).data.filter((m) =>
+    (m.model_ability || []).includes("chat"),
+  );
+  const select = h(
+    "select",
+    { id: "chat-model", "aria-label": "Model" },
+    models.map((m) => h("option", { value: m.model_uid }, m.model_uid)),
+  );
+  const system = h("textarea", { id: "chat-system", rows: "2", "aria-label": "System prompt", placeholder: "System prompt (optional)" });
+  const temperature = h("input", { id: "chat-temperature", type: "number", min: "0", max: "2", step: "0.1", value: "0.7", "aria-label": "Temperature" });
+  const maxTokens = h("input", { id: "chat-max-tokens", type: "number", min: "1", value: "256", "aria-label": "Max tokens" });
+  const log = h("div", { id: "chat-log", class: "chat-log", "aria-live": "polite" });
+  const input = h("textarea", { id: "chat-input", rows: "2", "aria-label": "Message", placeholder: "Say something" });
+  const history = [];
+  const send = h("button", { type: "submit", id: "chat-send" }, "Send");
+  const form = h(
+    "form",
+    { class: "chat-form" },
+    input,
+    send,
+  );
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const text = input.value.trim();
+    if (!text || !select.value) return;
+    input.value = "";
+    history.push({ role: "user", content: text });
+    log.append(h("div", { class: "msg user" }, text));
+    const answer = h("div", { class: "msg assistant" });
+    log.append(answer);
+    send.disabled = true;
+    try {
+      const messages = system.value.trim()
+        ? [{ role: "system", content: system.value.trim() }, ...history]
+        : history;
+      const reply = await streamChat(select.value, messages, Number(temperature.value), Number(maxTokens.value), (token) => {
+        answer.textContent += token;
+        log.scrollTop = log.scrollHeight;
+      });
+      history.push({ role: "assistant", content: reply });
+      answer.dataset.done = "true";
+    } catch (error) {
+      answer.classList.add("error");
+      answer.textContent = error.message;
+    } finally {
+      send.disabled = false;
+    }
+  });
+  page.replaceChildren(
+    h("h1", {}, "Playground"),
+    models.length
+      ? h(
+          "div",
+          { class: "playground" },
+          h(
+            "aside",
+            {},
+            h("label", {}, h("span", {}, "Model"), select),
+            h("label", {}, h("span", {}, "System prompt"), system),
+            h("label", {}, h("span", {}, "Temperature"), temperature),
+            h("label", {}, h("span", {}, "Max tokens"), maxTokens),
+            h("details", {}, h("summary", {}, "Code"), h("pre", { id: "snippet" }, snippet(select.value))),
+          ),
+          h("section", {}, log, form),
+        )
+      : h("p", { class: "muted" }, "No chat model is running. Launch one from the catalogue."),
+  );
+  select.addEventListener("change", () => {
+    document.getElementById("snippet").textContent = snippet(select.value);
+  });
+}
+
+function snippet(uid) {
+  const base = `${location.origin}/v1`;
+  return `from openai import OpenAI
+
+client = OpenAI(base_url="${base}", api_key="unused")
+reply = client.chat.completions.create(
+    model="${uid}", messages=[{"role": "user", "content": "Hello"}]
+)
+
+curl ${base}/chat/completions -H 'Content-Type: application/json' \\
+  -d '{"model": "${uid}", "messages": [{"role": "user", "content": "Hello"}]}'`;
+}
+
+// Streams a chat answer, calling `onToken` for each piece; resolves with the whole text.
+async function streamChat(model, messages, temperature, maxTokens, onToken) {
+  const response = await fetch("/v1/chat/completions", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ model, messages, temperature, max_tokens: maxTokens, stream: true }),
+  });
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    throw new Error(body?.error?.message || response.statusText);
+  }
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  let text = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const event = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      if (!event.startsWith("data: ") || event === "data: [DONE]") continue;
+      const chunk = JSON.parse(event.slice(6));
+      if (chunk.error) throw new Error(chunk.error.message);
+      const token = chunk.choices?.[0]?.delta?.content || "";
+      if (token) {
+        text += token;
+        onToken(token);
+      }
+    }
+  }
+  return text;
+}
+
+// ---- routing --------------------------------------------------------------------------
+
+const PAGES = { catalog: catalogPage, running: runningPage, playground: playgroundPage };
+
+async function route() {
+  const name = location.hash.replace(/^#\//, "") || "catalog";
+  const render = PAGES[name] || catalogPage;
+  for (const link of document.querySelectorAll("nav a")) {
+    link.toggleAttribute("aria-current", link.dataset.page === name);
+  }
+  try {
+    await render();
+  } catch (error) {
+    page.replaceChildren(h("p", { class: "error", role: "alert" }, error.message));
+  }
+}
+
+window.addEventListener("hashchange", route);
+route();

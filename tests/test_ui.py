@@ -1,0 +1,131 @@
+"""The web UI in a real Chromium (Debian's, driven by Playwright): launch the demo models from the
+catalogue and watch their progress, see them running, chat and watch the tokens arrive, and
+terminate one. Screenshots land in `test-artifacts/ui/` for a person to look at."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.conftest import EMBEDDING, LLM, InferdServer
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "ui"
+# This machine's network is closed: without these, Chromium keeps trying Google's services.
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InferdServer]:
+    srv = InferdServer(tmp_path_factory.mktemp("inferd-ui"))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser, server: InferdServer) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda error: errors.append(str(error)))
+    yield tab
+    context.close()
+    assert not errors, f"the page threw: {errors}"
+
+
+def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def launch_from_catalogue(page: Page, server: InferdServer, kind: str, name: str, uid: str) -> None:
+    page.goto(f"{server.url}/#/catalog")
+    page.get_by_label("Model type").select_option(kind)
+    page.get_by_label("Search models").fill(name)
+    card = page.locator(f'article.card[data-model="{name}"]')
+    expect(card).to_be_visible()
+    card.get_by_role("button", name=f"Launch {name}").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog.get_by_label("Engine, format, size, quantization")).to_be_visible()
+    dialog.get_by_label("Model UID").fill(uid)
+    dialog.get_by_role("button", name="Launch", exact=True).click()
+    expect(dialog.locator("#launch-stage")).to_be_visible()
+    expect(dialog.locator("#launch-stage")).to_have_text("ready", timeout=180_000)
+    expect(page.locator("#toast")).to_contain_text(f"{uid} is ready")
+    shot(page, f"02-launch-{uid}")
+    dialog.get_by_role("button", name="Close").click()
+    expect(dialog).to_have_count(0)
+
+
+def test_launch_the_demo_models_from_the_catalogue(page: Page, server: InferdServer) -> None:
+    page.goto(server.url)
+    expect(page.get_by_role("heading", name="Catalogue")).to_be_visible()
+    expect(page.locator("article.card").first).to_be_visible()
+    shot(page, "01-catalogue")
+
+    launch_from_catalogue(page, server, "embedding", EMBEDDING, "ui-embed")
+    launch_from_catalogue(page, server, "LLM", LLM, "ui-chat")
+    shot(page, "02-launched-both")
+    assert {"ui-embed", "ui-chat"} <= {
+        uid for uid, m in server.models().items() if m["status"] == "ready"
+    }
+
+
+def test_running_models_lists_them(page: Page, server: InferdServer) -> None:
+    page.goto(f"{server.url}/#/running")
+    for uid in ("ui-embed", "ui-chat"):
+        row = page.locator(f'tr[data-uid="{uid}"]')
+        expect(row.locator("td.status")).to_have_text("ready")
+    expect(page.locator('tr[data-uid="ui-chat"]')).to_contain_text("llama.cpp")
+    shot(page, "03-running")
+
+
+def test_chat_streams_tokens_into_the_page(page: Page, server: InferdServer) -> None:
+    page.goto(f"{server.url}/#/playground")
+    page.get_by_label("Model").select_option("ui-chat")
+    page.get_by_label("Max tokens").fill("24")
+    # Count how often the answer's text changes: streamed tokens arrive one by one.
+    page.evaluate(
+        """() => {
+          window.updates = 0;
+          new MutationObserver(() => window.updates++).observe(
+            document.getElementById('chat-log'),
+            {subtree: true, childList: true, characterData: true});
+        }"""
+    )
+    page.get_by_label("Message").fill("Tell me about the sea.")
+    page.get_by_role("button", name="Send").click()
+    answer = page.locator('.msg.assistant[data-done="true"]')
+    expect(answer).to_be_visible(timeout=60_000)
+    assert answer.inner_text().strip()
+    assert page.evaluate("window.updates") >= 4
+    shot(page, "04-playground")
+
+
+def test_terminate_from_the_running_page(page: Page, server: InferdServer) -> None:
+    page.goto(f"{server.url}/#/running")
+    page.get_by_role("button", name="Terminate ui-embed").click()
+    expect(page.locator('tr[data-uid="ui-embed"]')).to_have_count(0, timeout=30_000)
+    assert "ui-embed" not in server.models()
+    shot(page, "05-terminated")
