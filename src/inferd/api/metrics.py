@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from inferd.runtime.manager import ModelManager
+from inferd.runtime.process import resident_bytes
 from inferd.runtime.replica import Replica
 
 router = APIRouter()
@@ -84,21 +85,13 @@ class _ModelState(Collector):
             statuses: dict[str, int] = {}
             for replica in instance.replicas:
                 statuses[replica.status] = statuses.get(replica.status, 0) + 1
-                if replica.pid is not None and (rss := _resident_bytes(replica.pid)) is not None:
+                if replica.pid is not None and (rss := resident_bytes(replica.pid)) is not None:
                     memory.add_metric([instance.uid, str(replica.index)], rss)
             for status, count in statuses.items():
                 replicas.add_metric([instance.uid, status], count)
             inflight.add_metric([instance.uid], instance.inflight)
             restarts.add_metric([instance.uid], sum(r.restarts for r in instance.replicas))
         yield from (replicas, inflight, restarts, memory)
-
-
-def _resident_bytes(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None  # not Linux, or the process just ended
 
 
 def watch(manager: ModelManager) -> _ModelState:

@@ -155,6 +155,7 @@ class ModelInstance:
                 "restarts": r.restarts,
                 "started": r.started,
                 "gpus": r.config.gpus,
+                "memory_bytes": resident_bytes(r.pid) if r.pid is not None else None,
             }
             for r in self.replicas
         ]

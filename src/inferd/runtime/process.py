@@ -143,3 +143,12 @@ class ModelProcess:
         if self.proc is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def resident_bytes(pid: int) -> int | None:
+    """A process's resident memory, engine threads and all; None off Linux or once it ended."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None

@@ -56,7 +56,15 @@ function size(text) {
 
 // ---- catalogue ------------------------------------------------------------------------
 
-const catalogState = { type: "LLM", query: "", families: {}, cached: new Set() };
+const catalogState = {
+  type: "LLM",
+  query: "",
+  ability: "",
+  format: "",
+  cachedOnly: false,
+  families: {},
+  cached: new Set(),
+};
 
 async function catalogPage() {
   const search = h("input", {
@@ -83,10 +91,46 @@ async function catalogPage() {
     },
     TYPES.map((t) => h("option", { value: t, selected: t === catalogState.type }, t)),
   );
+  const filter = (label, key, values) =>
+    h(
+      "select",
+      {
+        "aria-label": label,
+        onchange: (e) => {
+          catalogState[key] = e.target.value;
+          renderCards();
+        },
+      },
+      h("option", { value: "" }, `Any ${label.toLowerCase()}`),
+      values.map((v) => h("option", { value: v, selected: catalogState[key] === v }, v)),
+    );
+  const abilities = ["chat", "generate", "tools", "vision", "reasoning", "embed", "rerank"];
+  const formats = ["ggufv2", "pytorch", "awq", "gptq", "fp8", "ct2", "onnx"];
+  const cachedOnly = h(
+    "label",
+    { class: "inline" },
+    h("input", {
+      type: "checkbox",
+      checked: catalogState.cachedOnly,
+      onchange: (e) => {
+        catalogState.cachedOnly = e.target.checked;
+        renderCards();
+      },
+    }),
+    "Cached only",
+  );
   const cards = h("div", { class: "cards", id: "cards" });
   page.replaceChildren(
     h("h1", {}, "Catalogue"),
-    h("div", { class: "toolbar" }, search, typeSelect),
+    h(
+      "div",
+      { class: "toolbar" },
+      search,
+      typeSelect,
+      filter("Ability", "ability", abilities),
+      filter("Format", "format", formats),
+      cachedOnly,
+    ),
     cards,
   );
   await loadFamilies();
@@ -110,11 +154,15 @@ function renderCards() {
   const cards = document.getElementById("cards");
   if (!cards) return;
   const query = catalogState.query;
+  const { ability, format, cachedOnly } = catalogState;
   const families = (catalogState.families[catalogState.type] || []).filter(
     (f) =>
-      !query ||
-      f.model_name.toLowerCase().includes(query) ||
-      (f.model_description || "").toLowerCase().includes(query),
+      (!query ||
+        f.model_name.toLowerCase().includes(query) ||
+        (f.model_description || "").toLowerCase().includes(query)) &&
+      (!ability || (f.model_ability || []).includes(ability)) &&
+      (!format || (f.model_specs || []).some((spec) => spec.model_format === format)) &&
+      (!cachedOnly || catalogState.cached.has(f.model_name)),
   );
   cards.replaceChildren(
     ...families.slice(0, 200).map((f) => {
@@ -367,31 +415,56 @@ async function runningPage() {
 // ---- playground -----------------------------------------------------------------------
 
 async function playgroundPage() {
-  const models = (await api("/v1/models")).data.filter((m) =>
-    (m.model_ability || []).includes("chat"),
-  );
+  const models = (await api("/v1/models")).data.filter((m) => m.status === "ready");
+  if (!models.length) {
+    page.replaceChildren(
+      h("h1", {}, "Playground"),
+      h("p", { class: "muted" }, "No model is ready. Launch one from the catalogue."),
+    );
+    return;
+  }
   const select = h(
     "select",
-    { id: "chat-model", "aria-label": "Model" },
-    models.map((m) => h("option", { value: m.model_uid }, m.model_uid)),
+    { id: "play-model", "aria-label": "Model" },
+    models.map((m) => h("option", { value: m.model_uid }, `${m.model_uid} (${m.model_type})`)),
   );
+  const side = h("aside", {}, h("label", {}, h("span", {}, "Model"), select));
+  const main = h("section", {});
+  const code = h("pre", { id: "snippet" });
+  page.replaceChildren(
+    h("h1", {}, "Playground"),
+    h("div", { class: "playground" }, side, main),
+  );
+  const show = () => {
+    const model = models.find((m) => m.model_uid === select.value);
+    side.replaceChildren(side.firstChild);
+    code.textContent = snippet(model);
+    const panel = { embedding: embedPanel, rerank: rerankPanel }[model.model_type] || chatPanel;
+    panel(model, side, main);
+    side.append(h("details", {}, h("summary", {}, "Code"), code));
+  };
+  select.addEventListener("change", show);
+  show();
+}
+
+function chatPanel(model, side, main) {
   const system = h("textarea", { id: "chat-system", rows: "2", "aria-label": "System prompt", placeholder: "System prompt (optional)" });
   const temperature = h("input", { id: "chat-temperature", type: "number", min: "0", max: "2", step: "0.1", value: "0.7", "aria-label": "Temperature" });
   const maxTokens = h("input", { id: "chat-max-tokens", type: "number", min: "1", value: "256", "aria-label": "Max tokens" });
+  side.append(
+    h("label", {}, h("span", {}, "System prompt"), system),
+    h("label", {}, h("span", {}, "Temperature"), temperature),
+    h("label", {}, h("span", {}, "Max tokens"), maxTokens),
+  );
   const log = h("div", { id: "chat-log", class: "chat-log", "aria-live": "polite" });
   const input = h("textarea", { id: "chat-input", rows: "2", "aria-label": "Message", placeholder: "Say something" });
-  const history = [];
   const send = h("button", { type: "submit", id: "chat-send" }, "Send");
-  const form = h(
-    "form",
-    { class: "chat-form" },
-    input,
-    send,
-  );
+  const form = h("form", { class: "chat-form" }, input, send);
+  const history = [];
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const text = input.value.trim();
-    if (!text || !select.value) return;
+    if (!text) return;
     input.value = "";
     history.push({ role: "user", content: text });
     log.append(h("div", { class: "msg user" }, text));
@@ -402,7 +475,7 @@ async function playgroundPage() {
       const messages = system.value.trim()
         ? [{ role: "system", content: system.value.trim() }, ...history]
         : history;
-      const reply = await streamChat(select.value, messages, Number(temperature.value), Number(maxTokens.value), (token) => {
+      const reply = await streamChat(model.model_uid, messages, Number(temperature.value), Number(maxTokens.value), (token) => {
         answer.textContent += token;
         log.scrollTop = log.scrollHeight;
       });
@@ -415,37 +488,95 @@ async function playgroundPage() {
       send.disabled = false;
     }
   });
-  page.replaceChildren(
-    h("h1", {}, "Playground"),
-    models.length
-      ? h(
-          "div",
-          { class: "playground" },
-          h(
-            "aside",
-            {},
-            h("label", {}, h("span", {}, "Model"), select),
-            h("label", {}, h("span", {}, "System prompt"), system),
-            h("label", {}, h("span", {}, "Temperature"), temperature),
-            h("label", {}, h("span", {}, "Max tokens"), maxTokens),
-            h("details", {}, h("summary", {}, "Code"), h("pre", { id: "snippet" }, snippet(select.value))),
-          ),
-          h("section", {}, log, form),
-        )
-      : h("p", { class: "muted" }, "No chat model is running. Launch one from the catalogue."),
-  );
-  select.addEventListener("change", () => {
-    document.getElementById("snippet").textContent = snippet(select.value);
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey) {
+      event.preventDefault();
+      form.requestSubmit();
+    }
   });
+  main.replaceChildren(log, form);
 }
 
-function snippet(uid) {
+function embedPanel(model, side, main) {
+  const texts = h("textarea", { id: "embed-input", rows: "5", "aria-label": "Texts, one per line" });
+  texts.value = "The sea is deep.\nThe ocean is vast.\nI like trains.";
+  const out = h("div", { id: "embed-result", role: "status" });
+  const form = h("form", { class: "stack" }, h("label", {}, h("span", {}, "Texts, one per line"), texts), h("button", { type: "submit" }, "Embed"), out);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const input = texts.value.split("\n").map((t) => t.trim()).filter(Boolean);
+    try {
+      const result = await api("/v1/embeddings", { method: "POST", body: JSON.stringify({ model: model.model_uid, input }) });
+      const vectors = result.data.map((d) => d.embedding);
+      const cosine = (a, b) => {
+        let dot = 0, na = 0, nb = 0;
+        for (let i = 0; i < a.length; i++) { dot += a[i] * b[i]; na += a[i] * a[i]; nb += b[i] * b[i]; }
+        return dot / Math.sqrt(na * nb);
+      };
+      out.replaceChildren(
+        h("p", {}, `${vectors.length} vectors of ${vectors[0].length} dimensions, ${result.usage.prompt_tokens} tokens`),
+        h("table", { class: "similarity" },
+          h("caption", {}, "Cosine similarity"),
+          h("tbody", {}, vectors.map((a, i) => h("tr", {}, h("th", { scope: "row" }, input[i]), vectors.map((b) => h("td", {}, cosine(a, b).toFixed(3)))))),
+        ),
+      );
+    } catch (error) {
+      out.replaceChildren(h("p", { class: "error" }, error.message));
+    }
+  });
+  main.replaceChildren(form);
+}
+
+function rerankPanel(model, side, main) {
+  const query = h("input", { id: "rerank-query", value: "Where do whales live?", "aria-label": "Query" });
+  const docs = h("textarea", { id: "rerank-docs", rows: "5", "aria-label": "Documents, one per line" });
+  docs.value = "Whales live in the ocean.\nTrains run on rails.\nThe sea is home to many animals.";
+  const out = h("ol", { id: "rerank-result" });
+  const form = h("form", { class: "stack" }, h("label", {}, h("span", {}, "Query"), query), h("label", {}, h("span", {}, "Documents, one per line"), docs), h("button", { type: "submit" }, "Rerank"), out);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const documents = docs.value.split("\n").map((t) => t.trim()).filter(Boolean);
+    try {
+      const result = await api("/v1/rerank", { method: "POST", body: JSON.stringify({ model: model.model_uid, query: query.value, documents }) });
+      out.replaceChildren(...result.results.map((r) => h("li", {}, `${documents[r.index]} — ${r.relevance_score.toFixed(3)}`)));
+    } catch (error) {
+      out.replaceChildren(h("li", { class: "error" }, error.message));
+    }
+  });
+  main.replaceChildren(form);
+}
+
+function snippet(model) {
   const base = `${location.origin}/v1`;
+  const uid = model.model_uid;
+  if (model.model_type === "embedding") {
+    return `from openai import OpenAI
+
+client = OpenAI(base_url="${base}", api_key="unused")
+vectors = client.embeddings.create(model="${uid}", input=["one", "two"])
+
+curl ${base}/embeddings -H 'Content-Type: application/json' \\
+  -d '{"model": "${uid}", "input": ["one", "two"]}'`;
+  }
+  if (model.model_type === "rerank") {
+    return `from xinference_client import RESTfulClient
+
+model = RESTfulClient("${location.origin}").get_model("${uid}")
+model.rerank(["doc one", "doc two"], "query")
+
+curl ${base}/rerank -H 'Content-Type: application/json' \\
+  -d '{"model": "${uid}", "query": "q", "documents": ["a", "b"]}'`;
+  }
   return `from openai import OpenAI
 
 client = OpenAI(base_url="${base}", api_key="unused")
 reply = client.chat.completions.create(
     model="${uid}", messages=[{"role": "user", "content": "Hello"}]
+)
+
+from xinference_client import RESTfulClient
+RESTfulClient("${location.origin}").get_model("${uid}").chat(
+    messages=[{"role": "user", "content": "Hello"}]
 )
 
 curl ${base}/chat/completions -H 'Content-Type: application/json' \\
@@ -488,9 +619,258 @@ async function streamChat(model, messages, temperature, maxTokens, onToken) {
   return text;
 }
 
+// ---- registrations ---------------------------------------------------------------------
+
+const EXAMPLE = {
+  version: 2,
+  model_name: "my-model",
+  model_lang: ["en"],
+  model_ability: ["embed"],
+  dimensions: 384,
+  max_tokens: 512,
+  model_specs: [
+    {
+      model_format: "pytorch",
+      model_size_in_billions: "0_02",
+      quantizations: ["none"],
+      model_id: "local/my-model",
+      model_uri: "/path/to/the/model/folder",
+    },
+  ],
+};
+
+async function registrationsPage() {
+  const type = h(
+    "select",
+    { id: "register-type", "aria-label": "Registration type" },
+    TYPES.map((t) => h("option", { value: t, selected: t === "embedding" }, t)),
+  );
+  const definition = h("textarea", {
+    id: "register-json",
+    rows: "16",
+    spellcheck: "false",
+    "aria-label": "Model definition (JSON)",
+  });
+  definition.value = JSON.stringify(EXAMPLE, null, 2);
+  const upload = h("input", {
+    type: "file",
+    accept: ".json,application/json",
+    "aria-label": "Load a JSON file",
+    onchange: async (e) => {
+      const file = e.target.files[0];
+      if (file) definition.value = await file.text();
+    },
+  });
+  const persist = h("input", { type: "checkbox", id: "register-persist", checked: true });
+  const result = h("p", { id: "register-result", role: "status" });
+  const list = h("table", { id: "registrations" });
+  const form = h(
+    "form",
+    { class: "register" },
+    h("label", {}, h("span", {}, "Type"), type),
+    h("label", {}, h("span", {}, "Model definition (Xinference's JSON)"), definition),
+    h("label", {}, h("span", {}, "Or load a file"), upload),
+    h("label", { class: "inline" }, persist, "Keep it after a restart"),
+    h("div", { class: "actions" }, h("button", { type: "submit" }, "Register")),
+    result,
+  );
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    let model;
+    try {
+      model = JSON.parse(definition.value);
+    } catch (error) {
+      result.className = "error";
+      result.textContent = `Not JSON: ${error.message}`;
+      return;
+    }
+    try {
+      await api(`/v1/model_registrations/${type.value}`, {
+        method: "POST",
+        body: JSON.stringify({ model, persist: persist.checked }),
+      });
+      result.className = "";
+      result.textContent = `Registered ${model.model_name}`;
+      delete catalogState.families[type.value];
+      await refresh();
+    } catch (error) {
+      result.className = "error";
+      result.textContent = error.message;
+    }
+  });
+  const refresh = async () => {
+    const rows = [];
+    for (const t of TYPES) {
+      for (const f of await api(`/v1/model_registrations/${t}`)) {
+        if (!f.is_builtin) rows.push({ type: t, name: f.model_name });
+      }
+    }
+    list.replaceChildren(
+      h("thead", {}, h("tr", {}, ["Name", "Type", ""].map((c) => h("th", { scope: "col" }, c)))),
+      h(
+        "tbody",
+        {},
+        rows.map((r) =>
+          h(
+            "tr",
+            { "data-registration": r.name },
+            h("td", {}, r.name),
+            h("td", {}, r.type),
+            h(
+              "td",
+              { class: "actions" },
+              h(
+                "button",
+                {
+                  type: "button",
+                  class: "danger",
+                  "aria-label": `Unregister ${r.name}`,
+                  onclick: async () => {
+                    try {
+                      await api(`/v1/model_registrations/${r.type}/${encodeURIComponent(r.name)}`, {
+                        method: "DELETE",
+                      });
+                      delete catalogState.families[r.type];
+                      await refresh();
+                    } catch (error) {
+                      toast(error.message, "error");
+                    }
+                  },
+                },
+                "Unregister",
+              ),
+            ),
+          ),
+        ),
+      ),
+    );
+    if (!rows.length) list.append(h("caption", {}, "No custom models yet."));
+  };
+  page.replaceChildren(
+    h("h1", {}, "Registrations"),
+    h(
+      "p",
+      { class: "muted" },
+      "Register weights you already have: point model_uri at their folder (or GGUF file); nothing is downloaded.",
+    ),
+    h("div", { class: "two" }, form, h("section", {}, h("h2", {}, "Custom models"), list)),
+  );
+  await refresh();
+}
+
+// ---- cache ----------------------------------------------------------------------------
+
+async function cachePage() {
+  const table = h("table", { id: "cache" });
+  page.replaceChildren(h("h1", {}, "Cache"), table);
+  const refresh = async () => {
+    const entries = (await api("/v1/cache/models")).list;
+    const total = entries.reduce((sum, e) => sum + (e.size_bytes || 0), 0);
+    table.replaceChildren(
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          ["Model", "Variant", "Size", "Source", "Last used", ""].map((c) =>
+            h("th", { scope: "col" }, c),
+          ),
+        ),
+      ),
+      h(
+        "tbody",
+        {},
+        entries.map((e) =>
+          h(
+            "tr",
+            { "data-version": e.model_version },
+            h("td", {}, e.model_name),
+            h("td", {}, `${e.model_format} · ${size(e.model_size_in_billions)}B · ${e.quantization}`),
+            h("td", {}, bytes(e.size_bytes)),
+            h("td", {}, e.source),
+            h("td", {}, new Date(e.last_used * 1000).toLocaleString()),
+            h(
+              "td",
+              { class: "actions" },
+              h(
+                "button",
+                {
+                  type: "button",
+                  class: "danger",
+                  "aria-label": `Remove ${e.model_version}`,
+                  onclick: async () => {
+                    try {
+                      const version = encodeURIComponent(e.model_version);
+                      await api(`/v1/cache/models?model_version=${version}`, { method: "DELETE" });
+                      toast(`Removed ${e.model_version}`);
+                      await refresh();
+                    } catch (error) {
+                      toast(error.message, "error");
+                    }
+                  },
+                },
+                "Remove",
+              ),
+            ),
+          ),
+        ),
+      ),
+      h("caption", {}, entries.length ? `${entries.length} cached, ${bytes(total)} in all` : "The cache is empty."),
+    );
+  };
+  await refresh();
+}
+
+// ---- cluster --------------------------------------------------------------------------
+
+async function clusterPage() {
+  const [workers, models] = await Promise.all([api("/v1/workers"), api("/v1/models")]);
+  page.replaceChildren(
+    h("h1", {}, "Cluster"),
+    ...workers.map((w) => {
+      const used = w.memory_total && w.memory_available ? 1 - w.memory_available / w.memory_total : 0;
+      return h(
+        "section",
+        { class: "node", "data-node": w.node },
+        h("h2", {}, w.node),
+        h("p", {}, `inferd ${w.version} · ${w.cpu_count} CPUs`),
+        h(
+          "label",
+          {},
+          h("span", {}, `Memory: ${bytes(w.memory_total - w.memory_available)} of ${bytes(w.memory_total)}`),
+          h("meter", { min: "0", max: "1", value: String(used), "aria-label": "Memory in use" }),
+        ),
+        (w.gpus || []).map((g) =>
+          h(
+            "label",
+            {},
+            h("span", {}, `GPU ${g.index} ${g.name}: ${bytes(g.memory_total - g.memory_free)} of ${bytes(g.memory_total)}`),
+            h("meter", { min: "0", max: "1", value: String(1 - g.memory_free / g.memory_total) }),
+          ),
+        ),
+        w.gpu_count ? null : h("p", { class: "muted" }, "No GPU: models run on the CPU."),
+        h("h3", {}, "Models"),
+        h(
+          "ul",
+          {},
+          models.data.map((m) => h("li", {}, `${m.model_uid} (${m.model_engine}, ${m.status})`)),
+        ),
+      );
+    }),
+  );
+}
+
 // ---- routing --------------------------------------------------------------------------
 
-const PAGES = { catalog: catalogPage, running: runningPage, playground: playgroundPage };
+const PAGES = {
+  catalog: catalogPage,
+  running: runningPage,
+  playground: playgroundPage,
+  registrations: registrationsPage,
+  cache: cachePage,
+  cluster: clusterPage,
+};
 
 async function route() {
   const name = location.hash.replace(/^#\//, "") || "catalog";
