@@ -5,6 +5,7 @@ terminate one. Screenshots land in `test-artifacts/ui/` for a person to look at.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,6 +85,16 @@ def test_launch_the_demo_models_from_the_catalogue(page: Page, server: InferdSer
     expect(page.get_by_role("heading", name="Catalogue")).to_be_visible()
     expect(page.locator("article.card").first).to_be_visible()
     shot(page, "01-catalogue")
+    # Filters narrow the cards: GGUF models under 1B parameters.
+    cards = page.locator("article.card")
+    everything = cards.count()
+    page.get_by_label("Format").select_option("ggufv2")
+    page.get_by_label("Size").select_option("under 1B")
+    assert 0 < cards.count() < everything
+    expect(page.locator('article.card[data-model="gemma-3-270m"]')).to_be_visible()
+    page.get_by_label("Format").select_option("")
+    page.get_by_label("Size").select_option("")
+    expect(cards).to_have_count(everything)
 
     launch_from_catalogue(page, server, "embedding", EMBEDDING, "ui-embed")
     launch_from_catalogue(page, server, "LLM", LLM, "ui-chat")
@@ -98,7 +109,11 @@ def test_running_models_lists_them(page: Page, server: InferdServer) -> None:
     for uid in ("ui-embed", "ui-chat"):
         row = page.locator(f'tr[data-uid="{uid}"]')
         expect(row.locator("td.status")).to_have_text("ready")
-    expect(page.locator('tr[data-uid="ui-chat"]')).to_contain_text("llama.cpp")
+    chat = page.locator('tr[data-uid="ui-chat"]')
+    expect(chat).to_contain_text("llama.cpp")
+    expect(chat).to_contain_text("MB")  # the process's memory
+    # Requests per second, measured between two looks.
+    expect(chat.locator("td.rate")).to_have_text(re.compile(r"^\d+\.\d$"), timeout=10_000)
     shot(page, "03-running")
 
 
@@ -191,8 +206,15 @@ def test_cache_and_cluster_pages(page: Page, server: InferdServer) -> None:
     shot(page, "08-cluster")
 
 
-def test_terminate_from_the_running_page(page: Page, server: InferdServer) -> None:
+def test_relaunch_and_terminate_from_the_running_page(page: Page, server: InferdServer) -> None:
+    before = server.models()["ui-chat"]["pid"]
     page.goto(f"{server.url}/#/running")
+    page.get_by_role("button", name="Relaunch ui-chat").click()
+    expect(page.locator("#toast")).to_contain_text("ui-chat relaunched")
+    chat = page.locator('tr[data-uid="ui-chat"] td.status')
+    expect(chat).to_have_text("ready", timeout=120_000)
+    after = server.models()["ui-chat"]
+    assert after["pid"] != before and after["model_engine"] == "llama.cpp"
     page.get_by_role("button", name="Terminate ui-embed").click()
     expect(page.locator('tr[data-uid="ui-embed"]')).to_have_count(0, timeout=30_000)
     assert "ui-embed" not in server.models()

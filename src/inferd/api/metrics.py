@@ -7,7 +7,6 @@ latencies), labelled with the model's uid and replica."""
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 
 from fastapi import APIRouter, Request

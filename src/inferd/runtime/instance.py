@@ -19,6 +19,7 @@ from inferd.catalog import (
 from inferd.engines import Engine
 from inferd.errors import UnsupportedOperation
 from inferd.runtime.launch import LaunchRequest
+from inferd.runtime.process import resident_bytes
 from inferd.runtime.replica import Replica
 from inferd.storage.download import DownloadProgress
 
@@ -180,6 +181,7 @@ class ModelInstance:
             "created": int(self.created),
             "pid": replicas[0]["pid"] if replicas else None,
             "idle_timeout": self.request.idle_timeout,
+            "launch": self.request.persisted(),  # what launches it again, options and all
             "address": "local",
             # Xinference's field: the GPUs the model holds, as strings.
             "accelerators": sorted({str(g) for r in self.replicas for g in r.config.gpus}),

@@ -56,11 +56,16 @@ function size(text) {
 
 // ---- catalogue ------------------------------------------------------------------------
 
+// Size filter buckets, in billions of parameters.
+const SIZES = { "under 1B": [0, 1], "1B-10B": [1, 10], "10B-100B": [10, 100], "100B and up": [100, 1e9] };
+
 const catalogState = {
   type: "LLM",
   query: "",
   ability: "",
   format: "",
+  lang: "",
+  size: "",
   cachedOnly: false,
   families: {},
   cached: new Set(),
@@ -129,6 +134,8 @@ async function catalogPage() {
       typeSelect,
       filter("Ability", "ability", abilities),
       filter("Format", "format", formats),
+      filter("Language", "lang", ["en", "zh", "multilingual"]),
+      filter("Size", "size", Object.keys(SIZES)),
       cachedOnly,
     ),
     cards,
@@ -154,7 +161,17 @@ function renderCards() {
   const cards = document.getElementById("cards");
   if (!cards) return;
   const query = catalogState.query;
-  const { ability, format, cachedOnly } = catalogState;
+  const { ability, format, lang, size: bucket, cachedOnly } = catalogState;
+  const sized = (f) =>
+    (f.model_specs || []).some((spec) => {
+      const billions = Number(String(spec.model_size_in_billions).replace("_", "."));
+      const [low, high] = SIZES[bucket];
+      return billions >= low && billions < high;
+    });
+  const speaks = (f) => {
+    const langs = f.model_lang || [];
+    return lang === "multilingual" ? langs.length > 2 : langs.includes(lang);
+  };
   const families = (catalogState.families[catalogState.type] || []).filter(
     (f) =>
       (!query ||
@@ -162,6 +179,8 @@ function renderCards() {
         (f.model_description || "").toLowerCase().includes(query)) &&
       (!ability || (f.model_ability || []).includes(ability)) &&
       (!format || (f.model_specs || []).some((spec) => spec.model_format === format)) &&
+      (!lang || speaks(f)) &&
+      (!bucket || sized(f)) &&
       (!cachedOnly || catalogState.cached.has(f.model_name)),
   );
   cards.replaceChildren(
@@ -345,12 +364,37 @@ function followLaunch(uid, box) {
 
 // ---- running models -------------------------------------------------------------------
 
+function duration(seconds) {
+  if (seconds < 90) return `${Math.round(seconds)} s`;
+  if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
+  return `${(seconds / 3600).toFixed(1)} h`;
+}
+
 async function runningPage() {
   const table = h("table", { id: "running" });
   page.replaceChildren(h("h1", {}, "Running models"), table);
+  let last = { at: 0, served: {} };
+  const act = async (label, work) => {
+    try {
+      await work();
+      toast(label);
+      refresh();
+    } catch (error) {
+      toast(error.message, "error");
+    }
+  };
   const refresh = async () => {
     if (!document.body.contains(table)) return;
     const models = (await api("/v1/models")).data;
+    // Requests per second from how many each model served since the last look.
+    const now = performance.now() / 1000;
+    const served = Object.fromEntries(
+      models.map((m) => [m.model_uid, m.replicas.reduce((n, r) => n + (r.served || 0), 0)]),
+    );
+    const previous = last;
+    last = { at: now, served };
+    const rate = (uid) =>
+      uid in previous.served ? (served[uid] - previous.served[uid]) / (now - previous.at) : 0;
     table.replaceChildren(
       h(
         "thead",
@@ -358,7 +402,7 @@ async function runningPage() {
         h(
           "tr",
           {},
-          ["UID", "Name", "Type", "Engine", "Status", "Replicas", "GPUs", ""].map((c) =>
+          ["UID", "Name", "Type", "Engine", "Status", "Replicas", "GPUs", "Memory", "Up", "Req/s", ""].map((c) =>
             h("th", { scope: "col" }, c),
           ),
         ),
@@ -377,6 +421,9 @@ async function runningPage() {
             h("td", { class: `status ${m.status}` }, m.status),
             h("td", {}, `${m.replicas.filter((r) => r.status === "ready").length}/${m.replica}`),
             h("td", {}, (m.accelerators || []).join(", ") || "CPU"),
+            h("td", {}, bytes(m.replicas.reduce((n, r) => n + (r.memory_bytes || 0), 0))),
+            h("td", {}, duration(Date.now() / 1000 - m.created)),
+            h("td", { class: "rate" }, previous.at ? rate(m.model_uid).toFixed(1) : "–"),
             h(
               "td",
               { class: "actions" },
@@ -385,19 +432,29 @@ async function runningPage() {
                 "button",
                 {
                   type: "button",
+                  "aria-label": `Relaunch ${m.model_uid}`,
+                  onclick: () =>
+                    act(`${m.model_uid} relaunched`, async () => {
+                      const uid = encodeURIComponent(m.model_uid);
+                      await api(`/v1/models/${uid}`, { method: "DELETE" });
+                      await api("/v1/models?wait_ready=false", {
+                        method: "POST",
+                        body: JSON.stringify(m.launch),
+                      });
+                    }),
+                },
+                "Relaunch",
+              ),
+              h(
+                "button",
+                {
+                  type: "button",
                   class: "danger",
                   "aria-label": `Terminate ${m.model_uid}`,
-                  onclick: async () => {
-                    try {
-                      await api(`/v1/models/${encodeURIComponent(m.model_uid)}`, {
-                        method: "DELETE",
-                      });
-                      toast(`${m.model_uid} terminated`);
-                      refresh();
-                    } catch (error) {
-                      toast(error.message, "error");
-                    }
-                  },
+                  onclick: () =>
+                    act(`${m.model_uid} terminated`, () =>
+                      api(`/v1/models/${encodeURIComponent(m.model_uid)}`, { method: "DELETE" }),
+                    ),
                 },
                 "Terminate",
               ),
