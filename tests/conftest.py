@@ -281,3 +281,34 @@ def tiny_bpe_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tokenizer_object=raw, bos_token=end, eos_token=end, pad_token=end
     )
     return _tiny_llama(tmp_path_factory.mktemp("tiny-bpe-llama"), tokenizer)
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's, which `make test` installs
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "ui"
+# This machine's network is closed: without these, Chromium keeps trying Google's services.
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """A real Chromium, driven by Playwright, for the web UI's tests."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+def shot(page: Any, name: str) -> None:
+    """A screenshot in test-artifacts/ui/, for a person to look at."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)

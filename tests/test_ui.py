@@ -10,24 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
-from tests.conftest import EMBEDDING, LLM, InferdServer
+from tests.conftest import EMBEDDING, LLM, InferdServer, shot
 
 pytestmark = pytest.mark.slow
-
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "ui"
-# This machine's network is closed: without these, Chromium keeps trying Google's services.
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +22,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InferdServer]:
     srv = InferdServer(tmp_path_factory.mktemp("inferd-ui"))
     yield srv
     srv.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture
@@ -54,11 +33,6 @@ def page(browser: Browser, server: InferdServer) -> Iterator[Page]:
     yield tab
     context.close()
     assert not errors, f"the page threw: {errors}"
-
-
-def shot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 def launch_from_catalogue(page: Page, server: InferdServer, kind: str, name: str, uid: str) -> None:

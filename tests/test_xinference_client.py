@@ -226,4 +226,4 @@ def test_what_inferd_does_not_offer_says_why(
             call()
     answer = httpx.post(f"{launched.url}/token", json={"username": "a", "password": "b"})
     assert answer.status_code == 400
-    assert "authentication is not enabled" in answer.json()["error"]["message"]
+    assert "api_key=KEY" in answer.json()["error"]["message"]

@@ -35,6 +35,28 @@ class NotFound(InferdError):
     code = "model_not_found"
 
 
+class Unauthorized(InferdError):
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(InferdError):
+    status_code = 403
+    error_type = "permission_error"
+    code = "forbidden"
+
+
+class TooManyRequests(InferdError):
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int, param: str | None = None):
+        super().__init__(message, param=param)
+        self.retry_after = retry_after
+
+
 class Conflict(InferdError):
     status_code = 409
     error_type = "invalid_request_error"

@@ -19,6 +19,8 @@ class Settings(BaseSettings):
     model_src: str = Field(default="huggingface", description="huggingface or modelscope")
     launch_timeout: float = Field(default=900.0, description="Seconds a model may take to load")
     terminate_timeout: float = Field(default=10.0, description="Seconds before a model is killed")
+    auth: bool = Field(default=False, description="Require an API key on every request")
+    api_key: str | None = Field(default=None, description="The key the CLI sends")
     request_wait: float = Field(
         default=30.0, description="Seconds a request waits for a restarting model before a 503"
     )

@@ -16,6 +16,7 @@ from inferd import __version__, ui
 from inferd.api import (
     audio,
     images,
+    keys,
     management,
     metrics,
     ollama,
@@ -24,6 +25,7 @@ from inferd.api import (
     system,
     unsupported,
 )
+from inferd.api.auth import AuthMiddleware
 from inferd.api.errors import install_error_handlers
 from inferd.catalog import get_catalog
 from inferd.errors import InferdError
@@ -67,7 +69,10 @@ def create_app(settings: Settings, launch: Sequence[str] = (), restore: bool = T
         version=__version__,
         lifespan=lifespan,
     )
+    app.state.settings = settings
     install_error_handlers(app)
+    if settings.auth:
+        app.add_middleware(AuthMiddleware, state_db=settings.state_db)
     app.include_router(openai_routes.router)
     app.include_router(rerank.router)
     app.include_router(audio.router)
@@ -77,6 +82,7 @@ def create_app(settings: Settings, launch: Sequence[str] = (), restore: bool = T
     app.include_router(system.router)
     app.include_router(ollama.router)
     app.include_router(metrics.router)
+    app.include_router(keys.router)
     ui.mount(app)
     return app
 

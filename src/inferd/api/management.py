@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
+from inferd.api.auth import check_model, visible
 from inferd.api.deps import manager as _manager
 from inferd.api.logs import follow_log, read_tail
 from inferd.catalog import AnyFamily, ModelType
@@ -28,6 +29,8 @@ async def list_models(request: Request) -> dict:
     """OpenAI's model list; each entry also carries Xinference's description fields."""
     data = []
     for instance in _manager(request).list():
+        if not visible(instance.uid):
+            continue  # a key limited to other models does not see this one
         info = instance.describe()
         data.append({"object": "model", "owned_by": "inferd", **info})
     return {"object": "list", "data": data}
@@ -65,6 +68,7 @@ async def abort_request(
 ) -> dict:
     """Cancel a running request by the id its client gave it; an id that has not arrived yet
     (or already finished) is refused for `block_duration` seconds, as in Xinference."""
+    check_model(model_uid)
     manager = _manager(request)
     instance = manager.get(model_uid)
     block = (body or AbortBody()).block_duration
@@ -80,7 +84,8 @@ async def instance_info(
     return [
         instance.describe()
         for instance in _manager(request).list()
-        if (model_name is None or instance.family.model_name == model_name)
+        if visible(instance.uid)
+        and (model_name is None or instance.family.model_name == model_name)
         and (model_uid is None or instance.uid == model_uid)
     ]
 
@@ -131,6 +136,7 @@ async def remove_replica(model_uid: str, replica_id: int, request: Request) -> d
 @router.get("/v1/models/{model_uid}")
 async def describe_model(model_uid: str, request: Request) -> dict:
     manager = _manager(request)
+    check_model(model_uid)
     info = manager.get(model_uid).describe()
     info["history"] = manager.store.events(model_uid, limit=20)
     return info
@@ -138,6 +144,7 @@ async def describe_model(model_uid: str, request: Request) -> dict:
 
 @router.get("/v1/models/{model_uid}/progress")
 async def launch_progress(model_uid: str, request: Request) -> dict:
+    check_model(model_uid)
     return _manager(request).get(model_uid).progress()
 
 
@@ -145,6 +152,7 @@ async def launch_progress(model_uid: str, request: Request) -> dict:
 async def launch_progress_events(model_uid: str, request: Request) -> StreamingResponse:
     """The launch's progress as server-sent events, one whenever it changes, ending when the
     model is ready, failed or gone: what a web page follows instead of polling."""
+    check_model(model_uid)
     manager = _manager(request)
     instance = manager.get(model_uid)
 
@@ -186,6 +194,7 @@ async def model_logs(
     follow: bool = False,
 ) -> Response:
     """The model process's log: its last `tail` lines, then new lines as they come if `follow`."""
+    check_model(model_uid)
     manager = _manager(request)
     instance = manager.get(model_uid)
     if replica >= max(instance.request.replica, 1):

@@ -14,6 +14,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
+from inferd.api.auth import check_model
 from inferd.api.metrics import FIRST_TOKEN, LATENCY, REQUESTS, TOKENS
 from inferd.errors import InvalidRequest, ModelUnavailable, RequestAborted
 from inferd.runtime.aborts import cancel
@@ -48,6 +49,7 @@ async def relay(
     stream: bool,
     client: Request | None = None,
 ) -> Response:
+    check_model(instance.uid)
     request_id = request_id_of(body, client)
     if manager.aborts.blocked(instance.uid, request_id):
         raise RequestAborted(request_id)

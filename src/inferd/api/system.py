@@ -14,9 +14,9 @@ router = APIRouter(prefix="/v1")
 
 
 @router.get("/cluster/auth")
-async def cluster_auth() -> dict:
+async def cluster_auth(request: Request) -> dict:
     """Whether clients must send a key; xinference-client asks this when it connects."""
-    return {"auth": False}
+    return {"auth": bool(request.app.state.settings.auth)}
 
 
 @router.get("/address")

@@ -53,8 +53,9 @@ _REFUSED: list[tuple[str, str, str, str]] = [
     (
         "POST",
         "/token",
-        "authentication is not enabled on this server (GET /v1/cluster/auth says so); send "
-        "requests without logging in",
+        "inferd has API keys, not user names and passwords: give the key to the client "
+        "(RESTfulClient(url, api_key=KEY), or 'Authorization: Bearer KEY'); `inferd keys create` "
+        "makes one, and without `inferd serve --auth` none is needed",
         "username",
     ),
 ]

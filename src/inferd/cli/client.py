@@ -34,9 +34,10 @@ def resolve_endpoint(explicit: str | None, settings: Settings) -> str:
 
 
 class Client:
-    def __init__(self, endpoint: str, timeout: float | None = 30.0):
+    def __init__(self, endpoint: str, timeout: float | None = 30.0, api_key: str | None = None):
         self.endpoint = endpoint
-        self._http = httpx.Client(base_url=endpoint, timeout=timeout)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=endpoint, timeout=timeout, headers=headers)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         with self._errors():

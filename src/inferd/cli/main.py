@@ -24,7 +24,8 @@ endpoint_option = click.option(
 
 
 def _client(endpoint: str | None, timeout: float | None = 30.0) -> Client:
-    return Client(resolve_endpoint(endpoint, Settings()), timeout=timeout)
+    settings = Settings()
+    return Client(resolve_endpoint(endpoint, settings), timeout=timeout, api_key=settings.api_key)
 
 
 def _fail(message: str) -> NoReturn:
@@ -61,9 +62,20 @@ def cli() -> None:
     is_flag=True,
     help="Do not relaunch the models that were running when the last server stopped.",
 )
+@click.option(
+    "--auth",
+    is_flag=True,
+    default=None,
+    help="Require an API key on every request (INFERD_AUTH=1); see `inferd keys`.",
+)
 @click.option("--log-level", default="info", show_default=True)
 def serve(
-    host: str | None, port: int | None, launch: tuple[str, ...], no_restore: bool, log_level: str
+    host: str | None,
+    port: int | None,
+    launch: tuple[str, ...],
+    no_restore: bool,
+    auth: bool | None,
+    log_level: str,
 ) -> None:
     """Start the server; models launched before come back unless --no-restore."""
     import logging
@@ -79,7 +91,17 @@ def serve(
         overrides["host"] = host
     if port:
         overrides["port"] = port
+    if auth:
+        overrides["auth"] = True
     settings = Settings(**overrides)
+    if settings.auth:
+        _first_admin_key(settings)
+    elif settings.host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(
+            f"[yellow]Warning:[/yellow] serving on {settings.host} without --auth: anyone who "
+            "can reach this port can launch, stop and use models.",
+            highlight=False,
+        )
     for name in launch:
         try:
             get_catalog().get(name)
@@ -99,6 +121,104 @@ def serve(
         log_level=log_level.lower(),
         timeout_graceful_shutdown=int(settings.terminate_timeout),
     )
+
+
+def _first_admin_key(settings: Settings) -> None:
+    """With auth on and no admin key yet, nobody could ever manage the server: make one."""
+    from inferd.storage.state import StateStore
+
+    store = StateStore(settings.state_db)
+    try:
+        if not any(key["admin"] for key in store.api_keys()):
+            secret = store.create_key("admin", admin=True, models=None, expires=None)
+            console.print(
+                f"Auth is on. Admin API key (shown once; `inferd keys` manages keys): {secret}",
+                highlight=False,
+                soft_wrap=True,
+            )
+    finally:
+        store.close()
+
+
+@cli.group()
+def keys() -> None:
+    """API keys, managed on the server's machine (its INFERD_HOME is the root of trust)."""
+
+
+def _key_store() -> Any:
+    from inferd.storage.state import StateStore
+
+    return StateStore(Settings().state_db)
+
+
+@keys.command("create")
+@click.option("-n", "--name", required=True, help="A name to list and revoke it by.")
+@click.option("--models", default=None, help="Comma-separated model uids it may use (default all).")
+@click.option("--admin", is_flag=True, help="May launch, stop, register and manage keys.")
+@click.option("--expires", type=float, default=None, metavar="DAYS", help="Valid for DAYS days.")
+def keys_create(name: str, models: str | None, admin: bool, expires: float | None) -> None:
+    """Make a key; it is printed once and only its hash is kept."""
+    import re
+    import time
+
+    if not re.fullmatch(r"[\w.\-]{1,64}", name):
+        _fail("a key's name is 1-64 letters, digits, '_', '.' or '-'")
+    allowed = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    store = _key_store()
+    try:
+        secret = store.create_key(
+            name, admin, allowed, time.time() + expires * 86400 if expires else None
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    finally:
+        store.close()
+    click.echo(secret)
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def keys_list(as_json: bool) -> None:
+    """Keys by name, with what they may do (never the keys themselves)."""
+    import time
+
+    store = _key_store()
+    try:
+        rows = store.api_keys()
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("Name", "Admin", "Models", "Created", "Expires")
+    for row in rows:
+        table.add_row(
+            row["name"],
+            "yes" if row["admin"] else "no",
+            ", ".join(row["models"]) if row["models"] else "all",
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(row["created"])),
+            _day(row["expires"]),
+        )
+    out.print(table)
+
+
+def _day(moment: float | None) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d", time.localtime(moment)) if moment else "never"
+
+
+@keys.command("revoke")
+@click.argument("name")
+def keys_revoke(name: str) -> None:
+    """Revoke a key at once, on a running server too."""
+    store = _key_store()
+    try:
+        if not store.revoke_key(name):
+            _fail(f"no key named {name!r}")
+    finally:
+        store.close()
+    console.print(f"revoked {name}")
 
 
 def _engine_options(args: list[str]) -> dict[str, Any]:

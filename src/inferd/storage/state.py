@@ -7,7 +7,9 @@ lifecycle changes only, never on a request's path.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import secrets
 import sqlite3
 import threading
 import time
@@ -49,6 +51,16 @@ _MIGRATIONS: list[str] = [
             PRIMARY KEY (model_type, model_name)
         );
     """,
+    """
+        CREATE TABLE api_keys (
+            name TEXT PRIMARY KEY,
+            hash TEXT NOT NULL UNIQUE,
+            admin INTEGER NOT NULL,
+            models TEXT,
+            created REAL NOT NULL,
+            expires REAL
+        );
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -80,6 +92,51 @@ class StateStore:
     def _write(self, sql: str, *args: Any) -> None:
         with self._lock:
             self._db.execute(sql, args)
+
+    # API keys ---------------------------------------------------------------------------
+    # Only a hash of each key is kept: the key itself is shown once, when it is made.
+
+    def create_key(
+        self, name: str, admin: bool, models: list[str] | None, expires: float | None
+    ) -> str:
+        secret = "inferd-" + secrets.token_urlsafe(32)
+        try:
+            self._write(
+                "INSERT INTO api_keys (name, hash, admin, models, created, expires) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                name,
+                key_hash(secret),
+                int(admin),
+                json.dumps(models) if models is not None else None,
+                time.time(),
+                expires,
+            )
+        except sqlite3.IntegrityError:
+            raise ValueError(f"a key named {name!r} exists already") from None
+        return secret
+
+    def api_keys(self) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT name, admin, models, created, expires FROM api_keys ORDER BY created"
+        ).fetchall()
+        return [_key_row(*row) for row in rows]
+
+    def key_for(self, secret: str) -> dict[str, Any] | None:
+        """The key `secret` is, unless unknown or expired."""
+        row = self._db.execute(
+            "SELECT name, admin, models, created, expires FROM api_keys WHERE hash=?",
+            (key_hash(secret),),
+        ).fetchone()
+        if row is None:
+            return None
+        key = _key_row(*row)
+        if key["expires"] is not None and key["expires"] < time.time():
+            return None
+        return key
+
+    def revoke_key(self, name: str) -> bool:
+        with self._lock:
+            return self._db.execute("DELETE FROM api_keys WHERE name=?", (name,)).rowcount > 0
 
     # launches --------------------------------------------------------------------------
 
@@ -225,3 +282,20 @@ class StateStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def key_hash(secret: str) -> str:
+    # Keys are 256 random bits, so a plain hash cannot be searched backwards.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _key_row(
+    name: str, admin: int, models: str | None, created: float, expires: float | None
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "admin": bool(admin),
+        "models": json.loads(models) if models else None,
+        "created": created,
+        "expires": expires,
+    }

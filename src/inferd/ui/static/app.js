@@ -21,18 +21,78 @@ function h(tag, attrs = {}, ...children) {
   return el;
 }
 
-async function api(path, options = {}) {
-  const response = await fetch(path, {
+// With `inferd serve --auth`, every call carries the API key the user signed in with.
+const KEY = "inferd-api-key";
+
+class SignInNeeded extends Error {}
+
+function authorized(options = {}) {
+  const key = localStorage.getItem(KEY);
+  return {
     ...options,
-    headers: { "Content-Type": "application/json", ...(options.headers || {}) },
-  });
+    headers: {
+      "Content-Type": "application/json",
+      ...(key ? { Authorization: `Bearer ${key}` } : {}),
+      ...(options.headers || {}),
+    },
+  };
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, authorized(options));
   const text = await response.text();
   const body = text ? JSON.parse(text) : null;
+  if (response.status === 401) throw new SignInNeeded(body?.error?.message || "sign in");
   if (!response.ok) {
     const message = body?.error?.message || body?.detail || response.statusText;
     throw new Error(message);
   }
   return body;
+}
+
+function signInPage(reason) {
+  const key = h("input", { id: "api-key", type: "password", autocomplete: "current-password", "aria-label": "API key" });
+  const form = h(
+    "form",
+    { class: "stack signin" },
+    h("h1", {}, "Sign in"),
+    h("p", { class: "muted" }, "This server needs an API key (`inferd keys create` makes one on its machine)."),
+    localStorage.getItem(KEY) ? h("p", { class: "error", role: "alert" }, reason) : null,
+    h("label", {}, h("span", {}, "API key"), key),
+    h("button", { type: "submit" }, "Sign in"),
+  );
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    localStorage.setItem(KEY, key.value.trim());
+    route();
+  });
+  page.replaceChildren(form);
+  key.focus();
+}
+
+// Server-sent events over fetch, so they carry the key too (EventSource cannot send headers).
+async function events(path, onEvent) {
+  const response = await fetch(path, authorized());
+  if (!response.ok) throw new Error(`${path}: ${response.status}`);
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const event = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      if (event.startsWith("data: ") && event !== "data: [DONE]") {
+        if (onEvent(JSON.parse(event.slice(6))) === false) {
+          reader.cancel();
+          return;
+        }
+      }
+    }
+  }
 }
 
 function toast(message, kind = "info") {
@@ -335,9 +395,7 @@ function followLaunch(uid, box) {
   const stage = h("p", { class: "stage", id: "launch-stage" }, "starting");
   box.replaceChildren(bar, stage);
   return new Promise((resolve, reject) => {
-    const source = new EventSource(`/v1/models/${encodeURIComponent(uid)}/progress/events`);
-    source.onmessage = (event) => {
-      const state = JSON.parse(event.data);
+    const follow = events(`/v1/models/${encodeURIComponent(uid)}/progress/events`, (state) => {
       bar.value = state.progress;
       let text = state.stage;
       const d = state.download;
@@ -348,21 +406,37 @@ function followLaunch(uid, box) {
       }
       stage.textContent = text;
       if (state.stage === "ready" || state.stage === "idle") {
-        source.close();
         resolve(state);
-      } else if (state.stage === "failed" || state.stage === "terminated") {
-        source.close();
-        reject(new Error(state.error || `launch ${state.stage}`));
+        return false;
       }
-    };
-    source.onerror = () => {
-      source.close();
-      reject(new Error("lost the launch's progress stream"));
-    };
+      if (state.stage === "failed" || state.stage === "terminated") {
+        reject(new Error(state.error || `launch ${state.stage}`));
+        return false;
+      }
+      return true;
+    });
+    follow.then(() => reject(new Error("the launch's progress stream ended early")), reject);
   });
 }
 
 // ---- running models -------------------------------------------------------------------
+
+async function showLogs(uid) {
+  const response = await fetch(`/v1/models/${encodeURIComponent(uid)}/logs?tail=300`, authorized());
+  const text = await response.text();
+  const log = h("pre", { class: "log" }, response.ok ? text || "(empty)" : text);
+  const dialog = h(
+    "dialog",
+    { "aria-label": `Log of ${uid}`, class: "logs" },
+    h("h2", {}, `Log of ${uid}`),
+    log,
+    h("div", { class: "actions" }, h("button", { type: "button", onclick: () => dialog.close() }, "Close")),
+  );
+  document.body.append(dialog);
+  dialog.addEventListener("close", () => dialog.remove());
+  dialog.showModal();
+  log.scrollTop = log.scrollHeight;
+}
 
 function duration(seconds) {
   if (seconds < 90) return `${Math.round(seconds)} s`;
@@ -427,7 +501,16 @@ async function runningPage() {
             h(
               "td",
               { class: "actions" },
-              h("a", { href: `/v1/models/${m.model_uid}/logs`, target: "_blank" }, "Logs"),
+              h(
+                "button",
+                {
+                  type: "button",
+                  class: "plain",
+                  "aria-label": `Logs of ${m.model_uid}`,
+                  onclick: () => showLogs(m.model_uid),
+                },
+                "Logs",
+              ),
               h(
                 "button",
                 {
@@ -642,11 +725,13 @@ curl ${base}/chat/completions -H 'Content-Type: application/json' \\
 
 // Streams a chat answer, calling `onToken` for each piece; resolves with the whole text.
 async function streamChat(model, messages, temperature, maxTokens, onToken) {
-  const response = await fetch("/v1/chat/completions", {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ model, messages, temperature, max_tokens: maxTokens, stream: true }),
-  });
+  const response = await fetch(
+    "/v1/chat/completions",
+    authorized({
+      method: "POST",
+      body: JSON.stringify({ model, messages, temperature, max_tokens: maxTokens, stream: true }),
+    }),
+  );
   if (!response.ok) {
     const body = await response.json().catch(() => ({}));
     throw new Error(body?.error?.message || response.statusText);
@@ -918,6 +1003,103 @@ async function clusterPage() {
   );
 }
 
+// ---- API keys (admins) -----------------------------------------------------------------
+
+async function keysPage() {
+  const auth = await api("/v1/cluster/auth");
+  const table = h("table", { id: "keys" });
+  const name = h("input", { id: "key-name", "aria-label": "Key name", required: true, pattern: "[\\w.\\-]{1,64}" });
+  const models = h("input", { id: "key-models", "aria-label": "Models (uids, comma-separated; empty: all)" });
+  const admin = h("input", { type: "checkbox", id: "key-admin" });
+  const days = h("input", { id: "key-days", type: "number", min: "1", "aria-label": "Expires after days (empty: never)" });
+  const made = h("p", { id: "key-made", role: "status" });
+  const form = h(
+    "form",
+    { class: "stack" },
+    h("label", {}, h("span", {}, "Name"), name),
+    h("label", {}, h("span", {}, "Models (uids, comma-separated; empty: all)"), models),
+    h("label", { class: "inline" }, admin, "Admin (launch, stop, register, manage keys)"),
+    h("label", {}, h("span", {}, "Expires after days (empty: never)"), days),
+    h("button", { type: "submit" }, "Create key"),
+    made,
+  );
+  const refresh = async () => {
+    const rows = await api("/v1/keys");
+    table.replaceChildren(
+      h("thead", {}, h("tr", {}, ["Name", "Admin", "Models", "Expires", ""].map((c) => h("th", { scope: "col" }, c)))),
+      h(
+        "tbody",
+        {},
+        rows.map((k) =>
+          h(
+            "tr",
+            { "data-key": k.name },
+            h("td", {}, k.name),
+            h("td", {}, k.admin ? "yes" : "no"),
+            h("td", {}, k.models ? k.models.join(", ") : "all"),
+            h("td", {}, k.expires ? new Date(k.expires * 1000).toLocaleDateString() : "never"),
+            h(
+              "td",
+              { class: "actions" },
+              h(
+                "button",
+                {
+                  type: "button",
+                  class: "danger",
+                  "aria-label": `Revoke ${k.name}`,
+                  onclick: async () => {
+                    try {
+                      await api(`/v1/keys/${encodeURIComponent(k.name)}`, { method: "DELETE" });
+                      await refresh();
+                    } catch (error) {
+                      toast(error.message, "error");
+                    }
+                  },
+                },
+                "Revoke",
+              ),
+            ),
+          ),
+        ),
+      ),
+    );
+  };
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const list = models.value.split(",").map((m) => m.trim()).filter(Boolean);
+    try {
+      const key = await api("/v1/keys", {
+        method: "POST",
+        body: JSON.stringify({
+          name: name.value.trim(),
+          admin: admin.checked,
+          models: list.length ? list : null,
+          ...(days.value ? { expires_days: Number(days.value) } : {}),
+        }),
+      });
+      made.className = "";
+      made.replaceChildren("Copy it now, it is not shown again: ", h("code", { id: "new-key" }, key.key));
+      await refresh();
+    } catch (error) {
+      made.className = "error";
+      made.textContent = error.message;
+    }
+  });
+  page.replaceChildren(
+    h("h1", {}, "API keys"),
+    auth.auth
+      ? ""
+      : h("p", { class: "muted" }, "Auth is off on this server (start it with --auth): keys are kept but not asked for."),
+    h("div", { class: "two" }, form, h("section", {}, table)),
+    h(
+      "p",
+      {},
+      h("button", { type: "button", class: "plain", onclick: () => { localStorage.removeItem(KEY); route(); } }, "Sign out of this page"),
+    ),
+  );
+  await refresh();
+}
+
 // ---- routing --------------------------------------------------------------------------
 
 const PAGES = {
@@ -927,6 +1109,7 @@ const PAGES = {
   registrations: registrationsPage,
   cache: cachePage,
   cluster: clusterPage,
+  keys: keysPage,
 };
 
 async function route() {
@@ -938,7 +1121,8 @@ async function route() {
   try {
     await render();
   } catch (error) {
-    page.replaceChildren(h("p", { class: "error", role: "alert" }, error.message));
+    if (error instanceof SignInNeeded) signInPage(error.message);
+    else page.replaceChildren(h("p", { class: "error", role: "alert" }, error.message));
   }
 }
 

@@ -1,0 +1,164 @@
+"""API keys: who may call what, when `inferd serve --auth` turns them on.
+
+Every request but the health check and the web page's files carries a key, as
+`Authorization: Bearer KEY` (what OpenAI's and Xinference's clients send) or `x-api-key: KEY`.
+Admin keys may do anything; other keys may only use models (inference, reading their state,
+aborting their requests), and a key limited to some models sees and uses only those. A client
+that keeps sending wrong keys is refused for a while, whatever it sends.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import defaultdict, deque
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from inferd.errors import Forbidden, InferdError, TooManyRequests, Unauthorized
+from inferd.storage.state import StateStore
+
+# Paths anyone may read: the health check, the web page (it asks for a key itself), and
+# whether a key is needed at all (Xinference's clients ask before logging in).
+_OPEN = re.compile(r"^/(health|ui/.*|v1/cluster/auth|docs|openapi\.json)?$")
+# What a key that is not an admin's may still POST: using a model, not changing the server.
+_USE = re.compile(
+    r"^/(v1/(chat/completions|completions|embeddings|rerank|audio/\w+|images/\w+"
+    r"|models/[^/]+/requests/[^/]+/abort)|api/(chat|generate|embed|embeddings|show))$"
+)
+_FAILURES_ALLOWED = 10  # wrong keys from one client within the window before it is refused
+_FAILURE_WINDOW = 60.0
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    admin: bool
+    models: frozenset[str] | None  # None: every model
+
+    def may_use(self, uid: str) -> bool:
+        return self.admin or self.models is None or uid in self.models
+
+
+_PRINCIPAL: ContextVar[Principal | None] = ContextVar("inferd_principal", default=None)
+
+
+def check_model(uid: str) -> None:
+    """Refuse (403) a request for a model the caller's key is not for; a no-op without auth."""
+    principal = _PRINCIPAL.get()
+    if principal is not None and not principal.may_use(uid):
+        raise Forbidden(f"key {principal.name!r} may not use model {uid!r}", param="model")
+
+
+def require_admin() -> None:
+    principal = _PRINCIPAL.get()
+    if principal is not None and not principal.admin:
+        raise Forbidden(f"key {principal.name!r} is not an admin key", param="authorization")
+
+
+def visible(uid: str) -> bool:
+    principal = _PRINCIPAL.get()
+    return principal is None or principal.may_use(uid)
+
+
+class AuthMiddleware:
+    """Checks the key of every HTTP request before the app sees it."""
+
+    def __init__(self, app: Any, state_db: Path):
+        self.app = app
+        self.state_db = state_db
+        self._store: StateStore | None = None
+        self._failures: dict[str, deque[float]] = defaultdict(deque)
+
+    @property
+    def store(self) -> StateStore:
+        # Its own connection to the state store, opened on the first request: keys made by
+        # `inferd keys create` in another process are seen at once.
+        if self._store is None:
+            self._store = StateStore(self.state_db)
+        return self._store
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or _OPEN.match(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        client = (scope.get("client") or ("?", 0))[0]
+        try:
+            principal = self._authenticate(scope, client)
+            changes = scope["method"] not in ("GET", "HEAD") and not _USE.match(scope["path"])
+            if changes and not principal.admin:
+                raise Forbidden(
+                    f"key {principal.name!r} is not an admin key: it may use models but not "
+                    "launch, stop, register or manage them",
+                    param="authorization",
+                )
+        except InferdError as exc:
+            await _refuse(send, exc)
+            return
+        token = _PRINCIPAL.set(principal)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _PRINCIPAL.reset(token)
+
+    def _authenticate(self, scope: dict, client: str) -> Principal:
+        failures = self._failures[client]
+        now = time.monotonic()
+        while failures and failures[0] < now - _FAILURE_WINDOW:
+            failures.popleft()
+        if len(failures) >= _FAILURES_ALLOWED:
+            retry = int(failures[0] + _FAILURE_WINDOW - now) + 1
+            raise TooManyRequests(
+                f"too many wrong API keys from {client}; try again in {retry} s",
+                retry_after=retry,
+            )
+        secret = _key_of(scope)
+        if secret is None:
+            raise Unauthorized(
+                "this server needs an API key: send it as 'Authorization: Bearer KEY' "
+                "(`inferd keys create` makes one on the server's machine)",
+                param="authorization",
+            )
+        key = self.store.key_for(secret)
+        if key is None:
+            failures.append(now)
+            raise Unauthorized("the API key is not valid (unknown, revoked or expired)")
+        models = key["models"]
+        return Principal(key["name"], key["admin"], frozenset(models) if models else None)
+
+
+def _key_of(scope: dict) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        elif name == b"x-api-key" and value:
+            return str(value.decode("latin-1")).strip()
+    return None
+
+
+async def _refuse(send: Any, exc: InferdError) -> None:
+    body = orjson.dumps(
+        {
+            "error": {
+                "message": exc.message,
+                "type": exc.error_type,
+                "param": exc.param,
+                "code": exc.code,
+            },
+            "detail": exc.message,
+        }
+    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if exc.status_code == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    retry = getattr(exc, "retry_after", None)
+    if retry is not None:
+        headers.append((b"retry-after", str(retry).encode()))
+    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
