@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections import defaultdict, deque
+from collections import deque
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +72,7 @@ class AuthMiddleware:
         self.app = app
         self.state_db = state_db
         self._store: StateStore | None = None
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self._failures: dict[str, deque[float]] = {}  # client -> times of its wrong keys
 
     @property
     def store(self) -> StateStore:
@@ -83,7 +83,7 @@ class AuthMiddleware:
         return self._store
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or _OPEN.match(scope["path"]):
+        if scope["type"] != "http" or (_OPEN.match(scope["path"]) and ".." not in scope["path"]):
             await self.app(scope, receive, send)
             return
         client = (scope.get("client") or ("?", 0))[0]
@@ -106,10 +106,12 @@ class AuthMiddleware:
             _PRINCIPAL.reset(token)
 
     def _authenticate(self, scope: dict, client: str) -> Principal:
-        failures = self._failures[client]
         now = time.monotonic()
+        failures = self._failures.get(client, deque())
         while failures and failures[0] < now - _FAILURE_WINDOW:
             failures.popleft()
+        if not failures:
+            self._failures.pop(client, None)  # forgiven: only recent offenders are kept
         if len(failures) >= _FAILURES_ALLOWED:
             retry = int(failures[0] + _FAILURE_WINDOW - now) + 1
             raise TooManyRequests(
@@ -125,7 +127,7 @@ class AuthMiddleware:
             )
         key = self.store.key_for(secret)
         if key is None:
-            failures.append(now)
+            self._failures.setdefault(client, failures).append(now)
             raise Unauthorized("the API key is not valid (unknown, revoked or expired)")
         models = key["models"]
         return Principal(key["name"], key["admin"], frozenset(models) if models else None)

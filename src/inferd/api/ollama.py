@@ -17,6 +17,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from inferd import __version__
+from inferd.api.auth import visible
 from inferd.api.deps import manager as _manager
 from inferd.api.proxy import relay
 from inferd.catalog import LLMFamily
@@ -147,14 +148,14 @@ async def version() -> dict:
 
 @router.get("/tags")
 async def tags(request: Request) -> dict:
-    return {"models": [_entry(m) for m in _manager(request).list()]}
+    return {"models": [_entry(m) for m in _manager(request).list() if visible(m.uid)]}
 
 
 @router.get("/ps")
 async def running(request: Request) -> dict:
     models = []
     for instance in _manager(request).list():
-        if instance.state != "ready":
+        if instance.state != "ready" or not visible(instance.uid):
             continue
         entry = _entry(instance)
         timeout = instance.request.idle_timeout
