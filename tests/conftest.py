@@ -297,9 +297,11 @@ CHROMIUM_FLAGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """A real Chromium, driven by Playwright, for the web UI's tests."""
+    """A real Chromium, driven by Playwright, for the web UI's tests. One per module: while
+    Playwright's sync API is open it holds an event loop on the main thread, which other
+    modules' `asyncio.run` would trip over."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
