@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     model_src: str = Field(default="huggingface", description="huggingface or modelscope")
     launch_timeout: float = Field(default=900.0, description="Seconds a model may take to load")
     terminate_timeout: float = Field(default=10.0, description="Seconds before a model is killed")
+    max_request_mb: int = Field(
+        default=100, ge=1, description="Largest request body accepted, in MiB (else 413)"
+    )
     auth: bool = Field(default=False, description="Require an API key on every request")
     api_key: str | None = Field(default=None, description="The key the CLI sends")
     request_wait: float = Field(

@@ -27,6 +27,7 @@ from inferd.api import (
 )
 from inferd.api.auth import AuthMiddleware
 from inferd.api.errors import install_error_handlers
+from inferd.api.limits import BodyLimit
 from inferd.catalog import get_catalog
 from inferd.errors import InferdError
 from inferd.runtime.launch import LaunchRequest
@@ -73,6 +74,8 @@ def create_app(settings: Settings, launch: Sequence[str] = (), restore: bool = T
     install_error_handlers(app)
     if settings.auth:
         app.add_middleware(AuthMiddleware, state_db=settings.state_db)
+    # Added last, so it runs first: an oversized body is refused before anything reads it.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_mb << 20)
     app.include_router(openai_routes.router)
     app.include_router(rerank.router)
     app.include_router(audio.router)
