@@ -47,6 +47,12 @@ class Forbidden(InferdError):
     code = "forbidden"
 
 
+class RequestTooLarge(InferdError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"
+
+
 class TooManyRequests(InferdError):
     status_code = 429
     error_type = "rate_limit_error"

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from inferd.api.errors import refuse
 from inferd.errors import Forbidden, InferdError, TooManyRequests, Unauthorized
 from inferd.storage.state import StateStore
 
@@ -97,7 +96,7 @@ class AuthMiddleware:
                     param="authorization",
                 )
         except InferdError as exc:
-            await _refuse(send, exc)
+            await refuse(scope, receive, send, exc)
             return
         token = _PRINCIPAL.set(principal)
         try:
@@ -142,25 +141,3 @@ def _key_of(scope: dict) -> str | None:
         elif name == b"x-api-key" and value:
             return str(value.decode("latin-1")).strip()
     return None
-
-
-async def _refuse(send: Any, exc: InferdError) -> None:
-    body = orjson.dumps(
-        {
-            "error": {
-                "message": exc.message,
-                "type": exc.error_type,
-                "param": exc.param,
-                "code": exc.code,
-            },
-            "detail": exc.message,
-        }
-    )
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if exc.status_code == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
-    retry = getattr(exc, "retry_after", None)
-    if retry is not None:
-        headers.append((b"retry-after", str(retry).encode()))
-    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

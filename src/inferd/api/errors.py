@@ -132,3 +132,25 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InferdError, _inferd_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
+
+
+async def refuse(scope: dict, receive: Any, send: Any, exc: InferdError) -> None:
+    """Answer an ASGI request with `exc`, from a middleware that runs before any route."""
+    headers: dict[str, str] = {}
+    if exc.status_code == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    if exc.status_code == 413:
+        headers["Connection"] = "close"  # the rest of the body is not worth reading
+    response = error_response(
+        exc.status_code,
+        exc.message,
+        exc.error_type,
+        exc.param,
+        exc.code,
+        headers=headers,
+        request=Request(scope),
+    )
+    await response(scope, receive, send)

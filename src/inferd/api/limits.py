@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
+from inferd.api.errors import refuse
+from inferd.errors import RequestTooLarge
 
 
 class BodyLimit:
@@ -24,7 +25,7 @@ class BodyLimit:
         length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if length is not None:
             if length.isdigit() and int(length) > self.max_bytes:
-                await self._refuse(send)
+                await self._refuse(scope, receive, send)
                 return
             await self.app(scope, receive, send)
             return
@@ -39,7 +40,7 @@ class BodyLimit:
             chunks.append(message.get("body", b""))
             seen += len(chunks[-1])
             if seen > self.max_bytes:
-                await self._refuse(send)
+                await self._refuse(scope, receive, send)
                 return
             if not message.get("more_body", False):
                 break
@@ -54,26 +55,9 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send: Any) -> None:
+    async def _refuse(self, scope: dict, receive: Any, send: Any) -> None:
         message = (
             f"the request body is larger than this server accepts "
             f"({self.max_bytes // (1 << 20)} MiB; INFERD_MAX_REQUEST_MB sets it)"
         )
-        body = orjson.dumps(
-            {
-                "error": {
-                    "message": message,
-                    "type": "invalid_request_error",
-                    "param": None,
-                    "code": "request_too_large",
-                },
-                "detail": message,
-            }
-        )
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await refuse(scope, receive, send, RequestTooLarge(message))

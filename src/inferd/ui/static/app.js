@@ -38,6 +38,10 @@ function authorized(options = {}) {
   };
 }
 
+function thead(columns) {
+  return h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col" }, c))));
+}
+
 async function api(path, options = {}) {
   const response = await fetch(path, authorized(options));
   const text = await response.text();
@@ -470,17 +474,7 @@ async function runningPage() {
     const rate = (uid) =>
       uid in previous.served ? (served[uid] - previous.served[uid]) / (now - previous.at) : 0;
     table.replaceChildren(
-      h(
-        "thead",
-        {},
-        h(
-          "tr",
-          {},
-          ["UID", "Name", "Type", "Engine", "Status", "Replicas", "GPUs", "Memory", "Up", "Req/s", ""].map((c) =>
-            h("th", { scope: "col" }, c),
-          ),
-        ),
-      ),
+      thead(["UID", "Name", "Type", "Engine", "Status", "Replicas", "GPUs", "Memory", "Up", "Req/s", ""]),
       h(
         "tbody",
         {},
@@ -848,7 +842,7 @@ async function registrationsPage() {
       }
     }
     list.replaceChildren(
-      h("thead", {}, h("tr", {}, ["Name", "Type", ""].map((c) => h("th", { scope: "col" }, c)))),
+      thead(["Name", "Type", ""]),
       h(
         "tbody",
         {},
@@ -909,17 +903,7 @@ async function cachePage() {
     const entries = (await api("/v1/cache/models")).list;
     const total = entries.reduce((sum, e) => sum + (e.size_bytes || 0), 0);
     table.replaceChildren(
-      h(
-        "thead",
-        {},
-        h(
-          "tr",
-          {},
-          ["Model", "Variant", "Size", "Source", "Last used", ""].map((c) =>
-            h("th", { scope: "col" }, c),
-          ),
-        ),
-      ),
+      thead(["Model", "Variant", "Size", "Source", "Last used", ""]),
       h(
         "tbody",
         {},
@@ -1026,7 +1010,7 @@ async function keysPage() {
   const refresh = async () => {
     const rows = await api("/v1/keys");
     table.replaceChildren(
-      h("thead", {}, h("tr", {}, ["Name", "Admin", "Models", "Expires", ""].map((c) => h("th", { scope: "col" }, c)))),
+      thead(["Name", "Admin", "Models", "Expires", ""]),
       h(
         "tbody",
         {},
