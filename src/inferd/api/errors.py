@@ -93,14 +93,23 @@ def _validation_error(request: Request, exc: Exception) -> Response:
 
 def _inferd_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, InferdError)
-    headers = {"Retry-After": "5"} if exc.status_code == 503 else None
+    headers: dict[str, str] = {}
+    if exc.status_code == 503:
+        headers["Retry-After"] = "5"
+    if exc.status_code == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    if exc.status_code == 413:
+        headers["Connection"] = "close"  # the rest of the body is not worth reading
     return error_response(
         exc.status_code,
         exc.message,
         exc.error_type,
         exc.param,
         exc.code,
-        headers=headers,
+        headers=headers or None,
         request=request,
     )
 
@@ -136,21 +145,4 @@ def install_error_handlers(app: FastAPI) -> None:
 
 async def refuse(scope: dict, receive: Any, send: Any, exc: InferdError) -> None:
     """Answer an ASGI request with `exc`, from a middleware that runs before any route."""
-    headers: dict[str, str] = {}
-    if exc.status_code == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    retry_after = getattr(exc, "retry_after", None)
-    if retry_after is not None:
-        headers["Retry-After"] = str(retry_after)
-    if exc.status_code == 413:
-        headers["Connection"] = "close"  # the rest of the body is not worth reading
-    response = error_response(
-        exc.status_code,
-        exc.message,
-        exc.error_type,
-        exc.param,
-        exc.code,
-        headers=headers,
-        request=Request(scope),
-    )
-    await response(scope, receive, send)
+    await _inferd_error(Request(scope), exc)(scope, receive, send)
