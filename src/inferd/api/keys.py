@@ -10,12 +10,13 @@ from pydantic import BaseModel, Field
 from inferd.api.auth import require_admin
 from inferd.api.deps import manager as _manager
 from inferd.errors import Conflict, NotFound
+from inferd.storage.state import KEY_NAME
 
 router = APIRouter(prefix="/v1/keys")
 
 
 class NewKey(BaseModel):
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[\w.\-]+$")
+    name: str = Field(pattern=f"^{KEY_NAME}$")
     admin: bool = False
     models: list[str] | None = Field(default=None, description="Model uids; none: every model")
     expires_days: float | None = Field(default=None, gt=0)

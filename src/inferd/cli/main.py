@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import click
@@ -125,10 +127,7 @@ def serve(
 
 def _first_admin_key(settings: Settings) -> None:
     """With auth on and no admin key yet, nobody could ever manage the server: make one."""
-    from inferd.storage.state import StateStore
-
-    store = StateStore(settings.state_db)
-    try:
+    with _key_store(settings) as store:
         if not any(key["admin"] for key in store.api_keys()):
             secret = store.create_key("admin", admin=True, models=None, expires=None)
             console.print(
@@ -136,8 +135,6 @@ def _first_admin_key(settings: Settings) -> None:
                 highlight=False,
                 soft_wrap=True,
             )
-    finally:
-        store.close()
 
 
 @cli.group()
@@ -145,10 +142,15 @@ def keys() -> None:
     """API keys, managed on the server's machine (its INFERD_HOME is the root of trust)."""
 
 
-def _key_store() -> Any:
+@contextlib.contextmanager
+def _key_store(settings: Settings | None = None) -> Iterator[Any]:
     from inferd.storage.state import StateStore
 
-    return StateStore(Settings().state_db)
+    store = StateStore((settings or Settings()).state_db)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 @keys.command("create")
@@ -158,21 +160,14 @@ def _key_store() -> Any:
 @click.option("--expires", type=float, default=None, metavar="DAYS", help="Valid for DAYS days.")
 def keys_create(name: str, models: str | None, admin: bool, expires: float | None) -> None:
     """Make a key; it is printed once and only its hash is kept."""
-    import re
-    import time
-
-    if not re.fullmatch(r"[\w.\-]{1,64}", name):
-        _fail("a key's name is 1-64 letters, digits, '_', '.' or '-'")
     allowed = [m.strip() for m in models.split(",") if m.strip()] if models else None
-    store = _key_store()
-    try:
-        secret = store.create_key(
-            name, admin, allowed, time.time() + expires * 86400 if expires else None
-        )
-    except ValueError as exc:
-        _fail(str(exc))
-    finally:
-        store.close()
+    with _key_store() as store:
+        try:
+            secret = store.create_key(
+                name, admin, allowed, time.time() + expires * 86400 if expires else None
+            )
+        except ValueError as exc:
+            _fail(str(exc))
     click.echo(secret)
 
 
@@ -180,13 +175,8 @@ def keys_create(name: str, models: str | None, admin: bool, expires: float | Non
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def keys_list(as_json: bool) -> None:
     """Keys by name, with what they may do (never the keys themselves)."""
-    import time
-
-    store = _key_store()
-    try:
+    with _key_store() as store:
         rows = store.api_keys()
-    finally:
-        store.close()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -203,8 +193,6 @@ def keys_list(as_json: bool) -> None:
 
 
 def _day(moment: float | None) -> str:
-    import time
-
     return time.strftime("%Y-%m-%d", time.localtime(moment)) if moment else "never"
 
 
@@ -212,12 +200,10 @@ def _day(moment: float | None) -> str:
 @click.argument("name")
 def keys_revoke(name: str) -> None:
     """Revoke a key at once, on a running server too."""
-    store = _key_store()
-    try:
-        if not store.revoke_key(name):
-            _fail(f"no key named {name!r}")
-    finally:
-        store.close()
+    with _key_store() as store:
+        revoked = store.revoke_key(name)
+    if not revoked:
+        _fail(f"no key named {name!r}")
     console.print(f"revoked {name}")
 
 

@@ -6,7 +6,6 @@ server can consult this table without paying for them.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 from inferd.engines.base import Engine, EngineConfig
@@ -34,7 +33,7 @@ ENGINES: dict[str, type[Engine]] = {
 
 
 def is_installed(engine: type[Engine]) -> bool:
-    return all(importlib.util.find_spec(module) is not None for module in engine.requires)
+    return engine.installed()
 
 
 def vllm_supported(families: list[Any]) -> dict[str, list[str]]:

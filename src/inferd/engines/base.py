@@ -51,10 +51,13 @@ class Engine(ABC):
     supports_lora: ClassVar[bool] = False  # serves LoRA adapters chosen per request
 
     @classmethod
+    def installed(cls) -> bool:
+        return all(importlib.util.find_spec(module) is not None for module in cls.requires)
+
+    @classmethod
     def unusable_here(cls) -> str | None:
         """Why this engine cannot run on this machine, or None if it can."""
-        missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
-        if missing:
+        if not cls.installed():
             return f"not installed: pip install 'inferd[{cls.extra}]'"
         return None
 

