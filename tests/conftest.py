@@ -117,6 +117,20 @@ class InferdServer:
         return self.proc.returncode
 
 
+def scrape(server: InferdServer) -> dict[tuple[str, frozenset], float]:
+    """`/metrics` read as Prometheus reads it: each sample's value by its name and labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    answer = httpx.get(f"{server.url}/metrics", timeout=10)
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(answer.text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import EMBEDDING, LLM, InferdServer
+from tests.conftest import EMBEDDING, LLM, InferdServer, scrape
 
 pytestmark = pytest.mark.slow
-
-
-def scrape(server: InferdServer) -> dict[tuple[str, frozenset], float]:
-    answer = httpx.get(f"{server.url}/metrics", timeout=10)
-    assert answer.status_code == 200
-    assert answer.headers["content-type"].startswith("text/plain")
-    samples = {}
-    for family in text_string_to_metric_families(answer.text):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples
 
 
 def value(samples: dict, name: str, **labels: str) -> float:

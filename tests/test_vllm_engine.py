@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import time
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ import httpx
 import pytest
 from xinference_client import RESTfulClient
 
-from tests.conftest import InferdServer, custom_model, local_llm, run_together
+from tests.conftest import InferdServer, custom_model, local_llm, run_together, scrape
 
 pytestmark = pytest.mark.slow
 
@@ -94,16 +93,13 @@ def llama(launched: InferdServer, tiny_bpe_llama: Path, lora: Path) -> Iterator[
 
 
 def _metric(server: InferdServer, name: str, uid: str) -> float:
-    """The sum of a metric's samples for one model, as /metrics shows them."""
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
-    label = f'model_uid="{uid}"'
-    pattern = re.compile(rf"^{re.escape(name)}\{{([^}}]*)\}} (\S+)$")
+    """The sum of a metric's samples for one model, over its other labels."""
     values = [
-        float(m.group(2))
-        for line in text.splitlines()
-        if (m := pattern.match(line)) and label in m.group(1)
+        value
+        for (sample, labels), value in scrape(server).items()
+        if sample == name and ("model_uid", uid) in labels
     ]
-    assert values, f"{name} for {uid} not in /metrics:\n{text[:3000]}"
+    assert values, f"{name} for {uid} not in /metrics"
     return sum(values)
 
 

@@ -74,10 +74,15 @@ function signInPage(reason) {
   key.focus();
 }
 
-// Server-sent events over fetch, so they carry the key too (EventSource cannot send headers).
-async function events(path, onEvent) {
-  const response = await fetch(path, authorized());
-  if (!response.ok) throw new Error(`${path}: ${response.status}`);
+// Server-sent events over fetch, so they carry the key too (EventSource cannot send headers);
+// `onEvent` gets each event's JSON and returns false to stop reading.
+async function events(path, onEvent, options = {}) {
+  const response = await fetch(path, authorized(options));
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    const message = body?.error?.message || `${path}: ${response.statusText || response.status}`;
+    throw response.status === 401 ? new SignInNeeded(message) : new Error(message);
+  }
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
   let buffer = "";
@@ -719,39 +724,20 @@ curl ${base}/chat/completions -H 'Content-Type: application/json' \\
 
 // Streams a chat answer, calling `onToken` for each piece; resolves with the whole text.
 async function streamChat(model, messages, temperature, maxTokens, onToken) {
-  const response = await fetch(
-    "/v1/chat/completions",
-    authorized({
-      method: "POST",
-      body: JSON.stringify({ model, messages, temperature, max_tokens: maxTokens, stream: true }),
-    }),
-  );
-  if (!response.ok) {
-    const body = await response.json().catch(() => ({}));
-    throw new Error(body?.error?.message || response.statusText);
-  }
-  const reader = response.body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
   let text = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buffer += decoder.decode(value, { stream: true });
-    let end;
-    while ((end = buffer.indexOf("\n\n")) >= 0) {
-      const event = buffer.slice(0, end);
-      buffer = buffer.slice(end + 2);
-      if (!event.startsWith("data: ") || event === "data: [DONE]") continue;
-      const chunk = JSON.parse(event.slice(6));
+  const body = { model, messages, temperature, max_tokens: maxTokens, stream: true };
+  await events(
+    "/v1/chat/completions",
+    (chunk) => {
       if (chunk.error) throw new Error(chunk.error.message);
       const token = chunk.choices?.[0]?.delta?.content || "";
       if (token) {
         text += token;
         onToken(token);
       }
-    }
-  }
+    },
+    { method: "POST", body: JSON.stringify(body) },
+  );
   return text;
 }
 
