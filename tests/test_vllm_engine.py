@@ -246,7 +246,10 @@ def test_bad_parameters_are_400s_naming_the_field(launched: InferdServer, llama:
 def test_a_client_that_leaves_frees_its_place_in_vllm(launched: InferdServer, llama: str) -> None:
     generated = _metric(launched, "vllm:generation_tokens_total", llama)
     body = {"model": llama, "messages": ASK, "max_tokens": 1000, "stream": True, "ignore_eos": True}
-    with httpx.stream("POST", f"{launched.url}/v1/chat/completions", json=body) as response:
+    # A slow CI machine can take longer than httpx's 5 s default to the first token.
+    with httpx.stream(
+        "POST", f"{launched.url}/v1/chat/completions", json=body, timeout=60
+    ) as response:
         assert next(line for line in response.iter_lines() if line.startswith("data: "))
     # Leaving the block hung up after the first token; vLLM's batch empties long before a
     # thousand tokens could have been written.
