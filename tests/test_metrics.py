@@ -22,13 +22,19 @@ def test_requests_tokens_and_processes_are_counted(launched: InferdServer) -> No
         max_tokens=4,
     )
     assert reply.usage is not None
-    for _ in client.chat.completions.create(
-        model=LLM,
-        messages=[{"role": "user", "content": "Hi"}],
-        max_tokens=4,
-        stream=True,
-    ):
-        pass
+    # A stream that did not ask for usage: inferd counts its tokens all the same, and the
+    # client sees no usage event it did not ask for.
+    chunks = list(
+        client.chat.completions.create(
+            model=LLM,
+            messages=[{"role": "user", "content": "Hi"}],
+            max_tokens=5,
+            temperature=0,
+            stream=True,
+        )
+    )
+    assert all(chunk.usage is None and chunk.choices for chunk in chunks)
+    streamed = sum(1 for chunk in chunks if chunk.choices[0].delta.content)
     client.embeddings.create(model=EMBEDDING, input=["one", "two"])
     after = scrape(launched)
 
@@ -43,10 +49,26 @@ def test_requests_tokens_and_processes_are_counted(launched: InferdServer) -> No
     completion = value(after, "inferd_tokens_total", model=LLM, kind="completion") - value(
         before, "inferd_tokens_total", model=LLM, kind="completion"
     )
-    assert completion >= reply.usage.completion_tokens
+    # The stream's own tokens (up to 5) are in the count, not only the whole answer's.
+    assert reply.usage.completion_tokens + max(streamed, 1) <= completion
+    assert completion <= reply.usage.completion_tokens + 5
+    gaps = value(after, "inferd_inter_token_latency_seconds_count", **chat) - value(
+        before, "inferd_inter_token_latency_seconds_count", **chat
+    )
+    assert gaps >= len(chunks) - 2  # every event after the first, [DONE] aside
     embed = {"model": EMBEDDING, "endpoint": "/embeddings", "status": "200"}
     assert value(after, "inferd_requests_total", **embed) >= 1
 
     assert value(after, "inferd_model_replicas", model=LLM, status="ready") >= 1
     assert value(after, "inferd_model_requests_in_flight", model=LLM) == 0
+    assert value(after, "inferd_model_requests_queued", model=LLM) == 0
+    assert value(after, "inferd_model_slots", model=LLM, replica="0") == 4  # llama.cpp's
+    assert value(after, "inferd_model_slots", model=EMBEDDING, replica="0") == 64
+    # The engines' own figures, labelled with the model: llama.cpp's token counters, and the
+    # embedding batcher's passes.
+    llama = {"model_uid": LLM, "replica": "0"}
+    assert value(after, "llamacpp:tokens_predicted_total", **llama) > 0
+    batches = {"model_uid": EMBEDDING, "replica": "0"}
+    assert value(after, "inferd_engine_batch_items_count", **batches) >= 1
+    assert value(after, "inferd_engine_batch_items_sum", **batches) >= 2
     assert value(after, "inferd_model_process_resident_memory_bytes", model=LLM, replica="0") > 50e6

@@ -94,3 +94,11 @@ class RequestAborted(Conflict):
 
     def __init__(self, request_id: str):
         super().__init__(f"request {request_id!r} was aborted", param="request_id")
+
+
+class RequestTimedOut(InferdError):
+    """The answer took longer than the server lets one request take (INFERD_REQUEST_TIMEOUT)."""
+
+    status_code = 504
+    error_type = "timeout_error"
+    code = "request_timeout"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -24,12 +26,35 @@ class Settings(BaseSettings):
     )
     auth: bool = Field(default=False, description="Require an API key on every request")
     api_key: str | None = Field(default=None, description="The key the CLI sends")
+    max_queue: int = Field(
+        default=512, ge=0, description="Requests that may wait for a busy model (else 429)"
+    )
+    request_timeout: float = Field(
+        default=1800.0, ge=0, description="Seconds a request may take, queue included; 0: none"
+    )
+    send_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds a streamed answer waits for a stalled client"
+    )
+    allowed_paths: Annotated[list[Path] | None, NoDecode] = Field(
+        default=None,
+        description="Folders local weights may come from (registrations, model_path, LoRA), "
+        "separated like PATH",
+    )
     request_wait: float = Field(
         default=30.0, description="Seconds a request waits for a restarting model before a 503"
     )
 
+    @field_validator("allowed_paths", mode="before")
+    @classmethod
+    def _path_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part for part in value.split(os.pathsep) if part.strip()] or None
+        return value
+
     def model_post_init(self, __context: object) -> None:
         self.home = self.home.expanduser().resolve()
+        if self.allowed_paths is not None:
+            self.allowed_paths = [p.expanduser().resolve() for p in self.allowed_paths]
 
     @property
     def cache_dir(self) -> Path:

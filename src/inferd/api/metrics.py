@@ -1,8 +1,9 @@
 """Prometheus metrics at /metrics: what each model's requests did (counts by status, latency,
-time to first token, tokens) and, read at scrape time, what its processes are (replicas by
-status, requests in flight, restarts, resident memory), followed by the figures engines keep
-themselves (vLLM's running and waiting requests, KV-cache use, prefix-cache hits, token
-latencies), labelled with the model's uid and replica."""
+time to first token, inter-token latency, tokens) and, read at scrape time, what its
+processes are (replicas by status, slots, requests in flight and queued, restarts, resident
+memory) and each GPU's memory, followed by the figures engines keep themselves (vLLM's running
+and waiting requests, KV-cache use, prefix-cache hits; llama.cpp's tokens/s and deferred
+requests; the embedding batcher's batch sizes), labelled with the model's uid and replica."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from inferd.runtime.gpus import discover
 from inferd.runtime.manager import ModelManager
 from inferd.runtime.process import resident_bytes
 from inferd.runtime.replica import Replica
@@ -51,9 +53,16 @@ FIRST_TOKEN = Histogram(
     buckets=_SECONDS,
     registry=REGISTRY,
 )
+INTER_TOKEN = Histogram(
+    "inferd_inter_token_latency_seconds",
+    "Time between consecutive events of a streamed answer (a token each, as engines stream)",
+    ["model", "endpoint"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
 TOKENS = Counter(
     "inferd_tokens",
-    "Tokens read (prompt) and written (completion) by whole answers",
+    "Tokens read (prompt) and written (completion), streamed answers included",
     ["model", "kind"],
     registry=REGISTRY,
 )
@@ -72,6 +81,16 @@ class _ModelState(Collector):
         inflight = GaugeMetricFamily(
             "inferd_model_requests_in_flight", "Requests a model is answering", labels=["model"]
         )
+        queued = GaugeMetricFamily(
+            "inferd_model_requests_queued",
+            "Requests waiting for a free slot of a model",
+            labels=["model"],
+        )
+        slots = GaugeMetricFamily(
+            "inferd_model_slots",
+            "Requests each model process works on at once (more wait in the queue)",
+            labels=["model", "replica"],
+        )
         restarts = CounterMetricFamily(
             "inferd_model_restarts", "Times a model's processes were restarted", labels=["model"]
         )
@@ -86,11 +105,32 @@ class _ModelState(Collector):
                 statuses[replica.status] = statuses.get(replica.status, 0) + 1
                 if replica.pid is not None and (rss := resident_bytes(replica.pid)) is not None:
                     memory.add_metric([instance.uid, str(replica.index)], rss)
+                if replica.ready and replica.slots is not None:
+                    slots.add_metric([instance.uid, str(replica.index)], replica.slots)
             for status, count in statuses.items():
                 replicas.add_metric([instance.uid, status], count)
             inflight.add_metric([instance.uid], instance.inflight)
+            queued.add_metric([instance.uid], instance.admission.queued)
             restarts.add_metric([instance.uid], sum(r.restarts for r in instance.replicas))
-        yield from (replicas, inflight, restarts, memory)
+        yield from (replicas, inflight, queued, slots, restarts, memory)
+        yield from _gpu_memory()
+
+
+def _gpu_memory() -> Iterator[Metric]:
+    """Each GPU's memory as NVML reports it now (nothing on a machine without NVIDIA GPUs)."""
+    found = discover()
+    if not found:
+        return
+    labels = ["gpu", "name", "uuid"]
+    total = GaugeMetricFamily("inferd_gpu_memory_total_bytes", "GPU memory", labels=labels)
+    used = GaugeMetricFamily(
+        "inferd_gpu_memory_used_bytes", "GPU memory in use, by any process", labels=labels
+    )
+    for gpu in found:
+        values = [str(gpu.index), gpu.name, gpu.uuid]
+        total.add_metric(values, gpu.total)
+        used.add_metric(values, gpu.total - gpu.free)
+    yield from (total, used)
 
 
 def watch(manager: ModelManager) -> _ModelState:

@@ -20,6 +20,7 @@ from inferd import __version__
 from inferd.api.auth import visible
 from inferd.api.deps import manager as _manager
 from inferd.api.proxy import relay
+from inferd.api.sse import events
 from inferd.catalog import LLMFamily
 from inferd.errors import InferdError, InvalidRequest
 from inferd.runtime.instance import ModelInstance
@@ -443,11 +444,7 @@ def _gather_calls(calls: dict[int, dict[str, Any]], deltas: list[dict[str, Any]]
 
 
 async def _sse_events(chunks: Any) -> AsyncIterator[dict[str, Any]]:
-    """Server-sent events from a byte stream cut at arbitrary places."""
-    buffer = b""
-    async for chunk in chunks:
-        buffer += chunk if isinstance(chunk, bytes) else chunk.encode()
-        while b"\n\n" in buffer:
-            event, buffer = buffer.split(b"\n\n", 1)
-            if event.startswith(b"data: ") and event[6:] != b"[DONE]":
-                yield orjson.loads(event[6:])
+    """The JSON events of an OpenAI stream."""
+    async for event in events(chunks):
+        if event.startswith(b"data: ") and event[6:] != b"[DONE]":
+            yield orjson.loads(event[6:])

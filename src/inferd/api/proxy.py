@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 import httpx
 import orjson
 from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from starlette.background import BackgroundTask
 
 from inferd.api.auth import check_model
-from inferd.api.metrics import FIRST_TOKEN, LATENCY, REQUESTS, TOKENS
-from inferd.errors import InvalidRequest, ModelUnavailable, RequestAborted
+from inferd.api.metrics import FIRST_TOKEN, INTER_TOKEN, LATENCY, REQUESTS, TOKENS
+from inferd.api.sse import StallGuardedResponse, events
+from inferd.errors import (
+    InferdError,
+    InvalidRequest,
+    ModelUnavailable,
+    RequestAborted,
+    RequestTimedOut,
+    TooManyRequests,
+)
 from inferd.runtime.aborts import cancel
 from inferd.runtime.instance import ModelInstance
 from inferd.runtime.manager import ModelManager
@@ -53,11 +62,20 @@ async def relay(
     request_id = request_id_of(body, client)
     if manager.aborts.blocked(instance.uid, request_id):
         raise RequestAborted(request_id)
+    started = time.perf_counter()
+    limit = manager.settings.request_timeout or None
+    deadline = started + limit if limit else None
+    wants_usage = _count_stream_usage(path, body, stream)
     content = orjson.dumps(body)
     headers = {"X-Request-Id": request_id}
-    started = time.perf_counter()
     for attempt in range(_ATTEMPTS):
-        replica = await manager.acquire(instance)
+        try:
+            replica = await _unless_client_leaves(manager.acquire(instance), client, None)
+        except _ClientLeft:
+            return Response(status_code=499)  # left while queued; nobody reads this
+        except TooManyRequests:
+            REQUESTS.labels(instance.uid, path, "429").inc()
+            raise
         process = replica.process
         assert process is not None
         sending = process.client.send(
@@ -65,19 +83,21 @@ async def relay(
             stream=stream,
         )
         try:
-            if stream or client is None:
-                upstream = await sending
-            else:
-                upstream = await _unless_client_leaves(sending, client, process.client, request_id)
+            upstream = await _unless_client_leaves(sending, None if stream else client, deadline)
         except httpx.HTTPError as exc:
             manager.release(instance, replica)
             await asyncio.sleep(0.05 * (attempt + 1))  # time for the supervisor to notice
             if isinstance(exc, httpx.ConnectError) or not process.alive:
                 continue
             raise _stopped(instance, exc) from exc
-        except _ClientLeft:
+        except (_ClientLeft, TimeoutError) as exc:
+            # A generation nobody will read, or one past its time, should not keep its slot.
+            await cancel(process.client, request_id)
             manager.release(instance, replica)
-            return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+            if isinstance(exc, _ClientLeft):
+                return Response(status_code=499)
+            _record(instance.uid, path, 504, started)
+            raise _timed_out(limit) from None
         except BaseException:
             manager.release(instance, replica)
             raise
@@ -93,14 +113,15 @@ async def relay(
             raise _stopped(instance, exc) from exc
         finally:
             await upstream.aclose()
-            manager.release(instance, replica)
+            manager.release(instance, replica, time.perf_counter() - started)
         _record(instance.uid, path, upstream.status_code, started, data, content_type)
         return Response(
             data, status_code=upstream.status_code, media_type=content_type, headers=headers
         )
     lease = _Lease(manager, instance, replica, upstream, path, started)
-    return StreamingResponse(
-        _forward(instance, lease),
+    return StallGuardedResponse(
+        _forward(instance, lease, deadline, limit, wants_usage),
+        stall_timeout=manager.settings.send_timeout,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
         # If the client leaves before the stream starts, the generator never runs its
@@ -109,22 +130,31 @@ async def relay(
     )
 
 
+T = TypeVar("T")
+
+
 async def _unless_client_leaves(
-    sending: Any, client: Request, process_client: httpx.AsyncClient, request_id: str
-) -> httpx.Response:
-    """Await a whole answer, cancelling it in the model process if the client disconnects
-    first: a generation nobody will read should not keep its slot."""
-    answer = asyncio.ensure_future(sending)
-    left = asyncio.ensure_future(_disconnected(client))
+    work: Awaitable[T], client: Request | None, deadline: float | None
+) -> T:
+    """`work`'s result, unless the client disconnects first (_ClientLeft) or the deadline
+    passes (TimeoutError); either way `work` is cancelled and has ended when this returns."""
+    task = asyncio.ensure_future(work)
+    left = asyncio.ensure_future(_disconnected(client)) if client is not None else None
+    timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
     try:
-        await asyncio.wait({answer, left}, return_when=asyncio.FIRST_COMPLETED)
-        if answer.done():
-            return answer.result()
-        await cancel(process_client, request_id)
-        answer.cancel()
-        raise _ClientLeft
+        waiting = {task} if left is None else {task, left}
+        await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task  # a queued request that was just handed a slot gives it back
+        raise _ClientLeft if left is not None and left.done() else TimeoutError
     finally:
-        left.cancel()
+        if left is not None:
+            left.cancel()
+        if not task.done():
+            task.cancel()
 
 
 class _ClientLeft(Exception):
@@ -135,6 +165,17 @@ async def _disconnected(client: Request) -> None:
     # The body has been read, so the next ASGI message can only be the disconnect.
     while (await client.receive())["type"] != "http.disconnect":
         pass
+
+
+def _count_stream_usage(path: str, body: dict, stream: bool) -> bool:
+    """Ask a streamed generation for its token counts, so they reach the metrics; whether the
+    client itself asked for them (if not, the usage event is not passed on)."""
+    if not stream or path not in _COUNTS_TOKENS:
+        return False
+    options = body.get("stream_options") or {}
+    wanted = bool(options.get("include_usage"))
+    body["stream_options"] = {**options, "include_usage": True}
+    return wanted
 
 
 class _Lease:
@@ -165,7 +206,8 @@ class _Lease:
         try:
             await self.upstream.aclose()  # the model process sees the disconnect and stops
         finally:
-            self.manager.release(self.instance, self.replica)
+            held = time.perf_counter() - self.started
+            self.manager.release(self.instance, self.replica, held)
 
 
 def _stopped(instance: ModelInstance, exc: Exception) -> ModelUnavailable:
@@ -176,31 +218,85 @@ def _stopped(instance: ModelInstance, exc: Exception) -> ModelUnavailable:
     )
 
 
-async def _forward(instance: ModelInstance, lease: _Lease) -> AsyncIterator[bytes]:
-    first = True
+def _timed_out(limit: float | None) -> RequestTimedOut:
+    return RequestTimedOut(
+        f"the answer took longer than this server allows one request ({limit:.0f}s, "
+        "INFERD_REQUEST_TIMEOUT); ask for fewer max_tokens or raise the limit",
+        param="max_tokens",
+    )
+
+
+def _error_event(error: InferdError) -> bytes:
+    body = {
+        "error": {
+            "message": error.message,
+            "type": error.error_type,
+            "param": error.param,
+            "code": error.code,
+        }
+    }
+    return b"data: " + orjson.dumps(body) + b"\n\ndata: [DONE]\n\n"
+
+
+async def _forward(
+    instance: ModelInstance,
+    lease: _Lease,
+    deadline: float | None,
+    limit: float | None,
+    wants_usage: bool,
+) -> AsyncIterator[bytes]:
+    """The model's events, passed on whole as they come, timing the first one and the gaps
+    between the rest; the usage event inferd asked for is read, and dropped unless the client
+    asked for it too."""
+    uid, status = instance.uid, lease.upstream.status_code
+    last: float | None = None
+    gaps = INTER_TOKEN.labels(uid, lease.path)
     try:
-        async for chunk in lease.upstream.aiter_raw():
-            if first:
-                FIRST_TOKEN.labels(instance.uid, lease.path).observe(
-                    time.perf_counter() - lease.started
-                )
-                first = False
-            yield chunk
+        async with asyncio.timeout_at(_loop_time(deadline)):
+            async for event in events(lease.upstream.aiter_raw()):
+                now = time.perf_counter()
+                usage = _usage_of(event) if b'"usage":{' in event else None
+                if usage is not None:
+                    TOKENS.labels(uid, "prompt").inc(usage.get("prompt_tokens") or 0)
+                    TOKENS.labels(uid, "completion").inc(usage.get("completion_tokens") or 0)
+                    if not wants_usage:
+                        continue
+                elif last is None:
+                    FIRST_TOKEN.labels(uid, lease.path).observe(now - lease.started)
+                    last = now
+                elif event != b"data: [DONE]":
+                    gaps.observe(now - last)
+                    last = now
+                yield event + b"\n\n"
     except httpx.HTTPError as exc:
         # Headers are gone already: end the stream with an error event the client can read.
-        error = _stopped(instance, exc)
-        body = {
-            "error": {
-                "message": error.message,
-                "type": error.error_type,
-                "param": None,
-                "code": error.code,
-            }
-        }
-        yield b"data: " + orjson.dumps(body) + b"\n\ndata: [DONE]\n\n"
+        status = 503
+        yield _error_event(_stopped(instance, exc))
+    except TimeoutError:
+        status = 504
+        yield _error_event(_timed_out(limit))
     finally:
         await lease.close()
-        _record(instance.uid, lease.path, lease.upstream.status_code, lease.started)
+        _record(uid, lease.path, status, lease.started)
+
+
+def _usage_of(event: bytes) -> dict[str, Any] | None:
+    """The token counts of a stream's usage-only event; None for any other event."""
+    try:
+        chunk = orjson.loads(event.removeprefix(b"data: "))
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(chunk, dict) or chunk.get("choices"):
+        return None
+    usage = chunk.get("usage")
+    return usage if isinstance(usage, dict) else None
+
+
+def _loop_time(deadline: float | None) -> float | None:
+    """A perf_counter deadline on the event loop's clock."""
+    if deadline is None:
+        return None
+    return asyncio.get_running_loop().time() + (deadline - time.perf_counter())
 
 
 def _record(

@@ -79,8 +79,13 @@ class Engine(ABC):
     def close(self) -> None:  # noqa: B027 - most engines free everything on process exit
         """Release what the process exit would not."""
 
-    def metrics(self) -> bytes | None:
-        """The engine's own Prometheus figures, in the text format, if it keeps any."""
+    def slots(self) -> int | None:
+        """How many requests the loaded model works on side by side; more wait in the
+        server's queue. None: it takes any number and schedules them itself."""
+        return 1
+
+    async def metrics(self) -> bytes | None:
+        """Prometheus figures the engine keeps outside this process's registry (text format)."""
         return None
 
     async def chat(self, request: Json) -> Json:
@@ -126,6 +131,18 @@ class Engine(ABC):
             f"does not support {what}",
             param="model",
         )
+
+
+def flag(options: Json, name: str) -> bool:
+    """Take a yes/no launch option out of `options`; off unless given as true. Anything but a
+    boolean (or its spelling, from the CLI) is refused, so "false" never reads as true."""
+    value = options.pop(name, False)
+    if isinstance(value, bool):
+        return value
+    spelled = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    if isinstance(value, (str, int)) and str(value).lower() in spelled:
+        return spelled[str(value).lower()]
+    raise InvalidRequest(f"{name} must be true or false, not {value!r}", param=name)
 
 
 def with_stops(request: Json, stops: list[str]) -> Json:

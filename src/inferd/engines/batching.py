@@ -13,9 +13,18 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from prometheus_client import Histogram
+
 Item = TypeVar("Item")
 # run(items) -> one result per item, in order
 RunBatch = Callable[[list[Any]], Sequence[Any]]
+
+# In the model process's own registry, which the server scrapes and labels with the model.
+BATCH_ITEMS = Histogram(
+    "inferd_engine_batch_items",
+    "Inputs computed together in one forward pass",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 
 
 @dataclass
@@ -55,6 +64,7 @@ class DynamicBatcher(Generic[Item]):
 
     async def _run_batch(self, batch: list[_Pending[Item]]) -> None:
         items = [item for pending in batch for item in pending.items]
+        BATCH_ITEMS.observe(len(items))
         loop = asyncio.get_running_loop()
         try:
             results = await loop.run_in_executor(self._executor, self._run, items)

@@ -47,6 +47,7 @@ class LlamaCppEngine(Engine):
         params.model.path = self.config.model_path
         params.model_alias = {self.config.model_uid}
         params.n_parallel = slots
+        self._slots = slots
         params.n_ctx = slot_context * slots
         params.cpuparams.n_threads = int(options.pop("n_threads", os.cpu_count() or 1))
         thinking = options.pop("enable_thinking", None)
@@ -88,6 +89,17 @@ class LlamaCppEngine(Engine):
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def slots(self) -> int:
+        return self._slots
+
+    async def metrics(self) -> bytes | None:
+        """llama.cpp's own figures: tokens/s, requests processing and deferred, KV-cache use."""
+        try:
+            response = await self._http.get("/metrics", timeout=5.0)
+        except httpx.HTTPError:
+            return None
+        return response.content if response.status_code == 200 else None
 
     async def chat(self, request: Json) -> Json:
         return await self._call("/v1/chat/completions", request)

@@ -41,6 +41,9 @@ class PiperEngine(Engine):
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def slots(self) -> int:
+        return 2  # its two synthesis threads
+
     async def speech(self, request: Json) -> tuple[bytes, str]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._speak, request)

@@ -11,9 +11,11 @@ import base64
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from inferd.engines.base import Engine, Json
+from inferd.engines.base import Engine, Json, flag
 from inferd.engines.batching import DynamicBatcher
 from inferd.engines.ranking import rerank_response
+
+_BATCH = 64
 
 
 class SentenceTransformersEngine(Engine):
@@ -29,7 +31,7 @@ class SentenceTransformersEngine(Engine):
 
         options = dict(self.config.options)
         device = options.pop("device", None)
-        trust_remote_code = bool(options.pop("trust_remote_code", False))
+        trust_remote_code = flag(options, "trust_remote_code")
         self._refuse_unknown(options)
         family = self.config.family
         self._cross = self.config.model_type == "rerank" and family["method"] == "cross-encoder"
@@ -53,7 +55,14 @@ class SentenceTransformersEngine(Engine):
         # One thread runs the model: torch already spreads one forward pass over every core,
         # and concurrent requests are batched into that pass rather than run side by side.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
-        self._batcher: DynamicBatcher[str] = DynamicBatcher(self._encode, self._pool, max_items=64)
+        self._batcher: DynamicBatcher[str] = DynamicBatcher(
+            self._encode, self._pool, max_items=_BATCH
+        )
+
+    def slots(self) -> int:
+        # Embedding requests share forward passes of up to _BATCH texts; ranking runs one
+        # request's pairs at a time.
+        return 1 if self._cross else _BATCH
 
     def close(self) -> None:
         self._batcher.close()

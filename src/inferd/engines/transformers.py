@@ -16,8 +16,12 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-from inferd.engines.base import Engine, Json
+from inferd.engines.base import Engine, Json, flag
 from inferd.errors import InvalidRequest, UnsupportedOperation
+
+# Requests the continuous-batching loop takes at once unless max_requests_per_batch says;
+# later ones wait in the server's queue.
+_DEFAULT_SLOTS = 64
 
 # What no sampling field asks for: OpenAI's defaults.
 _TEMPERATURE, _TOP_P = 1.0, 1.0
@@ -39,7 +43,7 @@ class TransformersEngine(Engine):
         options = dict(self.config.options)
         device = options.pop("device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = options.pop("dtype", "auto")
-        trust_remote_code = bool(options.pop("trust_remote_code", False))
+        trust_remote_code = flag(options, "trust_remote_code")
         batching = {
             key: options.pop(key)
             for key in ("max_batch_tokens", "num_blocks", "page_size", "max_requests_per_batch")
@@ -96,8 +100,12 @@ class TransformersEngine(Engine):
             generation_config=generation, continuous_batching_config=config
         )
         self._manager.start()
+        self._slots = int(batching.get("max_requests_per_batch") or _DEFAULT_SLOTS)
         # top_k's "no limit" is the width of the logits, which the tokenizer's length may not be.
         self._vocab = int(self._model.get_output_embeddings().weight.shape[0])
+
+    def slots(self) -> int:
+        return self._slots
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -89,6 +89,7 @@ class VLLMEngine(Engine):
         self._args = self._parse(self._arguments())
         engine_args = AsyncEngineArgs.from_cli_args(self._args)
         vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        self._max_num_seqs = int(vllm_config.scheduler_config.max_num_seqs)
         # Built off the event loop (loading takes a while, and the process must answer its
         # health checks meanwhile); vLLM starts its output handler on the loop of the first
         # request.
@@ -119,10 +120,8 @@ class VLLMEngine(Engine):
         if llm is not None:
             llm.shutdown()
 
-    def metrics(self) -> bytes:
-        from prometheus_client import REGISTRY, generate_latest
-
-        return generate_latest(REGISTRY)
+    def slots(self) -> int:
+        return self._max_num_seqs  # its scheduler's batch; its figures are in this registry
 
     async def chat(self, request: Json) -> Json:
         return await self._whole(self._chat.create_chat_completion, self._chat_request(request))

@@ -18,6 +18,7 @@ from inferd.catalog import (
 )
 from inferd.engines import Engine
 from inferd.errors import UnsupportedOperation
+from inferd.runtime.admission import Admission
 from inferd.runtime.launch import LaunchRequest
 from inferd.runtime.process import resident_bytes
 from inferd.runtime.replica import Replica
@@ -53,7 +54,11 @@ class ModelInstance:
     replicas: list[Replica] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
     download: DownloadProgress | None = None
+    max_queue: int = 512
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.admission = Admission(self.uid, self.max_queue, lambda: self.replicas)
 
     @property
     def model_type(self) -> str:
@@ -94,11 +99,6 @@ class ModelInstance:
             f"(its abilities: {', '.join(self.abilities)}{hint})",
             param=param,
         )
-
-    def pick(self) -> Replica | None:
-        """The least busy ready replica, so load spreads as requests finish at their own pace."""
-        ready = [r for r in self.replicas if r.ready]
-        return min(ready, key=lambda r: r.inflight) if ready else None
 
     def notify(self) -> None:
         """Wake every request waiting for this model to change state."""
@@ -152,6 +152,7 @@ class ModelInstance:
                 "status": r.status,
                 "pid": r.pid,
                 "inflight": r.inflight,
+                "slots": r.slots,
                 "served": r.served,
                 "restarts": r.restarts,
                 "started": r.started,
@@ -176,6 +177,7 @@ class ModelInstance:
             "model_hub": next(iter(self.spec.model_hub), "local"),
             "replica": self.request.replica,
             "replicas": replicas,
+            "queued": self.admission.queued,
             "status": self.state,
             "error": self.error_text(),
             "created": int(self.created),

@@ -42,7 +42,9 @@ class LaunchRequest(BaseModel):
     download_hub: Literal["huggingface", "modelscope"] | None = None
     # Xinference's launch fields; what inferd cannot honour yet is refused by the manager.
     n_worker: int = Field(default=1, ge=1)
-    request_limits: int | None = None
+    request_limits: int | None = Field(
+        default=None, ge=1, description="Requests each replica works on at once; more queue"
+    )
     worker_ip: str | None = None
     replica_config: list[dict[str, Any]] | None = None
     enable_thinking: bool | None = None

@@ -48,10 +48,12 @@ from inferd.runtime.launch import LaunchRequest
 from inferd.runtime.replica import Replica
 from inferd.settings import Settings
 from inferd.storage.download import DownloadProgress, download
+from inferd.storage.paths import confined
 from inferd.storage.resolve import cache_dir_for, cached_weights, find_local_weights
 from inferd.storage.state import StateStore
 
 log = logging.getLogger("inferd.manager")
+_FOREVER = 10**9  # seconds: "no limit" where INFERD_REQUEST_TIMEOUT is 0
 _family_adapter: TypeAdapter[AnyFamily] = TypeAdapter(Family)
 
 
@@ -178,14 +180,17 @@ class ModelManager:
             )
         return instance
 
-    async def acquire(self, instance: ModelInstance) -> Replica:
-        """A ready replica for one request, waiting (bounded) through restarts and reloads."""
+    async def acquire(self, instance: ModelInstance, timeout: float | None = None) -> Replica:
+        """A slot on a ready replica for one request: at once if one is free, else after
+        waiting in the model's queue (429 when full), or through a restart or reload."""
+        if timeout is None:
+            timeout = self.settings.request_timeout or _FOREVER
         deadline = time.monotonic() + self.settings.request_wait
         while True:
-            replica = instance.pick() if instance.phase == READY else None
-            if replica is not None:
-                replica.inflight += 1
-                replica.served += 1
+            if instance.phase == READY and any(r.ready for r in instance.replicas):
+                replica = instance.admission.admit_now()
+                if replica is None:
+                    replica = await instance.admission.wait(timeout)
                 instance.last_used = time.monotonic()
                 return replica
             state = instance.state
@@ -207,8 +212,10 @@ class ModelManager:
                 )
             await instance.wait_change(remaining)
 
-    def release(self, instance: ModelInstance, replica: Replica) -> None:
-        replica.inflight -= 1
+    def release(
+        self, instance: ModelInstance, replica: Replica, held_for: float | None = None
+    ) -> None:
+        instance.admission.release(replica, held_for)
         instance.last_used = time.monotonic()
 
     # launch ---------------------------------------------------------------------------
@@ -253,11 +260,14 @@ class ModelManager:
         """Check everything that can be checked before a process starts."""
         _gpu_count(request)  # a malformed n_gpu or gpu_idx is refused before anything runs
         adapters = request.peft_model_config.lora_list if request.peft_model_config else []
+        if request.model_path:
+            confined(request.model_path, "model_path")
         for i, adapter in enumerate(adapters):
-            if not Path(adapter.local_path).is_dir():
+            where = f"peft_model_config.lora_list.{i}.local_path"
+            if not confined(adapter.local_path, where).is_dir():
                 raise InvalidRequest(
                     f"LoRA adapter {adapter.lora_name!r}: no folder at {adapter.local_path}",
-                    param=f"peft_model_config.lora_list.{i}.local_path",
+                    param=where,
                 )
         if len(request.loras) != len(adapters):
             raise InvalidRequest(
@@ -265,7 +275,6 @@ class ModelManager:
             )
         unsupported = {
             "n_worker": request.n_worker != 1,
-            "request_limits": request.request_limits is not None,
             "worker_ip": request.worker_ip is not None,
             "replica_config": bool(request.replica_config),
             "enable_virtual_env": bool(request.enable_virtual_env),
@@ -304,6 +313,7 @@ class ModelManager:
             spec=spec,
             quantization=quantization,
             engine=engine,
+            max_queue=self.settings.max_queue,
         )
 
     async def _bring_up(self, instance: ModelInstance) -> None:
@@ -360,6 +370,7 @@ class ModelManager:
         instance.last_used = time.monotonic()
         self.store.set_status(uid, READY, wanted="running", load_seconds=load_seconds)
         instance.notify()
+        instance.admission.dispatch()
         log.info(
             "%s is ready in %.1fs (pids %s)", uid, load_seconds, [r.pid for r in instance.replicas]
         )
@@ -372,6 +383,7 @@ class ModelManager:
             log_path=self.log_path(instance.uid, index),
             launch_timeout=self.settings.launch_timeout,
             on_change=lambda r, status, msg: self._replica_changed(instance, r, status, msg),
+            request_limit=instance.request.request_limits,
         )
 
     def _placed(self, instance: ModelInstance, config: EngineConfig) -> EngineConfig:
@@ -430,6 +442,7 @@ class ModelManager:
         instance.request.replica = len(instance.replicas)
         self.store.update_request(uid, instance.request.persisted())
         instance.notify()
+        instance.admission.dispatch()
         return tuple(r.index for r in added)
 
     async def remove_replica(self, uid: str, index: int) -> int:
@@ -527,7 +540,12 @@ class ModelManager:
             self.store.add_event(instance.uid, f"replica {replica.index} {status}", message)
             if instance.state == FAILED:
                 self.store.set_status(instance.uid, FAILED, replica.error, wanted="failed")
+                instance.admission.fail_all(
+                    ModelUnavailable(f"model {instance.uid!r} failed", param="model")
+                )
         instance.notify()
+        if status == "ready":
+            instance.admission.dispatch()
 
     def log_path(self, uid: str, replica: int = 0) -> Path:
         name = f"{uid}.log" if replica == 0 else f"{uid}.r{replica}.log"
@@ -578,6 +596,9 @@ class ModelManager:
         instance = self.get(uid)
         instance.set_phase(TERMINATING)
         instance.notify()
+        instance.admission.fail_all(
+            ModelUnavailable(f"model {uid!r} is being terminated", param="model")
+        )
         self.store.forget_launch(uid)
         if instance.task is not None and not instance.task.done():
             instance.task.cancel()

@@ -25,6 +25,7 @@ class ModelProcess:
         self.socket_path = socket_path
         self.log_path = log_path
         self.proc: asyncio.subprocess.Process | None = None
+        self.slots: int | None = None  # what its engine runs side by side, once loaded
         self.client = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=str(socket_path)),
             base_url="http://model",
@@ -78,6 +79,7 @@ class ModelProcess:
             health = await self._health()
             if health is not None:
                 if health["status"] == "ready":
+                    self.slots = health.get("slots")
                     return
                 if health["status"] == "failed":
                     await self.stop(timeout=5)

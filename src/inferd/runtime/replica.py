@@ -31,6 +31,7 @@ class Replica:
         log_path: Path,
         launch_timeout: float,
         on_change: Callable[[Replica, str, str | None], None],
+        request_limit: int | None = None,
     ):
         self.index = index
         self.config = config
@@ -38,6 +39,7 @@ class Replica:
         self.log_path = log_path
         self.launch_timeout = launch_timeout
         self._on_change = on_change
+        self.request_limit = request_limit
         self.status = "pending"
         self.error: str | None = None
         self.process: ModelProcess | None = None
@@ -52,6 +54,14 @@ class Replica:
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
+
+    @property
+    def slots(self) -> int | None:
+        """Requests it works on at once (the launch's request_limits, else what its engine
+        runs side by side); None where the engine takes any number."""
+        if self.request_limit is not None:
+            return self.request_limit
+        return self.process.slots if self.process is not None else None
 
     @property
     def ready(self) -> bool:

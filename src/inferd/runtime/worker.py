@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 import uvicorn
+from prometheus_client import REGISTRY, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -70,6 +71,8 @@ class Worker:
         self.loop_ready = threading.Event()
 
     def load(self) -> None:
+        if self.config.options.get("trust_remote_code") not in (None, False, "false", "False"):
+            log.warning("trust_remote_code is on: the model's own Python code runs in this process")
         try:
             self.engine.load()
             # The second half of loading runs on the loop that will serve the requests
@@ -105,14 +108,16 @@ class Worker:
             "param": self.error_param,
             "pid": os.getpid(),
             "load_seconds": self.load_seconds,
+            "slots": self.engine.slots() if self.status == "ready" else None,
         }
         return Response(orjson.dumps(body), media_type="application/json")
 
     async def metrics(self, request: Request) -> Response:
-        """The engine's own Prometheus figures, which the server relabels by model."""
-        text = self.engine.metrics() if self.status == "ready" else None
-        if text is None:
+        """This process's Prometheus figures (vLLM's, the batcher's) and those the engine keeps
+        elsewhere (llama.cpp's), which the server relabels by model."""
+        if self.status != "ready":
             return Response(status_code=204)
+        text = generate_latest(REGISTRY) + (await self.engine.metrics() or b"")
         return Response(text, media_type="text/plain; version=0.0.4")
 
     async def chat(self, request: Request) -> Response:

@@ -14,6 +14,7 @@ from pathlib import Path
 from inferd.catalog.schema import AnyFamily, ModelSpec
 from inferd.errors import InvalidRequest, ModelFilesUnavailable
 from inferd.storage.download import COMPLETE_MARK, PARTIAL_SUFFIX
+from inferd.storage.paths import confined
 
 
 def cache_dir_for(cache_root: Path, model_name: str, spec: ModelSpec, quantization: str) -> Path:
@@ -54,7 +55,9 @@ def find_local_weights(
 
 
 def check_local_weights(path: Path, model_format: str, param: str = "model_path") -> Path:
-    """The file or folder an engine loads from a user's path, or a 400 saying what is wrong."""
+    """The file or folder an engine loads from a user's path, or a 400 saying what is wrong
+    (a 403 if it lies outside INFERD_ALLOWED_PATHS)."""
+    path = confined(path, param)
     if not path.exists():
         raise InvalidRequest(f"{param} {str(path)!r} does not exist", param=param)
     if model_format == "ggufv2":
