@@ -84,11 +84,21 @@ def _validation_error(request: Request, exc: Exception) -> Response:
         message = f"'{param}' is required"
     elif param:
         got = first.get("input")
-        shown = orjson.dumps(got, default=str).decode()[:100] if got is not None else "null"
+        shown = _shown(got)
         message = f"invalid '{param}': {message} (got {shown})"
     return error_response(
         400, message, "invalid_request_error", param, "invalid_value", request=request
     )
+
+
+def _shown(value: object) -> str:
+    """A short rendering of the value a client sent, for the message."""
+    if value is None:
+        return "null"
+    try:
+        return orjson.dumps(value, default=str).decode()[:100]
+    except orjson.JSONEncodeError:  # integers past 64 bits, which orjson will not write
+        return repr(value)[:100]
 
 
 def _inferd_error(request: Request, exc: Exception) -> Response:

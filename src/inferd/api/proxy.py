@@ -66,7 +66,7 @@ async def relay(
     limit = manager.settings.request_timeout or None
     deadline = started + limit if limit else None
     wants_usage = _count_stream_usage(path, body, stream)
-    content = orjson.dumps(body)
+    content = _encoded(body)
     headers = {"X-Request-Id": request_id}
     for attempt in range(_ATTEMPTS):
         try:
@@ -76,6 +76,9 @@ async def relay(
         except TooManyRequests:
             REQUESTS.labels(instance.uid, path, "429").inc()
             raise
+        if manager.aborts.blocked(instance.uid, request_id):  # aborted while it waited
+            manager.release(instance, replica)
+            raise RequestAborted(request_id)
         process = replica.process
         assert process is not None
         sending = process.client.send(
@@ -131,6 +134,33 @@ async def relay(
 
 
 T = TypeVar("T")
+
+
+def _encoded(body: dict) -> bytes:
+    """The body for the model process; a 400 naming the field if JSON held a number no engine
+    can take (integers beyond 64 bits, which Python parses but orjson will not write)."""
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        where = _oversized(body) or "body"
+        raise InvalidRequest(
+            f"{where} holds an integer too large to pass on (integers must fit in 64 bits)",
+            param=where,
+        ) from None
+
+
+def _oversized(value: object, where: str = "") -> str | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return where if not -(2**63) <= value < 2**64 else None
+    children: Any = ()
+    if isinstance(value, dict):
+        children = ((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        children = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    for path, child in children:
+        if (found := _oversized(child, path)) is not None:
+            return found
+    return None
 
 
 async def _unless_client_leaves(

@@ -23,6 +23,11 @@ _DEFAULT_SLOT_CONTEXT = 8192
 _DEFAULT_SLOTS = 4
 
 
+def _prompt_cache_mib() -> int:
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return max(256, min(8192, total // 16 >> 20))
+
+
 class LlamaCppEngine(Engine):
     name = "llama.cpp"
     model_types = frozenset({"LLM", "rerank"})
@@ -53,6 +58,9 @@ class LlamaCppEngine(Engine):
         thinking = options.pop("enable_thinking", None)
         params.n_gpu_layers = int(options.pop("n_gpu_layers", -1))
         params.endpoint_metrics = True
+        # llama.cpp keeps finished prompts' states in RAM to reuse them (8 GiB by default);
+        # a sixteenth of the machine's memory keeps that from surprising a small machine.
+        params.cache_ram_mib = int(options.pop("cache_ram_mib", _prompt_cache_mib()))
         self._ranks = self.config.model_type == "rerank"
         if self._ranks:
             params.embedding = True

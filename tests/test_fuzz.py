@@ -1,0 +1,123 @@
+"""Schemathesis over inferd's own OpenAPI document, against the live server with the demo models:
+valid and invalid requests for every operation, none of which may get a 5xx, and every 4xx of
+inferd's own API in OpenAI's error shape.
+
+CI runs INFERD_FUZZ_EXAMPLES (8 by default) cases per operation and mode; a longer run is the
+same test with more, e.g. `INFERD_FUZZ_EXAMPLES=200 pytest tests/test_fuzz.py`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import hypothesis
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase
+from schemathesis.generation import GenerationMode
+
+from tests.conftest import EMBEDDING, LLM, InferdServer
+
+pytestmark = pytest.mark.slow
+
+EXAMPLES = int(os.environ.get("INFERD_FUZZ_EXAMPLES", "8"))
+# Enough to pass every limit check, little enough that a fuzzed generation ends quickly.
+_SHORT = 4
+_LENGTH_FIELDS = ("max_tokens", "max_completion_tokens", "num_predict", "n")
+
+
+def aim_at_demo_models(case: Any, count: int) -> None:
+    """Every other case that names a model names a launched one, so the fuzzed fields reach
+    the engines rather than stopping at "no such model"; lengths are kept short (an answer
+    without a limit runs to the end of the context, a minute of CPU)."""
+    body = case.body
+    if not isinstance(body, dict) or "model" not in body or count % 2:
+        return
+    embeds = "embed" in case.path
+    body["model"] = EMBEDDING if embeds else LLM
+    if case.path.startswith("/api/"):
+        options = body.setdefault("options", {})
+        if isinstance(options, dict):
+            options.setdefault("num_predict", _SHORT)
+    elif "max_tokens" not in body and "max_completion_tokens" not in body:
+        body["max_tokens"] = _SHORT
+    for holder in (body, body.get("options")):
+        if not isinstance(holder, dict):
+            continue
+        for field in _LENGTH_FIELDS:
+            value = holder.get(field)
+            if isinstance(value, int) and not isinstance(value, bool) and value > _SHORT:
+                holder[field] = _SHORT
+
+
+def explore(strategy: Any, check: Any, *args: str) -> None:
+    """Run `check` on EXAMPLES cases drawn from `strategy` (no shrinking: failures are
+    collected, not minimised)."""
+
+    @hypothesis.given(case=strategy)
+    @hypothesis.settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    def run(case: Any) -> None:
+        check(case, *args)
+
+    with contextlib.suppress(hypothesis.errors.Unsatisfiable):
+        run()  # (an operation without inputs has no invalid form)
+
+
+def openai_shaped(payload: Any) -> bool:
+    error = payload.get("error") if isinstance(payload, dict) else None
+    return isinstance(error, dict) and {"message", "type", "param", "code"} <= set(error)
+
+
+def test_no_request_gets_a_server_error(launched: InferdServer) -> None:
+    schema = schemathesis.openapi.from_url(f"{launched.url}/openapi.json")
+    session = requests.Session()
+    cases: dict[str, int] = {}
+    failures: list[str] = []
+
+    def check(case: Any, label: str, api_path: str) -> None:
+        count = cases[label] = cases.get(label, 0) + 1
+        aim_at_demo_models(case, count)
+        try:
+            response = case.call(base_url=launched.url, session=session, timeout=120)
+        except requests.RequestException as exc:
+            failures.append(f"{label}: {type(exc).__name__}: {exc}")
+            return
+        status = response.status_code
+        if status >= 500:
+            failures.append(f"{label} -> {status}: {response.text[:300]}\n{case.body!r}")
+        elif status >= 400 and not api_path.startswith("/api/"):
+            # Ollama's paths answer in Ollama's shape; everything else in OpenAI's.
+            try:
+                payload = response.json()
+            except ValueError:
+                payload = None
+            if not openai_shaped(payload):
+                failures.append(f"{label} -> {status} not OpenAI-shaped: {response.text[:300]}")
+
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        label = f"{operation.method.upper()} {operation.path}"
+        for mode in GenerationMode:
+            explore(operation.as_strategy(generation_mode=mode), check, label, operation.path)
+
+    total = sum(cases.values())
+    print(f"schemathesis: {total} cases over {len(cases)} operations, {len(failures)} failures")
+    for failure in failures:
+        print(failure[:2000])
+    assert not failures, "\n\n".join(failures[:20])
+    assert len(cases) >= 40 and total >= 8 * len(cases)
+    # The server and its models are still there for the next caller.
+    client = launched.openai()
+    reply = client.chat.completions.create(
+        model=LLM, messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+    )
+    assert reply.choices[0].message.content is not None
+    assert {LLM, EMBEDDING} <= set(launched.models())
