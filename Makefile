@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 9997
 DEMO_MODELS := --launch gemma-3-270m --launch all-MiniLM-L6-v2
 
-.PHONY: serve test lint install clean
+.PHONY: serve test lint install bench clean
 
 # torch is pinned and installed before anything that depends on it: an unpinned torch
 # would pull a multi-GB CUDA build.
@@ -43,6 +43,15 @@ $(CHROMIUM):
 
 test: lint $(CHROMIUM)
 	$(VENV)/bin/pytest
+
+# inferd beside the engines alone (and Xinference, with XINFERENCE_VENV=path/to/its/venv),
+# with the 1-to-256-client scaling run; tables and a plot land in benchmarks/results/compare/.
+$(VENV)/.bench: $(VENV)/.demo
+	$(PIP) install --quiet -e '.[demo,bench]'
+	touch $@
+
+bench: $(VENV)/.bench
+	$(PY) benchmarks/compare.py --scaling $(if $(XINFERENCE_VENV),--xinference-venv $(XINFERENCE_VENV))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
