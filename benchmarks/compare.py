@@ -432,11 +432,18 @@ class Xinference(Target):
             ],
         }
         embedding = {
+            "version": 2,
             "model_name": self.uids[EMBEDDING],
             "dimensions": 384,
             "max_tokens": 256,
             "language": ["en"],
-            "model_uri": str(weights[EMBEDDING]),
+            "model_specs": [
+                {
+                    "model_format": "pytorch",
+                    "quantization": "none",
+                    "model_uri": str(weights[EMBEDDING]),
+                }
+            ],
         }
         for kind, model in (("LLM", llm), ("embedding", embedding)):
             response = self._post(

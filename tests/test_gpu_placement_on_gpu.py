@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import InferdServer, custom_model, local_llm
+from tests.conftest import InferdServer, custom_model, local_llm, scrape
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
@@ -62,6 +62,19 @@ def test_a_model_lands_on_a_gpu_and_sees_only_it(server: InferdServer, tiny_llam
         pids = {r["pid"] for i in instances if i["model_uid"] == uid for r in i["replicas"]}
         on_gpu = gpu_pids()
         assert any(pids & held for held in on_gpu.values()), (pids, on_gpu)
+        # /metrics carries each GPU's memory as NVML reports it.
+        samples = scrape(server)
+        totals = {
+            dict(labels)["gpu"]: v
+            for (name, labels), v in samples.items()
+            if name == "inferd_gpu_memory_total_bytes"
+        }
+        used = {
+            dict(labels)["gpu"]: v
+            for (name, labels), v in samples.items()
+            if name == "inferd_gpu_memory_used_bytes"
+        }
+        assert totals["0"] == gpus[0]["memory_total"] and 0 < used["0"] < totals["0"]
 
 
 def test_a_launch_that_cannot_fit_is_refused_saying_what_would(

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from inferd.engines.base import Engine, Json, with_stops
+from inferd.engines.base import Engine, Json, flag, with_stops
 from inferd.errors import InferdError, InvalidRequest, ModelUnavailable
 from inferd.runtime.gpus import Need, has_nvidia_gpu
 
@@ -170,6 +170,8 @@ class VLLMEngine(Engine):
             arguments["lora_modules"] = [f"{n}={p}" for n, p in self.config.loras.items()]
             arguments["max_loras"] = len(self.config.loras)
             arguments["max_lora_rank"] = _max_rank(self.config.loras.values())
+        if "trust_remote_code" in options:  # a plain yes or no, as on every engine
+            arguments["trust_remote_code"] = flag(options, "trust_remote_code")
         arguments.update(options)
         self._stops = list(family.get("stop") or [])
         self._stop_token_ids = list(family.get("stop_token_ids") or [])
@@ -313,21 +315,21 @@ def _tool_parser(model_name: str) -> str | None:
 
 def _as_argv(action: Any, value: Any) -> list[str]:
     """One option as `vllm serve` would read it from a command line."""
-    flag = action.option_strings[0]
+    option = action.option_strings[0]
     if isinstance(value, bool):
         negative = next((s for s in action.option_strings if s.startswith("--no-")), None)
         if action.nargs == 0 or negative is not None:  # a switch
             if value:
-                return [flag]
+                return [option]
             return [negative] if negative is not None else []
-        return [flag, str(value).lower()]
+        return [option, str(value).lower()]
     if isinstance(value, dict):
-        return [flag, orjson.dumps(value).decode()]
+        return [option, orjson.dumps(value).decode()]
     if isinstance(value, list | tuple):
         if action.nargs in ("+", "*"):
-            return [flag, *(_scalar(v) for v in value)]
-        return [flag, orjson.dumps(list(value)).decode()]
-    return [flag, _scalar(value)]
+            return [option, *(_scalar(v) for v in value)]
+        return [option, orjson.dumps(list(value)).decode()]
+    return [option, _scalar(value)]
 
 
 def _scalar(value: Any) -> str:

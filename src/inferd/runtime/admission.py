@@ -36,7 +36,9 @@ class Admission:
 
     def admit_now(self) -> Replica | None:
         """A slot for a request that just arrived, if one is free and nobody waits before it."""
-        if self.queued:
+        while self._waiting and self._waiting[0].done():  # callers that left or timed out
+            self._waiting.popleft()
+        if self._waiting:
             return None
         replica = _least_busy_free(self._replicas())
         if replica is not None:
