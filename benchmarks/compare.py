@@ -201,7 +201,24 @@ def raw_embeddings(path: Path, seconds: float) -> tuple[float, float]:
 
 
 def raw_chat(path: Path, clients_list: tuple[int, ...], seconds: float) -> dict[int, Rate]:
-    """llama.cpp's server object as inferd's engine configures it, called from threads."""
+    """llama.cpp's server object as inferd's engine configures it, called from threads, in a
+    process of its own (as inferd's model process is) so nothing else here competes."""
+    script = (
+        "import sys, json; sys.path.insert(0, sys.argv[1]); import compare\n"
+        "rates = compare.raw_chat_here(compare.Path(sys.argv[2]), (1, 4), float(sys.argv[3]))\n"
+        "print(json.dumps({c: vars(r) for c, r in rates.items()}))\n"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", script, str(Path(__file__).parent), str(path), str(seconds)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rates = json.loads(output.strip().splitlines()[-1])
+    return {int(c): Rate(**r) for c, r in rates.items() if int(c) in clients_list}
+
+
+def raw_chat_here(path: Path, clients_list: tuple[int, ...], seconds: float) -> dict[int, Rate]:
     from inferd.catalog import ModelType, get_catalog
     from inferd.engines.base import EngineConfig
     from inferd.engines.llamacpp import LlamaCppEngine

@@ -69,8 +69,10 @@ async def relay(
     content = _encoded(body)
     headers = {"X-Request-Id": request_id}
     for attempt in range(_ATTEMPTS):
+        replica = manager.try_acquire(instance)  # no tasks to make when a slot is free
         try:
-            replica = await _unless_client_leaves(manager.acquire(instance), client, None)
+            if replica is None:
+                replica = await _unless_client_leaves(manager.acquire(instance), client, None)
         except _ClientLeft:
             return Response(status_code=499)  # left while queued; nobody reads this
         except TooManyRequests:

@@ -180,6 +180,16 @@ class ModelManager:
             )
         return instance
 
+    def try_acquire(self, instance: ModelInstance) -> Replica | None:
+        """A free slot at once, if the model is ready and nobody waits; else None (and the
+        caller waits in `acquire`)."""
+        if instance.phase != READY:
+            return None
+        replica = instance.admission.admit_now()
+        if replica is not None:
+            instance.last_used = time.monotonic()
+        return replica
+
     async def acquire(self, instance: ModelInstance, timeout: float | None = None) -> Replica:
         """A slot on a ready replica for one request: at once if one is free, else after
         waiting in the model's queue (429 when full), or through a restart or reload."""
