@@ -48,6 +48,11 @@ def test_unknown_model_is_a_404(client: openai.OpenAI) -> None:
         ({"model": LLM, "messages": MSG, "n": 0}, "n"),
         ({"model": LLM, "messages": MSG, "presence_penalty": 3}, "presence_penalty"),
         ({"messages": MSG}, "model"),
+        # An earlier call without its type: llama.cpp answered this with a 500 (found by fuzzing).
+        (
+            {"model": LLM, "messages": [{"role": "assistant", "tool_calls": [{}]}, *MSG]},
+            "messages[0].tool_calls[0].type",
+        ),
     ],
 )
 def test_bad_chat_fields_name_the_field(launched: InferdServer, body: dict, param: str) -> None:

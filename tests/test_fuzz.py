@@ -88,7 +88,7 @@ def test_no_request_gets_a_server_error(launched: InferdServer) -> None:
         try:
             response = case.call(base_url=launched.url, session=session, timeout=120)
         except requests.RequestException as exc:
-            failures.append(f"{label}: {type(exc).__name__}: {exc}")
+            failures.append(f"{label}: {type(exc).__name__}: {exc}\n{case.body!r:.1500}")
             return
         status = response.status_code
         if status >= 500:

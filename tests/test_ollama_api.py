@@ -97,3 +97,10 @@ def test_errors_are_ollama_shaped(oclient: ollama.Client, launched: InferdServer
     assert info.value.status_code == 400
     raw = httpx.post(f"{launched.url}/api/chat", json={"messages": []})
     assert raw.status_code == 400 and isinstance(raw.json()["error"], str)
+    # An earlier tool call without its function is the client's mistake, not a 500.
+    bad_call = {"role": "assistant", "content": "", "tool_calls": [{"id": "x"}]}
+    raw = httpx.post(
+        f"{launched.url}/api/chat",
+        json={"model": LLM, "messages": [bad_call, {"role": "user", "content": "x"}]},
+    )
+    assert raw.status_code == 400 and "tool_calls" in raw.json()["error"]

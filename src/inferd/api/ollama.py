@@ -213,7 +213,21 @@ def _openai_message(message: dict[str, Any]) -> dict[str, Any]:
     """An Ollama chat message in OpenAI's shape: tool calls carry ids and JSON-text arguments,
     a tool's answer names its tool."""
     out = {k: v for k, v in message.items() if k in ("role", "content", "tool_call_id")}
-    if message.get("tool_calls"):
+    calls = message.get("tool_calls")
+    if calls and not (
+        isinstance(calls, list)
+        and all(
+            isinstance(call, dict)
+            and isinstance(call.get("function"), dict)
+            and isinstance(call["function"].get("name"), str)
+            for call in calls
+        )
+    ):
+        raise InvalidRequest(
+            "a message's tool_calls must be a list of {'function': {'name', 'arguments'}}",
+            param="messages.tool_calls",
+        )
+    if calls:
         out["tool_calls"] = [
             {
                 "id": call.get("id") or f"call_{i}",
