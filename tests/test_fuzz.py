@@ -3,7 +3,7 @@ valid and invalid requests for every operation, none of which may get a 5xx, and
 inferd's own API in OpenAI's error shape.
 
 CI runs INFERD_FUZZ_EXAMPLES (8 by default) cases per operation and mode; a longer run is the
-same test with more, e.g. `INFERD_FUZZ_EXAMPLES=200 pytest tests/test_fuzz.py`."""
+same test with more, e.g. `INFERD_FUZZ_EXAMPLES=100 pytest --timeout 0 tests/test_fuzz.py`."""
 
 from __future__ import annotations
 
