@@ -31,7 +31,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from inferd.engines import ENGINES
-from inferd.engines.base import Engine, EngineConfig, Json
+from inferd.engines.base import Engine, EngineConfig, Json, flag
 from inferd.errors import InferdError, InvalidRequest, ModelUnavailable, RequestAborted
 
 log = logging.getLogger("inferd.worker")
@@ -71,8 +71,9 @@ class Worker:
         self.loop_ready = threading.Event()
 
     def load(self) -> None:
-        if self.config.options.get("trust_remote_code") not in (None, False, "false", "False"):
-            log.warning("trust_remote_code is on: the model's own Python code runs in this process")
+        with contextlib.suppress(InvalidRequest):  # a bad value is the engine's to refuse
+            if flag(dict(self.config.options), "trust_remote_code"):
+                log.warning("trust_remote_code is on: the model's own code runs in this process")
         try:
             self.engine.load()
             # The second half of loading runs on the loop that will serve the requests
