@@ -235,8 +235,11 @@ class _Lease:
         if self._closed:
             return
         self._closed = True
+        # Closing runs as its own task: when a client hangs up, this is called from a task being
+        # cancelled, and an interrupted close would leave the model generating for nobody.
+        closing = asyncio.ensure_future(self.upstream.aclose())
         try:
-            await self.upstream.aclose()  # the model process sees the disconnect and stops
+            await asyncio.shield(closing)  # the model process sees the disconnect and stops
         finally:
             held = time.perf_counter() - self.started
             self.manager.release(self.instance, self.replica, held)
