@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from inferd_server import BenchServer
+from inferd_server import BenchServer, tree_memory_mb
 
 LLM = "gemma-3-270m"
 EMBEDDING = "all-MiniLM-L6-v2"
@@ -144,24 +144,6 @@ async def first_token_seconds(url: str, headers: dict[str, str], model: str) -> 
                         times.append(time.perf_counter() - started)
                         break
     return times
-
-
-def tree_memory_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return float("nan")
-    total = 0
-    for process in processes:
-        try:
-            total += process.memory_info().rss
-        except psutil.NoSuchProcess:
-            continue
-    return total / 2**20
 
 
 # --- the engines alone -------------------------------------------------------------------

@@ -54,3 +54,21 @@ class BenchServer:
     def stop(self, sig: int = signal.SIGTERM) -> None:
         self.proc.send_signal(sig)
         self.proc.wait(60)
+
+
+def tree_memory_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants."""
+    total = 0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            total += next(
+                int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS")
+            )
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except (OSError, StopIteration):
+            continue
+        pending.extend(int(c) for c in children)
+    return total / 1024

