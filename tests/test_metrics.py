@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+
+import httpx
 import pytest
 
 from tests.conftest import EMBEDDING, LLM, InferdServer, scrape
@@ -72,3 +75,30 @@ def test_requests_tokens_and_processes_are_counted(launched: InferdServer) -> No
     assert value(after, "inferd_engine_batch_items_count", **batches) >= 1
     assert value(after, "inferd_engine_batch_items_sum", **batches) >= 2
     assert value(after, "inferd_model_process_resident_memory_bytes", model=LLM, replica="0") > 50e6
+
+
+def test_a_stream_its_client_left_is_counted_apart(launched: InferdServer) -> None:
+    chat = {"model": LLM, "endpoint": "/chat/completions"}
+    before = scrape(launched)
+    body = {
+        "model": LLM,
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "max_tokens": 2000,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{launched.url}/v1/chat/completions", json=body, timeout=60) as r:
+        assert next(line for line in r.iter_lines() if line.startswith("data: "))
+    # Hung up after the first token: not a 200, but nginx's 499 "client closed request".
+    deadline = time.monotonic() + 60
+    while True:
+        after = scrape(launched)
+        left = value(after, "inferd_requests_total", **chat, status="499")
+        freed = value(after, "inferd_model_requests_in_flight", model=LLM) == 0
+        if left - value(before, "inferd_requests_total", **chat, status="499") == 1 and freed:
+            break
+        assert time.monotonic() < deadline, "the abandoned stream was not counted"
+        time.sleep(0.2)
+    assert value(after, "inferd_requests_total", **chat, status="200") == value(
+        before, "inferd_requests_total", **chat, status="200"
+    )

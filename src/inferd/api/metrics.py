@@ -35,7 +35,7 @@ _SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 REQUESTS = Counter(
     "inferd_requests",
-    "Requests relayed to a model, by endpoint and HTTP status",
+    "Requests relayed to a model, by endpoint and HTTP status (499: the client hung up first)",
     ["model", "endpoint", "status"],
     registry=REGISTRY,
 )

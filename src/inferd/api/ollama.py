@@ -20,7 +20,7 @@ from inferd import __version__
 from inferd.api.auth import visible
 from inferd.api.deps import manager as _manager
 from inferd.api.proxy import relay
-from inferd.api.sse import events
+from inferd.api.sse import StallGuardedResponse, events
 from inferd.catalog import LLMFamily
 from inferd.errors import InferdError, InvalidRequest
 from inferd.runtime.instance import ModelInstance
@@ -417,6 +417,15 @@ async def _run(
         raise _error(upstream.status_code, orjson.loads(bytes(upstream.body)))
 
     async def lines() -> AsyncIterator[bytes]:
+        try:
+            async for line in _ollama_lines():
+                yield line
+        finally:
+            # The relayed stream records the answer and starts closing it before its first
+            # wait, so this finishes even when a client that left has this task cancelled.
+            await upstream.body_iterator.aclose()  # type: ignore[attr-defined]
+
+    async def _ollama_lines() -> AsyncIterator[bytes]:
         finish: str | None = None
         usage: dict[str, Any] = {}
         calls: dict[int, dict[str, Any]] = {}  # tool calls arrive in pieces; Ollama sends whole
@@ -444,8 +453,11 @@ async def _run(
         yield orjson.dumps(final) + b"\n"
 
     # The relay's background frees the replica even if this stream never starts.
-    return StreamingResponse(
-        lines(), media_type="application/x-ndjson", background=upstream.background
+    return StallGuardedResponse(
+        lines(),
+        stall_timeout=manager.settings.send_timeout,
+        media_type="application/x-ndjson",
+        background=upstream.background,
     )
 
 

@@ -74,7 +74,8 @@ async def relay(
             if replica is None:
                 replica = await _unless_client_leaves(manager.acquire(instance), client, None)
         except _ClientLeft:
-            return Response(status_code=499)  # left while queued; nobody reads this
+            _record(instance.uid, path, _CLIENT_LEFT, started)
+            return Response(status_code=_CLIENT_LEFT)  # left while queued; nobody reads this
         except TooManyRequests:
             REQUESTS.labels(instance.uid, path, "429").inc()
             raise
@@ -100,7 +101,8 @@ async def relay(
             await cancel(process.client, request_id)
             manager.release(instance, replica)
             if isinstance(exc, _ClientLeft):
-                return Response(status_code=499)
+                _record(instance.uid, path, _CLIENT_LEFT, started)
+                return Response(status_code=_CLIENT_LEFT)
             _record(instance.uid, path, 504, started)
             raise _timed_out(limit) from None
         except BaseException:
@@ -131,7 +133,7 @@ async def relay(
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
         # If the client leaves before the stream starts, the generator never runs its
         # `finally`; the background task still frees the replica and stops the model's work.
-        background=BackgroundTask(lease.close),
+        background=BackgroundTask(lease.closed),
     )
 
 
@@ -229,20 +231,32 @@ class _Lease:
             upstream,
         )
         self.path, self.started = path, started
-        self._closed = False
+        self._closing: asyncio.Task[None] | None = None
 
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        # Closing runs as its own task: when a client hangs up, this is called from a task being
-        # cancelled, and an interrupted close would leave the model generating for nobody.
-        closing = asyncio.ensure_future(self.upstream.aclose())
+    def close(self) -> Awaitable[None]:
+        """Ends the upstream answer (the model process sees the disconnect and stops) and frees
+        the replica, once. The work runs as a task of its own: when a client hangs up, this is
+        called from a task Starlette keeps cancelling, and a close cut short would leave the
+        model generating for nobody. Awaiting the result is optional."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+            _CLOSING.add(self._closing)  # the loop holds tasks only weakly
+            self._closing.add_done_callback(_CLOSING.discard)
+        return asyncio.shield(self._closing)
+
+    async def closed(self) -> None:
+        """`close` for Starlette's background task, which wants a coroutine function."""
+        await self.close()
+
+    async def _close(self) -> None:
         try:
-            await asyncio.shield(closing)  # the model process sees the disconnect and stops
+            await self.upstream.aclose()
         finally:
             held = time.perf_counter() - self.started
             self.manager.release(self.instance, self.replica, held)
+
+
+_CLOSING: set[asyncio.Task[None]] = set()
 
 
 def _stopped(instance: ModelInstance, exc: Exception) -> ModelUnavailable:
@@ -286,6 +300,14 @@ async def _forward(
     uid, status = instance.uid, lease.upstream.status_code
     last: float | None = None
     gaps = INTER_TOKEN.labels(uid, lease.path)
+    recorded = False
+
+    def record(code: int) -> None:
+        nonlocal recorded
+        if not recorded:
+            recorded = True
+            _record(uid, lease.path, code, lease.started)
+
     try:
         async with asyncio.timeout_at(_loop_time(deadline)):
             async for event in events(lease.upstream.aiter_raw()):
@@ -302,17 +324,28 @@ async def _forward(
                 elif event != b"data: [DONE]":
                     gaps.observe(now - last)
                     last = now
+                else:
+                    # Counted before the client has it: a client may hang up (OpenAI's SDK
+                    # does) or ask for /metrics the moment it reads the end.
+                    record(status)
                 yield event + b"\n\n"
+        record(status)
     except httpx.HTTPError as exc:
         # Headers are gone already: end the stream with an error event the client can read.
-        status = 503
+        record(503)
         yield _error_event(_stopped(instance, exc))
     except TimeoutError:
-        status = 504
+        record(504)
         yield _error_event(_timed_out(limit))
     finally:
+        # Nothing here may wait before the close has started: a client that left cancels
+        # every wait in this task.
+        record(_CLIENT_LEFT)
         await lease.close()
-        _record(uid, lease.path, status, lease.started)
+
+
+# nginx's "client closed request": an answer cut short because its client hung up.
+_CLIENT_LEFT = 499
 
 
 def _usage_of(event: bytes) -> dict[str, Any] | None:

@@ -64,9 +64,9 @@ class Worker:
         self.error_param: str | None = None
         self.started = time.time()
         self.load_seconds: float | None = None
-        # Requests in progress by their id, for abort: a task for a whole answer, an event a
-        # stream checks between chunks.
-        self.running: dict[str, asyncio.Task[Any] | asyncio.Event] = {}
+        # Requests in progress by their id, for abort: a task for a whole answer, or a
+        # stream's puller.
+        self.running: dict[str, asyncio.Task[Any] | _Pulled] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_ready = threading.Event()
 
@@ -147,7 +147,7 @@ class Worker:
         if isinstance(handle, asyncio.Task):
             handle.cancel()
         elif handle is not None:
-            handle.set()
+            handle.stop(aborted=True)
         return Response(
             orjson.dumps({"aborted": handle is not None}), media_type="application/json"
         )
@@ -185,27 +185,21 @@ class Worker:
         return Response(orjson.dumps(result), media_type="application/json")
 
     async def _serve_stream(self, chunks: AsyncIterator[Json | bytes], request_id: str) -> Response:
-        aborted = asyncio.Event()
-        self.running[request_id] = aborted
+        pulled = _Pulled(chunks, request_id)
+        self.running[request_id] = pulled
         try:
-            # Pull the first chunk before answering, so an invalid request still gets its own
-            # status code instead of a 200 with an error inside the stream.
-            first = await anext(chunks)
+            # Wait for the first chunk before answering, so an invalid request still gets its
+            # own status code instead of a 200 with an error inside the stream.
+            first: Json | bytes | None = await pulled.next()
         except StopAsyncIteration:
+            first = None
+        except BaseException as exc:
+            pulled.stop()
             self.running.pop(request_id, None)
-            return StreamingResponse(_sse(None, None, aborted), media_type="text/event-stream")
-        except Exception as exc:
-            self.running.pop(request_id, None)
-            return _error_response(exc)
-
-        async def body() -> AsyncIterator[bytes]:
-            try:
-                async for part in _sse(first, chunks, aborted, request_id):
-                    yield part
-            finally:
-                self.running.pop(request_id, None)
-
-        return StreamingResponse(body(), media_type="text/event-stream")
+            if isinstance(exc, Exception):
+                return _error_response(exc)
+            raise
+        return _EngineStream(pulled, first, lambda: self.running.pop(request_id, None))
 
 
 def _error_response(exc: BaseException) -> Response:
@@ -213,29 +207,84 @@ def _error_response(exc: BaseException) -> Response:
     return Response(body, status_code=status, media_type="application/json")
 
 
-async def _sse(
-    first: Json | bytes | None,
-    rest: AsyncIterator[Json | bytes] | None,
-    aborted: asyncio.Event,
-    request_id: str = "",
-) -> AsyncIterator[bytes]:
-    """A stream of chunks as server-sent events; an engine may hand over chunks already
-    encoded as JSON, which pass through untouched."""
-    try:
-        if first is not None:
-            yield b"data: " + _encoded(first) + b"\n\n"
-        if rest is not None:
-            async for chunk in rest:
-                if aborted.is_set():
-                    raise RequestAborted(request_id)
+_END = object()
+
+
+class _Pulled:
+    """An engine's chunks, pulled by a task of their own.
+
+    Starlette stops the answer of a client that hung up by cancelling it, again at every wait
+    in its scope; an engine cleaning up inside that scope (vLLM sending its abort to the
+    engine core) would be cut short and go on generating for nobody. Pulled here, the engine
+    sees exactly one cancellation, from `stop`, and cleans up undisturbed."""
+
+    def __init__(self, chunks: AsyncIterator[Json | bytes], request_id: str):
+        self.request_id = request_id
+        self._chunks: asyncio.Queue[Any] = asyncio.Queue()
+        self._aborted = False
+        self._task = asyncio.ensure_future(self._pull(chunks))
+        _PULLING.add(self._task)  # the loop holds tasks only weakly
+        self._task.add_done_callback(_PULLING.discard)
+
+    async def _pull(self, chunks: AsyncIterator[Json | bytes]) -> None:
+        try:
+            async for chunk in chunks:
+                self._chunks.put_nowait(chunk)
+            self._chunks.put_nowait(_END)
+        except asyncio.CancelledError:
+            self._chunks.put_nowait(RequestAborted(self.request_id) if self._aborted else _END)
+        except Exception as exc:
+            self._chunks.put_nowait(exc)
+
+    async def next(self) -> Json | bytes:
+        """The next chunk; StopAsyncIteration at the end, the engine's error if it failed."""
+        chunk = await self._chunks.get()
+        if chunk is _END:
+            self._chunks.put_nowait(_END)  # stays ended
+            raise StopAsyncIteration
+        if isinstance(chunk, BaseException):
+            self._chunks.put_nowait(_END)
+            raise chunk
+        return chunk
+
+    def stop(self, aborted: bool = False) -> None:
+        """End the engine's work (a no-op once it has finished); never waits, so it can be
+        called from a task being cancelled."""
+        self._aborted = self._aborted or aborted
+        self._task.cancel()
+
+
+_PULLING: set[asyncio.Task[None]] = set()
+
+
+class _EngineStream(StreamingResponse):
+    """The chunks as server-sent events; an engine may hand over chunks already encoded as
+    JSON, which pass through untouched. Whatever ends the response, the engine's work ends."""
+
+    def __init__(self, pulled: _Pulled, first: Json | bytes | None, done: Any):
+        super().__init__(self._events(pulled, first), media_type="text/event-stream")
+        self._pulled, self._done = pulled, done
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._pulled.stop()
+            self._done()
+
+    @staticmethod
+    async def _events(pulled: _Pulled, first: Json | bytes | None) -> AsyncIterator[bytes]:
+        chunk = first
+        try:
+            while chunk is not None:
                 yield b"data: " + _encoded(chunk) + b"\n\n"
-    except Exception as exc:
-        _, body = error_body(exc)
-        yield b"data: " + body + b"\n\n"
-    finally:
-        if rest is not None:
-            await rest.aclose()  # type: ignore[attr-defined]
-    yield b"data: [DONE]\n\n"
+                chunk = await pulled.next()
+        except StopAsyncIteration:
+            pass
+        except Exception as exc:
+            _, body = error_body(exc)
+            yield b"data: " + body + b"\n\n"
+        yield b"data: [DONE]\n\n"
 
 
 def _encoded(chunk: Json | bytes) -> bytes:
