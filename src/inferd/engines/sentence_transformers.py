@@ -79,10 +79,13 @@ class SentenceTransformersEngine(Engine):
         for index, vector in enumerate(vectors):
             if dimensions is not None:
                 vector = _truncate(vector, dimensions)
+            # A float32 array as is: the model process writes it with orjson's numpy support,
+            # each number in the shortest form that reads back as the same float32 (40% less
+            # JSON than Python's floats, and quicker for both sides).
             embedding: Any = (
                 base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
                 if as_base64
-                else vector.tolist()
+                else vector
             )
             data.append({"object": "embedding", "index": index, "embedding": embedding})
         return {

@@ -182,7 +182,7 @@ class Worker:
         if isinstance(result, tuple):  # a file (audio), not JSON
             data, media_type = result
             return Response(data, media_type=media_type)
-        return Response(orjson.dumps(result), media_type="application/json")
+        return Response(_encoded(result), media_type="application/json")
 
     async def _serve_stream(self, chunks: AsyncIterator[Json | bytes], request_id: str) -> Response:
         pulled = _Pulled(chunks, request_id)
@@ -288,7 +288,11 @@ class _EngineStream(StreamingResponse):
 
 
 def _encoded(chunk: Json | bytes) -> bytes:
-    return chunk if isinstance(chunk, bytes) else orjson.dumps(chunk)
+    """An engine's answer as JSON; numpy arrays in it (embeddings) are written directly."""
+    return chunk if isinstance(chunk, bytes) else orjson.dumps(chunk, option=_NUMPY)
+
+
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
 
 def _exit_with_parent() -> None:
