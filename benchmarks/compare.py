@@ -191,11 +191,15 @@ async def first_token_seconds(url: str, headers: dict[str, str], model: str) -> 
                 "stream": True,
             }
             started = time.perf_counter()
+            first = None
             async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                # Read to the end, as a conversation's next turn would: a request sent while
+                # the last one still holds its llama.cpp slot lands on another slot, without
+                # that prompt.
                 async for line in response.aiter_lines():
-                    if line.startswith("data: ") and '"content"' in line:
-                        times.append(time.perf_counter() - started)
-                        break
+                    if first is None and line.startswith("data: ") and '"content"' in line:
+                        first = time.perf_counter() - started
+            times.append(float("nan") if first is None else first)
     return times
 
 

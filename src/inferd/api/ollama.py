@@ -429,9 +429,12 @@ async def _run(
         finish: str | None = None
         usage: dict[str, Any] = {}
         calls: dict[int, dict[str, Any]] = {}  # tool calls arrive in pieces; Ollama sends whole
-        async for event in _sse_events(upstream.body_iterator):
+        answer = _sse_events(upstream.body_iterator)
+        async for event in answer:
             if "error" in event:
                 yield orjson.dumps({"error": event["error"].get("message", "error")}) + b"\n"
+                async for _ in answer:  # read to its end, so the relay counts it as answered
+                    pass
                 return
             if event.get("usage"):
                 usage = event["usage"]

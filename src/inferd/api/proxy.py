@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
@@ -30,6 +31,8 @@ from inferd.runtime.aborts import cancel
 from inferd.runtime.instance import ModelInstance
 from inferd.runtime.manager import ModelManager
 from inferd.runtime.replica import Replica
+
+log = logging.getLogger("inferd.proxy")
 
 # A request that failed before any answer because its model process is gone (refused
 # connection, or a pooled connection the dead process left) produced nothing for the client,
@@ -237,11 +240,11 @@ class _Lease:
         """Ends the upstream answer (the model process sees the disconnect and stops) and frees
         the replica, once. The work runs as a task of its own: when a client hangs up, this is
         called from a task Starlette keeps cancelling, and a close cut short would leave the
-        model generating for nobody. Awaiting the result is optional."""
+        model generating for nobody; the close goes on even if the wait for it is cancelled."""
         if self._closing is None:
             self._closing = asyncio.ensure_future(self._close())
             _CLOSING.add(self._closing)  # the loop holds tasks only weakly
-            self._closing.add_done_callback(_CLOSING.discard)
+            self._closing.add_done_callback(_closed)
         return asyncio.shield(self._closing)
 
     async def closed(self) -> None:
@@ -257,6 +260,13 @@ class _Lease:
 
 
 _CLOSING: set[asyncio.Task[None]] = set()
+
+
+def _closed(task: asyncio.Task[None]) -> None:
+    _CLOSING.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        # Whoever waited may have been cancelled; the replica is free either way.
+        log.debug("closing a relayed stream failed: %r", task.exception())
 
 
 def _stopped(instance: ModelInstance, exc: Exception) -> ModelUnavailable:
