@@ -8,8 +8,9 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
+import aiohttp
 import httpx
 import orjson
 from fastapi import Request
@@ -30,6 +31,7 @@ from inferd.errors import (
 from inferd.runtime.aborts import cancel
 from inferd.runtime.instance import ModelInstance
 from inferd.runtime.manager import ModelManager
+from inferd.runtime.process import ModelProcess
 from inferd.runtime.replica import Replica
 
 log = logging.getLogger("inferd.proxy")
@@ -87,16 +89,21 @@ async def relay(
             raise RequestAborted(request_id)
         process = replica.process
         assert process is not None
-        sending = process.client.send(
-            process.client.build_request("POST", path, content=content, headers=headers),
-            stream=stream,
+        sending: Awaitable[httpx.Response | _Whole] = (
+            process.client.send(
+                process.client.build_request("POST", path, content=content, headers=headers),
+                stream=True,
+            )
+            if stream
+            else _whole(process, path, content, headers)
         )
         try:
             upstream = await _unless_client_leaves(sending, None if stream else client, deadline)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, aiohttp.ClientError) as exc:
             manager.release(instance, replica)
             await asyncio.sleep(0.05 * (attempt + 1))  # time for the supervisor to notice
-            if isinstance(exc, httpx.ConnectError) or not process.alive:
+            refused = isinstance(exc, httpx.ConnectError | aiohttp.ClientConnectorError)
+            if refused or not process.alive:
                 continue
             raise _stopped(instance, exc) from exc
         except (_ClientLeft, TimeoutError) as exc:
@@ -115,19 +122,26 @@ async def relay(
     else:
         raise ModelUnavailable(f"model {instance.uid!r} is not answering", param="model")
 
-    content_type = upstream.headers.get("content-type", "application/json")
-    if not stream or not content_type.startswith("text/event-stream"):
-        try:
-            data = await upstream.aread() if stream else upstream.content
-        except httpx.HTTPError as exc:
-            raise _stopped(instance, exc) from exc
-        finally:
-            await upstream.aclose()
-            manager.release(instance, replica, time.perf_counter() - started)
-        _record(instance.uid, path, upstream.status_code, started, data, content_type)
-        return Response(
-            data, status_code=upstream.status_code, media_type=content_type, headers=headers
-        )
+    if isinstance(upstream, _Whole):
+        manager.release(instance, replica, time.perf_counter() - started)
+        status, content_type, data = upstream
+    else:
+        content_type = upstream.headers.get("content-type", "application/json")
+        if not content_type.startswith("text/event-stream"):  # refused before streaming
+            try:
+                data = await upstream.aread()
+            except httpx.HTTPError as exc:
+                raise _stopped(instance, exc) from exc
+            finally:
+                await upstream.aclose()
+                manager.release(instance, replica, time.perf_counter() - started)
+            status = upstream.status_code
+        else:
+            status = 0
+    if status:
+        _record(instance.uid, path, status, started, data, content_type)
+        return Response(data, status_code=status, media_type=content_type, headers=headers)
+    assert isinstance(upstream, httpx.Response)
     lease = _Lease(manager, instance, replica, upstream, path, started)
     return StallGuardedResponse(
         _forward(instance, lease, deadline, limit, wants_usage),
@@ -141,6 +155,26 @@ async def relay(
 
 
 T = TypeVar("T")
+
+
+class _Whole(NamedTuple):
+    """A model process's whole answer: status, content type, body."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+
+async def _whole(
+    process: ModelProcess, path: str, content: bytes, headers: dict[str, str]
+) -> _Whole:
+    async with process.session().post(
+        f"http://model{path}",
+        data=content,
+        headers={**headers, "Content-Type": "application/json"},
+    ) as answer:
+        body = await answer.read()
+        return _Whole(answer.status, answer.headers.get("Content-Type", "application/json"), body)
 
 
 def _encoded(body: dict) -> bytes:
