@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NamedTuple, TypeVar
 
 import aiohttp
@@ -124,21 +124,15 @@ async def relay(
 
     if isinstance(upstream, _Whole):
         manager.release(instance, replica, time.perf_counter() - started)
-        status, content_type, data = upstream
+        whole: _Whole | None = upstream
     else:
-        content_type = upstream.headers.get("content-type", "application/json")
-        if not content_type.startswith("text/event-stream"):  # refused before streaming
-            try:
-                data = await upstream.aread()
-            except httpx.HTTPError as exc:
-                raise _stopped(instance, exc) from exc
-            finally:
-                await upstream.aclose()
-                manager.release(instance, replica, time.perf_counter() - started)
-            status = upstream.status_code
-        else:
-            status = 0
-    if status:
+        whole = await _refusal(
+            instance,
+            upstream,
+            lambda: manager.release(instance, replica, time.perf_counter() - started),
+        )
+    if whole is not None:
+        status, content_type, data = whole
         _record(instance.uid, path, status, started, data, content_type)
         return Response(data, status_code=status, media_type=content_type, headers=headers)
     assert isinstance(upstream, httpx.Response)
@@ -175,6 +169,23 @@ async def _whole(
     ) as answer:
         body = await answer.read()
         return _Whole(answer.status, answer.headers.get("Content-Type", "application/json"), body)
+
+
+async def _refusal(
+    instance: ModelInstance, upstream: httpx.Response, release: Callable[[], None]
+) -> _Whole | None:
+    """A stream the model process refused before it began (an error body, not events), read
+    whole; None when events are coming."""
+    content_type = upstream.headers.get("content-type", "application/json")
+    if content_type.startswith("text/event-stream"):
+        return None
+    try:
+        return _Whole(upstream.status_code, content_type, await upstream.aread())
+    except httpx.HTTPError as exc:
+        raise _stopped(instance, exc) from exc
+    finally:
+        await upstream.aclose()
+        release()
 
 
 def _encoded(body: dict) -> bytes:
