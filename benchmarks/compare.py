@@ -14,8 +14,8 @@ or `make bench XINFERENCE_VENV=PATH`. Every figure comes from this run, on this 
 
 Loads are closed loops of N clients over a loopback connection for `--seconds` each, spread over
 processes of 8 clients (the same for every server): single-sentence embeddings, `GET /v1/models`,
-chats of 32 tokens. `--scaling` adds throughput and p99
-latency against concurrency (1 to 256) for embeddings and chat, as a table and a PNG.
+chats of 32 tokens. `--scaling` adds throughput and p99 latency against concurrency (1 to 256) for
+embeddings and chat, as a table and a PNG.
 """
 
 from __future__ import annotations
@@ -379,6 +379,10 @@ class Target:
     def stop(self) -> None:
         raise NotImplementedError
 
+    def _weigh_server(self) -> None:
+        time.sleep(1)  # what the server loads after its first answer counts too
+        self.server_mb = tree_memory_mb(self.pid)
+
 
 class Inferd(Target):
     name = "inferd"
@@ -387,8 +391,7 @@ class Inferd(Target):
         self.server = BenchServer("--log-level", "warning")
         self.url, self.headers, self.pid = self.server.url, {}, self.server.proc.pid
         self.start_seconds = self.server.health_seconds
-        time.sleep(1)  # what the server loads after its first answer counts too
-        self.server_mb = tree_memory_mb(self.pid)
+        self._weigh_server()
         self.launch_seconds = {}
         self.uids = {LLM: LLM, EMBEDDING: EMBEDDING}
         for name, kind in ((LLM, "LLM"), (EMBEDDING, "embedding")):
@@ -426,8 +429,7 @@ class Xinference(Target):
         wait_until(lambda: answers(f"{self.url}/v1/models"), 600)
         self.start_seconds = time.perf_counter() - started
         self.headers = {"Authorization": f"Bearer {self._admin_token()}"}
-        time.sleep(1)
-        self.server_mb = tree_memory_mb(self.pid)
+        self._weigh_server()
         self.uids = {LLM: "bench-gemma", EMBEDDING: "bench-minilm"}
         self._register(weights)
         self.launch_seconds = {}
