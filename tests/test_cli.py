@@ -23,6 +23,18 @@ def test_list_shows_both_demo_models(launched: InferdServer) -> None:
     assert by_id[LLM]["model_format"] == "ggufv2"
     assert by_id[EMBEDDING]["model_engine"] == "sentence_transformers"
     assert all(m["status"] == "ready" for m in models)
+    assert "Nodes" not in table  # a single machine: no column saying so on every row
+    assert {r["node"] for m in models for r in m["replicas"]} == {"local"}
+
+
+def test_nodes_lists_this_machine_and_what_runs_on_it(launched: InferdServer) -> None:
+    listing = json.loads(launched.cli("nodes", "--json").stdout)
+    assert listing["mode"] == "single"
+    [node] = listing["nodes"]
+    assert node["alive"] and node["cpu_count"] >= 1 and node["memory_total"] > 0
+    assert {LLM, EMBEDDING} <= {r["model_uid"] for r in node["replicas"]}
+    table = launched.cli("nodes").stdout
+    assert "local" in table and f"{LLM}/0" in table
 
 
 def test_terminate_ends_the_model_process(launched: InferdServer) -> None:

@@ -66,7 +66,7 @@ def test_launch_progress_terminate(xclient: RESTfulClient, launched: InferdServe
 
 
 def test_unsupported_launch_arguments_are_refused_clearly(xclient: RESTfulClient) -> None:
-    with pytest.raises(RuntimeError, match="worker_ip is not supported"):
+    with pytest.raises(RuntimeError, match="worker_ip names a node of a cluster"):
         xclient.launch_model(model_name=LLM, model_uid="x", worker_ip="10.0.0.1")
     with pytest.raises(RuntimeError, match="no model named"):
         xclient.launch_model(model_name="no-such-model")

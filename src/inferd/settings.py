@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     request_wait: float = Field(
         default=30.0, description="Seconds a request waits for a restarting model before a 503"
     )
+    ray_address: str | None = Field(
+        default=None,
+        description="A Ray cluster to run model processes on (`auto`, or the head's host:port)",
+    )
 
     @field_validator("allowed_paths", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -35,6 +36,9 @@ from inferd.runtime.manager import ModelManager
 from inferd.settings import Settings
 from inferd.storage.state import StateStore
 
+if TYPE_CHECKING:
+    from inferd.cluster.ray_cluster import RayCluster
+
 log = logging.getLogger("inferd.server")
 
 
@@ -46,7 +50,8 @@ def create_app(settings: Settings, launch: Sequence[str] = (), restore: bool = T
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.home.mkdir(parents=True, exist_ok=True)
         store = StateStore(settings.state_db)
-        manager = ModelManager(settings, get_catalog(), store)
+        cluster = await _join_cluster(settings)
+        manager = ModelManager(settings, get_catalog(), store, cluster)
         app.state.manager = manager
         app.state.started = time.time()
         # Restored models are listed at once (status `restoring`) and load in the background,
@@ -64,6 +69,8 @@ def create_app(settings: Settings, launch: Sequence[str] = (), restore: bool = T
             await manager.shutdown()
             metrics.unwatch(watched)
             store.close()
+            if cluster is not None:
+                cluster.disconnect()
 
     app = FastAPI(
         title="inferd",
@@ -88,6 +95,20 @@ def create_app(settings: Settings, launch: Sequence[str] = (), restore: bool = T
     app.include_router(keys.router)
     ui.mount(app)
     return app
+
+
+async def _join_cluster(settings: Settings) -> RayCluster | None:
+    if not settings.ray_address:
+        return None
+    from inferd.cluster.ray_cluster import RayCluster
+
+    cluster = RayCluster(settings.ray_address)
+    try:
+        await asyncio.to_thread(cluster.connect)
+    except Exception as exc:
+        log.error("cannot join the Ray cluster at %s: %s", settings.ray_address, exc)
+        raise
+    return cluster
 
 
 async def _launch_all(manager: ModelManager, names: Sequence[str]) -> None:

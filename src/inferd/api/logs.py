@@ -1,33 +1,12 @@
-"""Reading a model's log file: the last lines, and following it as it grows."""
+"""Following a model's log file as it grows."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-_CHUNK = 64 * 1024
-
-
-def read_tail(path: Path, lines: int) -> str:
-    """The last `lines` lines of a file, reading only as much of its end as needed."""
-    if lines == 0:
-        return ""
-    try:
-        with open(path, "rb") as f:
-            end = f.seek(0, os.SEEK_END)
-            position, data = end, b""
-            while position > 0 and data.count(b"\n") <= lines:
-                step = min(_CHUNK, position)
-                position -= step
-                f.seek(position)
-                data = f.read(step) + data
-    except FileNotFoundError:
-        return ""
-    text = data.decode("utf-8", "replace")
-    kept = text.splitlines(keepends=True)[-lines:]
-    return "".join(kept)
+from inferd.runtime.process import read_tail
 
 
 async def follow_log(path: Path, lines: int) -> AsyncIterator[bytes]:

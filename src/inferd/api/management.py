@@ -16,6 +16,7 @@ from inferd.api.auth import check_model, visible
 from inferd.api.deps import manager as _manager
 from inferd.api.logs import follow_log, read_tail
 from inferd.catalog import AnyFamily, ModelType
+from inferd.cluster.remote import RemoteModelProcess
 from inferd.engines import engines_for, is_installed, vllm_supported
 from inferd.errors import Conflict, InvalidRequest, NotFound
 from inferd.runtime.launch import LaunchRequest
@@ -201,6 +202,11 @@ async def model_logs(
         raise InvalidRequest(
             f"{model_uid} has {instance.request.replica} replica(s)", param="replica"
         )
+    running = instance.replicas[replica].process if replica < len(instance.replicas) else None
+    if isinstance(running, RemoteModelProcess):  # its log is on its node
+        if not follow:
+            return PlainTextResponse(await running.read_log(tail))
+        return StreamingResponse(running.follow_log(tail), media_type="text/plain")
     path = manager.log_path(model_uid, replica)
     if not follow:
         return PlainTextResponse(read_tail(path, tail))
@@ -243,7 +249,10 @@ class Registration(BaseModel):
 @router.post("/v1/model_registrations/{model_type}")
 async def register_model(model_type: str, body: Registration, request: Request) -> dict:
     if body.worker_ip:
-        raise InvalidRequest("worker_ip needs a cluster, which is to come", param="worker_ip")
+        raise InvalidRequest(
+            "registrations are the server's and serve every node; leave worker_ip out",
+            param="worker_ip",
+        )
     ignored = _manager(request).register(_model_type(model_type), body.model, body.persist)
     return {"registered": True, "ignored_fields": ignored}
 

@@ -25,7 +25,6 @@ from prometheus_client.registry import Collector
 
 from inferd.runtime.gpus import discover
 from inferd.runtime.manager import ModelManager
-from inferd.runtime.process import resident_bytes
 from inferd.runtime.replica import Replica
 
 router = APIRouter()
@@ -103,7 +102,7 @@ class _ModelState(Collector):
             statuses: dict[str, int] = {}
             for replica in instance.replicas:
                 statuses[replica.status] = statuses.get(replica.status, 0) + 1
-                if replica.pid is not None and (rss := resident_bytes(replica.pid)) is not None:
+                if (rss := replica.memory_bytes()) is not None:
                     memory.add_metric([instance.uid, str(replica.index)], rss)
                 if replica.ready and replica.slots is not None:
                     slots.add_metric([instance.uid, str(replica.index)], replica.slots)

@@ -40,6 +40,13 @@ log = logging.getLogger("inferd.proxy")
 # connection, or a pooled connection the dead process left) produced nothing for the client,
 # so it is sent again to another replica, or to the restarted process.
 _ATTEMPTS = 5
+# No connection to the model process (a sole timeout set on whole answers is the connect's).
+_NOT_CONNECTED = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    aiohttp.ClientConnectorError,
+    aiohttp.ServerTimeoutError,
+)
 
 
 def request_id_of(body: dict, client: Request | None) -> str:
@@ -102,7 +109,9 @@ async def relay(
         except (httpx.HTTPError, aiohttp.ClientError) as exc:
             manager.release(instance, replica)
             await asyncio.sleep(0.05 * (attempt + 1))  # time for the supervisor to notice
-            refused = isinstance(exc, httpx.ConnectError | aiohttp.ClientConnectorError)
+            refused = isinstance(exc, _NOT_CONNECTED)
+            if refused:
+                process.mark_unreachable()
             if refused or not process.alive:
                 continue
             raise _stopped(instance, exc) from exc
@@ -163,7 +172,7 @@ async def _whole(
     process: ModelProcess, path: str, content: bytes, headers: dict[str, str]
 ) -> _Whole:
     async with process.session().post(
-        f"http://model{path}",
+        process.base_url + path,
         data=content,
         headers={**headers, "Content-Type": "application/json"},
     ) as answer:

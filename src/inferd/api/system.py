@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 
 from fastapi import APIRouter, Request
 
 from inferd import __version__
+from inferd.api.deps import manager as _manager
 from inferd.runtime.gpus import discover
 
 router = APIRouter(prefix="/v1")
@@ -30,8 +32,40 @@ async def supervisor(request: Request) -> dict:
 
 
 @router.get("/workers")
-async def workers() -> list[dict]:
-    return [_node()]
+async def workers(request: Request) -> list[dict]:
+    """Xinference's worker list: the machines model processes run on."""
+    cluster = _manager(request).cluster
+    if cluster is None:
+        return [_node()]
+    return await asyncio.to_thread(cluster.nodes)
+
+
+@router.get("/cluster/nodes")
+async def cluster_nodes(request: Request) -> dict:
+    """The machines of this server, what they have and use, and the replicas on each."""
+    manager = _manager(request)
+    placed: dict[str, list[dict]] = {}
+    for instance in manager.list():
+        for replica in instance.replicas:
+            if replica.process is not None and replica.status != "stopped":
+                where = replica.node_id or "local"
+                placed.setdefault(where, []).append(
+                    {
+                        "model_uid": instance.uid,
+                        "replica": replica.index,
+                        "engine": instance.engine.name,
+                        "status": replica.status,
+                    }
+                )
+    if manager.cluster is None:
+        node = {**_node(), "id": "local", "address": "local", "alive": True}
+        return {"mode": "single", "nodes": [{**node, "replicas": placed.get("local", [])}]}
+    nodes = await asyncio.to_thread(manager.cluster.nodes)
+    return {
+        "mode": "ray",
+        "address": manager.cluster.address,
+        "nodes": [{**n, "replicas": placed.get(n["id"], [])} for n in nodes],
+    }
 
 
 def _node() -> dict:

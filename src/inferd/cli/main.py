@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import sys
 import time
@@ -70,6 +71,12 @@ def cli() -> None:
     default=None,
     help="Require an API key on every request (INFERD_AUTH=1); see `inferd keys`.",
 )
+@click.option(
+    "--ray-address",
+    default=None,
+    help="Run model processes on this Ray cluster (INFERD_RAY_ADDRESS): `auto`, or the head's "
+    "host:port as `ray start --head` printed it. Needs `pip install 'inferd[ray]'` on every node.",
+)
 @click.option("--log-level", default="info", show_default=True)
 def serve(
     host: str | None,
@@ -77,6 +84,7 @@ def serve(
     launch: tuple[str, ...],
     no_restore: bool,
     auth: bool | None,
+    ray_address: str | None,
     log_level: str,
 ) -> None:
     """Start the server; models launched before come back unless --no-restore."""
@@ -95,7 +103,11 @@ def serve(
         overrides["port"] = port
     if auth:
         overrides["auth"] = True
+    if ray_address:
+        overrides["ray_address"] = ray_address
     settings = Settings(**overrides)
+    if settings.ray_address and importlib.util.find_spec("ray") is None:
+        _fail("--ray-address needs Ray: pip install 'inferd[ray]' (on every node)")
     if settings.auth:
         _first_admin_key(settings)
     elif settings.host not in ("127.0.0.1", "localhost", "::1"):
@@ -334,12 +346,13 @@ def list_models(endpoint: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(models, indent=2))
         return
-    table = Table(
-        "UID", "Type", "Name", "Engine", "Format", "Size (B)", "Quantization", "Replicas", "Status"
-    )
+    columns = ["UID", "Type", "Name", "Engine", "Format", "Size (B)", "Quantization", "Replicas"]
+    # On a cluster, where each replica runs: its node's address and the start of its Ray id.
+    clustered = any(r.get("node_id") for m in models for r in m["replicas"])
+    table = Table(*columns, *(["Nodes"] if clustered else []), "Status")
     for m in models:
         ready = sum(1 for r in m["replicas"] if r["status"] == "ready")
-        table.add_row(
+        row = [
             m["id"],
             m["model_type"],
             m["model_name"],
@@ -348,9 +361,48 @@ def list_models(endpoint: str | None, as_json: bool) -> None:
             m["model_size_in_billions"].replace("_", "."),
             m["quantization"],
             f"{ready}/{m['replica']}",
-            m["status"],
+        ]
+        if clustered:
+            row.append(", ".join(_node_of(r) for r in m["replicas"]))
+        table.add_row(*row, m["status"])
+    out.print(table)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@endpoint_option
+def nodes(endpoint: str | None, as_json: bool) -> None:
+    """List the machines model processes run on (the Ray cluster's nodes, or this one)."""
+    answer = _request(endpoint, "GET", "/v1/cluster/nodes")
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+        return
+    table = Table("Node", "Address", "Alive", "CPUs free", "GPUs free", "Memory (GiB)", "Replicas")
+    for n in answer["nodes"]:
+        if answer["mode"] == "single":
+            cpus, gpus = f"{n['cpu_count']}", f"{n['gpu_count']}"
+            memory = _gib(n.get("memory_available"), n.get("memory_total"))
+        else:
+            cpus = f"{n['cpu_available']:g}/{n['cpu_total']:g}"
+            gpus = f"{n['gpu_available']:g}/{n['gpu_total']:g}"
+            memory = _gib(n["memory_available"], n["memory_total"])
+        replicas = ", ".join(f"{r['model_uid']}/{r['replica']}" for r in n["replicas"])
+        table.add_row(
+            n["id"][:8], n["address"], "yes" if n["alive"] else "no", cpus, gpus, memory, replicas
         )
     out.print(table)
+
+
+def _gib(free: int | None, total: int | None) -> str:
+    if not total:
+        return "-"
+    return f"{(free or 0) / 2**30:.1f}/{total / 2**30:.1f}"
+
+
+def _node_of(replica: dict[str, Any]) -> str:
+    if not replica.get("node_id"):
+        return str(replica.get("node") or "local")
+    return f"{replica['node']} ({replica['node_id'][:8]})"
 
 
 @cli.command()

@@ -20,7 +20,6 @@ from inferd.engines import Engine
 from inferd.errors import UnsupportedOperation
 from inferd.runtime.admission import Admission
 from inferd.runtime.launch import LaunchRequest
-from inferd.runtime.process import resident_bytes
 from inferd.runtime.replica import Replica
 from inferd.storage.download import DownloadProgress
 
@@ -157,7 +156,9 @@ class ModelInstance:
                 "restarts": r.restarts,
                 "started": r.started,
                 "gpus": r.config.gpus,
-                "memory_bytes": resident_bytes(r.pid) if r.pid is not None else None,
+                "memory_bytes": r.memory_bytes(),
+                "node": r.node or "local",
+                "node_id": r.node_id,
             }
             for r in self.replicas
         ]
@@ -184,7 +185,8 @@ class ModelInstance:
             "pid": replicas[0]["pid"] if replicas else None,
             "idle_timeout": self.request.idle_timeout,
             "launch": self.request.persisted(),  # what launches it again, options and all
-            "address": "local",
+            # Xinference's field: the worker it runs on.
+            "address": (self.replicas[0].node if self.replicas else None) or "local",
             # Xinference's field: the GPUs the model holds, as strings.
             "accelerators": sorted({str(g) for r in self.replicas for g in r.config.gpus}),
         }

@@ -22,6 +22,8 @@ from pydantic import TypeAdapter
 
 from inferd.catalog import AnyFamily, Catalog, Family, ModelSpec, ModelType
 from inferd.catalog.custom import parse_registration, verify_local_files
+from inferd.cluster.ray_cluster import Need, RayCluster
+from inferd.cluster.remote import RemoteModelProcess
 from inferd.engines import Engine, EngineConfig, choose_engine
 from inferd.errors import (
     Conflict,
@@ -45,7 +47,8 @@ from inferd.runtime.instance import (
     ModelInstance,
 )
 from inferd.runtime.launch import LaunchRequest
-from inferd.runtime.replica import Replica
+from inferd.runtime.process import ModelProcess
+from inferd.runtime.replica import ProcessFactory, Replica
 from inferd.settings import Settings
 from inferd.storage.download import DownloadProgress, download
 from inferd.storage.paths import confined
@@ -58,8 +61,16 @@ _family_adapter: TypeAdapter[AnyFamily] = TypeAdapter(Family)
 
 
 class ModelManager:
-    def __init__(self, settings: Settings, catalog: Catalog, store: StateStore):
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        store: StateStore,
+        cluster: RayCluster | None = None,
+    ):
         self.settings = settings
+        # With a Ray cluster, model processes run on its nodes, placed by Ray.
+        self.cluster = cluster
         self.catalog = catalog
         self.store = store
         self._models: dict[str, ModelInstance] = {}
@@ -269,6 +280,12 @@ class ModelManager:
     def _plan(self, request: LaunchRequest) -> ModelInstance:
         """Check everything that can be checked before a process starts."""
         _gpu_count(request)  # a malformed n_gpu or gpu_idx is refused before anything runs
+        if self.cluster is not None and _gpu_idx(request) is not None:
+            raise InvalidRequest(
+                "gpu_idx names GPUs of one machine; on a cluster, give n_gpu (and worker_ip "
+                "for the node)",
+                param="gpu_idx",
+            )
         adapters = request.peft_model_config.lora_list if request.peft_model_config else []
         if request.model_path:
             confined(request.model_path, "model_path")
@@ -285,12 +302,25 @@ class ModelManager:
             )
         unsupported = {
             "n_worker": request.n_worker != 1,
-            "worker_ip": request.worker_ip is not None,
             "replica_config": bool(request.replica_config),
             "enable_virtual_env": bool(request.enable_virtual_env),
             "virtual_env_packages": bool(request.virtual_env_packages),
             "virtual_env_find_links": bool(request.virtual_env_find_links),
         }
+        if request.worker_ip is not None and self.cluster is not None:
+            self.cluster.node_at(request.worker_ip)
+        gpus = _gpu_count(request)
+        if self.cluster is not None and gpus and not self.cluster.fits(Need(gpus, 0)):
+            raise InvalidRequest(
+                f"no node of the cluster has {gpus} GPU(s); `inferd nodes` lists what each has",
+                param="n_gpu",
+            )
+        elif request.worker_ip is not None:
+            raise InvalidRequest(
+                "worker_ip names a node of a cluster, and this server runs alone; start it with "
+                "--ray-address to spread models over machines",
+                param="worker_ip",
+            )
         for name, asked in unsupported.items():
             if asked:
                 raise InvalidRequest(f"{name} is not supported by inferd yet", param=name)
@@ -386,15 +416,41 @@ class ModelManager:
         )
 
     def _new_replica(self, instance: ModelInstance, index: int, config: EngineConfig) -> Replica:
+        new_process: ProcessFactory = ModelProcess
+        if self.cluster is None:
+            config = self._placed(instance, config)
+        else:
+            new_process = self._on_cluster(instance, self.cluster)
         return Replica(
             index,
-            self._placed(instance, config),
+            config,
             socket_path=self._socket_dir / f"m{next(self._counter)}.sock",
             log_path=self.log_path(instance.uid, index),
             launch_timeout=self.settings.launch_timeout,
             on_change=lambda r, status, msg: self._replica_changed(instance, r, status, msg),
             request_limit=instance.request.request_limits,
+            new_process=new_process,
         )
+
+    def _on_cluster(self, instance: ModelInstance, cluster: RayCluster) -> ProcessFactory:
+        """Processes of `instance` on the cluster's nodes: Ray places each on a node with the
+        GPUs it needs (and sets which it sees); a restarted one may land elsewhere."""
+        request = instance.request
+        count = _gpu_count(request)
+        if not instance.engine.uses_gpu:
+            count = 0
+        elif count is None:  # "auto": one GPU where the cluster has any
+            count = 1 if cluster.gpu_total() > 0 else 0
+
+        def new_process(config: EngineConfig, socket_path: Path, log_path: Path) -> ModelProcess:
+            # On the CPU, the weights are held in the node's memory.
+            memory = 0 if count else weights_bytes(config.model_path)
+            need = Need(gpus=count, memory=memory)
+            return RemoteModelProcess(
+                config, socket_path, log_path, cluster, need, request.worker_ip
+            )
+
+        return new_process
 
     def _placed(self, instance: ModelInstance, config: EngineConfig) -> EngineConfig:
         """The config of one more process of `instance`, with the GPUs placed for it and the

@@ -18,6 +18,7 @@ from inferd.engines.base import EngineConfig
 from inferd.errors import LaunchFailed
 
 _LOG_TAIL_LINES = 25
+_CHUNK = 64 * 1024
 
 
 class ModelProcess:
@@ -27,14 +28,9 @@ class ModelProcess:
         self.log_path = log_path
         self.proc: asyncio.subprocess.Process | None = None
         self.slots: int | None = None  # what its engine runs side by side, once loaded
-        self.client = httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(uds=str(socket_path)),
-            base_url="http://model",
-            # Generation may run for minutes; only connecting has to be quick.
-            timeout=httpx.Timeout(None, connect=5.0),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-        )
+        self.client = http_client(httpx.AsyncHTTPTransport(uds=str(socket_path)), "http://model")
         self._session: aiohttp.ClientSession | None = None
+        self._headers: dict[str, str] = {}
 
     def session(self) -> aiohttp.ClientSession:
         """The client for whole answers (the hot path of embeddings and rerank): aiohttp
@@ -42,11 +38,23 @@ class ModelProcess:
         use, inside the server's loop."""
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.UnixConnector(path=str(self.socket_path), limit=0),
+                connector=self._connector(),
+                headers=self._headers,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0),
                 auto_decompress=False,
             )
         return self._session
+
+    def _connector(self) -> aiohttp.BaseConnector:
+        return aiohttp.UnixConnector(path=str(self.socket_path), limit=0)
+
+    @property
+    def base_url(self) -> str:
+        """Where whole answers are sent (the host part is unused on a Unix socket)."""
+        return "http://model"
+
+    def mark_unreachable(self) -> None:
+        """A connection to it failed. Here that means it died, which its supervisor sees."""
 
     @property
     def pid(self) -> int | None:
@@ -54,57 +62,69 @@ class ModelProcess:
 
     @property
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
+        return self.pid is not None and self.exit_code is None
+
+    @property
+    def exit_code(self) -> int | None:
+        """How the process ended; None while it runs (or before it started)."""
+        return self.proc.returncode if self.proc else None
+
+    @property
+    def node(self) -> str | None:
+        """The address of the cluster node it runs on; None for this machine."""
+        return None
+
+    @property
+    def node_id(self) -> str | None:
+        return None
+
+    def memory_bytes(self) -> int | None:
+        return resident_bytes(self.proc.pid) if self.proc else None
 
     async def start(self, timeout: float, on_spawn: Callable[[int], None] | None = None) -> None:
         """Start the process and return once the model is ready, or raise LaunchFailed."""
-        config_path = self.socket_path.with_suffix(".json")
-        config_path.write_text(self.config.model_dump_json())
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "inferd.runtime.worker",
-                str(config_path),
-                str(self.socket_path),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                # Its own session: a Ctrl-C in the server's terminal reaches the server only,
-                # which then stops the models in order.
-                start_new_session=True,
-                env={
-                    **os.environ,
-                    "PYTHONUNBUFFERED": "1",
-                    "HF_HUB_OFFLINE": "1",
-                    **self.config.env,
-                },
-            )
+        pid = await self._spawn()
         if on_spawn is not None:
-            on_spawn(self.proc.pid)
+            on_spawn(pid)
         deadline = time.monotonic() + timeout
         delay = 0.02
         while True:
-            if self.proc.returncode is not None:
-                raise LaunchFailed(
-                    self._failure(f"the model process exited with code {self.proc.returncode}")
-                )
+            if self.exit_code is not None:
+                reason = f"the model process exited with code {self.exit_code}"
+                raise LaunchFailed(await self._failure(reason))
             health = await self._health()
             if health is not None:
                 if health["status"] == "ready":
                     self.slots = health.get("slots")
                     return
                 if health["status"] == "failed":
+                    message = await self._failure(str(health.get("error")))
                     await self.stop(timeout=5)
-                    raise LaunchFailed(
-                        self._failure(str(health.get("error"))), param=health.get("param")
-                    )
+                    raise LaunchFailed(message, param=health.get("param"))
             if time.monotonic() > deadline:
+                message = await self._failure(f"the model was not ready after {timeout:.0f}s")
                 await self.stop(timeout=5)
-                raise LaunchFailed(self._failure(f"the model was not ready after {timeout:.0f}s"))
+                raise LaunchFailed(message)
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.25)
+
+    async def _spawn(self) -> int:
+        """Start the process; its pid."""
+        config_path = self.socket_path.with_suffix(".json")
+        config_path.write_text(self.config.model_dump_json())
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                *worker_command(config_path, str(self.socket_path)),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                # Its own session: a Ctrl-C in the server's terminal reaches the server only,
+                # which then stops the models in order.
+                start_new_session=True,
+                env=worker_env(self.config),
+            )
+        return self.proc.pid
 
     async def wait(self) -> int:
         """Wait for the process to exit; its exit code."""
@@ -121,46 +141,91 @@ class ModelProcess:
         result: dict = response.json()
         return result
 
-    def _failure(self, reason: str) -> str:
+    async def _failure(self, reason: str) -> str:
         return (
             f"launching {self.config.model_uid} failed: {reason}\n"
             f"--- last lines of {self.log_path} ---\n{self.log_tail()}"
         )
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 16384))
-                text = f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return read_tail(self.log_path, lines)
 
     async def stop(self, timeout: float) -> None:
         """SIGTERM, then SIGKILL if the model has not exited within `timeout` seconds."""
         await self.client.aclose()
         if self._session is not None:
             await self._session.close()
-        if self.proc is not None and self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), timeout)
-            except asyncio.TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                await self.proc.wait()
-        self._end_group()
+        if self.proc is not None:
+            await end_process(self.proc, timeout)
         for path in (self.socket_path, self.socket_path.with_suffix(".json")):
             path.unlink(missing_ok=True)
 
     def _end_group(self) -> None:
-        """Processes the model process started (vLLM's engine core, its GPU workers) share its
-        session; once it is gone they would only hold memory, so they go too."""
         if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+            end_group(self.proc.pid)
+
+
+async def end_process(proc: asyncio.subprocess.Process, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds; then its group."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+    end_group(proc.pid)
+
+
+def end_group(pid: int) -> None:
+    """Processes the model process started (vLLM's engine core, its GPU workers) share its
+    session; once it is gone they would only hold memory, so they go too."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def http_client(
+    transport: httpx.AsyncBaseTransport, base_url: str, headers: dict[str, str] | None = None
+) -> httpx.AsyncClient:
+    """The client for streams and small calls to a model process."""
+    return httpx.AsyncClient(
+        transport=transport,
+        base_url=base_url,
+        headers=headers,
+        # Generation may run for minutes; only connecting has to be quick.
+        timeout=httpx.Timeout(None, connect=5.0),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+    )
+
+
+def worker_command(config_path: Path, address: str) -> list[str]:
+    return [sys.executable, "-m", "inferd.runtime.worker", str(config_path), address]
+
+
+def worker_env(config: EngineConfig) -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **config.env}
+
+
+def read_tail(path: Path, lines: int) -> str:
+    """The last `lines` lines of a file, reading only as much of its end as needed."""
+    if lines == 0:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            position, data = end, b""
+            while position > 0 and data.count(b"\n") <= lines:
+                step = min(_CHUNK, position)
+                position -= step
+                f.seek(position)
+                data = f.read(step) + data
+    except FileNotFoundError:
+        return ""
+    text = data.decode("utf-8", "replace")
+    kept = text.splitlines(keepends=True)[-lines:]
+    return "".join(kept)
 
 
 def resident_bytes(pid: int) -> int | None:

@@ -22,6 +22,10 @@ _LOG_KEEP = 2
 _LOG_ROTATE_BYTES = 10 * 1024 * 1024
 
 
+# (config, socket path, log path) -> the process to start: local, or on a cluster node.
+ProcessFactory = Callable[[EngineConfig, Path, Path], ModelProcess]
+
+
 class Replica:
     def __init__(
         self,
@@ -32,6 +36,7 @@ class Replica:
         launch_timeout: float,
         on_change: Callable[[Replica, str, str | None], None],
         request_limit: int | None = None,
+        new_process: ProcessFactory = ModelProcess,
     ):
         self.index = index
         self.config = config
@@ -40,6 +45,7 @@ class Replica:
         self.launch_timeout = launch_timeout
         self._on_change = on_change
         self.request_limit = request_limit
+        self._new_process = new_process
         self.status = "pending"
         self.error: str | None = None
         self.process: ModelProcess | None = None
@@ -54,6 +60,18 @@ class Replica:
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
+
+    @property
+    def node(self) -> str | None:
+        """The address of the cluster node it runs on; None for this machine."""
+        return self.process.node if self.process else None
+
+    @property
+    def node_id(self) -> str | None:
+        return self.process.node_id if self.process else None
+
+    def memory_bytes(self) -> int | None:
+        return self.process.memory_bytes() if self.process else None
 
     @property
     def slots(self) -> int | None:
@@ -75,7 +93,7 @@ class Replica:
         """Start the process and wait for the model; raises LaunchFailed with its reason."""
         self._stopping = False
         _rotate(self.log_path)
-        self.process = ModelProcess(self.config, self.socket_path, self.log_path)
+        self.process = self._new_process(self.config, self.socket_path, self.log_path)
         self._set("loading")
         await self.process.start(self.launch_timeout, on_spawn=self._spawned)
         self.started = time.time()
@@ -119,7 +137,7 @@ class Replica:
             try:
                 self.restarts += 1
                 _rotate(self.log_path)
-                self.process = ModelProcess(self.config, self.socket_path, self.log_path)
+                self.process = self._new_process(self.config, self.socket_path, self.log_path)
                 await self.process.start(self.launch_timeout, on_spawn=self._spawned)
             except LaunchFailed as exc:
                 # A restart that cannot load counts as one more crash; the loop decides.

@@ -1,9 +1,10 @@
 """The model process: loads one engine and serves it over HTTP on a Unix socket.
 
-The server starts it as `python -m inferd.runtime.worker CONFIG_JSON SOCKET`. The socket is up
-within a second so the server can follow the load through `GET /health`; the weights load in a
-thread meanwhile. Requests arrive already validated by the server; responses are the final
-OpenAI-shaped bodies, which the server relays without re-encoding.
+The server starts it as `python -m inferd.runtime.worker CONFIG_JSON SOCKET`; on a cluster node,
+SOCKET is `fd:N`, a TCP socket already listening, and every request must carry the token in
+INFERD_WORKER_TOKEN. The socket is up within a second so the server can follow the load through
+`GET /health`; the weights load in a thread meanwhile. Requests arrive already validated by the
+server; responses are the final OpenAI-shaped bodies, which the server relays without re-encoding.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from inferd.cluster import TOKEN_HEADER
 from inferd.engines import ENGINES
 from inferd.engines.base import Engine, EngineConfig, Json, flag
 from inferd.errors import InferdError, InvalidRequest, ModelUnavailable, RequestAborted
@@ -306,8 +308,26 @@ def _exit_with_parent() -> None:
             os.killpg(0, signal.SIGKILL)
 
 
+_TOKEN_KEY = TOKEN_HEADER.encode()
+
+
+class _RequireToken:
+    """Refuses requests without the cluster's token: a model process on a cluster node listens
+    on the network, where anyone could otherwise use (or abort) its model."""
+
+    def __init__(self, app: Any, token: str):
+        self._app = app
+        self._token = token.encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and dict(scope["headers"]).get(_TOKEN_KEY) != self._token:
+            await Response(b'{"error": "bad token"}', status_code=401)(scope, receive, send)
+            return
+        await self._app(scope, receive, send)
+
+
 def main() -> None:
-    config_path, socket_path = sys.argv[1], sys.argv[2]
+    config_path, address = sys.argv[1], sys.argv[2]
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -331,8 +351,13 @@ def main() -> None:
         ],
         lifespan=worker.lifespan,
     )
-    Path(socket_path).unlink(missing_ok=True)
-    uvicorn.run(app, uds=socket_path, log_level="warning", timeout_graceful_shutdown=5)
+    token = os.environ.pop("INFERD_WORKER_TOKEN", None)
+    served: Any = _RequireToken(app, token) if token else app
+    if address.startswith("fd:"):
+        uvicorn.run(served, fd=int(address[3:]), log_level="warning", timeout_graceful_shutdown=5)
+        return
+    Path(address).unlink(missing_ok=True)
+    uvicorn.run(served, uds=address, log_level="warning", timeout_graceful_shutdown=5)
 
 
 if __name__ == "__main__":

@@ -937,36 +937,44 @@ async function cachePage() {
 // ---- cluster --------------------------------------------------------------------------
 
 async function clusterPage() {
-  const [workers, models] = await Promise.all([api("/v1/workers"), api("/v1/models")]);
+  const cluster = await api("/v1/cluster/nodes");
+  const share = (free, total) => (total ? 1 - free / total : 0);
   page.replaceChildren(
     h("h1", {}, "Cluster"),
-    ...workers.map((w) => {
-      const used = w.memory_total && w.memory_available ? 1 - w.memory_available / w.memory_total : 0;
+    h("p", { class: "muted" }, cluster.mode === "ray" ? `Ray cluster at ${cluster.address}` : "One machine."),
+    ...cluster.nodes.map((n) => {
+      const ray = cluster.mode === "ray";
+      const title = ray ? `${n.hostname || n.address} (${n.id.slice(0, 8)})` : n.node;
+      const cpus = ray ? `${n.cpu_available} of ${n.cpu_total} CPUs free` : `inferd ${n.version} · ${n.cpu_count} CPUs`;
       return h(
         "section",
-        { class: "node", "data-node": w.node },
-        h("h2", {}, w.node),
-        h("p", {}, `inferd ${w.version} · ${w.cpu_count} CPUs`),
+        { class: "node", "data-node": n.id },
+        h("h2", {}, title, n.alive ? null : h("span", { class: "muted" }, " — down")),
+        h("p", {}, cpus),
         h(
           "label",
           {},
-          h("span", {}, `Memory: ${bytes(w.memory_total - w.memory_available)} of ${bytes(w.memory_total)}`),
-          h("meter", { min: "0", max: "1", value: String(used), "aria-label": "Memory in use" }),
+          h("span", {}, `Memory: ${bytes(n.memory_total - n.memory_available)} of ${bytes(n.memory_total)}`),
+          h("meter", { min: "0", max: "1", value: String(share(n.memory_available, n.memory_total)), "aria-label": "Memory in use" }),
         ),
-        (w.gpus || []).map((g) =>
-          h(
-            "label",
-            {},
-            h("span", {}, `GPU ${g.index} ${g.name}: ${bytes(g.memory_total - g.memory_free)} of ${bytes(g.memory_total)}`),
-            h("meter", { min: "0", max: "1", value: String(1 - g.memory_free / g.memory_total) }),
-          ),
-        ),
-        w.gpu_count ? null : h("p", { class: "muted" }, "No GPU: models run on the CPU."),
+        ray
+          ? h("p", {}, n.gpu_total ? `${n.gpu_available} of ${n.gpu_total} GPUs free` : "No GPU: models run on the CPU.")
+          : (n.gpus || []).map((g) =>
+              h(
+                "label",
+                {},
+                h("span", {}, `GPU ${g.index} ${g.name}: ${bytes(g.memory_total - g.memory_free)} of ${bytes(g.memory_total)}`),
+                h("meter", { min: "0", max: "1", value: String(share(g.memory_free, g.memory_total)) }),
+              ),
+            ),
+        ray || n.gpu_count ? null : h("p", { class: "muted" }, "No GPU: models run on the CPU."),
         h("h3", {}, "Models"),
         h(
           "ul",
           {},
-          models.data.map((m) => h("li", {}, `${m.model_uid} (${m.model_engine}, ${m.status})`)),
+          n.replicas.map((r) =>
+            h("li", {}, `${r.model_uid}${r.replica ? ` #${r.replica}` : ""} (${r.engine}, ${r.status})`),
+          ),
         ),
       );
     }),

@@ -1,0 +1,137 @@
+"""The server's view of a Ray cluster: joining it, its nodes, and model hosts placed on them."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any, NamedTuple
+
+from inferd.engines.base import EngineConfig
+from inferd.errors import InvalidRequest
+
+log = logging.getLogger("inferd.cluster")
+
+# Ray's own name for the resources every node has; the rest are custom ones a node was started
+# with (`ray start --resources`), which a launch can ask for by name.
+_BUILTIN = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+class Need(NamedTuple):
+    """What one model process asks of its node, besides a CPU: GPUs, and memory (Ray's
+    logical figure, in bytes) for a model held in RAM."""
+
+    gpus: int
+    memory: int
+
+    def __str__(self) -> str:
+        gib = f", {self.memory / 2**30:.1f} GiB of memory" if self.memory else ""
+        return f"1 CPU, {self.gpus} GPU(s){gib}"
+
+
+class RayCluster:
+    def __init__(self, address: str):
+        self.address = address
+        # Model processes on other nodes listen on the network: only the server knows this.
+        self.token = secrets.token_urlsafe(32)
+        self._host_class: Any = None
+
+    def connect(self) -> None:
+        """Join the cluster as a driver (blocking: call it from a thread)."""
+        try:
+            import ray
+        except ImportError:
+            raise RuntimeError(
+                "--ray-address needs Ray: pip install 'inferd[ray]' on every node"
+            ) from None
+        from inferd.cluster.host import ModelHost
+
+        ray.init(
+            address=self.address,
+            namespace="inferd",
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
+        # Ray restarts no actor unless asked: a host whose node died is replaced by the
+        # replica's supervisor, which picks a node again and keeps the count of crashes.
+        self._host_class = ray.remote(ModelHost)
+        log.info("joined the Ray cluster at %s: %d nodes", self.address, len(self.nodes()))
+
+    def disconnect(self) -> None:
+        import ray
+
+        ray.shutdown()
+
+    def host(self, config: EngineConfig, need: Need, node_ip: str | None) -> Any:
+        """A new model host actor for `config`, placed by Ray: on a node with what it needs
+        free, the node at `node_ip` if named, spread from the other hosts otherwise."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        strategy: Any = "SPREAD"
+        if node_ip is not None:
+            strategy = NodeAffinitySchedulingStrategy(node_id=self.node_at(node_ip), soft=False)
+        return self._host_class.options(
+            num_cpus=1, num_gpus=need.gpus, memory=need.memory, scheduling_strategy=strategy
+        ).remote(config.model_dump_json(), self.token)
+
+    def node_at(self, ip: str) -> str:
+        """The id of the live node at `ip` (Xinference's worker_ip); a 400 if there is none."""
+        for node in self.nodes():
+            if node["address"] == ip and node["alive"]:
+                return str(node["id"])
+        raise InvalidRequest(f"no live node of the cluster has the address {ip}", param="worker_ip")
+
+    def fits(self, need: Need) -> bool:
+        """Whether any live node could ever hold a host with this need."""
+        return any(
+            n["alive"]
+            and n["cpu_total"] >= 1
+            and n["gpu_total"] >= need.gpus
+            and n["memory_total"] >= need.memory
+            for n in self.nodes()
+        )
+
+    def gpu_total(self) -> int:
+        return int(sum(n["gpu_total"] for n in self.nodes() if n["alive"]))
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every node Ray knows, with its resources, what is free of them, and whether it is up."""
+        import ray
+
+        available = _available_by_node()
+        nodes = []
+        for node in ray.nodes():
+            total = node.get("Resources", {})
+            free = available.get(node["NodeID"], {})
+            nodes.append(
+                {
+                    "id": node["NodeID"],
+                    "address": node["NodeManagerAddress"],
+                    "hostname": node.get("NodeManagerHostname"),
+                    "alive": bool(node["Alive"]),
+                    "cpu_total": total.get("CPU", 0.0),
+                    "cpu_available": free.get("CPU", 0.0),
+                    "gpu_total": total.get("GPU", 0.0),
+                    "gpu_available": free.get("GPU", 0.0),
+                    "memory_total": int(total.get("memory", 0)),
+                    "memory_available": int(free.get("memory", 0)),
+                    "resources": {k: v for k, v in total.items() if _custom(k)},
+                }
+            )
+        return nodes
+
+
+def _custom(resource: str) -> bool:
+    return resource not in _BUILTIN and not resource.startswith("node:")
+
+
+def _available_by_node() -> dict[str, dict[str, float]]:
+    # Ray offers free resources per node only through its state module; without it the
+    # listing still has totals.
+    try:
+        from ray._private.state import available_resources_per_node
+    except ImportError:
+        return {}
+    try:
+        return available_resources_per_node()
+    except Exception:  # a figure for display, not worth failing a listing
+        return {}

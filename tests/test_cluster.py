@@ -1,0 +1,193 @@
+"""Cluster mode on Ray's own local cluster: a head and two nodes on this machine, each node with
+a custom resource of its own, and `inferd serve --ray-address` driving it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from ray.cluster_utils import Cluster
+
+from tests.conftest import EMBEDDING, InferdServer, run_together, wait_ready
+
+pytestmark = pytest.mark.slow
+
+UID = "spread-embed"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    # Quick health checks, so a removed node is declared dead in seconds rather than Ray's
+    # default tens of seconds.
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 0,  # the head places nothing: model hosts go to the two nodes
+            "include_dashboard": False,
+            "_system_config": {
+                "health_check_period_ms": 500,
+                "health_check_timeout_ms": 500,
+                "health_check_failure_threshold": 3,
+            },
+        },
+    )
+    for name in ("node_a", "node_b"):
+        cluster.add_node(num_cpus=2, resources={name: 1})
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InferdServer]:
+    srv = InferdServer(tmp_path_factory.mktemp("cluster-home"), "--ray-address", cluster.address)
+    yield srv
+    srv.stop()
+
+
+def _replicas(server: InferdServer) -> list[dict[str, Any]]:
+    answer = httpx.get(f"{server.url}/v1/models/{UID}", timeout=10)
+    assert answer.status_code == 200, answer.text
+    replicas: list[dict[str, Any]] = answer.json()["replicas"]
+    return replicas
+
+
+def _embed(server: InferdServer) -> int:
+    try:
+        answer = httpx.post(
+            f"{server.url}/v1/embeddings",
+            json={"model": UID, "input": "a sentence for the cluster"},
+            timeout=30,
+        )
+    except httpx.HTTPError:
+        return 0  # no answer at all: counted apart from clean statuses
+    if answer.status_code == 200:
+        assert len(answer.json()["data"][0]["embedding"]) == 384
+    return answer.status_code
+
+
+def test_replicas_spread_over_nodes_and_survive_a_node(
+    cluster: Cluster, server: InferdServer
+) -> None:
+    nodes = httpx.get(f"{server.url}/v1/cluster/nodes", timeout=30).json()
+    assert nodes["mode"] == "ray"
+    by_resource = {
+        name: n["id"] for n in nodes["nodes"] for name in n["resources"] if name.startswith("node_")
+    }
+    assert set(by_resource) == {"node_a", "node_b"}
+    assert len(httpx.get(f"{server.url}/v1/workers", timeout=30).json()) == 3
+
+    launch = httpx.post(
+        f"{server.url}/v1/models",
+        json={"model_name": EMBEDDING, "model_type": "embedding", "model_uid": UID, "replica": 2},
+        timeout=300,
+    )
+    assert launch.status_code == 200, launch.text
+    replicas = _replicas(server)
+    assert {r["status"] for r in replicas} == {"ready"}
+    # One replica on each node, each named in the model's description and the node list.
+    assert {r["node_id"] for r in replicas} == set(by_resource.values())
+    listed = httpx.get(f"{server.url}/v1/cluster/nodes", timeout=30).json()["nodes"]
+    assert sorted(len(n["replicas"]) for n in listed) == [0, 1, 1]
+    # The CLI says where each replica runs, and what each node holds.
+    table = server.cli("list").stdout
+    assert "Nodes" in table and all(r["node_id"][:8] in table for r in replicas)
+    nodes_table = server.cli("nodes").stdout
+    assert all(n["id"][:8] in nodes_table for n in listed) and f"{UID}/1" in nodes_table
+    # Each replica's log is on its node, and reads as a local one does.
+    assert f"{UID} ready in" in server.cli("logs", UID, "--replica", "1").stdout
+    with httpx.stream(
+        "GET", f"{server.url}/v1/models/{UID}/logs", params={"follow": True}, timeout=30
+    ) as followed:
+        assert f"{UID} ready in" in next(followed.iter_text())
+
+    # Requests at the same time go to both (one at a time would all find the first free).
+    answered: list[int] = []
+    run_together(*[lambda: answered.extend(_embed(server) for _ in range(5))] * 8)
+    assert answered == [200] * 40
+    assert all(r["served"] > 0 for r in _replicas(server)), _replicas(server)
+
+    # Node A goes away while a client keeps sending.
+    statuses: Counter[int] = Counter()
+    stop = threading.Event()
+
+    def keep_sending() -> None:
+        while not stop.is_set():
+            statuses[_embed(server)] += 1
+
+    sender = threading.Thread(target=keep_sending)
+    sender.start()
+    time.sleep(1)
+    doomed = next(n for n in cluster.worker_nodes if n.node_id == by_resource["node_a"])
+    removed = time.monotonic()
+    cluster.remove_node(doomed, allow_graceful=False)
+    try:
+        # Rescheduled: both replicas ready again, on the node still up.
+        deadline = removed + 120
+        while time.monotonic() < deadline:
+            replicas = _replicas(server)
+            if all(r["status"] == "ready" for r in replicas) and {
+                r["node_id"] for r in replicas
+            } == {by_resource["node_b"]}:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"not rescheduled: {replicas}\n{server.log()[-4000:]}")
+        rescheduled = time.monotonic() - removed
+        time.sleep(1)
+    finally:
+        stop.set()
+        sender.join(60)
+    print(f"rescheduled in {rescheduled:.1f}s; statuses meanwhile: {dict(statuses)}")
+    # Serving went on: only successes, or clean 503s while nothing was ready.
+    assert set(statuses) <= {200, 503}, dict(statuses)
+    assert statuses[200] > 0
+    assert [_embed(server) for _ in range(10)] == [200] * 10
+    dead = [
+        n
+        for n in httpx.get(f"{server.url}/v1/cluster/nodes", timeout=30).json()["nodes"]
+        if n["id"] == by_resource["node_a"]
+    ]
+    assert dead == [] or not dead[0]["alive"]
+
+
+def test_cluster_launch_arguments_are_checked(server: InferdServer) -> None:
+    answer = httpx.post(
+        f"{server.url}/v1/models",
+        json={"model_name": EMBEDDING, "model_type": "embedding", "worker_ip": "203.0.113.7"},
+        timeout=120,
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == "worker_ip"
+    answer = httpx.post(
+        f"{server.url}/v1/models",
+        json={"model_name": EMBEDDING, "model_type": "embedding", "gpu_idx": [0]},
+        timeout=120,
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == "gpu_idx"
+    answer = httpx.post(
+        f"{server.url}/v1/models",
+        json={"model_name": EMBEDDING, "model_type": "embedding", "n_gpu": 1},
+        timeout=120,
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == "n_gpu"
+    assert "no node of the cluster has 1 GPU" in answer.json()["error"]["message"]
+
+
+def test_a_restarted_server_brings_its_cluster_models_back(
+    cluster: Cluster, server: InferdServer
+) -> None:
+    server.stop()
+    again = InferdServer(server.home, "--ray-address", cluster.address)
+    try:
+        wait_ready(again, {UID}, timeout=180)
+        assert _embed(again) == 200
+    finally:
+        again.stop()
