@@ -15,8 +15,10 @@ Xinference's own cluster (a supervisor and workers) is not measured here yet.
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -88,6 +90,28 @@ def _reschedule(cluster: Any, server: BenchServer) -> tuple[float, float, dict[i
     return noticed or float("nan"), back, statuses
 
 
+def _ray_cpu(seconds: float = 5.0) -> float:
+    """The share of one core Ray's own processes (GCS, raylets, their workers) use while
+    nothing is asked of them: on one machine that is taken from the model."""
+
+    def ticks() -> int:
+        total = 0
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if b"ray" not in cmdline or b"inferd" in cmdline:
+                    continue
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+            except (OSError, IndexError):
+                continue
+        return total
+
+    before = ticks()
+    time.sleep(seconds)
+    return (ticks() - before) / os.sysconf("SC_CLK_TCK") / seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0)
@@ -118,6 +142,7 @@ def main() -> None:
     try:
         cluster.add_node(num_cpus=2)
         cluster.wait_for_nodes()
+        ray_idle = _ray_cpu()
         clustered = BenchServer("--ray-address", cluster.address, "--log-level", "warning")
         try:
             cluster_launch = _launch(clustered)
@@ -156,6 +181,7 @@ def main() -> None:
         f"{noticed:.1f} s, and it served again from another node after {back:.1f} s; "
         f"statuses meanwhile: {statuses}"
     )
+    print(f"Ray's own processes, idle: {ray_idle:.0%} of one core")
     errors = sum(r.errors for r in (*alone_rates.values(), *cluster_rates.values()))
     print(f"errors under load: {errors}")
 

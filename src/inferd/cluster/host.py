@@ -54,6 +54,10 @@ class ModelHost:
         config_path.write_text(self._config.model_dump_json())
         env = worker_env(self._config)
         env["INFERD_WORKER_TOKEN"] = self._token
+        # Ray caps the threads of an actor's libraries at the CPUs it reserved (one, a token
+        # for placement); the model should have the node's cores unless the launch said.
+        if "OMP_NUM_THREADS" not in self._config.env:
+            env.pop("OMP_NUM_THREADS", None)
         with open(self._log, "ab") as log:
             self._proc = await asyncio.create_subprocess_exec(
                 *worker_command(config_path, f"fd:{listener.fileno()}"),

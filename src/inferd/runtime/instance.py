@@ -79,7 +79,9 @@ class ModelInstance:
             return self.phase
         if any(r.ready for r in self.replicas):
             return READY
-        if any(r.status in (RESTARTING, LOADING) for r in self.replicas):
+        # A replica still marked ready is one whose process just went quiet (it died, or its
+        # node stopped answering) and whose supervisor is about to say so: it is recovering.
+        if any(r.status in (RESTARTING, LOADING, READY) for r in self.replicas):
             return RESTARTING
         return FAILED
 

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -354,7 +355,12 @@ def main() -> None:
     token = os.environ.pop("INFERD_WORKER_TOKEN", None)
     served: Any = _RequireToken(app, token) if token else app
     if address.startswith("fd:"):
-        uvicorn.run(served, fd=int(address[3:]), log_level="warning", timeout_graceful_shutdown=5)
+        # The socket as what it is (TCP): uvicorn's own fd= takes any descriptor for a Unix
+        # socket, and asyncio then leaves Nagle's algorithm on, which held every answer back
+        # ~40 ms for the client's delayed ACK.
+        listener = socket.socket(fileno=int(address[3:]))
+        serving = uvicorn.Config(served, log_level="warning", timeout_graceful_shutdown=5)
+        uvicorn.Server(serving).run(sockets=[listener])
         return
     Path(address).unlink(missing_ok=True)
     uvicorn.run(served, uds=address, log_level="warning", timeout_graceful_shutdown=5)
