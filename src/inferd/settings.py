@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(
         default=None,
         description="A Ray cluster to run model processes on (`auto`, or the head's host:port)",
+    )
+    cluster_weights: Literal["auto", "copy"] = Field(
+        default="auto",
+        description="On a cluster, nodes load weights where the server keeps them if they see "
+        "that path (a shared filesystem), else copy them into their own cache; `copy`: always",
     )
 
     @field_validator("allowed_paths", mode="before")

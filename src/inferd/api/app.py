@@ -102,7 +102,7 @@ async def _join_cluster(settings: Settings) -> RayCluster | None:
         return None
     from inferd.cluster.ray_cluster import RayCluster
 
-    cluster = RayCluster(settings.ray_address)
+    cluster = RayCluster(settings.ray_address, copy_weights=settings.cluster_weights == "copy")
     try:
         await asyncio.to_thread(cluster.connect)
     except Exception as exc:

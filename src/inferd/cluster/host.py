@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from inferd.cluster.weights import fetch
 from inferd.engines.base import EngineConfig
 from inferd.runtime.process import (
     end_group,
@@ -26,23 +27,40 @@ class ModelHost:
     """Starts the model process on this node, listening on TCP for the server, and lives as long
     as it: when the node dies, so does this actor, and Ray tells the server."""
 
-    def __init__(self, config_json: str, token: str):
+    def __init__(self, config_json: str, token: str, weights: Any, server_node: str, copy: bool):
+        """`weights` is the server's WeightSource, on node `server_node`; `copy`: copy the
+        weights into this node's cache even where the server's path is visible."""
         self._config = EngineConfig.model_validate_json(config_json)
         self._token = token
+        self._weights = weights
+        self._server_node = server_node
+        self._copy = copy
         self._dir = Path(tempfile.mkdtemp(prefix="inferd-host-"))
         self._log = self._dir / "model.log"
         self._proc: asyncio.subprocess.Process | None = None
 
+    def node(self) -> str:
+        """The node this host was placed on; answers as soon as it is placed."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     async def spawn(self) -> dict[str, Any]:
-        """Start the model process; where it listens, and what it is."""
+        """Start the model process (its weights copied here first, if need be); where it
+        listens, and what it is."""
         import ray
 
         ip = ray.util.get_node_ip_address()
-        if not Path(self._config.model_path).exists():
-            raise FileNotFoundError(
-                f"the weights are not at {self._config.model_path} on node {ip}: the nodes "
-                "read them where the server put them, so its cache (INFERD_HOME) must be on a "
-                "filesystem they share"
+        node = self.node()
+        if node != self._server_node:
+            self._config = self._config.model_copy(
+                update={
+                    "model_path": await self._local(self._config.model_path),
+                    "loras": {
+                        name: await self._local(folder)
+                        for name, folder in self._config.loras.items()
+                    },
+                }
             )
         # Bound here and handed over, so the port is known before the process runs and no
         # other process can take it in between.
@@ -69,14 +87,21 @@ class ModelHost:
                 env=env,
             )
         listener.close()  # the model process has its own copy
-        context = ray.get_runtime_context()
         host = f"[{ip}]" if ":" in ip else ip
         return {
             "url": f"http://{host}:{port}",
             "pid": self._proc.pid,
-            "node_id": context.get_node_id(),
+            "node_id": node,
             "node_ip": ip,
+            "model_path": self._config.model_path,
         }
+
+    async def _local(self, path: str) -> str:
+        """Where this node reads the server's `path` from: there if it sees it (a shared
+        filesystem) and copies were not asked for, else its own copy."""
+        if not self._copy and Path(path).exists():
+            return path
+        return await fetch(self._weights, path, self._server_node)
 
     async def wait(self) -> int:
         """Until the model process exits; its exit code."""

@@ -29,11 +29,14 @@ class Need(NamedTuple):
 
 
 class RayCluster:
-    def __init__(self, address: str):
+    def __init__(self, address: str, copy_weights: bool = False):
         self.address = address
         # Model processes on other nodes listen on the network: only the server knows this.
         self.token = secrets.token_urlsafe(32)
+        self.copy_weights = copy_weights
         self._host_class: Any = None
+        self._weights: Any = None
+        self._node_id = ""
 
     def connect(self) -> None:
         """Join the cluster as a driver (blocking: call it from a thread)."""
@@ -43,7 +46,10 @@ class RayCluster:
             raise RuntimeError(
                 "--ray-address needs Ray: pip install 'inferd[ray]' on every node"
             ) from None
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         from inferd.cluster.host import ModelHost
+        from inferd.cluster.weights import WeightSource
 
         ray.init(
             address=self.address,
@@ -54,6 +60,16 @@ class RayCluster:
         # Ray restarts no actor unless asked: a host whose node died is replaced by the
         # replica's supervisor, which picks a node again and keeps the count of crashes.
         self._host_class = ray.remote(ModelHost)
+        # Nodes that cannot see the server's disk copy the weights from it through Ray.
+        self._node_id = ray.get_runtime_context().get_node_id()
+        self._weights = (
+            ray.remote(WeightSource)
+            .options(
+                num_cpus=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(self._node_id, soft=False),
+            )
+            .remote()
+        )
         log.info("joined the Ray cluster at %s: %d nodes", self.address, len(self.nodes()))
 
     def disconnect(self) -> None:
@@ -71,7 +87,9 @@ class RayCluster:
             strategy = NodeAffinitySchedulingStrategy(node_id=self.node_at(node_ip), soft=False)
         return self._host_class.options(
             num_cpus=1, num_gpus=need.gpus, memory=need.memory, scheduling_strategy=strategy
-        ).remote(config.model_dump_json(), self.token)
+        ).remote(
+            config.model_dump_json(), self.token, self._weights, self._node_id, self.copy_weights
+        )
 
     def node_at(self, ip: str) -> str:
         """The id of the live node at `ip` (Xinference's worker_ip); a 400 if there is none."""

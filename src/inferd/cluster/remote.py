@@ -51,6 +51,7 @@ class RemoteModelProcess(ModelProcess):
         self._unreachable = False
         self._tail = ""
         self._memory: tuple[float, int | None] = (0.0, None)
+        self._launch_timeout = PLACEMENT_TIMEOUT
 
     @property
     def pid(self) -> int | None:
@@ -73,6 +74,7 @@ class RemoteModelProcess(ModelProcess):
         return self._where.get("node_id")
 
     async def start(self, timeout: float, on_spawn: Callable[[int], None] | None = None) -> None:
+        self._launch_timeout = timeout
         # The pid is another machine's: nothing here may record it as a local process.
         await super().start(timeout, on_spawn=None)
 
@@ -85,19 +87,30 @@ class RemoteModelProcess(ModelProcess):
         self._host = await asyncio.to_thread(
             self._cluster.host, self.config, self._need, self._node_ip
         )
+        uid = self.config.model_uid
         try:
-            self._where = await asyncio.wait_for(self._host.spawn.remote(), PLACEMENT_TIMEOUT)
+            await asyncio.wait_for(self._host.node.remote(), PLACEMENT_TIMEOUT)
         except asyncio.TimeoutError:
             self._kill_host()
             raise LaunchFailed(
-                f"no node of the cluster had {self._need} free for {self.config.model_uid} "
+                f"no node of the cluster had {self._need} free for {uid} "
                 f"within {PLACEMENT_TIMEOUT:.0f}s"
+            ) from None
+        except Exception as exc:  # its node went away while it was being placed
+            self._kill_host()
+            raise LaunchFailed(f"placing {uid} on a node failed: {exc}") from None
+        try:
+            # Copying the weights to the node, when it must, counts as loading.
+            self._where = await asyncio.wait_for(self._host.spawn.remote(), self._launch_timeout)
+        except asyncio.TimeoutError:
+            self._kill_host()
+            raise LaunchFailed(
+                f"{uid}'s weights were not on its node after {self._launch_timeout:.0f}s"
             ) from None
         except Exception as exc:  # the host failed to start it, or its node went away
             self._kill_host()
-            raise LaunchFailed(
-                f"starting {self.config.model_uid} on a node failed: {exc}"
-            ) from None
+            cause = getattr(exc, "cause", None) or exc  # Ray wraps the host's own error
+            raise LaunchFailed(f"starting {uid} on a node failed: {cause}") from None
         self.client = http_client(httpx.AsyncHTTPTransport(), self._where["url"], self._headers)
         self._ended = asyncio.ensure_future(self._follow(self._host.wait.remote()))
         log.info(

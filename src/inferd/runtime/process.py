@@ -221,7 +221,7 @@ def read_tail(path: Path, lines: int) -> str:
                 position -= step
                 f.seek(position)
                 data = f.read(step) + data
-    except FileNotFoundError:
+    except OSError:  # not written yet, or gone
         return ""
     text = data.decode("utf-8", "replace")
     kept = text.splitlines(keepends=True)[-lines:]
