@@ -443,6 +443,7 @@ class Xinference(Target):
         self.headers = {"Authorization": f"Bearer {self._admin_token()}"}
         self._weigh_server()
         self.uids = {LLM: "bench-gemma", EMBEDDING: "bench-minilm"}
+        self._wait_for_workers()
         self._register(weights)
         self.launch_seconds = {}
         launches = {
@@ -452,11 +453,20 @@ class Xinference(Target):
         for name in models:
             uid, extra = self.uids[name], launches[name]
             started = time.perf_counter()
-            response = self._post(
-                "/v1/models", {"model_uid": uid, "model_name": uid, **extra}, timeout=900
-            )
-            response.raise_for_status()
+            self._launch({"model_uid": uid, "model_name": uid, **extra}).raise_for_status()
             self.launch_seconds[name] = time.perf_counter() - started
+
+    def _launch(self, body: dict[str, Any]) -> httpx.Response:
+        return self._post("/v1/models", body, timeout=900)
+
+    def _wait_for_workers(self) -> None:
+        """Until a worker has joined: registrations reach only the workers there are."""
+
+        def joined() -> bool:
+            answer = httpx.get(f"{self.url}/v1/workers", headers=self.headers, timeout=10)
+            return answer.status_code == 200 and bool(answer.json())
+
+        wait_until(joined, 300)
 
     def _start(self, venv: Path, port: int) -> list[subprocess.Popen[bytes]]:
         """The server's processes, the first printing its setup token to self.log."""
