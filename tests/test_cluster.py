@@ -243,3 +243,47 @@ def test_nodes_copy_weights_they_cannot_see(
 
 def _files(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+
+
+def test_gpu_idx_places_on_the_named_gpus_of_the_named_node(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # A node Ray believes has 2 GPUs: placement is Ray's bookkeeping, which is what is tested;
+    # the model itself finds no CUDA here and runs on the CPU.
+    gpu_node = cluster.add_node(num_cpus=1, num_gpus=2)
+    cluster.wait_for_nodes()
+    server = InferdServer(tmp_path / "home", "--ray-address", cluster.address)
+    try:
+        node = gpu_node.node_id
+        address = gpu_node.node_ip_address
+
+        def launch(uid: str, **fields: Any) -> httpx.Response:
+            body = {"model_name": EMBEDDING, "model_type": "embedding", "model_uid": uid}
+            return httpx.post(f"{server.url}/v1/models", json={**body, **fields}, timeout=300)
+
+        # Several nodes share this machine's address: the node is named by its id.
+        ambiguous = launch("on-gpu", worker_ip=address, gpu_idx=[1])
+        assert ambiguous.status_code == 400 and "name one by its id" in ambiguous.text
+        placed = launch("on-gpu", worker_ip=node[:12], gpu_idx=[1])
+        assert placed.status_code == 200, placed.text
+        [replica] = httpx.get(f"{server.url}/v1/models/on-gpu", timeout=10).json()["replicas"]
+        assert replica["node_id"] == node and replica["gpus"] == [1]
+        environ = Path(f"/proc/{replica['pid']}/environ").read_bytes().split(b"\0")
+        assert b"CUDA_VISIBLE_DEVICES=1" in environ
+        assert _embed_uid(server, "on-gpu") == 200
+
+        taken = launch("again", worker_ip=node[:12], gpu_idx=[1])
+        assert taken.status_code == 400 and "held by on-gpu" in taken.text, taken.text
+        missing = launch("again", worker_ip=node[:12], gpu_idx=[5])
+        assert missing.status_code == 400 and "there is no GPU 5" in missing.text, missing.text
+        assert missing.json()["error"]["param"] == "gpu_idx"
+    finally:
+        server.stop()
+        cluster.remove_node(gpu_node)
+
+
+def _embed_uid(server: InferdServer, uid: str) -> int:
+    answer = httpx.post(
+        f"{server.url}/v1/embeddings", json={"model": uid, "input": "on a GPU node"}, timeout=30
+    )
+    return answer.status_code

@@ -94,6 +94,8 @@ class ModelHost:
             "node_id": node,
             "node_ip": ip,
             "model_path": self._config.model_path,
+            # The GPUs named at launch, else those Ray gave this host.
+            "gpus": self._config.gpus or [int(g) for g in ray.get_gpu_ids()],
         }
 
     async def _local(self, path: str) -> str:

@@ -84,19 +84,33 @@ class RayCluster:
 
         strategy: Any = "SPREAD"
         if node_ip is not None:
-            strategy = NodeAffinitySchedulingStrategy(node_id=self.node_at(node_ip), soft=False)
+            node = self.node_at(node_ip)["id"]
+            strategy = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
         return self._host_class.options(
             num_cpus=1, num_gpus=need.gpus, memory=need.memory, scheduling_strategy=strategy
         ).remote(
             config.model_dump_json(), self.token, self._weights, self._node_id, self.copy_weights
         )
 
-    def node_at(self, ip: str) -> str:
-        """The id of the live node at `ip` (Xinference's worker_ip); a 400 if there is none."""
-        for node in self.nodes():
-            if node["address"] == ip and node["alive"]:
-                return str(node["id"])
-        raise InvalidRequest(f"no live node of the cluster has the address {ip}", param="worker_ip")
+    def node_at(self, name: str) -> dict[str, Any]:
+        """The live node `name` names (Xinference's worker_ip): its address, or its Ray node id
+        as `inferd nodes` shows it (enough of it to be unique), for several nodes on one
+        address; a 400 if there is none, or more than one."""
+        live = [n for n in self.nodes() if n["alive"]]
+        matches = [n for n in live if n["address"] == name] or [
+            n for n in live if len(name) >= 6 and n["id"].startswith(name)
+        ]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise InvalidRequest(
+                f"{len(matches)} nodes have the address {name}; name one by its id "
+                "(`inferd nodes`)",
+                param="worker_ip",
+            )
+        raise InvalidRequest(
+            f"no live node of the cluster is {name} (an address or a node id)", param="worker_ip"
+        )
 
     def fits(self, need: Need) -> bool:
         """Whether any live node could ever hold a host with this need."""

@@ -73,6 +73,10 @@ class RemoteModelProcess(ModelProcess):
     def node_id(self) -> str | None:
         return self._where.get("node_id")
 
+    @property
+    def gpus(self) -> list[int]:
+        return list(self._where.get("gpus", self.config.gpus))
+
     async def start(self, timeout: float, on_spawn: Callable[[int], None] | None = None) -> None:
         self._launch_timeout = timeout
         # The pid is another machine's: nothing here may record it as a local process.

@@ -157,7 +157,7 @@ class ModelInstance:
                 "served": r.served,
                 "restarts": r.restarts,
                 "started": r.started,
-                "gpus": r.config.gpus,
+                "gpus": r.gpus,
                 "memory_bytes": r.memory_bytes(),
                 "node": r.node or "local",
                 "node_id": r.node_id,
@@ -190,7 +190,7 @@ class ModelInstance:
             # Xinference's field: the worker it runs on.
             "address": (self.replicas[0].node if self.replicas else None) or "local",
             # Xinference's field: the GPUs the model holds, as strings.
-            "accelerators": sorted({str(g) for r in self.replicas for g in r.config.gpus}),
+            "accelerators": sorted({str(g) for r in self.replicas for g in r.gpus}),
         }
         if isinstance(family, LLMFamily):
             info["context_length"] = family.context_length

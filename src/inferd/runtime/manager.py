@@ -280,12 +280,6 @@ class ModelManager:
     def _plan(self, request: LaunchRequest) -> ModelInstance:
         """Check everything that can be checked before a process starts."""
         _gpu_count(request)  # a malformed n_gpu or gpu_idx is refused before anything runs
-        if self.cluster is not None and _gpu_idx(request) is not None:
-            raise InvalidRequest(
-                "gpu_idx names GPUs of one machine; on a cluster, give n_gpu (and worker_ip "
-                "for the node)",
-                param="gpu_idx",
-            )
         adapters = request.peft_model_config.lora_list if request.peft_model_config else []
         if request.model_path:
             confined(request.model_path, "model_path")
@@ -307,14 +301,14 @@ class ModelManager:
             "virtual_env_packages": bool(request.virtual_env_packages),
             "virtual_env_find_links": bool(request.virtual_env_find_links),
         }
-        if request.worker_ip is not None and self.cluster is not None:
-            self.cluster.node_at(request.worker_ip)
-        gpus = _gpu_count(request)
-        if self.cluster is not None and gpus and not self.cluster.fits(Need(gpus, 0)):
-            raise InvalidRequest(
-                f"no node of the cluster has {gpus} GPU(s); `inferd nodes` lists what each has",
-                param="n_gpu",
-            )
+        if self.cluster is not None:
+            self._check_cluster_gpus(request, self.cluster)
+            gpus = _gpu_count(request)
+            if gpus and not self.cluster.fits(Need(gpus, 0)):
+                raise InvalidRequest(
+                    f"no node of the cluster has {gpus} GPU(s); `inferd nodes` lists what each has",
+                    param="n_gpu",
+                )
         elif request.worker_ip is not None:
             raise InvalidRequest(
                 "worker_ip names a node of a cluster, and this server runs alone; start it with "
@@ -355,6 +349,36 @@ class ModelManager:
             engine=engine,
             max_queue=self.settings.max_queue,
         )
+
+    def _check_cluster_gpus(self, request: LaunchRequest, cluster: RayCluster) -> None:
+        """On a cluster, gpu_idx names GPUs of the node worker_ip names, which must have them
+        free of this server's other models."""
+        node = cluster.node_at(request.worker_ip) if request.worker_ip is not None else None
+        gpu_idx = _gpu_idx(request)
+        if gpu_idx is None:
+            return
+        if node is None:
+            raise InvalidRequest(
+                "on a cluster, gpu_idx names GPUs of the node given by worker_ip; give both, "
+                "or n_gpu alone",
+                param="gpu_idx",
+            )
+        missing = [i for i in gpu_idx if i >= node["gpu_total"]]
+        if missing:
+            raise InvalidRequest(
+                f"node {node['address']} ({node['id'][:8]}) has {node['gpu_total']:g} GPU(s); "
+                f"there is no GPU {missing[0]}",
+                param="gpu_idx",
+            )
+        for model in self._models.values():
+            for replica in model.replicas:
+                held = set(replica.gpus) & set(gpu_idx)
+                if replica.node_id == node["id"] and replica.process is not None and held:
+                    raise InvalidRequest(
+                        f"GPU {min(held)} of node {node['address']} is held by "
+                        f"{model.uid} (replica {replica.index})",
+                        param="gpu_idx",
+                    )
 
     async def _bring_up(self, instance: ModelInstance) -> None:
         """Resolve the weights and start every replica; on failure the instance reads failed."""
@@ -442,7 +466,14 @@ class ModelManager:
         elif count is None:  # "auto": one GPU where the cluster has any
             count = 1 if cluster.gpu_total() > 0 else 0
 
+        gpu_idx = _gpu_idx(request)
+
         def new_process(config: EngineConfig, socket_path: Path, log_path: Path) -> ModelProcess:
+            if gpu_idx is not None:
+                # The GPUs named, not those Ray would pick: Ray only counts them.
+                visible = ",".join(map(str, gpu_idx))
+                env = {"CUDA_VISIBLE_DEVICES": visible, **config.env}
+                config = config.model_copy(update={"gpus": gpu_idx, "env": env})
             # On the CPU, the weights are held in the node's memory.
             memory = 0 if count else weights_bytes(config.model_path)
             need = Need(gpus=count, memory=memory)

@@ -78,6 +78,11 @@ class ModelProcess:
     def node_id(self) -> str | None:
         return None
 
+    @property
+    def gpus(self) -> list[int]:
+        """The GPUs it was given, as its node numbers them."""
+        return self.config.gpus
+
     def memory_bytes(self) -> int | None:
         return resident_bytes(self.proc.pid) if self.proc else None
 

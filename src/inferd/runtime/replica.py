@@ -70,6 +70,10 @@ class Replica:
     def node_id(self) -> str | None:
         return self.process.node_id if self.process else None
 
+    @property
+    def gpus(self) -> list[int]:
+        return self.process.gpus if self.process else self.config.gpus
+
     def memory_bytes(self) -> int | None:
         return self.process.memory_bytes() if self.process else None
 
