@@ -287,3 +287,39 @@ def _embed_uid(server: InferdServer, uid: str) -> int:
         f"{server.url}/v1/embeddings", json={"model": uid, "input": "on a GPU node"}, timeout=30
     )
     return answer.status_code
+
+
+def test_a_model_whose_node_is_gone_for_good_fails_saying_why(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    pinned_node = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    server = InferdServer(tmp_path / "home", "--ray-address", cluster.address)
+    try:
+        node = pinned_node.node_id
+        launch = httpx.post(
+            f"{server.url}/v1/models",
+            json={
+                "model_name": EMBEDDING,
+                "model_type": "embedding",
+                "model_uid": "pinned",
+                "worker_ip": node,
+            },
+            timeout=300,
+        )
+        assert launch.status_code == 200, launch.text
+        cluster.remove_node(pinned_node, allow_graceful=False)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            model = httpx.get(f"{server.url}/v1/models/pinned", timeout=10).json()
+            if model["status"] == "failed":
+                break
+            time.sleep(0.5)
+        assert model["status"] == "failed", model
+        assert f"no live node of the cluster is {node}" in model["error"], model["error"]
+        answer = httpx.post(
+            f"{server.url}/v1/embeddings", json={"model": "pinned", "input": "x"}, timeout=30
+        )
+        assert answer.status_code == 503 and "failed" in answer.json()["error"]["message"]
+    finally:
+        server.stop()

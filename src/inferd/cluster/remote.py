@@ -16,7 +16,7 @@ import httpx
 from inferd.cluster import TOKEN_HEADER
 from inferd.cluster.ray_cluster import Need, RayCluster
 from inferd.engines.base import EngineConfig
-from inferd.errors import LaunchFailed
+from inferd.errors import InvalidRequest, LaunchFailed
 from inferd.runtime.process import ModelProcess, http_client
 
 log = logging.getLogger("inferd.cluster")
@@ -88,9 +88,12 @@ class RemoteModelProcess(ModelProcess):
             raise LaunchFailed(
                 f"no node of the cluster has {self._need} for {self.config.model_uid}"
             )
-        self._host = await asyncio.to_thread(
-            self._cluster.host, self.config, self._need, self._node_ip
-        )
+        try:
+            self._host = await asyncio.to_thread(
+                self._cluster.host, self.config, self._need, self._node_ip
+            )
+        except InvalidRequest as exc:  # the node it is pinned to is gone
+            raise LaunchFailed(exc.message, param=exc.param) from None
         uid = self.config.model_uid
         try:
             await asyncio.wait_for(self._host.node.remote(), PLACEMENT_TIMEOUT)
@@ -144,10 +147,16 @@ class RemoteModelProcess(ModelProcess):
         return code
 
     async def wait(self) -> int:
-        assert self._ended is not None
+        if self._ended is None:  # never started: nothing to wait for
+            return self._exit if self._exit is not None else _NODE_DIED
         code = await asyncio.shield(self._ended)
         await self._fetch_tail()
         return code
+
+    def exit_reason(self, code: int) -> str:
+        if code == _NODE_DIED:
+            return f"its node {self.node} went away" if self.node else "its node went away"
+        return super().exit_reason(code)
 
     def mark_unreachable(self) -> None:
         """A connection failed: send nothing here until /health answers again (or the host is

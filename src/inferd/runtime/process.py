@@ -78,6 +78,10 @@ class ModelProcess:
     def node_id(self) -> str | None:
         return None
 
+    def exit_reason(self, code: int) -> str:
+        """Why it ended, in words, given its exit code."""
+        return f"the model process exited with code {code}"
+
     @property
     def gpus(self) -> list[int]:
         """The GPUs it was given, as its node numbers them."""

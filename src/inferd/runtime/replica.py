@@ -114,6 +114,7 @@ class Replica:
 
     async def _supervise(self) -> None:
         """Restart the process whenever it dies without being asked to."""
+        failed_restart: str | None = None
         while True:
             assert self.process is not None
             code = await self.process.wait()
@@ -123,7 +124,8 @@ class Replica:
             self.crashes.append(now)
             while self.crashes and now - self.crashes[0] > CRASH_WINDOW:
                 self.crashes.popleft()
-            reason = f"the model process exited with code {code}"
+            reason = failed_restart or self.process.exit_reason(code)
+            failed_restart = None
             log.warning("%s replica %d: %s", self.config.model_uid, self.index, reason)
             await self.process.stop(timeout=1)
             self._exited(self.process.pid)
@@ -146,6 +148,7 @@ class Replica:
             except LaunchFailed as exc:
                 # A restart that cannot load counts as one more crash; the loop decides.
                 log.warning("restart of %s failed: %s", self.config.model_uid, exc.message)
+                failed_restart = f"restarting it failed: {exc.message}"
                 continue
             self.started = time.time()
             self._set("ready", f"restarted after: {reason}")
