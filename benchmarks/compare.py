@@ -37,7 +37,7 @@ from typing import Any
 
 import aiohttp
 import httpx
-from inferd_server import BenchServer, tree_memory_mb
+from inferd_server import BenchServer, stop_group, tree_memory_mb
 
 LLM = "gemma-3-270m"
 EMBEDDING = "all-MiniLM-L6-v2"
@@ -552,15 +552,8 @@ class Xinference(Target):
                 raise RuntimeError(f"Xinference refused the {kind} registration: {response.text}")
 
     def stop(self) -> None:
-        import signal
-
         for process in reversed(self.processes):
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_group(process)
 
 
 class XinferenceCluster(Xinference):

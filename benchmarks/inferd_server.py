@@ -56,6 +56,18 @@ class BenchServer:
         self.proc.wait(60)
 
 
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to a process started in its own session and everything in it, SIGKILL after a
+    minute."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def tree_memory_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants."""
     total = 0

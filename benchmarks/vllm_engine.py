@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -32,6 +31,7 @@ import time
 from pathlib import Path
 
 import httpx
+from inferd_server import stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = (
@@ -93,16 +93,6 @@ def wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float = 600) 
             pass
         time.sleep(0.5)
     raise RuntimeError(f"{url} not up after {timeout}s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 async def one_stream(client: httpx.AsyncClient, url: str, model: str, tokens: int, i: int):
@@ -181,7 +171,7 @@ def run_vllm(model: Path, args: argparse.Namespace, env: dict[str, str]) -> dict
             for n in args.concurrency
         }
     finally:
-        stop(proc)
+        stop_group(proc)
 
 
 def run_inferd(model: Path, args: argparse.Namespace, env: dict[str, str]) -> dict:
@@ -217,7 +207,7 @@ def run_inferd(model: Path, args: argparse.Namespace, env: dict[str, str]) -> di
             for n in args.concurrency
         }
     finally:
-        stop(proc)
+        stop_group(proc)
 
 
 def main() -> None:
