@@ -3,6 +3,7 @@ a custom resource of its own, and `inferd serve --ray-address` driving it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -121,6 +122,18 @@ def test_replicas_spread_over_nodes_and_survive_a_node(
     assert "Nodes" in table and all(r["node_id"][:8] in table for r in replicas)
     nodes_table = server.cli("nodes").stdout
     assert all(n["id"][:8] in nodes_table for n in listed) and f"{UID}/1" in nodes_table
+    # A model process on a node answers its server only.
+    for replica in replicas:
+        port = _listening_port(replica["pid"])
+        stranger = httpx.get(f"http://{replica['node']}:{port}/health", timeout=10)
+        assert stranger.status_code == 401, stranger.text
+        assert stranger.json()["error"]["type"] == "authentication_error"
+        guess = httpx.get(
+            f"http://{replica['node']}:{port}/health",
+            headers={"X-Inferd-Token": "guess"},
+            timeout=10,
+        )
+        assert guess.status_code == 401
     # Each replica's log is on its node, and reads as a local one does.
     assert f"{UID} ready in" in server.cli("logs", UID, "--replica", "1").stdout
     with httpx.stream(
@@ -323,3 +336,19 @@ def test_a_model_whose_node_is_gone_for_good_fails_saying_why(
         assert answer.status_code == 503 and "failed" in answer.json()["error"]["message"]
     finally:
         server.stop()
+
+
+def _listening_port(pid: int) -> int:
+    """The TCP port a process listens on (the nodes are this machine here)."""
+    sockets = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                sockets.add(target[8:-1])
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in sockets:  # 0A: listening
+                return int(fields[1].rsplit(":", 1)[1], 16)
+    raise AssertionError(f"process {pid} listens on no TCP port")

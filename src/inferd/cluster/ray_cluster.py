@@ -77,14 +77,14 @@ class RayCluster:
 
         ray.shutdown()
 
-    def host(self, config: EngineConfig, need: Need, node_ip: str | None) -> Any:
+    def host(self, config: EngineConfig, need: Need, pinned: str | None) -> Any:
         """A new model host actor for `config`, placed by Ray: on a node with what it needs
-        free, the node at `node_ip` if named, spread from the other hosts otherwise."""
+        free, the `pinned` one if named (see node_at), spread from the other hosts otherwise."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         strategy: Any = "SPREAD"
-        if node_ip is not None:
-            node = self.node_at(node_ip)["id"]
+        if pinned is not None:
+            node = self.node_at(pinned)["id"]
             strategy = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
         return self._host_class.options(
             num_cpus=1, num_gpus=need.gpus, memory=need.memory, scheduling_strategy=strategy

@@ -36,12 +36,13 @@ class RemoteModelProcess(ModelProcess):
         log_path: Path,
         cluster: RayCluster,
         need: Need,
-        node_ip: str | None,
+        pinned: str | None,
     ):
+        """`pinned`: the node a launch named (worker_ip: an address or a node id), if any."""
         super().__init__(config, socket_path, log_path)
         self._cluster = cluster
         self._need = need
-        self._node_ip = node_ip
+        self._pinned = pinned
         self._host: Any = None
         self._where: dict[str, Any] = {}
         self._exit: int | None = None
@@ -90,7 +91,7 @@ class RemoteModelProcess(ModelProcess):
             )
         try:
             self._host = await asyncio.to_thread(
-                self._cluster.host, self.config, self._need, self._node_ip
+                self._cluster.host, self.config, self._need, self._pinned
             )
         except InvalidRequest as exc:  # the node it is pinned to is gone
             raise LaunchFailed(exc.message, param=exc.param) from None
@@ -118,6 +119,7 @@ class RemoteModelProcess(ModelProcess):
             self._kill_host()
             cause = getattr(exc, "cause", None) or exc  # Ray wraps the host's own error
             raise LaunchFailed(f"starting {uid} on a node failed: {cause}") from None
+        await self.client.aclose()  # made for a Unix socket before the address was known
         self.client = http_client(httpx.AsyncHTTPTransport(), self._where["url"], self._headers)
         self._ended = asyncio.ensure_future(self._follow(self._host.wait.remote()))
         log.info(

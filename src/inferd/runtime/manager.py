@@ -474,6 +474,10 @@ class ModelManager:
                 visible = ",".join(map(str, gpu_idx))
                 env = {"CUDA_VISIBLE_DEVICES": visible, **config.env}
                 config = config.model_copy(update={"gpus": gpu_idx, "env": env})
+            elif count == 0:
+                # Kept off the node's GPUs, which Ray gives to others.
+                env = {"CUDA_VISIBLE_DEVICES": "", **config.env}
+                config = config.model_copy(update={"env": env})
             # On the CPU, the weights are held in the node's memory.
             memory = 0 if count else weights_bytes(config.model_path)
             need = Need(gpus=count, memory=memory)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import signal
@@ -321,8 +322,18 @@ class _RequireToken:
         self._token = token.encode()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and dict(scope["headers"]).get(_TOKEN_KEY) != self._token:
-            await Response(b'{"error": "bad token"}', status_code=401)(scope, receive, send)
+        given = dict(scope["headers"]).get(_TOKEN_KEY, b"") if scope["type"] == "http" else None
+        if given is not None and not hmac.compare_digest(given, self._token):
+            refusal = {
+                "error": {
+                    "message": "this model process answers its inferd server only",
+                    "type": "authentication_error",
+                    "param": None,
+                    "code": "bad_token",
+                }
+            }
+            response = Response(orjson.dumps(refusal), 401, media_type="application/json")
+            await response(scope, receive, send)
             return
         await self._app(scope, receive, send)
 
