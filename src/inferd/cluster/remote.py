@@ -113,7 +113,8 @@ class RemoteModelProcess(ModelProcess):
         except asyncio.TimeoutError:
             self._kill_host()
             raise LaunchFailed(
-                f"{uid}'s weights were not on its node after {self._launch_timeout:.0f}s"
+                f"{uid} was not started on its node within {self._launch_timeout:.0f}s "
+                "(copying its weights there, when the node does not see them, counts)"
             ) from None
         except Exception as exc:  # the host failed to start it, or its node went away
             self._kill_host()
