@@ -21,7 +21,6 @@ import pytest
 from xinference_client import RESTfulClient
 
 LLM = "gemma-3-270m"
-# No test may reach a real hub: unless a test brings its own, the hub is a closed local port.
 # No test may reach a real hub: both clients point at a closed loopback port unless a test
 # gives them its own loopback hub.
 NO_HUB = {
