@@ -14,12 +14,13 @@ from pydantic import BaseModel, Field
 
 from inferd.api.auth import check_model, visible
 from inferd.api.deps import manager as _manager
-from inferd.api.logs import follow_log, read_tail
+from inferd.api.logs import follow_log
 from inferd.catalog import AnyFamily, ModelType
 from inferd.cluster.remote import RemoteModelProcess
 from inferd.engines import engines_for, is_installed, vllm_supported
 from inferd.errors import Conflict, InvalidRequest, NotFound
 from inferd.runtime.launch import LaunchRequest
+from inferd.runtime.process import read_tail
 from inferd.storage.resolve import VERSION_SEPARATOR, list_cache, remove_cached
 
 router = APIRouter()

@@ -70,7 +70,9 @@ class RayCluster:
             )
             .remote()
         )
-        log.info("joined the Ray cluster at %s: %d nodes", self.address, len(self.nodes()))
+        log.info(
+            "joined the Ray cluster at %s: %d nodes", self.address, len(self.nodes(usage=False))
+        )
 
     def disconnect(self) -> None:
         import ray
@@ -96,7 +98,7 @@ class RayCluster:
         """The live node `name` names (Xinference's worker_ip): its address, or its Ray node id
         as `inferd nodes` shows it (enough of it to be unique), for several nodes on one
         address; a 400 if there is none, or more than one."""
-        live = [n for n in self.nodes() if n["alive"]]
+        live = [n for n in self.nodes(usage=False) if n["alive"]]
         matches = [n for n in live if n["address"] == name] or [
             n for n in live if len(name) >= 6 and n["id"].startswith(name)
         ]
@@ -119,17 +121,19 @@ class RayCluster:
             and n["cpu_total"] >= 1
             and n["gpu_total"] >= need.gpus
             and n["memory_total"] >= need.memory
-            for n in self.nodes()
+            for n in self.nodes(usage=False)
         )
 
     def gpu_total(self) -> int:
-        return int(sum(n["gpu_total"] for n in self.nodes() if n["alive"]))
+        return int(sum(n["gpu_total"] for n in self.nodes(usage=False) if n["alive"]))
 
-    def nodes(self) -> list[dict[str, Any]]:
-        """Every node Ray knows, with its resources, what is free of them, and whether it is up."""
+    def nodes(self, usage: bool = True) -> list[dict[str, Any]]:
+        """Every node Ray knows, with its resources, whether it is up, and, with `usage`, what
+        is free of them: a second query to Ray, which the checks before a launch (totals
+        only) skip; without it the free figures read 0."""
         import ray
 
-        available = _available_by_node()
+        available = _available_by_node() if usage else {}
         nodes = []
         for node in ray.nodes():
             total = node.get("Resources", {})
