@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import os
 from typing import Any
+from urllib.parse import quote
 
+import httpx
 import hypothesis
 import pytest
 import requests
@@ -121,3 +123,58 @@ def test_no_request_gets_a_server_error(launched: InferdServer) -> None:
     )
     assert reply.choices[0].message.content is not None
     assert {LLM, EMBEDDING} <= set(launched.models())
+
+
+# What a path-like or pattern-like parameter must survive: absolute and relative paths, glob and
+# regex characters, NUL, a name longer than any file system allows, text outside ASCII.
+HOSTILE = ["/etc", "*", "..", "../..", "a/b", "[", "?*", "%", "\\", "\x00", "x" * 5000, "名字", " "]
+
+
+def test_hostile_values_in_every_get_query_and_path_parameter(launched: InferdServer) -> None:
+    """Every query and path parameter of every GET, given each hostile value: never a 5xx (the
+    random cases above rarely draw a value such as "/etc", which once reached a glob)."""
+    spec = httpx.get(f"{launched.url}/openapi.json", timeout=10).json()
+    failures: list[str] = []
+    tried = 0
+    for path, operations in spec["paths"].items():
+        get = operations.get("get")
+        if get is None:
+            continue
+        parameters = [p for p in get.get("parameters", []) if p["in"] in ("query", "path")]
+        defaults = {p["name"]: _plain_value(p) for p in parameters}
+        for parameter in parameters:
+            for value in HOSTILE:
+                values = {**defaults, parameter["name"]: value}
+                url = launched.url + path.format(
+                    **{
+                        p["name"]: quote(str(values[p["name"]]), safe="")
+                        for p in parameters
+                        if p["in"] == "path"
+                    }
+                )
+                query = {p["name"]: values[p["name"]] for p in parameters if p["in"] == "query"}
+                answer = httpx.get(url, params=query, timeout=30)
+                tried += 1
+                label = f"GET {path} {parameter['name']}={value[:20]!r}"
+                if answer.status_code >= 500:
+                    failures.append(f"{label} -> {answer.status_code}: {answer.text[:200]}")
+                elif (
+                    answer.status_code >= 400
+                    and not path.startswith("/api/")
+                    and not openai_shaped(answer.json())
+                ):
+                    failures.append(f"{label} -> not OpenAI-shaped: {answer.text[:200]}")
+    print(f"{tried} hostile GETs")
+    assert tried > 50
+    assert not failures, "\n".join(failures[:20])
+
+
+def _plain_value(parameter: dict) -> Any:
+    """An ordinary value for the parameters not under test, so the one under test is reached."""
+    schema = parameter.get("schema", {})
+    kinds = {s.get("type") for s in schema.get("anyOf", [schema])}
+    if "integer" in kinds:
+        return 1
+    if "boolean" in kinds:
+        return "false"
+    return LLM

@@ -34,6 +34,12 @@ def _byte_symbols() -> list[str]:
 
 @pytest.fixture(scope="module")
 def pipeline_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_sd_pipeline(tmp_path_factory.mktemp("tiny-sd"))
+
+
+def tiny_sd_pipeline(folder: Path) -> Path:
+    """A Stable Diffusion pipeline with random weights, saved under `folder`; its path."""
+    folder.mkdir(parents=True, exist_ok=True)
     import torch
     from diffusers import (
         AutoencoderKL,
@@ -43,7 +49,6 @@ def pipeline_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    folder = tmp_path_factory.mktemp("tiny-sd")
     # A character-level CLIP tokenizer: every byte symbol, alone and word-final; no merges.
     symbols = _byte_symbols()
     vocab = {s: i for i, s in enumerate(symbols)}

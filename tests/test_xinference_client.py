@@ -195,6 +195,12 @@ def test_cache_entries_by_model_version(xclient: RESTfulClient, launched: Inferd
     (gemma,) = [e for e in xclient.list_cached_models() if e["model_name"] == LLM]
     files = xclient.list_deletable_models(gemma["model_version"])["paths"]
     assert any(path.endswith(".gguf") for path in files)
+    # A name is a name, not a pattern: "*" names no model, "/etc" is no folder to list.
+    listed = launched.url + "/v1/cache/models"
+    assert [e["model_name"] for e in httpx.get(listed, params={"model_name": LLM}).json()["list"]]
+    for pattern in ("*", "gemma*", "/etc", "../cache"):
+        answer = httpx.get(listed, params={"model_name": pattern})
+        assert answer.status_code == 200 and answer.json()["list"] == [], pattern
     with pytest.raises(RuntimeError, match="in use"):
         xclient.confirm_and_remove_model(gemma["model_version"])
 

@@ -254,8 +254,8 @@ async def register_model(model_type: str, body: Registration, request: Request) 
             "registrations are the server's and serve every node; leave worker_ip out",
             param="worker_ip",
         )
-    ignored = _manager(request).register(_model_type(model_type), body.model, body.persist)
-    return {"registered": True, "ignored_fields": ignored}
+    family, ignored = _manager(request).register(_model_type(model_type), body.model, body.persist)
+    return {"registered": True, "model_name": family.model_name, "ignored_fields": ignored}
 
 
 @router.delete("/v1/model_registrations/{model_type}/{model_name}")

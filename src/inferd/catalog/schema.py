@@ -31,6 +31,9 @@ class ModelType(str, Enum):
 ModelFormat = Literal["ggufv2", "pytorch", "awq", "gptq", "fp8", "mlx", "bnb", "ct2", "onnx"]
 Hub = Literal["huggingface", "modelscope"]
 _REPO_ID = re.compile(r"^[\w.\-]+/[\w.\-]+$")
+# Starts with a letter or digit (Xinference's rule): a name is also a folder of the cache, so
+# "." and ".." must never be one.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][\w.\-]{0,127}")
 
 
 class PackageSource(BaseModel):
@@ -130,7 +133,7 @@ class ModelSpec(BaseModel):
 class _FamilyBase(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model_name: str = Field(pattern=r"^[\w.\-]+$")
+    model_name: str = Field(pattern=f"^{MODEL_NAME.pattern}$")
     model_lang: list[str] = Field(min_length=1)
     model_description: str
     model_specs: list[ModelSpec] = Field(min_length=1)
@@ -167,6 +170,11 @@ class LLMFamily(_FamilyBase):
     )
     stop: list[str] = Field(default_factory=list)
     stop_token_ids: list[int] = Field(default_factory=list)
+    model_family: str | None = Field(
+        default=None,
+        description="A custom model's family: a built-in model it takes its template and tool "
+        "format from, or a name of the user's own",
+    )
 
 
 class EmbeddingFamily(_FamilyBase):
@@ -204,6 +212,7 @@ class AudioFamily(_FamilyBase):
     model_type: Literal["audio"] = "audio"
     model_ability: list[Literal["audio2text", "text2audio"]] = Field(min_length=1)
     multilingual: bool = Field(default=False, description="Recognises or speaks many languages")
+    model_family: str | None = Field(default=None, description="A custom model's family, as given")
 
 
 class ImageFamily(_FamilyBase):
@@ -213,6 +222,7 @@ class ImageFamily(_FamilyBase):
     model_ability: list[Literal["text2image"]] = Field(default=["text2image"])
     default_steps: int = Field(default=25, gt=0, description="Denoising steps when none are asked")
     default_size: str = Field(default="1024x1024", pattern=r"^\d+x\d+$")
+    model_family: str | None = Field(default=None, description="A custom model's family, as given")
 
 
 AnyFamily = LLMFamily | EmbeddingFamily | RerankFamily | AudioFamily | ImageFamily

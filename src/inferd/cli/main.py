@@ -457,7 +457,8 @@ def register(model_type: str, file_: str, persist: bool, endpoint: str | None) -
     )
     if result.get("ignored_fields"):
         console.print(f"ignored fields: {', '.join(result['ignored_fields'])}", highlight=False)
-    console.print(f"registered ({'persisted' if persist else 'until the server stops'})")
+    kept = "persisted" if persist else "until the server stops"
+    console.print(f"registered {result.get('model_name', '')} ({kept})", highlight=False)
 
 
 @cli.command()

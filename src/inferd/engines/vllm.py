@@ -160,7 +160,10 @@ class VLLMEngine(Engine):
         if thinking is not None:
             arguments["default_chat_template_kwargs"] = {"enable_thinking": bool(thinking)}
         if "tools" in family.get("model_ability", []) and "tool_call_parser" not in options:
-            parser = _tool_parser(self.config.model_name)
+            # A custom model calls tools the way the built-in family it names does.
+            parser = _tool_parser(family.get("model_family") or "") or _tool_parser(
+                self.config.model_name
+            )
             if parser is not None:
                 arguments["tool_call_parser"] = parser
         if options.get("tool_call_parser") or arguments.get("tool_call_parser"):
@@ -310,6 +313,8 @@ def _installed(distribution: str) -> bool:
 
 def _tool_parser(model_name: str) -> str | None:
     name = model_name.lower()
+    if not name:
+        return None
     return next((parser for prefix, parser in _TOOL_PARSERS if name.startswith(prefix)), None)
 
 

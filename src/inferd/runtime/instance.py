@@ -176,7 +176,7 @@ class ModelInstance:
             "model_ability": self.abilities,
             "model_lang": family.model_lang,
             "model_description": family.model_description,
-            "model_family": family.model_name,
+            "model_family": getattr(family, "model_family", None) or family.model_name,
             "model_hub": next(iter(self.spec.model_hub), "local"),
             "replica": self.request.replica,
             "replicas": replicas,

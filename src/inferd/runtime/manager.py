@@ -136,8 +136,11 @@ class ModelManager:
 
     # registrations --------------------------------------------------------------------
 
-    def register(self, model_type: ModelType, model: str | dict, persist: bool) -> list[str]:
-        """Add a custom model; with `persist` it survives restarts. The fields it ignored."""
+    def register(
+        self, model_type: ModelType, model: str | dict, persist: bool
+    ) -> tuple[AnyFamily, list[str]]:
+        """Add a custom model; with `persist` it survives restarts. The family registered, and
+        the fields it ignored."""
         family, ignored = parse_registration(model_type, model, self.catalog)
         self.catalog.ensure_free(family)
         verify_local_files(family)
@@ -146,7 +149,7 @@ class ModelManager:
             self.store.save_registration(
                 family.model_type, family.model_name, family.model_dump(mode="json")
             )
-        return ignored
+        return family, ignored
 
     def unregister(self, model_type: ModelType, model_name: str) -> None:
         users = [

@@ -11,7 +11,7 @@ import importlib.util
 import shutil
 from pathlib import Path
 
-from inferd.catalog.schema import AnyFamily, ModelSpec
+from inferd.catalog.schema import MODEL_NAME, AnyFamily, ModelSpec
 from inferd.errors import InvalidRequest, ModelFilesUnavailable
 from inferd.storage.download import COMPLETE_MARK, PARTIAL_SUFFIX
 from inferd.storage.paths import confined
@@ -155,7 +155,17 @@ def list_cache(cache_root: Path, model_name: str | None = None) -> list[dict[str
     entries: list[dict[str, object]] = []
     if not cache_root.exists():
         return entries
-    for marker in sorted(cache_root.glob(f"{model_name or '*'}/*/{COMPLETE_MARK}")):
+    # The name is matched exactly, never as a pattern: "*" or "/etc" name no model.
+    if model_name is not None and not MODEL_NAME.fullmatch(model_name):
+        return entries
+    folders = [cache_root / model_name] if model_name else sorted(cache_root.iterdir())
+    markers = [
+        marker
+        for folder in folders
+        if folder.is_dir()
+        for marker in sorted(folder.glob(f"*/{COMPLETE_MARK}"))
+    ]
+    for marker in markers:
         variant = marker.parent
         model_format, _, rest = variant.name.partition("-")
         size, _, quantization = rest.partition("b-")

@@ -743,23 +743,60 @@ async function streamChat(model, messages, temperature, maxTokens, onToken) {
 
 // ---- registrations ---------------------------------------------------------------------
 
+// The JSON pasted in the second form starts as Xinference's v2 file for a local embedding model.
 const EXAMPLE = {
   version: 2,
   model_name: "my-model",
-  model_lang: ["en"],
-  model_ability: ["embed"],
   dimensions: 384,
   max_tokens: 512,
+  language: ["en"],
   model_specs: [
     {
       model_format: "pytorch",
-      model_size_in_billions: "0_02",
-      quantizations: ["none"],
-      model_id: "local/my-model",
+      model_hub: "huggingface",
+      model_id: null,
       model_uri: "/path/to/the/model/folder",
+      quantization: "none",
     },
   ],
 };
+
+// The weights' format, read off the path as the engines will: a .gguf file for llama.cpp, a
+// .onnx Piper voice, a CTranslate2 Whisper folder for speech recognition, else a folder of
+// safetensors (or a diffusers pipeline).
+function formatOf(path, type) {
+  if (/\.gguf$/i.test(path)) return "ggufv2";
+  if (/\.onnx$/i.test(path)) return "onnx";
+  return type === "audio" ? "ct2" : "pytorch";
+}
+
+// Xinference's v2 definition of what the guided form says, which the JSON form then shows.
+function definitionFrom(type, fields) {
+  const uri = fields.uri.trim();
+  const spec = {
+    model_format: formatOf(uri, type),
+    model_size_in_billions: fields.size.trim() || "0",
+    quantization: "none",
+    model_uri: uri,
+  };
+  const base = { version: 2, model_name: fields.name.trim(), model_lang: ["en"] };
+  if (type === "LLM") {
+    const abilities = ["generate", ...fields.abilities];
+    return {
+      ...base,
+      model_ability: abilities,
+      model_family: fields.family.trim() || null,
+      context_length: Number(fields.context) || null,
+      chat_template: fields.template.trim() || null,
+      model_specs: [spec],
+    };
+  }
+  if (type === "embedding") {
+    return { ...base, dimensions: Number(fields.dimensions), max_tokens: Number(fields.maxTokens) || 512, model_specs: [spec] };
+  }
+  if (type === "rerank") return { ...base, type: "unknown", max_tokens: Number(fields.maxTokens) || 512, model_specs: [spec] };
+  return { ...base, model_family: fields.family.trim() || null, model_uri: uri, model_format: spec.model_format };
+}
 
 async function registrationsPage() {
   const type = h(
@@ -767,6 +804,75 @@ async function registrationsPage() {
     { id: "register-type", "aria-label": "Registration type" },
     TYPES.map((t) => h("option", { value: t, selected: t === "embedding" }, t)),
   );
+  const persist = h("input", { type: "checkbox", id: "register-persist", checked: true });
+  const result = h("p", { id: "register-result", role: "status" });
+  const list = h("table", { id: "registrations" });
+
+  // The guided form: a name, where the weights are, and what the type needs.
+  const input = (attrs) => h("input", { type: "text", autocomplete: "off", ...attrs });
+  const name = input({ id: "register-name", required: true, pattern: "[A-Za-z0-9][\\w.\\-]*" });
+  const uri = input({ id: "register-uri", required: true, placeholder: "/models/my-model or /models/model.gguf" });
+  const size = input({ id: "register-size", inputmode: "decimal", placeholder: "0.5" });
+  const families = h("datalist", { id: "builtin-families" });
+  const family = input({ id: "register-family", list: "builtin-families" });
+  const abilityBox = (ability) => h("input", { type: "checkbox", value: ability, checked: ability === "chat" });
+  const abilities = ["chat", "tools", "vision"].map(abilityBox);
+  const context = input({ id: "register-context", inputmode: "numeric", placeholder: "the family's, else 2048" });
+  const template = h("textarea", { id: "register-template", rows: "5", spellcheck: "false" });
+  const templateFile = h("input", {
+    type: "file",
+    accept: ".jinja,.j2,.txt,.json",
+    "aria-label": "Load a template file",
+    onchange: async (e) => {
+      const file = e.target.files[0];
+      if (!file) return;
+      const text = await file.text();
+      // tokenizer_config.json carries the template as one of its keys.
+      try {
+        template.value = JSON.parse(text).chat_template ?? text;
+      } catch {
+        template.value = text;
+      }
+    },
+  });
+  const dimensions = input({ id: "register-dimensions", inputmode: "numeric", value: "384" });
+  const maxTokens = input({ id: "register-max-tokens", inputmode: "numeric", value: "512" });
+  const only = (types, el) => {
+    el.dataset.types = types.join(" ");
+    return el;
+  };
+  const guided = h(
+    "form",
+    { class: "register", id: "register-form" },
+    h("label", {}, h("span", {}, "Model name"), name),
+    h("label", {}, h("span", {}, "Where the weights are: a folder, or a .gguf / .onnx file, on the server"), uri),
+    only(["LLM"], h("label", {}, h("span", {}, "Size (billions of parameters)"), size)),
+    only(["LLM", "audio", "image"], h("label", {}, h("span", {}, "Model family: a built-in model to take the template from, or a name of your own"), family)),
+    only(
+      ["LLM"],
+      h(
+        "fieldset",
+        { class: "inline" },
+        h("legend", {}, "Abilities (besides generate)"),
+        abilities.map((box) => h("label", { class: "inline" }, box, box.value)),
+      ),
+    ),
+    only(["LLM"], h("label", {}, h("span", {}, "Context length"), context)),
+    only(["LLM"], h("label", {}, h("span", {}, "Chat template (Jinja, or a built-in model's name; empty: the family's, or the one the model carries)"), template)),
+    only(["LLM"], h("label", {}, h("span", {}, "Or load the template from a file"), templateFile)),
+    only(["embedding"], h("label", {}, h("span", {}, "Dimensions"), dimensions)),
+    only(["embedding", "rerank"], h("label", {}, h("span", {}, "Max tokens"), maxTokens)),
+    families,
+    h("div", { class: "actions" }, h("button", { type: "submit" }, "Check and register")),
+  );
+  const showFields = () => {
+    for (const el of guided.querySelectorAll("[data-types]")) {
+      el.hidden = !el.dataset.types.split(" ").includes(type.value);
+    }
+  };
+  type.addEventListener("change", showFields);
+  showFields();
+
   const definition = h("textarea", {
     id: "register-json",
     rows: "16",
@@ -783,20 +889,49 @@ async function registrationsPage() {
       if (file) definition.value = await file.text();
     },
   });
-  const persist = h("input", { type: "checkbox", id: "register-persist", checked: true });
-  const result = h("p", { id: "register-result", role: "status" });
-  const list = h("table", { id: "registrations" });
-  const form = h(
+  const json = h(
     "form",
-    { class: "register" },
-    h("label", {}, h("span", {}, "Type"), type),
+    { class: "register", id: "register-json-form" },
     h("label", {}, h("span", {}, "Model definition (Xinference's JSON)"), definition),
     h("label", {}, h("span", {}, "Or load a file"), upload),
-    h("label", { class: "inline" }, persist, "Keep it after a restart"),
-    h("div", { class: "actions" }, h("button", { type: "submit" }, "Register")),
-    result,
+    h("div", { class: "actions" }, h("button", { type: "submit" }, "Register JSON")),
   );
-  form.addEventListener("submit", async (event) => {
+
+  // The server checks the weights (they exist, are of the format, a chat model has a template)
+  // before it saves anything; what it says is shown as it said it.
+  const submit = async (model) => {
+    try {
+      const answer = await api(`/v1/model_registrations/${type.value}`, {
+        method: "POST",
+        body: JSON.stringify({ model, persist: persist.checked }),
+      });
+      result.className = "";
+      const ignored = answer.ignored_fields?.length ? ` (ignored: ${answer.ignored_fields.join(", ")})` : "";
+      result.textContent = `Registered ${answer.model_name}${ignored}`;
+      delete catalogState.families[type.value];
+      await refresh();
+    } catch (error) {
+      result.className = "error";
+      result.textContent = error.message;
+    }
+  };
+  guided.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const model = definitionFrom(type.value, {
+      name: name.value,
+      uri: uri.value,
+      size: size.value,
+      family: family.value,
+      abilities: abilities.filter((b) => b.checked).map((b) => b.value),
+      context: context.value,
+      template: template.value,
+      dimensions: dimensions.value,
+      maxTokens: maxTokens.value,
+    });
+    definition.value = JSON.stringify(model, null, 2);
+    await submit(model);
+  });
+  json.addEventListener("submit", async (event) => {
     event.preventDefault();
     let model;
     try {
@@ -806,20 +941,11 @@ async function registrationsPage() {
       result.textContent = `Not JSON: ${error.message}`;
       return;
     }
-    try {
-      await api(`/v1/model_registrations/${type.value}`, {
-        method: "POST",
-        body: JSON.stringify({ model, persist: persist.checked }),
-      });
-      result.className = "";
-      result.textContent = `Registered ${model.model_name}`;
-      delete catalogState.families[type.value];
-      await refresh();
-    } catch (error) {
-      result.className = "error";
-      result.textContent = error.message;
-    }
+    await submit(model);
   });
+  api("/v1/model_registrations/LLM").then((rows) =>
+    families.replaceChildren(...rows.filter((r) => r.is_builtin).map((r) => h("option", { value: r.model_name }))),
+  );
   const refresh = async () => {
     const rows = [];
     for (const t of TYPES) {
@@ -873,9 +999,16 @@ async function registrationsPage() {
     h(
       "p",
       { class: "muted" },
-      "Register weights you already have: point model_uri at their folder (or GGUF file); nothing is downloaded.",
+      "Register weights you already have: point at their folder (or GGUF file); nothing is downloaded.",
     ),
-    h("div", { class: "two" }, form, h("section", {}, h("h2", {}, "Custom models"), list)),
+    h("div", { class: "register-head" }, h("label", {}, h("span", {}, "Type"), type), h("label", { class: "inline" }, persist, "Keep it after a restart")),
+    result,
+    h(
+      "div",
+      { class: "two" },
+      h("section", {}, h("h2", {}, "From a folder"), guided, h("details", {}, h("summary", {}, "Or paste Xinference's JSON"), json)),
+      h("section", {}, h("h2", {}, "Custom models"), list),
+    ),
   );
   await refresh();
 }
