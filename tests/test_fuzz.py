@@ -73,6 +73,16 @@ def explore(strategy: Any, check: Any, *args: str) -> None:
         run()  # (an operation without inputs has no invalid form)
 
 
+def shaped(path: str, payload: Any) -> bool:
+    """In the error shape of the API the path belongs to: Anthropic's on /v1/messages, OpenAI's
+    elsewhere (Ollama's plain strings on /api/ are not checked)."""
+    if path.startswith("/v1/messages"):
+        if not isinstance(payload, dict) or payload.get("type") != "error":
+            return False
+        return isinstance(payload.get("error"), dict) and "message" in payload["error"]
+    return openai_shaped(payload)
+
+
 def openai_shaped(payload: Any) -> bool:
     error = payload.get("error") if isinstance(payload, dict) else None
     return isinstance(error, dict) and {"message", "type", "param", "code"} <= set(error)
@@ -96,13 +106,15 @@ def test_no_request_gets_a_server_error(launched: InferdServer) -> None:
         if status >= 500:
             failures.append(f"{label} -> {status}: {response.text[:300]}\n{case.body!r}")
         elif status >= 400 and not api_path.startswith("/api/"):
-            # Ollama's paths answer in Ollama's shape; everything else in OpenAI's.
+            # Ollama's paths answer in Ollama's shape, Anthropic's in its; the rest in OpenAI's.
             try:
                 payload = response.json()
             except ValueError:
                 payload = None
-            if not openai_shaped(payload):
-                failures.append(f"{label} -> {status} not OpenAI-shaped: {response.text[:300]}")
+            if not shaped(api_path, payload):
+                failures.append(
+                    f"{label} -> {status} not in its API's shape: {response.text[:300]}"
+                )
 
     for result in schema.get_all_operations():
         operation = result.ok()
@@ -161,7 +173,7 @@ def test_hostile_values_in_every_get_query_and_path_parameter(launched: InferdSe
                 elif (
                     answer.status_code >= 400
                     and not path.startswith("/api/")
-                    and not openai_shaped(answer.json())
+                    and not shaped(path, answer.json())
                 ):
                     failures.append(f"{label} -> not OpenAI-shaped: {answer.text[:200]}")
     print(f"{tried} hostile GETs")

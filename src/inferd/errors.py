@@ -18,6 +18,17 @@ class InferdError(Exception):
             self.code = code
 
 
+class UpstreamError(InferdError):
+    """A model process's refusal, raised again in the server so it leaves in the shape of the
+    API the client called (Ollama's, Anthropic's) with the engine's status and words."""
+
+    def __init__(self, status: int, error: dict) -> None:
+        super().__init__(str(error.get("message", "")), param=error.get("param"))
+        self.status_code = status
+        self.error_type = str(error.get("type") or "invalid_request_error")
+        self.code = error.get("code") if isinstance(error.get("code"), str) else None
+
+
 class InvalidRequest(InferdError):
     status_code = 400
     error_type = "invalid_request_error"

@@ -26,7 +26,9 @@ from inferd.api import (
     system,
     unsupported,
 )
+from inferd.api.anthropic import routes as anthropic_routes
 from inferd.api.auth import AuthMiddleware
+from inferd.api.content_type import JsonBodies
 from inferd.api.errors import install_error_handlers
 from inferd.api.limits import BodyLimit
 from inferd.catalog import get_catalog
@@ -81,6 +83,7 @@ def create_app(settings: Settings, launch: Sequence[str] = (), restore: bool = T
     install_error_handlers(app)
     if settings.auth:
         app.add_middleware(AuthMiddleware, state_db=settings.state_db)
+    app.add_middleware(JsonBodies)
     # Added last, so it runs first: an oversized body is refused before anything reads it.
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_mb << 20)
     app.include_router(openai_routes.router)
@@ -91,6 +94,7 @@ def create_app(settings: Settings, launch: Sequence[str] = (), restore: bool = T
     app.include_router(management.router)
     app.include_router(system.router)
     app.include_router(ollama.router)
+    app.include_router(anthropic_routes.router)
     app.include_router(metrics.router)
     app.include_router(keys.router)
     ui.mount(app)

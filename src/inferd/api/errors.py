@@ -1,4 +1,6 @@
-"""Every error leaves the server in OpenAI's shape: {"error": {message, type, param, code}}."""
+"""Every error leaves the server in OpenAI's shape, {"error": {message, type, param, code}}, but
+on Ollama's paths (a plain string) and Anthropic's (`{"type": "error", "error": {type, message}}`),
+whose clients read their own."""
 
 from __future__ import annotations
 
@@ -15,6 +17,17 @@ from inferd.errors import InferdError
 
 log = logging.getLogger("inferd.api")
 
+_ANTHROPIC_ERRORS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+
 
 def error_response(
     status: int,
@@ -26,8 +39,13 @@ def error_response(
     request: Request | None = None,
 ) -> Response:
     body: dict[str, Any]
-    if request is not None and request.url.path.startswith("/api/"):
+    path = request.url.path if request is not None else ""
+    if path.startswith("/api/"):
         body = {"error": message}  # Ollama's clients read a plain string
+    elif path.startswith("/v1/messages"):
+        # Anthropic's SDK reads the kind of error from its own names, by status.
+        kind = _ANTHROPIC_ERRORS.get(status, "api_error" if status >= 500 else error_type)
+        body = {"type": "error", "error": {"type": kind, "message": message}}
     else:
         # `detail` is where Xinference's clients look for the message; OpenAI's read `error`.
         body = {

@@ -19,10 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from inferd import __version__
 from inferd.api.auth import visible
 from inferd.api.deps import manager as _manager
-from inferd.api.proxy import relay
-from inferd.api.sse import StallGuardedResponse, events
+from inferd.api.proxy import opened_stream, whole_answer
+from inferd.api.sse import translated
 from inferd.catalog import LLMFamily
-from inferd.errors import InferdError, InvalidRequest
+from inferd.errors import InvalidRequest
 from inferd.runtime.instance import ModelInstance
 from inferd.runtime.launch import LaunchRequest
 from inferd.runtime.manager import ModelManager
@@ -294,7 +294,7 @@ async def embed(body: EmbedBody, request: Request) -> dict:
     payload: dict[str, Any] = {"model": instance.uid, "input": texts}
     if body.dimensions:
         payload["dimensions"] = body.dimensions
-    result = await _json(manager, instance, "/embeddings", payload)
+    result = await whole_answer(manager, instance, "/embeddings", payload)
     return {
         "model": body.model,
         "embeddings": [d["embedding"] for d in result["data"]],
@@ -308,7 +308,7 @@ async def embed(body: EmbedBody, request: Request) -> dict:
 async def legacy_embeddings(body: LegacyEmbeddingsBody, request: Request) -> dict:
     manager = _manager(request)
     instance = _model(manager, body.model, "embed")
-    result = await _json(
+    result = await whole_answer(
         manager, instance, "/embeddings", {"model": instance.uid, "input": [body.prompt]}
     )
     return {"embedding": result["data"][0]["embedding"]}
@@ -356,20 +356,6 @@ def _done_only(model: str, stream: bool, extra: dict[str, Any]) -> Response:
     return Response(orjson.dumps(body) + (b"\n" if stream else b""), media_type=media)
 
 
-async def _json(manager: ModelManager, instance: ModelInstance, path: str, body: dict) -> Any:
-    response = await relay(manager, instance, path, body, stream=False)
-    data = orjson.loads(bytes(response.body))
-    if response.status_code != 200:
-        raise _error(response.status_code, data)
-    return data
-
-
-def _error(status: int, data: Any) -> InferdError:
-    error = InferdError(str(data.get("error", {}).get("message", data)))
-    error.status_code = status
-    return error
-
-
 def _final(model: str, usage: dict[str, Any], finish: str | None, started: int) -> dict:
     return {
         "model": model,
@@ -401,7 +387,7 @@ async def _run(
         return {"response": text}
 
     if not stream:
-        result = await _json(manager, instance, path, openai)
+        result = await whole_answer(manager, instance, path, openai)
         choice = result["choices"][0]
         text = choice["message"]["content"] if "message" in choice else choice["text"]
         answer = {**_final(model, result.get("usage", {}), choice.get("finish_reason"), started)}
@@ -412,24 +398,12 @@ async def _run(
 
     openai["stream"] = True
     openai["stream_options"] = {"include_usage": True}
-    upstream = await relay(manager, instance, path, openai, stream=True)
-    if not isinstance(upstream, StreamingResponse):
-        raise _error(upstream.status_code, orjson.loads(bytes(upstream.body)))
+    upstream = await opened_stream(manager, instance, path, openai)
 
-    async def lines() -> AsyncIterator[bytes]:
-        try:
-            async for line in _ollama_lines():
-                yield line
-        finally:
-            # The relayed stream records the answer and starts closing it before its first
-            # wait, so this finishes even when a client that left has this task cancelled.
-            await upstream.body_iterator.aclose()  # type: ignore[attr-defined]
-
-    async def _ollama_lines() -> AsyncIterator[bytes]:
+    async def ollama_lines(answer: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
         finish: str | None = None
         usage: dict[str, Any] = {}
         calls: dict[int, dict[str, Any]] = {}  # tool calls arrive in pieces; Ollama sends whole
-        answer = _sse_events(upstream.body_iterator)
         async for event in answer:
             if "error" in event:
                 yield orjson.dumps({"error": event["error"].get("message", "error")}) + b"\n"
@@ -455,13 +429,7 @@ async def _run(
         final = {**_final(model, usage, finish, started), **piece("")}
         yield orjson.dumps(final) + b"\n"
 
-    # The relay's background frees the replica even if this stream never starts.
-    return StallGuardedResponse(
-        lines(),
-        stall_timeout=manager.settings.send_timeout,
-        media_type="application/x-ndjson",
-        background=upstream.background,
-    )
+    return translated(upstream, ollama_lines, manager.settings.send_timeout, "application/x-ndjson")
 
 
 def _gather_calls(calls: dict[int, dict[str, Any]], deltas: list[dict[str, Any]]) -> None:
@@ -470,10 +438,3 @@ def _gather_calls(calls: dict[int, dict[str, Any]], deltas: list[dict[str, Any]]
         function = delta.get("function") or {}
         call["function"]["name"] += function.get("name") or ""
         call["function"]["arguments"] += function.get("arguments") or ""
-
-
-async def _sse_events(chunks: Any) -> AsyncIterator[dict[str, Any]]:
-    """The JSON events of an OpenAI stream."""
-    async for event in events(chunks):
-        if event.startswith(b"data: ") and event[6:] != b"[DONE]":
-            yield orjson.loads(event[6:])

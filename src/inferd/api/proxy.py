@@ -14,7 +14,7 @@ import aiohttp
 import httpx
 import orjson
 from fastapi import Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from inferd.api.auth import check_model
@@ -27,6 +27,7 @@ from inferd.errors import (
     RequestAborted,
     RequestTimedOut,
     TooManyRequests,
+    UpstreamError,
 )
 from inferd.runtime.aborts import cancel
 from inferd.runtime.instance import ModelInstance
@@ -47,6 +48,42 @@ _NOT_CONNECTED = (
     aiohttp.ClientConnectorError,
     aiohttp.ServerTimeoutError,
 )
+
+
+async def whole_answer(
+    manager: ModelManager,
+    instance: ModelInstance,
+    path: str,
+    body: dict,
+    client: Request | None = None,
+) -> Any:
+    """A whole answer's JSON, for the APIs that rewrite it; a refusal is raised again."""
+    response = await relay(manager, instance, path, body, stream=False, client=client)
+    data = orjson.loads(bytes(response.body)) if response.body else {}
+    if response.status_code != 200:
+        raise upstream_error(response.status_code, data)
+    return data
+
+
+def upstream_error(status: int, data: Any) -> UpstreamError:
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        error = {"message": str(data or "the client left")}
+    return UpstreamError(status, error)
+
+
+async def opened_stream(
+    manager: ModelManager,
+    instance: ModelInstance,
+    path: str,
+    body: dict,
+    client: Request | None = None,
+) -> StreamingResponse:
+    """A streamed answer, begun; a refusal before its first event is raised again."""
+    response = await relay(manager, instance, path, body, stream=True, client=client)
+    if not isinstance(response, StreamingResponse):
+        raise upstream_error(response.status_code, orjson.loads(bytes(response.body) or b"{}"))
+    return response
 
 
 def request_id_of(body: dict, client: Request | None) -> str:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
+import orjson
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
@@ -54,3 +55,36 @@ class StallGuardedResponse(StreamingResponse):
 
 class _Stalled(Exception):
     pass
+
+
+async def json_events(chunks: AsyncIterable[bytes | str]) -> AsyncIterator[dict[str, Any]]:
+    """The JSON events of an OpenAI stream, without its closing [DONE]."""
+    async for event in events(chunks):
+        if event.startswith(b"data: ") and event[6:] != b"[DONE]":
+            yield orjson.loads(event[6:])
+
+
+def translated(
+    upstream: StreamingResponse,
+    translate: Callable[[AsyncIterator[dict[str, Any]]], AsyncIterator[bytes]],
+    stall_timeout: float,
+    media_type: str,
+) -> StallGuardedResponse:
+    """A model's OpenAI stream rewritten for another API's clients (Ollama's, Anthropic's,
+    the Responses API's) by `translate`, which reads its JSON events and yields the bytes to
+    send."""
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            chunks: Any = upstream.body_iterator
+            async for piece in translate(json_events(chunks)):
+                yield piece
+        finally:
+            # The relayed stream records the answer and starts closing it before its first
+            # wait, so this finishes even when a client that left has this task cancelled.
+            await upstream.body_iterator.aclose()  # type: ignore[attr-defined]
+
+    # The relay's background frees the replica even if this stream never starts.
+    return StallGuardedResponse(
+        body(), stall_timeout=stall_timeout, media_type=media_type, background=upstream.background
+    )
