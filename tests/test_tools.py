@@ -231,3 +231,28 @@ def test_ollama_client_chat_with_tools(launched: InferdServer, tools_model: str)
     ]
     again = client.chat(model=tools_model, messages=history, options={"num_predict": 4})
     assert again.prompt_eval_count and again.prompt_eval_count > 40
+
+
+def test_a_required_call_is_always_a_call(launched: InferdServer, tools_model: str) -> None:
+    """With a system turn the tiny base model writes prose, never reaching its template's call
+    marker; "required" constrains the answer to a call of a declared tool all the same."""
+    client = launched.openai()
+    messages = [{"role": "system", "content": "Answer questions about the weather."}, *ASK]
+    asked = {
+        "model": tools_model,
+        "messages": messages,
+        "tools": [WEATHER, TIME],
+        "tool_choice": "required",
+        "max_tokens": 60,
+        "temperature": 0,
+    }
+    reply = client.chat.completions.create(**asked)  # type: ignore[call-overload]
+    assert reply.choices[0].finish_reason == "tool_calls"
+    (call,) = reply.choices[0].message.tool_calls
+    assert call.function.name in ("get_weather", "get_time") and arguments(call)
+
+    chunks = list(client.chat.completions.create(**asked, stream=True))  # type: ignore[call-overload]
+    deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
+    assert len(deltas) == 1 and deltas[0].function.name == call.function.name
+    assert json.loads(deltas[0].function.arguments) == arguments(call)
+    assert chunks[-1].choices == [] or chunks[-1].choices[0].finish_reason == "tool_calls"

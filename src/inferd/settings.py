@@ -78,6 +78,10 @@ class Settings(BaseSettings):
         return self.home / "state.db"
 
     @property
+    def responses_db(self) -> Path:
+        return self.home / "responses.db"
+
+    @property
     def server_record(self) -> Path:
         """Where the last started server writes its address, so the CLI finds it."""
         return self.home / "server.json"

@@ -31,11 +31,13 @@ from inferd.api.auth import AuthMiddleware
 from inferd.api.content_type import JsonBodies
 from inferd.api.errors import install_error_handlers
 from inferd.api.limits import BodyLimit
+from inferd.api.responses import routes as responses_routes
 from inferd.catalog import get_catalog
 from inferd.errors import InferdError
 from inferd.runtime.launch import LaunchRequest
 from inferd.runtime.manager import ModelManager
 from inferd.settings import Settings
+from inferd.storage.responses import ResponseStore
 from inferd.storage.state import StateStore
 
 if TYPE_CHECKING:
@@ -55,6 +57,7 @@ def create_app(settings: Settings, launch: Sequence[str] = (), restore: bool = T
         cluster = await _join_cluster(settings)
         manager = ModelManager(settings, get_catalog(), store, cluster)
         app.state.manager = manager
+        app.state.responses = ResponseStore(settings.responses_db)
         app.state.started = time.time()
         # Restored models are listed at once (status `restoring`) and load in the background,
         # like --launch ones: the API answers from the first moment.
@@ -71,6 +74,7 @@ def create_app(settings: Settings, launch: Sequence[str] = (), restore: bool = T
             await manager.shutdown()
             metrics.unwatch(watched)
             store.close()
+            app.state.responses.close()
             if cluster is not None:
                 cluster.disconnect()
 
@@ -95,6 +99,7 @@ def create_app(settings: Settings, launch: Sequence[str] = (), restore: bool = T
     app.include_router(system.router)
     app.include_router(ollama.router)
     app.include_router(anthropic_routes.router)
+    app.include_router(responses_routes.router)
     app.include_router(metrics.router)
     app.include_router(keys.router)
     ui.mount(app)

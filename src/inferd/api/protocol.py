@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from inferd.errors import InvalidRequest
 
 Stop = str | list[str] | None
 
@@ -135,6 +144,19 @@ class ChatCompletionRequest(_Sampling):
             body["tools"] = [t for t in body["tools"] if t["function"]["name"] == name]
             body["tool_choice"] = "required"
         return body
+
+
+def chat_request(body: dict[str, Any]) -> ChatCompletionRequest:
+    """A chat request another API was translated into, checked as a client's would be: a 400
+    naming the field where it does not hold."""
+    try:
+        return ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
+        where = where.lstrip(".")
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise InvalidRequest(f"invalid '{where}': {message}", param=where) from None
 
 
 class CompletionRequest(_Sampling):

@@ -4,6 +4,7 @@ LLMs, and rerankers (a classification head over each query-document pair)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import threading
@@ -13,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from inferd.engines import forced_calls
 from inferd.engines.base import Engine, Json, with_stops
 from inferd.engines.ranking import rerank_response
 from inferd.errors import InferdError, InvalidRequest
@@ -110,10 +112,27 @@ class LlamaCppEngine(Engine):
         return response.content if response.status_code == 200 else None
 
     async def chat(self, request: Json) -> Json:
-        return await self._call("/v1/chat/completions", request)
+        if forced_calls.forced(request):
+            constrained = forced_calls.constrain(request)
+            return forced_calls.as_calls(await self._call("/v1/chat/completions", constrained))
+        answer = await self._call("/v1/chat/completions", request)
+        if request.get("parallel_tool_calls") is False:
+            for choice in answer.get("choices") or []:
+                calls = (choice.get("message") or {}).get("tool_calls") or []
+                if len(calls) > 1:
+                    choice["message"]["tool_calls"] = calls[:1]
+                    choice["finish_reason"] = "tool_calls"
+        return answer
 
     def chat_stream(self, request: Json) -> AsyncIterator[Json]:
-        return self._stream(self._server.handle_chat_completions, request)
+        if forced_calls.forced(request):
+            constrained = forced_calls.constrain(request)
+            chunks = self._stream(self._server.handle_chat_completions, constrained)
+            return forced_calls.stream_as_calls(chunks)
+        chunks = self._stream(self._server.handle_chat_completions, request)
+        if request.get("parallel_tool_calls") is False:
+            return _one_call(chunks)
+        return chunks
 
     async def complete(self, request: Json) -> Json:
         return await self._call("/v1/completions", request)
@@ -192,6 +211,20 @@ class LlamaCppEngine(Engine):
                 yield item
         finally:
             stop.set()
+
+
+async def _one_call(chunks: AsyncIterator[Json]) -> AsyncIterator[Json]:
+    """A stream that ends once its first tool call is whole. llama.cpp leaves a template's
+    tool-call format free to repeat after the first call, and `parallel_tool_calls: false` asks
+    for one; ending the stream here cancels the rest of the generation."""
+    async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+        async for chunk in chunks:
+            deltas = [c.get("delta") or {} for c in chunk.get("choices") or []]
+            if any(call.get("index", 0) > 0 for d in deltas for call in d.get("tool_calls") or []):
+                end = {"index": 0, "delta": {}, "finish_reason": "tool_calls"}
+                yield {**chunk, "choices": [end]}
+                return
+            yield chunk
 
 
 class EngineRequestError(InferdError):

@@ -10,7 +10,7 @@ from fastapi.responses import Response
 from inferd.api.anthropic import convert
 from inferd.api.anthropic.protocol import CountTokensRequest, MessagesRequest, _Conversation
 from inferd.api.deps import manager as _manager
-from inferd.api.protocol import ChatCompletionRequest
+from inferd.api.protocol import chat_request
 from inferd.api.proxy import opened_stream, whole_answer
 from inferd.api.sse import translated
 from inferd.runtime.instance import ModelInstance
@@ -31,7 +31,7 @@ def _model(manager: ModelManager, request: _Conversation) -> ModelInstance:
 
 def _engine_body(request: _Conversation, uid: str) -> dict:
     """Checked as any chat request is (tool names, lengths, ...) on its way to the engine."""
-    return ChatCompletionRequest.model_validate(convert.chat_body(request, uid)).engine_body(uid)
+    return chat_request(convert.chat_body(request, uid)).engine_body(uid)
 
 
 @router.post("", response_model=None)

@@ -1,0 +1,1 @@
+"""OpenAI's Responses API, translated to the chat path every engine serves."""
