@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import base64
+import json
 import math
 import struct
 
+import httpx
 import openai
 import pytest
 
-from tests.conftest import EMBEDDING, LLM, run_together
+from tests.conftest import EMBEDDING, LLM, InferdServer, run_together
 
 pytestmark = pytest.mark.slow
 
@@ -232,3 +234,68 @@ def test_tools_on_a_model_without_tool_calling_is_refused(client: openai.OpenAI)
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model=LLM, messages=HELLO, tools=[tool])  # type: ignore[list-item]
     assert info.value.param == "tools"
+
+
+def test_answers_carry_the_fields_openais_schema_asks_for(launched: InferdServer) -> None:
+    """Found by checking answers against OpenAI's published schema: `logprobs` on every choice
+    (null unless asked), `refusal` in a logprobs object, a Model object for one model."""
+    url = f"{launched.url}/v1/chat/completions"
+    body = {"model": LLM, "messages": HELLO, "max_tokens": 2}
+    whole = httpx.post(url, json=body, timeout=60).json()
+    assert "logprobs" in whole["choices"][0] and whole["choices"][0]["logprobs"] is None
+    asked = httpx.post(url, json={**body, "logprobs": True}, timeout=60).json()
+    assert asked["choices"][0]["logprobs"]["refusal"] is None
+    with httpx.stream("POST", url, json={**body, "stream": True}, timeout=60) as stream:
+        chunks = [
+            json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: {")
+        ]
+    assert all("logprobs" in c for chunk in chunks for c in chunk["choices"])
+    text = httpx.post(
+        f"{launched.url}/v1/completions", json={"model": LLM, "prompt": "Hi", "max_tokens": 2}
+    ).json()
+    assert "logprobs" in text["choices"][0]
+
+    model = launched.openai().models.retrieve(LLM)
+    assert (model.id, model.object, model.owned_by) == (LLM, "model", "inferd")
+    assert model.created > 0 and model.model_extra and model.model_extra["model_name"] == LLM
+
+
+def test_bodies_are_json_whatever_their_content_type(launched: InferdServer) -> None:
+    """`curl -d` (and clients built on Ollama's docs) label a JSON body as a form."""
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    for path, body in (
+        ("/v1/chat/completions", {"model": LLM, "messages": HELLO, "max_tokens": 2}),
+        (
+            "/api/chat",
+            {"model": LLM, "messages": HELLO, "stream": False, "options": {"num_predict": 2}},
+        ),
+        (
+            "/api/generate",
+            {"model": LLM, "prompt": "Hi", "stream": False, "options": {"num_predict": 2}},
+        ),
+    ):
+        answer = httpx.post(launched.url + path, content=json.dumps(body), headers=form, timeout=60)
+        assert answer.status_code == 200, (path, answer.text)
+
+
+def test_a_max_tokens_past_the_context_is_refused(launched: InferdServer) -> None:
+    """As vLLM does; before, a request for 10^9 tokens ran until the context filled."""
+    client = launched.openai()
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=LLM, messages=HELLO, max_tokens=10**9)
+    assert refused.value.param == "max_tokens" and "8192" in refused.value.message
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.completions.create(model=LLM, prompt="Hi", max_tokens=10**9)
+    with pytest.raises(openai.BadRequestError, match="8192"):
+        client.responses.create(model=LLM, input="Hi", max_output_tokens=10**9)
+    answer = httpx.post(
+        f"{launched.url}/v1/messages",
+        json={"model": LLM, "messages": HELLO, "max_tokens": 10**9},
+        timeout=30,
+    )
+    assert answer.status_code == 400 and "8192" in answer.json()["error"]["message"]
+    # The whole context is still there to ask for (read to the first token, then left).
+    with client.chat.completions.create(
+        model=LLM, messages=HELLO, max_tokens=8192, stream=True
+    ) as stream:
+        assert next(iter(stream)).choices is not None

@@ -141,7 +141,8 @@ async def describe_model(model_uid: str, request: Request) -> dict:
     check_model(model_uid)
     info = manager.get(model_uid).describe()
     info["history"] = manager.store.events(model_uid, limit=20)
-    return info
+    # OpenAI's Model object (`client.models.retrieve`) beside Xinference's description.
+    return {"object": "model", "owned_by": "inferd", **info}
 
 
 @router.get("/v1/models/{model_uid}/progress")

@@ -86,6 +86,19 @@ async def opened_stream(
     return response
 
 
+def _check_length(instance: ModelInstance, body: dict) -> None:
+    """A max_tokens the model's context cannot hold is refused, as vLLM does, rather than run
+    until the context fills."""
+    limit = instance.context_window()
+    wanted = body.get("max_tokens")
+    if limit and isinstance(wanted, int) and wanted > limit:
+        raise InvalidRequest(
+            f"max_tokens is {wanted}, but {instance.uid!r} holds {limit} tokens in one request, "
+            f"prompt and answer together; ask for at most {limit}",
+            param="max_tokens",
+        )
+
+
 def request_id_of(body: dict, client: Request | None) -> str:
     """The id a client gave its request (Xinference's `request_id` field, or the
     `X-Request-Id` header), else a new one; it is what abort names."""
@@ -108,6 +121,8 @@ async def relay(
     client: Request | None = None,
 ) -> Response:
     check_model(instance.uid)
+    if path in ("/chat/completions", "/completions"):
+        _check_length(instance, body)
     request_id = request_id_of(body, client)
     if manager.aborts.blocked(instance.uid, request_id):
         raise RequestAborted(request_id)

@@ -66,6 +66,12 @@ class Engine(ABC):
         """What one process takes of each of the `count` GPUs it is placed on."""
         return estimate(weights, count)
 
+    @classmethod
+    def context_window(cls, context_length: int, options: Json) -> int | None:
+        """The tokens one request may hold, prompt and answer together, as launched with
+        `options`; None where the engine checks a request's length itself."""
+        return context_length
+
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
 

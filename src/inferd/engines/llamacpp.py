@@ -38,15 +38,18 @@ class LlamaCppEngine(Engine):
     extra = "llamacpp"
     cpu_options = {"n_gpu_layers": 0}
 
+    @classmethod
+    def context_window(cls, context_length: int, options: Json) -> int | None:
+        return int(options.get("n_ctx", min(context_length, _DEFAULT_SLOT_CONTEXT)))
+
     def load(self) -> None:
         import xllamacpp
 
         options = dict(self.config.options)
         family = self.config.family
         slots = int(options.pop("n_parallel", _DEFAULT_SLOTS))
-        slot_context = int(
-            options.pop("n_ctx", min(family.get("context_length", 4096), _DEFAULT_SLOT_CONTEXT))
-        )
+        slot_context = self.context_window(family.get("context_length", 4096), options) or 0
+        options.pop("n_ctx", None)
         if slots < 1 or slot_context < 16:
             raise InvalidRequest("n_parallel must be >= 1 and n_ctx >= 16", param="n_ctx")
 

@@ -72,6 +72,10 @@ class VLLMEngine(Engine):
         return None
 
     @classmethod
+    def context_window(cls, context_length: int, options: Json) -> int | None:
+        return None  # vLLM refuses a max_tokens past its max_model_len itself, naming it
+
+    @classmethod
     def gpu_need(cls, options: Json, weights: int, count: int) -> Need:
         # vLLM takes its share of each GPU's whole memory up front (weights, then KV cache).
         share = float(options.get("gpu_memory_utilization", _GPU_MEMORY_UTILIZATION))

@@ -144,6 +144,12 @@ class ModelInstance:
         failed = [r.error for r in self.replicas if r.status == FAILED and r.error]
         return failed[0] if failed else None
 
+    def context_window(self) -> int | None:
+        """How many tokens one request may hold here, where the server checks it."""
+        if not isinstance(self.family, LLMFamily):
+            return None
+        return self.engine.context_window(self.family.context_length, self.request.engine_options)
+
     def describe(self) -> dict[str, Any]:
         """Xinference's describe_model fields, plus what inferd knows about the processes."""
         family = self.family

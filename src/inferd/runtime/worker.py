@@ -126,10 +126,18 @@ class Worker:
         return Response(text, media_type="text/plain; version=0.0.4")
 
     async def chat(self, request: Request) -> Response:
-        return await self._serve(request, self.engine.chat, self.engine.chat_stream)
+        engine = self.engine
+        return await self._serve(
+            request, _conforming(engine.chat), lambda r: _conforming_chunks(engine.chat_stream(r))
+        )
 
     async def completions(self, request: Request) -> Response:
-        return await self._serve(request, self.engine.complete, self.engine.complete_stream)
+        engine = self.engine
+        return await self._serve(
+            request,
+            _conforming(engine.complete),
+            lambda r: _conforming_chunks(engine.complete_stream(r)),
+        )
 
     async def embeddings(self, request: Request) -> Response:
         return await self._serve(request, self.engine.embed, None)
@@ -204,6 +212,30 @@ class Worker:
                 return _error_response(exc)
             raise
         return _EngineStream(pulled, first, lambda: self.running.pop(request_id, None))
+
+
+def _conform(answer: Json | bytes) -> Json | bytes:
+    """OpenAI's published schema asks every choice for `logprobs` (null when not asked for),
+    and every logprobs object for `refusal`; engines that build their own answers leave them
+    out. (Answers an engine encoded itself, vLLM's, already carry them.)"""
+    if isinstance(answer, dict):
+        for choice in answer.get("choices") or []:
+            logprobs = choice.setdefault("logprobs", None)
+            if isinstance(logprobs, dict) and "content" in logprobs:
+                logprobs.setdefault("refusal", None)
+    return answer
+
+
+def _conforming(call: Any) -> Any:
+    async def conforming(payload: Json) -> Json | bytes:
+        return _conform(await call(payload))
+
+    return conforming
+
+
+async def _conforming_chunks(chunks: AsyncIterator[Json | bytes]) -> AsyncIterator[Json | bytes]:
+    async for chunk in chunks:
+        yield _conform(chunk)
 
 
 def _error_response(exc: BaseException) -> Response:
