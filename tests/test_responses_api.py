@@ -152,6 +152,27 @@ def test_function_calls_round_trip(launched: InferdServer, tools_model: str) -> 
     assert done.arguments == pieces and json.loads(pieces)["city"]  # type: ignore[union-attr]
     assert events[-1].type == "response.completed"
 
+    # As Codex offers them: functions grouped in a namespace, and OpenAI's hosted web search,
+    # which is left out (nothing here runs it). The call names its namespace.
+    grouped = client.responses.create(
+        model=tools_model,
+        input=ASK,
+        tools=[
+            {
+                "type": "namespace",
+                "name": "weather_tools",
+                "description": "Weather",
+                "tools": [WEATHER],
+            },
+            {"type": "web_search"},
+        ],  # type: ignore[list-item]
+        tool_choice="required",
+        max_output_tokens=100,
+        temperature=0,
+    )
+    (call,) = [item for item in grouped.output if item.type == "function_call"]
+    assert call.name == "get_weather" and call.namespace == "weather_tools"
+
 
 def test_an_agent_runs_a_tool(launched: InferdServer, tools_model: str) -> None:  # noqa: F811
     from agents import (
@@ -191,7 +212,15 @@ def test_an_agent_runs_a_tool(launched: InferdServer, tools_model: str) -> None:
 def test_refusals_name_the_field(launched: InferdServer) -> None:
     url = f"{launched.url}/v1/responses"
     cases: list[tuple[dict[str, Any], str]] = [
-        ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ({"input": "x", "tools": [{"type": "retrieval"}]}, "tools[0].type"),
+        (
+            {
+                "input": "x",
+                "tools": [{"type": "web_search"}],
+                "tool_choice": {"type": "web_search"},
+            },
+            "tool_choice",
+        ),
         ({"input": "x", "previous_response_id": "resp_nope"}, "previous_response_id"),
         ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),
         ({"input": [{"role": "robot", "content": "x"}]}, "input[0].role"),

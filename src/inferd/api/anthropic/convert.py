@@ -31,13 +31,18 @@ STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_
 
 def chat_body(request: _Conversation, uid: str) -> Json:
     """The OpenAI chat request that asks the model what `request` asks it."""
+    # Every system text goes into the one leading system message: chat templates (Llama's,
+    # Qwen's, Gemma's) take a system turn only first.
+    system = request.system or []
+    texts = [system] if isinstance(system, str) else [b.text for b in system]
     messages: list[Json] = []
-    if request.system:
-        system = request.system
-        text = system if isinstance(system, str) else "\n\n".join(b.text for b in system)
-        messages.append({"role": "system", "content": text})
     for message in request.messages:
-        messages.extend(_messages(message))
+        if message.role == "system":
+            texts.extend(_texts(message))
+        else:
+            messages.extend(_messages(message))
+    if texts:
+        messages.insert(0, {"role": "system", "content": "\n\n".join(texts)})
     body: Json = {"model": uid, "messages": messages}
     if isinstance(request, MessagesRequest):
         body["max_tokens"] = request.max_tokens
@@ -109,6 +114,12 @@ def _messages(message: Message) -> list[Json]:
         else:
             out.append({"role": "user", "content": parts})
     return out
+
+
+def _texts(message: Message) -> list[str]:
+    if isinstance(message.content, str):
+        return [message.content]
+    return [block.text for block in message.content if isinstance(block, TextBlock)]
 
 
 def _assistant(message: Message) -> Json:

@@ -65,7 +65,8 @@ Block = Annotated[
 
 
 class Message(_Open):
-    role: Literal["user", "assistant"]
+    # Claude Code sends "system" turns among the messages (its environment, its reminders).
+    role: Literal["user", "assistant", "system"]
     content: str | list[Block]
 
 

@@ -51,17 +51,21 @@ def input_items(request: ResponsesRequest) -> list[Json]:
 def chat_body(request: ResponsesRequest, items: list[Json], uid: str) -> Json:
     """The OpenAI chat request that asks the model what `request` asks it, `items` being the
     whole conversation (earlier turns, then this request's input)."""
-    messages: list[Json] = []
-    if request.instructions:
-        messages.append({"role": "system", "content": request.instructions})
-    messages.extend(chat_messages(items))
+    # Every system and developer text goes into the one leading system message: chat
+    # templates take a system turn only first (Codex sends two developer messages).
+    turns = chat_messages(items)
+    texts = [request.instructions] if request.instructions else []
+    texts += [str(m["content"]) for m in turns if m["role"] == "system"]
+    messages = [{"role": "system", "content": "\n\n".join(texts)}] if texts else []
+    messages += [m for m in turns if m["role"] != "system"]
     body: Json = {"model": uid, "messages": messages}
     if request.max_output_tokens is not None:
         body["max_tokens"] = request.max_output_tokens
     for name in ("temperature", "top_p", "parallel_tool_calls", "user"):
         if getattr(request, name) is not None:
             body[name] = getattr(request, name)
-    if request.tools:
+    functions = request.functions()
+    if functions:
         body["tools"] = [
             {
                 "type": "function",
@@ -71,9 +75,11 @@ def chat_body(request: ResponsesRequest, items: list[Json], uid: str) -> Json:
                     "parameters": tool.parameters or {"type": "object", "properties": {}},
                 },
             }
-            for tool in request.tools
+            for tool, _ in functions
         ]
     choice = request.tool_choice
+    if not functions:
+        choice = None  # only hosted tools were offered, and they were left out
     if isinstance(choice, NamedFunction):
         body["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
     elif choice is not None:
@@ -263,8 +269,10 @@ def _reasoning(item_id: str, text: str) -> Json:
     return {"type": "reasoning", "id": item_id, "summary": [], "content": content}
 
 
-def _function_call(item_id: str, call_id: str, name: str, arguments: str, status: str) -> Json:
-    return {
+def _function_call(
+    item_id: str, call_id: str, name: str, arguments: str, status: str, namespace: str | None
+) -> Json:
+    item = {
         "type": "function_call",
         "id": item_id,
         "call_id": call_id,
@@ -272,10 +280,19 @@ def _function_call(item_id: str, call_id: str, name: str, arguments: str, status
         "arguments": arguments,
         "status": status,
     }
+    if namespace is not None:
+        item["namespace"] = namespace  # a function of a namespace tool is called by both names
+    return item
 
 
-def output_items(answer: Json) -> tuple[list[Json], str | None]:
-    """A whole chat answer's output items, and why it finished."""
+def namespaces(request: ResponsesRequest) -> dict[str, str]:
+    """The namespace of each function offered inside one."""
+    return {tool.name or "": ns for tool, ns in request.functions() if ns is not None}
+
+
+def output_items(answer: Json, spaces: dict[str, str]) -> tuple[list[Json], str | None]:
+    """A whole chat answer's output items, and why it finished; `spaces` gives the namespace
+    of a function offered inside one."""
     choice = answer["choices"][0]
     said = choice.get("message") or {}
     output: list[Json] = []
@@ -290,8 +307,9 @@ def output_items(answer: Json) -> tuple[list[Json], str | None]:
         if not isinstance(arguments, str):
             arguments = orjson.dumps(arguments).decode()
         call_id = call.get("id") or new_id("call")
+        name = function["name"]
         output.append(
-            _function_call(new_id("fc"), call_id, function["name"], arguments, "completed")
+            _function_call(new_id("fc"), call_id, name, arguments, "completed", spaces.get(name))
         )
     return output, choice.get("finish_reason")
 
@@ -302,6 +320,7 @@ class StreamWriter:
 
     def __init__(self, request: ResponsesRequest, response_id: str) -> None:
         self.request = request
+        self.spaces = namespaces(request)
         self.id = response_id
         self.created = int(time.time())
         self.sequence = 0
@@ -403,12 +422,14 @@ class StreamWriter:
         function = call.get("function") or {}
         index = call.get("index", 0)
         if self.open is None or self.open["type"] != "function_call" or index != self.call_index:
+            name = function.get("name") or ""
             item = _function_call(
                 new_id("fc"),
                 call.get("id") or new_id("call"),
-                function.get("name") or "",
+                name,
                 "",
                 "in_progress",
+                self.spaces.get(name),
             )
             out = self._start(item)
             self.call_index = index

@@ -2,7 +2,7 @@
 
 Input items are checked item by item in convert.py (their kinds are many and grow); the request's
 own fields are checked here, so a bad value is a 400 naming it. What the API offers and inferd
-does not (background runs, conversations, hosted tools) is refused by name, not ignored.
+does not (background runs, conversations, a hosted tool required) is refused by name.
 """
 
 from __future__ import annotations
@@ -32,27 +32,57 @@ class Reasoning(_Open):
     summary: str | None = None
 
 
+# Tools OpenAI runs on its side; inferd has nothing to run them with. Offered to the model
+# for it to choose (Codex offers web search on every turn) they are left out, which the model
+# cannot tell from not having them; asked for by tool_choice they are refused.
+HOSTED = {
+    "web_search",
+    "web_search_preview",
+    "file_search",
+    "code_interpreter",
+    "computer_use_preview",
+    "image_generation",
+    "mcp",
+}
+
+
 class FunctionTool(_Open):
     type: str
     name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
+    tools: list[FunctionTool] | None = None  # a namespace's functions
 
     @field_validator("type")
     @classmethod
-    def _function_only(cls, kind: str) -> str:
-        if kind != "function":
+    def _known(cls, kind: str) -> str:
+        if kind not in ("function", "namespace", *HOSTED):
             raise ValueError(
-                f"{kind!r} tools are hosted by OpenAI and not available here; "
-                "function tools are (the model calls, the client runs)"
+                f"{kind!r} tools are not available here; function tools (and namespaces of "
+                "them) are: the model calls, the client runs"
             )
         return kind
 
+    def functions(self) -> list[tuple[FunctionTool, str | None]]:
+        """The function tools this tool offers the model, each with its namespace."""
+        if self.type == "function":
+            return [(self, None)]
+        if self.type == "namespace":
+            return [(t, self.name) for t in self.tools or [] if t.type == "function"]
+        return []
+
 
 class NamedFunction(_Open):
-    type: Literal["function"]
-    name: str
+    type: str
+    name: str | None = None
+
+    @field_validator("type")
+    @classmethod
+    def _a_function(cls, kind: str) -> str:
+        if kind != "function":
+            raise ValueError(f"{kind!r} tools are not available here to be required")
+        return kind
 
 
 class ResponsesRequest(_Open):
@@ -79,9 +109,12 @@ class ResponsesRequest(_Open):
     @classmethod
     def _named(cls, tools: list[FunctionTool] | None) -> list[FunctionTool] | None:
         for i, tool in enumerate(tools or []):
-            if not tool.name:
+            if tool.type in ("function", "namespace") and not tool.name:
                 raise ValueError(f"tools[{i}] needs a name")
         return tools
+
+    def functions(self) -> list[tuple[FunctionTool, str | None]]:
+        return [pair for tool in self.tools or [] for pair in tool.functions()]
 
     @field_validator("background")
     @classmethod

@@ -35,7 +35,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     store = _store(request)
     instance = manager.lookup(body.model)
     instance.require("chat", "the Responses API")
-    if body.tools and body.tool_choice != "none":
+    if body.functions() and body.tool_choice != "none":
         instance.require("tools", "tool calls", param="tools")
     history: list[dict] = []
     if body.previous_response_id:
@@ -64,7 +64,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     if not body.stream:
         created = int(time.time())
         answer = await whole_answer(manager, instance, "/chat/completions", engine_body, request)
-        output, finish = convert.output_items(answer)
+        output, finish = convert.output_items(answer, convert.namespaces(body))
         final = convert.response(body, response_id, created, output, answer.get("usage"), finish)
         await asyncio.to_thread(keep, final)
         return Response(orjson.dumps(final), media_type="application/json")
