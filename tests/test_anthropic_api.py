@@ -10,30 +10,27 @@ import anthropic
 import httpx
 import pytest
 
+from tests import test_tools as chat_tools
 from tests.conftest import LLM, InferdServer
 from tests.test_tools import tools_model  # noqa: F401 - the fixture, shared
 
 pytestmark = pytest.mark.slow
 
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
-WEATHER = {
-    "name": "get_weather",
-    "description": "The weather in a city",
-    "input_schema": {
-        "type": "object",
-        "properties": {"city": {"type": "string"}},
-        "required": ["city"],
-    },
-}
-TIME = {
-    "name": "get_time",
-    "description": "The time in a time zone",
-    "input_schema": {
-        "type": "object",
-        "properties": {"zone": {"type": "string", "enum": ["UTC", "CET"]}},
-        "required": ["zone"],
-    },
-}
+
+
+def anthropic_tool(chat_tool: dict) -> dict:
+    """A tool of test_tools in Anthropic's form."""
+    function = chat_tool["function"]
+    return {
+        "name": function["name"],
+        "description": function["description"],
+        "input_schema": function["parameters"],
+    }
+
+
+WEATHER = anthropic_tool(chat_tools.WEATHER)
+TIME = anthropic_tool(chat_tools.TIME)
 
 
 def sdk(server: InferdServer) -> anthropic.Anthropic:

@@ -14,21 +14,14 @@ import httpx
 import openai
 import pytest
 
+from tests import test_tools as chat_tools
 from tests.conftest import LLM, InferdServer, restart, wait_ready
 from tests.test_tools import tools_model  # noqa: F401 - the fixture, shared
 
 pytestmark = pytest.mark.slow
 
-WEATHER = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "The weather in a city",
-    "parameters": {
-        "type": "object",
-        "properties": {"city": {"type": "string"}},
-        "required": ["city"],
-    },
-}
+# The tools of test_tools in the Responses API's flat form.
+WEATHER = {"type": "function", **chat_tools.WEATHER["function"]}
 ASK = "What is the weather in Paris?"
 
 

@@ -23,6 +23,7 @@ from inferd.api.anthropic.protocol import (
     ToolUseBlock,
     _Conversation,
 )
+from inferd.api.chat_stream import ChatStream
 
 Json = dict[str, Any]
 
@@ -240,36 +241,23 @@ async def stream_events(answer: AsyncIterator[Json], model: str) -> AsyncIterato
         },
     )
     blocks = _Blocks()
-    finish: str | None = None
-    called = False
-    usage: Json = {}
-    async for event in answer:
-        if "error" in event:
-            for piece in blocks.close():
-                yield piece
-            error = event["error"]
-            kind = "invalid_request_error" if error.get("code") == 400 else "api_error"
-            yield _event("error", {"error": {"type": kind, "message": error.get("message", "")}})
-            async for _ in answer:  # read to its end, so the relay counts it as answered
-                pass
-            return
-        usage = event.get("usage") or usage
-        for choice in event.get("choices") or []:
-            finish = choice.get("finish_reason") or finish
-            delta = choice.get("delta") or {}
-            if delta.get("reasoning_content"):
-                for piece in blocks.text("thinking", delta["reasoning_content"]):
-                    yield piece
-            if delta.get("content"):
-                for piece in blocks.text("text", delta["content"]):
-                    yield piece
-            for call in delta.get("tool_calls") or []:
-                called = True
-                for piece in blocks.tool_call(call):
-                    yield piece
+    stream = ChatStream(answer)
+    async for kind, value in stream.pieces():
+        if kind == "call":
+            pieces = blocks.tool_call(value)
+        else:
+            pieces = blocks.text("thinking" if kind == "reasoning" else "text", value)
+        for piece in pieces:
+            yield piece
     for piece in blocks.close():
         yield piece
-    stop = "tool_use" if called else STOP_REASONS.get(finish or "stop", "end_turn")
+    if stream.error is not None:
+        error = stream.error
+        kind = "invalid_request_error" if error.get("code") == 400 else "api_error"
+        yield _event("error", {"error": {"type": kind, "message": error.get("message", "")}})
+        return
+    usage = stream.usage
+    stop = "tool_use" if stream.called else STOP_REASONS.get(stream.finish or "stop", "end_turn")
     yield _event(
         "message_delta",
         {

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
+from inferd.api.chat_stream import ChatStream
 from inferd.api.responses.protocol import NamedFunction, ResponsesRequest
 from inferd.errors import InvalidRequest
 
@@ -343,40 +344,28 @@ class StreamWriter:
     ) -> AsyncIterator[bytes]:
         yield self.event("response.created", {"response": self.snapshot("in_progress")})
         yield self.event("response.in_progress", {"response": self.snapshot("in_progress")})
-        finish: str | None = None
-        usage: Json | None = None
-        async for chunk in answer:
-            if "error" in chunk:
-                for piece in self._close():
-                    yield piece
-                failed = self.snapshot("failed")
-                error = chunk["error"]
-                failed["error"] = {"code": "server_error", "message": error.get("message", "")}
-                yield self.event("response.failed", {"response": failed})
-                async for _ in answer:  # read to its end, so the relay counts it as answered
-                    pass
-                return
-            usage = chunk.get("usage") or usage
-            for choice in chunk.get("choices") or []:
-                finish = choice.get("finish_reason") or finish
-                delta = choice.get("delta") or {}
-                if delta.get("reasoning_content"):
-                    for piece in self._text("reasoning", delta["reasoning_content"]):
-                        yield piece
-                if delta.get("content"):
-                    for piece in self._text("message", delta["content"]):
-                        yield piece
-                for call in delta.get("tool_calls") or []:
-                    for piece in self._call(call):
-                        yield piece
+        stream = ChatStream(answer)
+        async for kind, value in stream.pieces():
+            if kind == "call":
+                pieces = self._call(value)
+            else:
+                pieces = self._text("reasoning" if kind == "reasoning" else "message", value)
+            for piece in pieces:
+                yield piece
         for piece in self._close():
             yield piece
+        if stream.error is not None:
+            failed = self.snapshot("failed")
+            message = stream.error.get("message", "")
+            failed["error"] = {"code": "server_error", "message": message}
+            yield self.event("response.failed", {"response": failed})
+            return
         if not self.output:
             for piece in self._text("message", ""):
                 yield piece
             for piece in self._close():
                 yield piece
-        final = self.snapshot("", usage, finish)
+        final = self.snapshot("", stream.usage, stream.finish)
         finished(final)
         kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
         yield self.event(kind, {"response": final})
