@@ -15,13 +15,13 @@ from typing import Any
 import orjson
 
 from inferd.api.anthropic.protocol import (
+    Conversation,
     ImageBlock,
     Message,
     MessagesRequest,
     TextBlock,
     ToolResultBlock,
     ToolUseBlock,
-    _Conversation,
 )
 from inferd.api.chat_stream import ChatStream
 
@@ -30,7 +30,7 @@ Json = dict[str, Any]
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
 
-def chat_body(request: _Conversation, uid: str) -> Json:
+def chat_body(request: Conversation, uid: str) -> Json:
     """The OpenAI chat request that asks the model what `request` asks it."""
     # Every system text goes into the one leading system message: chat templates (Llama's,
     # Qwen's, Gemma's) take a system turn only first.
@@ -81,7 +81,7 @@ def chat_body(request: _Conversation, uid: str) -> Json:
     return body
 
 
-def has_images(request: _Conversation) -> bool:
+def has_images(request: Conversation) -> bool:
     for message in request.messages:
         for block in message.content if isinstance(message.content, list) else []:
             if isinstance(block, ImageBlock):

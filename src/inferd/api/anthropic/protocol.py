@@ -88,7 +88,7 @@ class Thinking(_Open):
     budget_tokens: int | None = Field(default=None, ge=0)
 
 
-class _Conversation(_Open):
+class Conversation(_Open):
     model: str = Field(min_length=1)
     messages: list[Message] = Field(min_length=1)
     system: str | list[TextBlock] | None = None
@@ -109,7 +109,7 @@ class _Conversation(_Open):
         return choice
 
 
-class MessagesRequest(_Conversation):
+class MessagesRequest(Conversation):
     max_tokens: int = Field(ge=1)
     stop_sequences: list[str] | None = Field(default=None, max_length=16)
     stream: bool = False
@@ -118,5 +118,5 @@ class MessagesRequest(_Conversation):
     top_k: int | None = Field(default=None, ge=0)
 
 
-class CountTokensRequest(_Conversation):
+class CountTokensRequest(Conversation):
     pass

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from inferd.api.anthropic import convert
-from inferd.api.anthropic.protocol import CountTokensRequest, MessagesRequest, _Conversation
+from inferd.api.anthropic.protocol import Conversation, CountTokensRequest, MessagesRequest
 from inferd.api.deps import manager as _manager
 from inferd.api.protocol import chat_request
 from inferd.api.proxy import opened_stream, whole_answer
@@ -19,7 +19,7 @@ from inferd.runtime.manager import ModelManager
 router = APIRouter(prefix="/v1/messages")
 
 
-def _model(manager: ModelManager, request: _Conversation) -> ModelInstance:
+def _model(manager: ModelManager, request: Conversation) -> ModelInstance:
     instance = manager.lookup(request.model)
     instance.require("chat", "Anthropic's Messages API")
     if request.tools and not (request.tool_choice and request.tool_choice.type == "none"):
@@ -29,7 +29,7 @@ def _model(manager: ModelManager, request: _Conversation) -> ModelInstance:
     return instance
 
 
-def _engine_body(request: _Conversation, uid: str) -> dict:
+def _engine_body(request: Conversation, uid: str) -> dict:
     """Checked as any chat request is (tool names, lengths, ...) on its way to the engine."""
     return chat_request(convert.chat_body(request, uid)).engine_body(uid)
 
