@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -202,6 +203,10 @@ def test_relaunch_and_terminate_from_the_running_page(page: Page, server: Inferd
     page.goto(f"{server.url}/#/running")
     page.get_by_role("button", name="Relaunch ui-chat").click()
     expect(page.locator("#toast")).to_contain_text("ui-chat relaunched")
+    # The row said "ready" before the relaunch too: wait for the new process to be the one.
+    deadline = time.monotonic() + 120
+    while server.models()["ui-chat"]["pid"] in (before, None) and time.monotonic() < deadline:
+        time.sleep(0.2)
     chat = page.locator('tr[data-uid="ui-chat"] td.status')
     expect(chat).to_have_text("ready", timeout=120_000)
     after = server.models()["ui-chat"]
