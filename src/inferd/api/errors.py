@@ -57,7 +57,7 @@ def error_response(
     )
 
 
-def _param_name(loc: tuple[Any, ...]) -> str | None:
+def param_name(loc: tuple[Any, ...]) -> str | None:
     """('body', 'messages', 0, 'role') -> 'messages[0].role'."""
     parts = [p for p in loc if p != "body"]
     name = ""
@@ -96,7 +96,7 @@ def _validation_error(request: Request, exc: Exception) -> Response:
             code="invalid_json",
             request=request,
         )
-    param = _param_name(tuple(first.get("loc", ())))
+    param = param_name(tuple(first.get("loc", ())))
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     if first.get("type") == "missing":
         message = f"'{param}' is required"

@@ -17,6 +17,7 @@ from pydantic import (
     field_validator,
 )
 
+from inferd.api.errors import param_name
 from inferd.errors import InvalidRequest
 
 Stop = str | list[str] | None
@@ -146,6 +147,15 @@ class ChatCompletionRequest(_Sampling):
         return body
 
 
+def one_system_turn(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every system message's text in one leading system message: chat templates (Llama's,
+    Qwen's, Gemma's) take a system turn only first, and other APIs' clients send several
+    (Claude Code among its messages, Codex as two developer messages)."""
+    texts = [str(m["content"]) for m in messages if m["role"] == "system"]
+    rest = [m for m in messages if m["role"] != "system"]
+    return [{"role": "system", "content": "\n\n".join(texts)}, *rest] if texts else rest
+
+
 def chat_request(body: dict[str, Any]) -> ChatCompletionRequest:
     """A chat request another API was translated into, checked as a client's would be: a 400
     naming the field where it does not hold."""
@@ -153,8 +163,7 @@ def chat_request(body: dict[str, Any]) -> ChatCompletionRequest:
         return ChatCompletionRequest.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
-        where = where.lstrip(".")
+        where = param_name(tuple(first["loc"]))
         message = str(first["msg"]).removeprefix("Value error, ")
         raise InvalidRequest(f"invalid '{where}': {message}", param=where) from None
 

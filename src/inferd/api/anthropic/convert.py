@@ -24,6 +24,7 @@ from inferd.api.anthropic.protocol import (
     ToolUseBlock,
 )
 from inferd.api.chat_stream import ChatStream
+from inferd.api.protocol import one_system_turn
 
 Json = dict[str, Any]
 
@@ -32,19 +33,12 @@ STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_
 
 def chat_body(request: Conversation, uid: str) -> Json:
     """The OpenAI chat request that asks the model what `request` asks it."""
-    # Every system text goes into the one leading system message: chat templates (Llama's,
-    # Qwen's, Gemma's) take a system turn only first.
     system = request.system or []
     texts = [system] if isinstance(system, str) else [b.text for b in system]
-    messages: list[Json] = []
+    messages = [{"role": "system", "content": "\n\n".join(texts)}] if texts else []
     for message in request.messages:
-        if message.role == "system":
-            texts.extend(_texts(message))
-        else:
-            messages.extend(_messages(message))
-    if texts:
-        messages.insert(0, {"role": "system", "content": "\n\n".join(texts)})
-    body: Json = {"model": uid, "messages": messages}
+        messages.extend(_messages(message))
+    body: Json = {"model": uid, "messages": one_system_turn(messages)}
     if isinstance(request, MessagesRequest):
         body["max_tokens"] = request.max_tokens
         for name in ("temperature", "top_p", "top_k"):
@@ -96,6 +90,9 @@ def has_images(request: Conversation) -> bool:
 def _messages(message: Message) -> list[Json]:
     if isinstance(message.content, str):
         return [{"role": message.role, "content": message.content}]
+    if message.role == "system":
+        texts = [block.text for block in message.content if isinstance(block, TextBlock)]
+        return [{"role": "system", "content": "\n\n".join(texts)}] if texts else []
     if message.role == "assistant":
         return [_assistant(message)]
     out: list[Json] = []
@@ -115,12 +112,6 @@ def _messages(message: Message) -> list[Json]:
         else:
             out.append({"role": "user", "content": parts})
     return out
-
-
-def _texts(message: Message) -> list[str]:
-    if isinstance(message.content, str):
-        return [message.content]
-    return [block.text for block in message.content if isinstance(block, TextBlock)]
 
 
 def _assistant(message: Message) -> Json:

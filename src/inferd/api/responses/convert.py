@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
 from pydantic import BaseModel
 
 from inferd.api.chat_stream import ChatStream
+from inferd.api.protocol import one_system_turn
 from inferd.api.responses.protocol import NamedFunction, ResponsesRequest
 from inferd.errors import InvalidRequest
 
@@ -52,14 +53,9 @@ def input_items(request: ResponsesRequest) -> list[Json]:
 def chat_body(request: ResponsesRequest, items: list[Json], uid: str) -> Json:
     """The OpenAI chat request that asks the model what `request` asks it, `items` being the
     whole conversation (earlier turns, then this request's input)."""
-    # Every system and developer text goes into the one leading system message: chat
-    # templates take a system turn only first (Codex sends two developer messages).
-    turns = chat_messages(items)
-    texts = [request.instructions] if request.instructions else []
-    texts += [str(m["content"]) for m in turns if m["role"] == "system"]
-    messages = [{"role": "system", "content": "\n\n".join(texts)}] if texts else []
-    messages += [m for m in turns if m["role"] != "system"]
-    body: Json = {"model": uid, "messages": messages}
+    instructions = [{"role": "system", "content": request.instructions}]
+    messages = [*(instructions if request.instructions else []), *chat_messages(items)]
+    body: Json = {"model": uid, "messages": one_system_turn(messages)}
     if request.max_output_tokens is not None:
         body["max_tokens"] = request.max_output_tokens
     for name in ("temperature", "top_p", "parallel_tool_calls", "user"):
@@ -340,7 +336,7 @@ class StreamWriter:
         )
 
     async def events(
-        self, answer: AsyncIterator[Json], finished: Callable[[Json], None]
+        self, answer: AsyncIterator[Json], finished: Callable[[Json], Awaitable[None]]
     ) -> AsyncIterator[bytes]:
         yield self.event("response.created", {"response": self.snapshot("in_progress")})
         yield self.event("response.in_progress", {"response": self.snapshot("in_progress")})
@@ -366,7 +362,7 @@ class StreamWriter:
             for piece in self._close():
                 yield piece
         final = self.snapshot("", stream.usage, stream.finish)
-        finished(final)
+        await finished(final)
         kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
         yield self.event(kind, {"response": final})
 

@@ -57,16 +57,16 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     engine_body = chat_request(chat).engine_body(instance.uid)
     response_id = convert.new_id("resp")
 
-    def keep(final: dict) -> None:
-        if body.store:
-            store.save(final, items)
+    async def keep(final: dict) -> None:
+        if body.store:  # off the loop: a disk write
+            await asyncio.to_thread(store.save, final, items)
 
     if not body.stream:
         created = int(time.time())
         answer = await whole_answer(manager, instance, "/chat/completions", engine_body, request)
         output, finish = convert.output_items(answer, convert.namespaces(body))
         final = convert.response(body, response_id, created, output, answer.get("usage"), finish)
-        await asyncio.to_thread(keep, final)
+        await keep(final)
         return Response(orjson.dumps(final), media_type="application/json")
     engine_body["stream"] = True
     engine_body["stream_options"] = {"include_usage": True}

@@ -798,6 +798,19 @@ function definitionFrom(type, fields) {
   return { ...base, model_family: fields.family.trim() || null, model_uri: uri, model_format: spec.model_format };
 }
 
+// A file picker that hands the chosen file's text to `use`.
+function fileInput(accept, label, use) {
+  return h("input", {
+    type: "file",
+    accept,
+    "aria-label": label,
+    onchange: async (e) => {
+      const file = e.target.files[0];
+      if (file) use(await file.text());
+    },
+  });
+}
+
 async function registrationsPage() {
   const type = h(
     "select",
@@ -819,21 +832,13 @@ async function registrationsPage() {
   const abilities = ["chat", "tools", "vision"].map(abilityBox);
   const context = input({ id: "register-context", inputmode: "numeric", placeholder: "the family's, else 2048" });
   const template = h("textarea", { id: "register-template", rows: "5", spellcheck: "false" });
-  const templateFile = h("input", {
-    type: "file",
-    accept: ".jinja,.j2,.txt,.json",
-    "aria-label": "Load a template file",
-    onchange: async (e) => {
-      const file = e.target.files[0];
-      if (!file) return;
-      const text = await file.text();
-      // tokenizer_config.json carries the template as one of its keys.
-      try {
-        template.value = JSON.parse(text).chat_template ?? text;
-      } catch {
-        template.value = text;
-      }
-    },
+  const templateFile = fileInput(".jinja,.j2,.txt,.json", "Load a template file", (text) => {
+    // tokenizer_config.json carries the template as one of its keys.
+    try {
+      template.value = JSON.parse(text).chat_template ?? text;
+    } catch {
+      template.value = text;
+    }
   });
   const dimensions = input({ id: "register-dimensions", inputmode: "numeric", value: "384" });
   const maxTokens = input({ id: "register-max-tokens", inputmode: "numeric", value: "512" });
@@ -880,14 +885,8 @@ async function registrationsPage() {
     "aria-label": "Model definition (JSON)",
   });
   definition.value = JSON.stringify(EXAMPLE, null, 2);
-  const upload = h("input", {
-    type: "file",
-    accept: ".json,application/json",
-    "aria-label": "Load a JSON file",
-    onchange: async (e) => {
-      const file = e.target.files[0];
-      if (file) definition.value = await file.text();
-    },
+  const upload = fileInput(".json,application/json", "Load a JSON file", (text) => {
+    definition.value = text;
   });
   const json = h(
     "form",
