@@ -27,7 +27,9 @@ pytestmark = pytest.mark.slow
 EXAMPLES = int(os.environ.get("INFERD_FUZZ_EXAMPLES", "8"))
 # Enough to pass every limit check, little enough that a fuzzed generation ends quickly.
 _SHORT = 4
-_LENGTH_FIELDS = ("max_tokens", "max_completion_tokens", "num_predict", "n")
+_LENGTH_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "num_predict", "n")
+# The fields that bound an answer, by path: OpenAI's Responses API has its own name for it.
+_LIMIT_FIELDS = {"/v1/responses": ("max_output_tokens",)}
 
 
 def aim_at_demo_models(case: Any, count: int) -> None:
@@ -43,8 +45,10 @@ def aim_at_demo_models(case: Any, count: int) -> None:
         options = body.setdefault("options", {})
         if isinstance(options, dict):
             options.setdefault("num_predict", _SHORT)
-    elif "max_tokens" not in body and "max_completion_tokens" not in body:
-        body["max_tokens"] = _SHORT
+    else:
+        limits = _LIMIT_FIELDS.get(case.path, ("max_tokens", "max_completion_tokens"))
+        if all(body.get(field) is None for field in limits):
+            body[limits[0]] = _SHORT
     for holder in (body, body.get("options")):
         if not isinstance(holder, dict):
             continue
