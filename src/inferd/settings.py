@@ -40,6 +40,17 @@ class Settings(BaseSettings):
         description="Folders local weights may come from (registrations, model_path, LoRA), "
         "separated like PATH",
     )
+    image_max_mb: int = Field(
+        default=20, ge=1, description="Largest image in a chat message, in MiB (else 400)"
+    )
+    image_fetch_timeout: float = Field(
+        default=15.0, gt=0, description="Seconds the server spends fetching an image URL"
+    )
+    image_urls_private: bool = Field(
+        default=False,
+        description="Let image URLs in chat messages reach loopback, private and link-local "
+        "addresses (off: only public ones, so requests cannot probe the server's network)",
+    )
     request_wait: float = Field(
         default=30.0, description="Seconds a request waits for a restarting model before a 503"
     )

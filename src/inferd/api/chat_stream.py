@@ -32,8 +32,9 @@ class ChatStream:
             for choice in event.get("choices") or []:
                 self.finish = choice.get("finish_reason") or self.finish
                 delta = choice.get("delta") or {}
-                if delta.get("reasoning_content"):
-                    yield "reasoning", delta["reasoning_content"]
+                thought = delta.get("reasoning_content") or delta.get("reasoning")
+                if thought:
+                    yield "reasoning", thought
                 if delta.get("content"):
                     yield "text", delta["content"]
                 for call in delta.get("tool_calls") or []:

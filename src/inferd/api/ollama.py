@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from fastapi import APIRouter, Request
@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from inferd import __version__
 from inferd.api.auth import visible
+from inferd.api.chat_images import data_url, inline_images
 from inferd.api.deps import manager as _manager
 from inferd.api.proxy import opened_stream, whole_answer
 from inferd.api.sse import translated
@@ -53,6 +54,9 @@ class _Body(BaseModel):
     model: str = Field(min_length=1)
 
 
+Think = bool | Literal["low", "medium", "high"] | None
+
+
 class ChatBody(_Body):
     messages: list[dict[str, Any]] = Field(default_factory=list)
     tools: list[dict[str, Any]] | None = None
@@ -60,6 +64,7 @@ class ChatBody(_Body):
     options: dict[str, Any] | None = None
     stream: bool = True
     keep_alive: float | str | None = None
+    think: Think = None
 
 
 class GenerateBody(_Body):
@@ -70,6 +75,8 @@ class GenerateBody(_Body):
     options: dict[str, Any] | None = None
     stream: bool = True
     keep_alive: float | str | None = None
+    think: Think = None
+    images: list[str] | None = None
 
 
 class EmbedBody(_Body):
@@ -175,7 +182,12 @@ async def running(request: Request) -> dict:
 async def show(body: _Body, request: Request) -> dict:
     instance = _manager(request).lookup(_uid(body.model))
     family = instance.family
-    capabilities = {"chat": "completion", "generate": "completion", "embed": "embedding"}
+    capabilities = {
+        "chat": "completion",
+        "generate": "completion",
+        "embed": "embedding",
+        "reasoning": "thinking",
+    }
     caps = sorted({capabilities.get(a, a) for a in family.model_ability})
     info: dict[str, Any] = {"general.basename": family.model_name}
     if isinstance(family, LLMFamily):
@@ -199,8 +211,10 @@ async def chat(body: ChatBody, request: Request) -> Response:
         return _done_only(
             body.model, body.stream, {"message": {"role": "assistant", "content": ""}}
         )
-    messages = [_openai_message(m) for m in body.messages]
+    messages = [_openai_message(m, i) for i, m in enumerate(body.messages)]
     openai = {"messages": messages, **_sampling(body.options, body.format)}
+    _thinking(instance, body.think, openai)
+    await inline_images(instance, openai, manager.settings, field="messages")
     if body.tools:
         instance.require("tools", "tool calls", param="tools")
         openai["tools"] = body.tools
@@ -209,10 +223,14 @@ async def chat(body: ChatBody, request: Request) -> Response:
     )
 
 
-def _openai_message(message: dict[str, Any]) -> dict[str, Any]:
+def _openai_message(message: dict[str, Any], index: int) -> dict[str, Any]:
     """An Ollama chat message in OpenAI's shape: tool calls carry ids and JSON-text arguments,
-    a tool's answer names its tool."""
+    a tool's answer names its tool, images are parts beside the text."""
     out = {k: v for k, v in message.items() if k in ("role", "content", "tool_call_id")}
+    if message.get("images"):
+        out["content"] = _with_images(
+            message.get("content"), message["images"], f"messages[{index}].images"
+        )
     calls = message.get("tool_calls")
     if calls and not (
         isinstance(calls, list)
@@ -244,6 +262,17 @@ def _openai_message(message: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _with_images(text: Any, images: Any, param: str) -> list[dict[str, Any]]:
+    if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+        raise InvalidRequest("images must be a list of base64-encoded image files", param=param)
+    parts: list[dict[str, Any]] = [
+        {"type": "image_url", "image_url": {"url": data_url(image, param)}} for image in images
+    ]
+    if text:
+        parts.append({"type": "text", "text": str(text)})
+    return parts
+
+
 def _json_text(arguments: Any) -> str:
     return arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode()
 
@@ -268,6 +297,11 @@ async def generate(body: GenerateBody, request: Request) -> Response:
         _model(manager, body.model, "generate")
         return _done_only(body.model, body.stream, {"response": ""})
     if body.raw:
+        if body.images:
+            raise InvalidRequest(
+                "images go through the model's chat template; raw prompts take text only",
+                param="images",
+            )
         instance = _model(manager, body.model, "generate")
         openai = {"prompt": body.prompt, **_sampling(body.options, body.format)}
         openai.setdefault("max_tokens", 512)
@@ -275,12 +309,27 @@ async def generate(body: GenerateBody, request: Request) -> Response:
             manager, instance, body.model, "/completions", openai, body.stream, "generate"
         )
     instance = _model(manager, body.model, "chat")
-    messages = [{"role": "system", "content": body.system}] if body.system else []
-    messages.append({"role": "user", "content": body.prompt})
+    messages: list[dict[str, Any]] = (
+        [{"role": "system", "content": body.system}] if body.system else []
+    )
+    content = _with_images(body.prompt, body.images, "images") if body.images else body.prompt
+    messages.append({"role": "user", "content": content})
     openai = {"messages": messages, **_sampling(body.options, body.format)}
+    _thinking(instance, body.think, openai)
+    await inline_images(instance, openai, manager.settings, field="images")
     return await _run(
         manager, instance, body.model, "/chat/completions", openai, body.stream, "generate"
     )
+
+
+def _thinking(instance: ModelInstance, think: Think, openai: dict[str, Any]) -> None:
+    """Ollama's `think` as the template's switch; asking a model that cannot think to is a 400,
+    as Ollama answers it."""
+    if think is None:
+        return
+    if think is not False:
+        instance.require("reasoning", "thinking", param="think")
+    openai["chat_template_kwargs"] = {"enable_thinking": think is not False}
 
 
 @router.post("/embed")
@@ -381,17 +430,23 @@ async def _run(
     started = time.perf_counter_ns()
     openai["model"] = instance.uid
 
-    def piece(text: str) -> dict[str, Any]:
-        if kind == "chat":
-            return {"message": {"role": "assistant", "content": text}}
-        return {"response": text}
+    def piece(text: str, thought: str | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = (
+            {"message": {"role": "assistant", "content": text}}
+            if kind == "chat"
+            else {"response": text}
+        )
+        if thought:
+            (out["message"] if kind == "chat" else out)["thinking"] = thought
+        return out
 
     if not stream:
         result = await whole_answer(manager, instance, path, openai)
         choice = result["choices"][0]
-        text = choice["message"]["content"] if "message" in choice else choice["text"]
+        said = choice.get("message") or {}
+        text = said["content"] if "message" in choice else choice["text"]
         answer = {**_final(model, result.get("usage", {}), choice.get("finish_reason"), started)}
-        answer.update(piece(text or ""))
+        answer.update(piece(text or "", said.get("reasoning_content")))
         if kind == "chat" and choice.get("message", {}).get("tool_calls"):
             answer["message"]["tool_calls"] = _ollama_tool_calls(choice["message"]["tool_calls"])
         return Response(orjson.dumps(answer), media_type="application/json")
@@ -414,13 +469,21 @@ async def _run(
                 usage = event["usage"]
             for choice in event.get("choices") or []:
                 finish = choice.get("finish_reason") or finish
+                thought = None
                 if "delta" in choice:  # a chat chunk; completion chunks carry `text`
-                    text = (choice["delta"] or {}).get("content")
-                    _gather_calls(calls, (choice["delta"] or {}).get("tool_calls") or [])
+                    delta = choice["delta"] or {}
+                    text = delta.get("content")
+                    thought = delta.get("reasoning_content") or delta.get("reasoning")
+                    _gather_calls(calls, delta.get("tool_calls") or [])
                 else:
                     text = choice.get("text")
-                if text:
-                    line = {"model": model, "created_at": _now(), "done": False, **piece(text)}
+                if text or thought:
+                    line = {
+                        "model": model,
+                        "created_at": _now(),
+                        "done": False,
+                        **piece(text or "", thought),
+                    }
                     yield orjson.dumps(line) + b"\n"
         if calls:
             line = {"model": model, "created_at": _now(), "done": False, **piece("")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from inferd.api.chat_images import inline_images
 from inferd.api.deps import manager as _manager
 from inferd.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from inferd.api.proxy import relay
@@ -21,9 +22,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     instance.require("chat", "/v1/chat/completions")
     if body.tools and body.tool_choice != "none":
         instance.require("tools", "tool calls", param="tools")
-    return await relay(
-        manager, instance, "/chat/completions", body.engine_body(instance.uid), body.stream, request
-    )
+    engine_body = body.engine_body(instance.uid)
+    await inline_images(instance, engine_body, manager.settings)
+    return await relay(manager, instance, "/chat/completions", engine_body, body.stream, request)
 
 
 @router.post("/completions")

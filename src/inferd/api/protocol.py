@@ -121,6 +121,9 @@ class ChatCompletionRequest(_Sampling):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
+    # A reasoning model's switch, as OpenAI's clients send it and as vLLM's and Xinference's do.
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
 
     @field_validator("tool_choice")
     @classmethod
@@ -144,7 +147,13 @@ class ChatCompletionRequest(_Sampling):
             name = self.tool_choice.function.name
             body["tools"] = [t for t in body["tools"] if t["function"]["name"] == name]
             body["tool_choice"] = "required"
+        if self.reasoning_effort is not None:
+            kwargs = body.setdefault("chat_template_kwargs", {})
+            kwargs.setdefault("enable_thinking", self.reasoning_effort not in _NO_THINKING)
         return body
+
+
+_NO_THINKING = ("none", "minimal")
 
 
 def one_system_turn(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

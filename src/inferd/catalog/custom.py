@@ -224,7 +224,14 @@ def _llm(data: dict[str, Any], catalog: Catalog) -> None:
             param="model.chat_template",
         )
     if parent is not None:
-        for inherited in ("chat_template", "stop", "stop_token_ids", "context_length"):
+        for inherited in (
+            "chat_template",
+            "stop",
+            "stop_token_ids",
+            "context_length",
+            "reasoning_start_tag",
+            "reasoning_end_tag",
+        ):
             if inherited == "chat_template" and named is not None:
                 continue  # the template it named wins over its family's
             if data.get(inherited) is None and getattr(parent, inherited, None):

@@ -175,6 +175,14 @@ class LLMFamily(_FamilyBase):
         description="A custom model's family: a built-in model it takes its template and tool "
         "format from, or a name of the user's own",
     )
+    reasoning_start_tag: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Where a reasoning model's thinking starts in its output (<think> unless said)",
+    )
+    reasoning_end_tag: str | None = Field(
+        default=None, min_length=1, description="Where its thinking ends (</think> unless said)"
+    )
 
 
 class EmbeddingFamily(_FamilyBase):

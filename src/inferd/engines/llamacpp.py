@@ -14,10 +14,10 @@ from typing import Any
 
 import httpx
 
-from inferd.engines import forced_calls
+from inferd.engines import forced_calls, reasoning
 from inferd.engines.base import Engine, Json, with_stops
 from inferd.engines.ranking import rerank_response
-from inferd.errors import InferdError, InvalidRequest
+from inferd.errors import InferdError, InvalidRequest, UnsupportedOperation
 
 # Per-slot context when the launch names none: the catalogue's context length can be 128k,
 # whose KV cache would not fit in a small machine's memory for every slot.
@@ -83,9 +83,12 @@ class LlamaCppEngine(Engine):
             setattr(params, key, value)
 
         self._stops: list[str] = list(family.get("stop") or [])
+        self._tags = reasoning.tags_of(family)
         self._template_kwargs: Json = {}
-        if thinking is not None:
-            self._template_kwargs["enable_thinking"] = bool(thinking)
+        if thinking is not None or self._tags is not None:
+            # llama.cpp renders templates it does not know with thinking off unless told.
+            self._template_kwargs["enable_thinking"] = bool(True if thinking is None else thinking)
+        self._opens = {True: False, False: False}
         # Every request blocks one thread inside llama.cpp (which releases the GIL); the server
         # queues what its slots cannot take, so the pool only has to exceed the slots.
         self._pool = ThreadPoolExecutor(max_workers=max(32, slots * 4), thread_name_prefix="llama")
@@ -99,6 +102,26 @@ class LlamaCppEngine(Engine):
             timeout=httpx.Timeout(None, connect=10.0),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=slots * 2),
         )
+
+    async def start(self) -> None:
+        if self._tags is not None:
+            for on in (True, False):
+                self._opens[on] = await self._prompt_opens_thinking(on)
+
+    async def _prompt_opens_thinking(self, on: bool) -> bool:
+        """Whether the template leaves the answer inside the thinking block (Qwen3's thinking
+        models, DeepSeek-R1 write the start tag into the prompt), with thinking on or off."""
+        assert self._tags is not None
+        body = {
+            "messages": [{"role": "user", "content": "Hello"}],
+            "chat_template_kwargs": {"enable_thinking": on},
+        }
+        try:
+            response = await self._http.post("/apply-template", json=body, timeout=30.0)
+            prompt = str(response.json().get("prompt") or "")
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return False  # no template to ask: the answer shows whether it thinks
+        return reasoning.opens(prompt, self._tags)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -115,6 +138,7 @@ class LlamaCppEngine(Engine):
         return response.content if response.status_code == 200 else None
 
     async def chat(self, request: Json) -> Json:
+        _refuse_images(request)
         if forced_calls.forced(request):
             constrained = forced_calls.constrain(request)
             return forced_calls.as_calls(await self._call("/v1/chat/completions", constrained))
@@ -125,17 +149,26 @@ class LlamaCppEngine(Engine):
                 if len(calls) > 1:
                     choice["message"]["tool_calls"] = calls[:1]
                     choice["finish_reason"] = "tool_calls"
+        if self._tags is not None and not _constrained(request):
+            answer = reasoning.split_answer(answer, self._tags, self._opens[self._thinks(request)])
         return answer
 
     def chat_stream(self, request: Json) -> AsyncIterator[Json]:
+        _refuse_images(request)
         if forced_calls.forced(request):
             constrained = forced_calls.constrain(request)
             chunks = self._stream(self._server.handle_chat_completions, constrained)
             return forced_calls.stream_as_calls(chunks)
         chunks = self._stream(self._server.handle_chat_completions, request)
         if request.get("parallel_tool_calls") is False:
-            return _one_call(chunks)
+            chunks = _one_call(chunks)
+        if self._tags is not None and not _constrained(request):
+            opened = self._opens[self._thinks(request)]
+            chunks = reasoning.split_chunks(chunks, self._tags, opened)
         return chunks
+
+    def _thinks(self, request: Json) -> bool:
+        return reasoning.thinking(request, self._template_kwargs.get("enable_thinking", True))
 
     async def complete(self, request: Json) -> Json:
         return await self._call("/v1/completions", request)
@@ -214,6 +247,26 @@ class LlamaCppEngine(Engine):
                 yield item
         finally:
             stop.set()
+
+
+def _refuse_images(request: Json) -> None:
+    """llama.cpp sees images only through a model's projector (mmproj) file, which inferd does
+    not load yet: say so rather than let llama.cpp fail the request."""
+    for i, message in enumerate(request.get("messages") or []):
+        content = message.get("content")
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                raise UnsupportedOperation(
+                    "images on llama.cpp need the model's projector (mmproj) file, which inferd "
+                    "does not load yet; serve the model's safetensors on vLLM or transformers "
+                    "for images",
+                    param=f"messages[{i}].content[{j}]",
+                )
+
+
+def _constrained(request: Json) -> bool:
+    """Whether a grammar shapes the whole answer (JSON output): it leaves no room to think."""
+    return (request.get("response_format") or {}).get("type") not in (None, "text")
 
 
 async def _one_call(chunks: AsyncIterator[Json]) -> AsyncIterator[Json]:

@@ -5,17 +5,21 @@ a request joins the running batch between decode steps and leaves when it ends, 
 requests share every forward pass instead of waiting for each other. This module turns OpenAI
 requests into that manager's requests (per-request temperature, top_p, top_k) and its token
 stream back into OpenAI answers: stop strings, max_tokens, usage, logprobs, cancellation.
+Image-text-to-text models (a catalogue entry with `vision`) take images in chat messages;
+their pixels do not fit the batching loop, so they answer one request at a time (hf_vision).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
+from inferd.engines import hf_vision, reasoning
 from inferd.engines.base import Engine, Json, flag
 from inferd.errors import InvalidRequest, UnsupportedOperation
 
@@ -37,7 +41,13 @@ class TransformersEngine(Engine):
 
     def load(self) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+        from transformers import (
+            AutoModelForCausalLM,
+            AutoModelForImageTextToText,
+            AutoProcessor,
+            AutoTokenizer,
+            GenerationConfig,
+        )
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
         options = dict(self.config.options)
@@ -50,7 +60,15 @@ class TransformersEngine(Engine):
             if key in options
         }
         self._refuse_unknown(options)
-        if str(device).startswith("cpu"):
+        family = self.config.family
+        self._vision = "vision" in family.get("model_ability", [])
+        if self._vision and batching:
+            raise InvalidRequest(
+                f"{next(iter(batching))} is a continuous-batching option; a vision model on "
+                "transformers answers one request at a time",
+                param=next(iter(batching)),
+            )
+        if str(device).startswith("cpu") and not self._vision:
             # Without a GPU to measure, the cache would be sized for one; a few thousand tokens
             # of KV cache keep a CPU machine's memory in hand.
             batching.setdefault("num_blocks", 64)
@@ -58,21 +76,24 @@ class TransformersEngine(Engine):
             batching.setdefault("max_batch_tokens", 512)
 
         path = self.config.model_path
-        family = self.config.family
-        self._tokenizer = AutoTokenizer.from_pretrained(
-            path, trust_remote_code=trust_remote_code, local_files_only=True
-        )
-        if family.get("chat_template"):
-            self._tokenizer.chat_template = family["chat_template"]
-        self._model = AutoModelForCausalLM.from_pretrained(
-            path,
-            dtype=dtype,
-            device_map=device,
-            trust_remote_code=trust_remote_code,
-            local_files_only=True,
+        loading = {"trust_remote_code": trust_remote_code, "local_files_only": True}
+        if self._vision:
+            # The processor renders the template and turns images into the model's inputs.
+            self._processor = AutoProcessor.from_pretrained(path, **loading)
+            self._tokenizer = self._processor.tokenizer
+            if family.get("chat_template"):
+                self._processor.chat_template = family["chat_template"]
+            model_class: Any = AutoModelForImageTextToText
+        else:
+            self._tokenizer = AutoTokenizer.from_pretrained(path, **loading)
+            if family.get("chat_template"):
+                self._tokenizer.chat_template = family["chat_template"]
+            model_class = AutoModelForCausalLM
+        self._model = model_class.from_pretrained(
+            path, dtype=dtype, device_map=device, **loading
         ).eval()
         self._context = int(
-            getattr(self._model.config, "max_position_embeddings", None)
+            getattr(self._model.config.get_text_config(), "max_position_embeddings", None)
             or family.get("context_length", 4096)
         )
         eos = self._model.generation_config.eos_token_id
@@ -81,6 +102,15 @@ class TransformersEngine(Engine):
             eos.append(self._tokenizer.eos_token_id)
         self._eos = sorted({*eos, *family.get("stop_token_ids", [])}) or [-1]
         self._stops: list[str] = list(family.get("stop") or [])
+        self._tags = reasoning.tags_of(family)
+        # top_k's "no limit" is the width of the logits, which the tokenizer's length may not be.
+        self._vocab = int(self._model.get_output_embeddings().weight.shape[0])
+        self._pad = self._tokenizer.pad_token_id or self._eos[0]
+        if self._vision:
+            self._manager = None
+            self._slots = 1
+            self._generating = threading.Lock()
+            return
 
         # Sampling processors exist only if the base config departs from their defaults; each
         # request then sets its own temperature, top_p and top_k.
@@ -91,7 +121,7 @@ class TransformersEngine(Engine):
             top_k=50,
             max_new_tokens=256,
             eos_token_id=self._eos,
-            pad_token_id=self._tokenizer.pad_token_id or self._eos[0],
+            pad_token_id=self._pad,
         )
         config = ContinuousBatchingConfig(
             per_request_processors=True, return_logprobs=True, **batching
@@ -101,23 +131,33 @@ class TransformersEngine(Engine):
         )
         self._manager.start()
         self._slots = int(batching.get("max_requests_per_batch") or _DEFAULT_SLOTS)
-        # top_k's "no limit" is the width of the logits, which the tokenizer's length may not be.
-        self._vocab = int(self._model.get_output_embeddings().weight.shape[0])
 
     def slots(self) -> int:
         return self._slots
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._manager.stop(block=False)
+        if self._manager is not None:
+            with contextlib.suppress(Exception):
+                self._manager.stop(block=False)
 
     # requests ------------------------------------------------------------------------
 
     async def chat(self, request: Json) -> Json:
-        return await _whole(self._generate(request, self._chat_prompt(request), chat=True))
+        prompt = self._chat_prompt(request)
+        answer = await _whole(self._generate(request, prompt, chat=True))
+        if self._tags is not None:
+            opened = reasoning.opens(prompt.text, self._tags)
+            answer = reasoning.split_answer(answer, self._tags, opened)
+        return answer
 
     def chat_stream(self, request: Json) -> AsyncIterator[Json]:
-        return self._generate(request, self._chat_prompt(request), chat=True, stream=True)
+        prompt = self._chat_prompt(request)
+        chunks = self._generate(request, prompt, chat=True, stream=True)
+        if self._tags is not None:
+            chunks = reasoning.split_chunks(
+                chunks, self._tags, reasoning.opens(prompt.text, self._tags)
+            )
+        return chunks
 
     async def complete(self, request: Json) -> Json:
         return await _whole(self._generate(request, self._text_prompt(request), chat=False))
@@ -125,7 +165,7 @@ class TransformersEngine(Engine):
     def complete_stream(self, request: Json) -> AsyncIterator[Json]:
         return self._generate(request, self._text_prompt(request), chat=False, stream=True)
 
-    def _chat_prompt(self, request: Json) -> list[int]:
+    def _chat_prompt(self, request: Json) -> _Prompt:
         self._refuse_unsupported(request)
         if not self._tokenizer.chat_template:
             raise UnsupportedOperation(
@@ -133,27 +173,43 @@ class TransformersEngine(Engine):
                 "or register it with a chat_template",
                 param="messages",
             )
-        ids = self._tokenizer.apply_chat_template(
-            request["messages"],
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=False,
-            **(request.get("chat_template_kwargs") or {}),
+        kwargs = request.get("chat_template_kwargs") or {}
+        if self._vision:
+            messages = hf_vision.processor_messages(request["messages"])
+            inputs = self._processor.apply_chat_template(
+                messages,
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
+                return_tensors="pt",
+                **kwargs,
+            ).to(self._model.device)
+            for name, value in inputs.items():  # pixels in the model's own precision
+                if value.is_floating_point():
+                    inputs[name] = value.to(self._model.dtype)
+            ids = inputs["input_ids"][0].tolist()
+            return _Prompt(ids, str(self._tokenizer.decode(ids[-16:])), inputs)
+        # Rendered as text first, to see whether it opens a thinking block, then tokenized
+        # as apply_chat_template would (the template writes the special tokens itself).
+        text = str(
+            self._tokenizer.apply_chat_template(
+                request["messages"], add_generation_prompt=True, tokenize=False, **kwargs
+            )
         )
-        return list(ids)
+        return _Prompt(list(self._tokenizer(text, add_special_tokens=False)["input_ids"]), text)
 
-    def _text_prompt(self, request: Json) -> list[int]:
+    def _text_prompt(self, request: Json) -> _Prompt:
         self._refuse_unsupported(request)
         prompt = request["prompt"]
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
-            return list(prompt)
+            return _Prompt(list(prompt), "")
         if isinstance(prompt, list):
             if len(prompt) != 1:
                 raise UnsupportedOperation(
                     "the transformers engine takes one prompt per request", param="prompt"
                 )
             prompt = prompt[0]
-        return list(self._tokenizer(prompt)["input_ids"])
+        return _Prompt(list(self._tokenizer(prompt)["input_ids"]), prompt)
 
     def _refuse_unsupported(self, request: Json) -> None:
         engine = "on the transformers engine"
@@ -175,10 +231,15 @@ class TransformersEngine(Engine):
             raise UnsupportedOperation(
                 f"top_logprobs are not available {engine}; logprobs are", param="top_logprobs"
             )
+        if self._vision and request.get("logprobs"):
+            raise UnsupportedOperation(
+                f"logprobs are not available for a vision model {engine}", param="logprobs"
+            )
 
     async def _generate(
-        self, request: Json, prompt: list[int], chat: bool, stream: bool = False
+        self, request: Json, given: _Prompt, chat: bool, stream: bool = False
     ) -> AsyncIterator[Json]:
+        prompt = given.ids
         if len(prompt) >= self._context:
             raise InvalidRequest(
                 f"the prompt is {len(prompt)} tokens; this model's context is {self._context}",
@@ -199,7 +260,7 @@ class TransformersEngine(Engine):
         shape = _Shape(self.config.model_uid, chat, stream, bool(request.get("logprobs")))
         eos = [-1] if request.get("ignore_eos") else self._eos
         stops += self._stops
-        streams = [self._one(prompt, max_tokens, stops, sampling, eos, stream) for _ in range(n)]
+        streams = [self._one(given, max_tokens, stops, sampling, eos, stream) for _ in range(n)]
         if stream:
             merged = _merge(streams, shape)
             try:
@@ -228,7 +289,7 @@ class TransformersEngine(Engine):
 
     async def _one(
         self,
-        prompt: list[int],
+        prompt: _Prompt,
         max_tokens: int,
         stops: list[str],
         sampling: dict[str, Any],
@@ -236,32 +297,16 @@ class TransformersEngine(Engine):
         stream: bool,
     ) -> AsyncGenerator[_Step, None]:
         """One sequence: its text as it grows, ending at EOS, a stop string or max_tokens."""
-        request_id = uuid.uuid4().hex
-        outputs: asyncio.Queue[Any] = asyncio.Queue()
-        self._manager.register_result_handler(request_id, outputs.put_nowait)
-        added = self._manager.add_request(
-            prompt,
-            request_id=request_id,
-            max_new_tokens=max_tokens,
-            # Token by token only where someone reads them (a stream) or a stop string may
-            # end the sequence early; a whole answer otherwise arrives once.
-            streaming=stream or bool(stops),
-            eos_token_id=eos,
-            **sampling,
-        )
-        if added is None:
-            self._forget(request_id)
-            raise RuntimeError("the generation loop is not accepting requests (it stopped)")
-        finished = False
+        # Token by token only where someone reads them (a stream) or a stop string may end
+        # the sequence early; a whole answer otherwise arrives once.
+        if prompt.inputs is not None:
+            source = self._generated(prompt.inputs, max_tokens, sampling, eos)
+        else:
+            source = self._batched(prompt.ids, max_tokens, sampling, eos, stream or bool(stops))
         text, sent = "", 0
         detokenizer = _Detokenizer(self._tokenizer, set(eos))
-        try:
-            while not finished:
-                output = await outputs.get()
-                if output.error:
-                    raise RuntimeError(f"generation failed: {output.error}")
-                tokens = output.generated_tokens
-                finished = output.is_finished()
+        async with contextlib.aclosing(source):
+            async for tokens, finished, logprobs in source:
                 text += detokenizer.add(tokens)
                 reason = None
                 cut = _first_stop(text, stops, sent)
@@ -271,25 +316,79 @@ class TransformersEngine(Engine):
                     reason = "length" if len(tokens) >= max_tokens else "stop"
                 elif _partial_stop(text, stops):
                     continue  # hold back what could be the start of a stop string
-                yield _Step(
-                    text[sent:],
-                    reason,
-                    len(prompt),
-                    len(tokens),
-                    list(output.logprobs or []),
-                    tokens,
-                )
+                yield _Step(text[sent:], reason, len(prompt.ids), len(tokens), logprobs, tokens)
                 sent = len(text)
+                if finished:
+                    return  # closing the source stops a sequence a stop string ended
+
+    async def _batched(
+        self,
+        prompt: list[int],
+        max_tokens: int,
+        sampling: dict[str, Any],
+        eos: list[int],
+        streaming: bool,
+    ) -> AsyncGenerator[tuple[list[int], bool, list[float]], None]:
+        """A sequence in the continuous batch: its tokens, whether it is done, logprobs."""
+        assert self._manager is not None
+        request_id = uuid.uuid4().hex
+        outputs: asyncio.Queue[Any] = asyncio.Queue()
+        self._manager.register_result_handler(request_id, outputs.put_nowait)
+        added = self._manager.add_request(
+            prompt,
+            request_id=request_id,
+            max_new_tokens=max_tokens,
+            streaming=streaming,
+            eos_token_id=eos,
+            **sampling,
+        )
+        if added is None:
+            self._forget(request_id)
+            raise RuntimeError("the generation loop is not accepting requests (it stopped)")
+        finished = False
+        try:
+            while not finished:
+                output = await outputs.get()
+                if output.error:
+                    raise RuntimeError(f"generation failed: {output.error}")
+                finished = output.is_finished()
+                yield list(output.generated_tokens), finished, list(output.logprobs or [])
         finally:
             if not finished:
                 self._manager.cancel_request(request_id)  # a stop string, abort or disconnect
             self._forget(request_id)
 
+    async def _generated(
+        self, inputs: Any, max_tokens: int, sampling: dict[str, Any], eos: list[int]
+    ) -> AsyncGenerator[tuple[list[int], bool, list[float]], None]:
+        """A vision model's sequence, from `generate` (no logprobs on this path)."""
+        settings = {
+            "max_new_tokens": max_tokens,
+            "do_sample": sampling["top_k"] != 1,
+            **sampling,
+            "eos_token_id": None if eos == [-1] else eos,
+            "pad_token_id": self._pad,
+        }
+        async for tokens, finished in hf_vision.generated(
+            self._model, inputs, settings, self._generating
+        ):
+            yield tokens, finished, []
+
     def _forget(self, request_id: str) -> None:
         # A cancelled request never delivers a final output, so its handler would stay.
+        assert self._manager is not None
         router = self._manager.output_router
         with router._lock:
             router.result_handlers.pop(request_id, None)
+
+
+class _Prompt(NamedTuple):
+    """A request's prompt: its tokens, its text (to see how it ends), and for a vision model
+    the processor's inputs (tokens and pixels together)."""
+
+    ids: list[int]
+    text: str
+    inputs: Any = None
 
 
 class _Detokenizer:

@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from inferd.engines import reasoning
 from inferd.engines.base import Engine, Json, flag, with_stops
 from inferd.errors import InferdError, InvalidRequest, ModelUnavailable
 from inferd.runtime.gpus import Need, has_nvidia_gpu
@@ -51,6 +52,22 @@ _TOOL_PARSERS = (
     ("glm-4", "glm45"),
     ("kimi-k2", "kimi_k2"),
     ("gpt-oss", "openai"),
+)
+
+# vLLM's reasoning parsers for the catalogue's reasoning families (the first prefix wins), so
+# thinking comes back apart from the answer without the `reasoning_parser` option.
+_REASONING_PARSERS = (
+    ("qwen3", "qwen3"),
+    ("qwq", "deepseek_r1"),
+    ("deepseek-r1", "deepseek_r1"),
+    ("deepseek-v3.1", "deepseek_v3"),
+    ("glm-4.5", "glm45"),
+    ("glm-z1", "deepseek_r1"),
+    ("phi-4-reasoning", "deepseek_r1"),
+    ("gpt-oss", "openai_gptoss"),
+    ("granite", "granite"),
+    ("hunyuan", "hunyuan_a13b"),
+    ("seed-oss", "seed_oss"),
 )
 
 
@@ -165,11 +182,17 @@ class VLLMEngine(Engine):
             arguments["default_chat_template_kwargs"] = {"enable_thinking": bool(thinking)}
         if "tools" in family.get("model_ability", []) and "tool_call_parser" not in options:
             # A custom model calls tools the way the built-in family it names does.
-            parser = _tool_parser(family.get("model_family") or "") or _tool_parser(
-                self.config.model_name
+            parser = _by_prefix(_TOOL_PARSERS, family.get("model_family") or "") or (
+                _by_prefix(_TOOL_PARSERS, self.config.model_name)
             )
             if parser is not None:
                 arguments["tool_call_parser"] = parser
+        if "reasoning" in family.get("model_ability", []) and "reasoning_parser" not in options:
+            parser = _by_prefix(_REASONING_PARSERS, family.get("model_family") or "") or (
+                _by_prefix(_REASONING_PARSERS, self.config.model_name)
+            )
+            if parser is not None:
+                arguments["reasoning_parser"] = parser
         if options.get("tool_call_parser") or arguments.get("tool_call_parser"):
             arguments.setdefault("enable_auto_tool_choice", True)
         if self.config.loras:
@@ -251,6 +274,9 @@ class VLLMEngine(Engine):
         if isinstance(result, ErrorResponse):
             raise _from_error(result.error.model_dump())
         body: Json = result.model_dump(mode="json")
+        for choice in body.get("choices") or []:
+            if isinstance(choice.get("message"), dict):
+                reasoning.name_both_ways(choice["message"])
         return body
 
     async def _stream(self, create: Any, request: Any) -> AsyncIterator[bytes]:
@@ -269,7 +295,10 @@ class VLLMEngine(Engine):
                     data = line[6:]
                     if data.startswith('{"error"'):
                         raise _from_error(orjson.loads(data)["error"])
-                    yield data.encode()
+                    if '"reasoning":"' in data or '"reasoning_content":"' in data:
+                        yield _both_reasoning_names(data)
+                    else:
+                        yield data.encode()
 
     @contextlib.contextmanager
     def _errors(self) -> Any:
@@ -295,6 +324,15 @@ class VLLMEngine(Engine):
             raise
 
 
+def _both_reasoning_names(data: str) -> bytes:
+    """A chunk carrying thinking, under both names clients read it by."""
+    chunk = orjson.loads(data)
+    for choice in chunk.get("choices") or []:
+        if isinstance(choice.get("delta"), dict):
+            reasoning.name_both_ways(choice["delta"])
+    return orjson.dumps(chunk)
+
+
 def _max_rank(folders: Any) -> int:
     """The largest rank among PEFT adapters, rounded up to one vLLM accepts."""
     rank = 8
@@ -315,11 +353,11 @@ def _installed(distribution: str) -> bool:
     return True
 
 
-def _tool_parser(model_name: str) -> str | None:
+def _by_prefix(table: tuple[tuple[str, str], ...], model_name: str) -> str | None:
     name = model_name.lower()
     if not name:
         return None
-    return next((parser for prefix, parser in _TOOL_PARSERS if name.startswith(prefix)), None)
+    return next((parser for prefix, parser in table if name.startswith(prefix)), None)
 
 
 def _as_argv(action: Any, value: Any) -> list[str]:

@@ -75,18 +75,6 @@ def chat_body(request: Conversation, uid: str) -> Json:
     return body
 
 
-def has_images(request: Conversation) -> bool:
-    for message in request.messages:
-        for block in message.content if isinstance(message.content, list) else []:
-            if isinstance(block, ImageBlock):
-                return True
-            if isinstance(block, ToolResultBlock) and any(
-                isinstance(part, ImageBlock) for part in block.content or []
-            ):
-                return True
-    return False
-
-
 def _messages(message: Message) -> list[Json]:
     if isinstance(message.content, str):
         return [{"role": message.role, "content": message.content}]

@@ -9,6 +9,7 @@ from fastapi.responses import Response
 
 from inferd.api.anthropic import convert
 from inferd.api.anthropic.protocol import Conversation, CountTokensRequest, MessagesRequest
+from inferd.api.chat_images import inline_images
 from inferd.api.deps import manager as _manager
 from inferd.api.protocol import chat_request
 from inferd.api.proxy import opened_stream, whole_answer
@@ -24,21 +25,24 @@ def _model(manager: ModelManager, request: Conversation) -> ModelInstance:
     instance.require("chat", "Anthropic's Messages API")
     if request.tools and not (request.tool_choice and request.tool_choice.type == "none"):
         instance.require("tools", "tool calls", param="tools")
-    if convert.has_images(request):
-        instance.require("vision", "images in messages", param="messages")
     return instance
 
 
-def _engine_body(request: Conversation, uid: str) -> dict:
-    """Checked as any chat request is (tool names, lengths, ...) on its way to the engine."""
-    return chat_request(convert.chat_body(request, uid)).engine_body(uid)
+async def _engine_body(
+    manager: ModelManager, request: Conversation, instance: ModelInstance
+) -> dict:
+    """Checked as any chat request is (tool names, lengths, images, ...) on its way to the
+    engine."""
+    body = chat_request(convert.chat_body(request, instance.uid)).engine_body(instance.uid)
+    await inline_images(instance, body, manager.settings, field="messages")
+    return body
 
 
 @router.post("", response_model=None)
 async def messages(body: MessagesRequest, request: Request) -> Response:
     manager = _manager(request)
     instance = _model(manager, body)
-    chat = _engine_body(body, instance.uid)
+    chat = await _engine_body(manager, body, instance)
     if not body.stream:
         answer = await whole_answer(manager, instance, "/chat/completions", chat, request)
         return _json(convert.message(answer, body.model))
@@ -59,7 +63,7 @@ async def count_tokens(body: CountTokensRequest, request: Request) -> dict:
     the prompt and writes one token, whose usage counts it exactly."""
     manager = _manager(request)
     instance = _model(manager, body)
-    chat = _engine_body(body, instance.uid)
+    chat = await _engine_body(manager, body, instance)
     chat["max_tokens"] = 1
     chat.pop("tool_choice", None)  # a required call would only make the one token longer
     answer = await whole_answer(manager, instance, "/chat/completions", chat, request)

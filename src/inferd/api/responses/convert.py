@@ -177,14 +177,6 @@ def _content(content: Any, i: int, text_only: bool = False) -> str | list[Json]:
     return parts
 
 
-def has_images(messages: list[Json]) -> bool:
-    return any(
-        isinstance(m.get("content"), list)
-        and any(p.get("type") == "image_url" for p in m["content"])
-        for m in messages
-    )
-
-
 def response(
     request: ResponsesRequest,
     response_id: str,

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from inferd.api.auth import check_model
+from inferd.api.chat_images import inline_images
 from inferd.api.deps import manager as _manager
 from inferd.api.protocol import chat_request
 from inferd.api.proxy import opened_stream, whole_answer
@@ -52,9 +53,8 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     if not items and not history:
         raise InvalidRequest("input is empty", param="input")
     chat = convert.chat_body(body, [*history, *items], instance.uid)
-    if convert.has_images(chat["messages"]):
-        instance.require("vision", "images in input", param="input")
     engine_body = chat_request(chat).engine_body(instance.uid)
+    await inline_images(instance, engine_body, manager.settings, field="input")
     response_id = convert.new_id("resp")
 
     async def keep(final: dict) -> None:
