@@ -18,6 +18,7 @@ import anthropic
 import httpx
 import ollama
 import pytest
+from xinference_client import RESTfulClient
 
 from tests.conftest import LLM, InferdServer, custom_model, local_llm
 
@@ -189,3 +190,20 @@ def test_transformers_engine_thinking(launched: InferdServer, tiny_llama: Path) 
         body = httpx.post(f"{launched.url}/v1/chat/completions", json=off, timeout=120).json()
         message = body["choices"][0]["message"]
         assert "reasoning_content" not in message and message["content"]
+
+        # Launched with thinking off, that is every request's default.
+        xclient = RESTfulClient(launched.url)
+        quiet = xclient.launch_model(
+            model_name="tiny-thinker",
+            model_type="LLM",
+            model_uid="tiny-quiet",
+            model_engine="transformers",
+            enable_thinking=False,
+        )
+        try:
+            asked["model"] = quiet
+            body = httpx.post(f"{launched.url}/v1/chat/completions", json=asked, timeout=120)
+            message = body.json()["choices"][0]["message"]
+            assert "reasoning_content" not in message and message["content"]
+        finally:
+            xclient.terminate_model(quiet)

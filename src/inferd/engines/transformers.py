@@ -54,6 +54,9 @@ class TransformersEngine(Engine):
         device = options.pop("device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = options.pop("dtype", "auto")
         trust_remote_code = flag(options, "trust_remote_code")
+        thinking = options.pop("enable_thinking", None)
+        # The launch's thinking switch is every request's default; a request may say otherwise.
+        self._template_kwargs = {} if thinking is None else {"enable_thinking": bool(thinking)}
         batching = {
             key: options.pop(key)
             for key in ("max_batch_tokens", "num_blocks", "page_size", "max_requests_per_batch")
@@ -173,7 +176,7 @@ class TransformersEngine(Engine):
                 "or register it with a chat_template",
                 param="messages",
             )
-        kwargs = request.get("chat_template_kwargs") or {}
+        kwargs = {**self._template_kwargs, **(request.get("chat_template_kwargs") or {})}
         if self._vision:
             messages = hf_vision.processor_messages(request["messages"])
             inputs = self._processor.apply_chat_template(
