@@ -41,7 +41,16 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
 
-test: lint $(CHROMIUM)
+# The coding agents tests/test_agents.py drives (Codex CLI, Claude Code), pinned by
+# tests/agents/package-lock.json; Node and npm come from Debian where the machine has none.
+AGENTS := tests/agents/node_modules/.installed
+$(AGENTS): tests/agents/package.json tests/agents/package-lock.json
+	command -v npm >/dev/null || ($(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm)
+	npm ci --prefix tests/agents --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: lint $(CHROMIUM) $(AGENTS)
 	$(VENV)/bin/pytest
 
 # inferd beside the engines alone (and Xinference, with XINFERENCE_VENV=path/to/its/venv),
