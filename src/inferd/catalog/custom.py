@@ -47,6 +47,7 @@ _SPEC_FIELDS = {
     "model_hub",
     "model_file_name_template",
     "model_uri",
+    "multimodal_projectors",
 }
 _HUBS = {"huggingface", "modelscope"}
 # Xinference's rerank "type": "unknown" lets it detect the kind, which for the folders inferd

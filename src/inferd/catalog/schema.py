@@ -82,6 +82,11 @@ class ModelSpec(BaseModel):
     model_file_name_template: str | None = Field(
         default=None, description="For GGUF: file name in the repo, with {quantization}"
     )
+    multimodal_projectors: list[str] = Field(
+        default_factory=list,
+        description="For GGUF: the vision projector (mmproj) files beside the weights, in the "
+        "same repository or folder; llama.cpp sees images through one of them",
+    )
     package: PackageSource | None = None
     model_uri: str | None = Field(
         default=None, description="Local weights of a custom registration (path or file://)"

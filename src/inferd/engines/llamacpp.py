@@ -77,6 +77,11 @@ class LlamaCppEngine(Engine):
         params.api_keys = [self._key]
         if family.get("chat_template"):
             params.chat_template = family["chat_template"]
+        # The vision projector the launch resolved beside the weights (multimodal_projectors).
+        projector = options.pop("mmproj", None)
+        self._sees_images = projector is not None
+        if projector is not None:
+            params.mmproj.path = str(projector)
         for key, value in options.items():
             if not hasattr(params, key):
                 raise InvalidRequest(f"unknown llama.cpp option {key!r}", param=key)
@@ -138,7 +143,8 @@ class LlamaCppEngine(Engine):
         return response.content if response.status_code == 200 else None
 
     async def chat(self, request: Json) -> Json:
-        _refuse_images(request)
+        if not self._sees_images:
+            _refuse_images(request)
         if forced_calls.forced(request):
             constrained = forced_calls.constrain(request)
             return forced_calls.as_calls(await self._call("/v1/chat/completions", constrained))
@@ -154,7 +160,8 @@ class LlamaCppEngine(Engine):
         return answer
 
     def chat_stream(self, request: Json) -> AsyncIterator[Json]:
-        _refuse_images(request)
+        if not self._sees_images:
+            _refuse_images(request)
         if forced_calls.forced(request):
             constrained = forced_calls.constrain(request)
             chunks = self._stream(self._server.handle_chat_completions, constrained)
@@ -250,16 +257,15 @@ class LlamaCppEngine(Engine):
 
 
 def _refuse_images(request: Json) -> None:
-    """llama.cpp sees images only through a model's projector (mmproj) file, which inferd does
-    not load yet: say so rather than let llama.cpp fail the request."""
+    """llama.cpp sees images only through a model's projector (mmproj) file: without one,
+    say so rather than let llama.cpp fail the request."""
     for i, message in enumerate(request.get("messages") or []):
         content = message.get("content")
         for j, part in enumerate(content if isinstance(content, list) else []):
             if isinstance(part, dict) and part.get("type") == "image_url":
                 raise UnsupportedOperation(
-                    "images on llama.cpp need the model's projector (mmproj) file, which inferd "
-                    "does not load yet; serve the model's safetensors on vLLM or transformers "
-                    "for images",
+                    "images on llama.cpp need the model's vision projector (mmproj) file; this "
+                    "model's spec lists none in multimodal_projectors",
                     param=f"messages[{i}].content[{j}]",
                 )
 

@@ -48,6 +48,12 @@ class LaunchRequest(BaseModel):
     worker_ip: str | None = None
     replica_config: list[dict[str, Any]] | None = None
     enable_thinking: bool | None = None
+    multimodal_projector: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Which of a GGUF spec's multimodal_projectors llama.cpp loads (the first "
+        "unless named)",
+    )
     enable_virtual_env: bool | None = None
     virtual_env_packages: list[str] | None = None
     virtual_env_find_links: list[str] | None = None

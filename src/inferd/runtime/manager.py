@@ -52,7 +52,12 @@ from inferd.runtime.replica import ProcessFactory, Replica
 from inferd.settings import Settings
 from inferd.storage.download import DownloadProgress, download
 from inferd.storage.paths import confined
-from inferd.storage.resolve import cache_dir_for, cached_weights, find_local_weights
+from inferd.storage.resolve import (
+    cache_dir_for,
+    cached_weights,
+    find_local_weights,
+    projector_file,
+)
 from inferd.storage.state import StateStore
 
 log = logging.getLogger("inferd.manager")
@@ -391,8 +396,17 @@ class ModelManager:
             request = instance.request
             path = await self._weights(instance)
             options = request.engine_options
+            if "mmproj" in options:
+                raise InvalidRequest(
+                    "name the vision projector with multimodal_projector (one of the spec's "
+                    "multimodal_projectors, beside the weights), not as a path",
+                    param="mmproj",
+                )
             if request.n_gpu == 0:
                 options = {**instance.engine.cpu_options, **options}
+            projector = projector_file(instance.spec, path, request.multimodal_projector)
+            if projector is not None:
+                options = {**options, "mmproj": str(projector)}
             config = EngineConfig(
                 model_uid=uid,
                 engine=instance.engine.name,

@@ -92,6 +92,8 @@ def select_files(files: list[RemoteFile], spec: ModelSpec, quantization: str) ->
         if not chosen:
             # Hubs differ in case: Q4_K_M vs q4_k_m.
             chosen = [f for f in files if f.path.lower() == name.lower()]
+        if chosen:  # the vision projectors go beside the weights
+            chosen += [f for f in files if f.path in spec.multimodal_projectors]
         return chosen
     has_safetensors = any(fnmatch.fnmatch(f.path, "*.safetensors") for f in files)
     weights = _WEIGHT_FORMATS if has_safetensors else ("*.bin",)

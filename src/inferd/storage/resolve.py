@@ -54,6 +54,31 @@ def find_local_weights(
     return None
 
 
+def projector_file(spec: ModelSpec, weights: Path, chosen: str | None) -> Path | None:
+    """The vision projector (mmproj) llama.cpp should load beside a GGUF: the one the launch
+    named, else the spec's first; None for a spec without any."""
+    names = spec.multimodal_projectors
+    if chosen is not None and chosen not in names:
+        listed = ", ".join(names) or "none"
+        raise InvalidRequest(
+            f"multimodal_projector {chosen!r} is not one of this model's projectors ({listed})",
+            param="multimodal_projector",
+        )
+    name = chosen or (names[0] if names else None)
+    if name is None or spec.model_format != "ggufv2":
+        return None
+    path = Path(name).expanduser()
+    if not path.is_absolute():
+        path = (weights if weights.is_dir() else weights.parent) / path
+    path = confined(path, "multimodal_projector")
+    if not path.is_file():
+        raise ModelFilesUnavailable(
+            f"the vision projector {name!r} is not beside the weights (looked for {path})",
+            param="multimodal_projector",
+        )
+    return path
+
+
 def check_local_weights(path: Path, model_format: str, param: str = "model_path") -> Path:
     """The file or folder an engine loads from a user's path, or a 400 saying what is wrong
     (a 403 if it lies outside INFERD_ALLOWED_PATHS)."""
