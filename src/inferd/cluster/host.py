@@ -53,6 +53,9 @@ class ModelHost:
         ip = ray.util.get_node_ip_address()
         node = self.node()
         if node != self._server_node:
+            options = dict(self._config.options)
+            if "mmproj" in options:  # a vision projector beside GGUF weights travels with them
+                options["mmproj"] = await self._local(options["mmproj"])
             self._config = self._config.model_copy(
                 update={
                     "model_path": await self._local(self._config.model_path),
@@ -60,6 +63,7 @@ class ModelHost:
                         name: await self._local(folder)
                         for name, folder in self._config.loras.items()
                     },
+                    "options": options,
                 }
             )
         # Bound here and handed over, so the port is known before the process runs and no
