@@ -151,6 +151,12 @@ def flag(options: Json, name: str) -> bool:
     raise InvalidRequest(f"{name} must be true or false, not {value!r}", param=name)
 
 
+def json_output(request: Json) -> bool:
+    """Whether the request asks for JSON output (`response_format` json_object or json_schema),
+    which engines constrain by a grammar."""
+    return (request.get("response_format") or {}).get("type") not in (None, "text")
+
+
 def with_stops(request: Json, stops: list[str]) -> Json:
     """The request's own stop strings followed by the model's (its template's end-of-turn)."""
     if not stops:

@@ -7,14 +7,15 @@ one request at a time through `model.generate`; vLLM is the engine that batches 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
+import contextlib
 import io
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
+from inferd.engines.thread_stream import Put, from_thread
 from inferd.errors import InvalidRequest
 
 Json = dict[str, Any]
@@ -80,51 +81,27 @@ async def generated(
     next step."""
     from transformers import StoppingCriteria, StoppingCriteriaList
 
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    stop = threading.Event()
-    done = object()
+    def work(put: Put, stop: threading.Event) -> None:
+        class Stopped(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                import torch
 
-    def deliver(item: Any) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-        except RuntimeError:  # the loop closed: the process is exiting
-            stop.set()
+                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
 
-    class Stopped(StoppingCriteria):
-        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            import torch
+        with lock:  # one generation at a time on the one model
+            if not stop.is_set():
+                model.generate(
+                    **inputs,
+                    **settings,
+                    streamer=_Streamer(put),
+                    stopping_criteria=StoppingCriteriaList([Stopped()]),
+                )
 
-            return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
-
-    streamer = _Streamer(deliver)
-
-    def run() -> None:
-        try:
-            with lock:  # one generation at a time on the one model
-                if not stop.is_set():
-                    model.generate(
-                        **inputs,
-                        **settings,
-                        streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([Stopped()]),
-                    )
-        except Exception as exc:
-            deliver(exc)
-        finally:
-            deliver(done)
-
-    loop.run_in_executor(None, run)
     latest: list[int] = []
     try:
-        while True:
-            item = await queue.get()
-            if item is done:
-                yield latest, True
-                return
-            if isinstance(item, Exception):
-                raise RuntimeError(f"generation failed: {item}") from item
-            latest = item
-            yield latest, False
-    finally:
-        stop.set()
+        async with contextlib.aclosing(from_thread(work)) as tokens:
+            async for latest in tokens:
+                yield latest, False
+    except Exception as exc:
+        raise RuntimeError(f"generation failed: {exc}") from exc
+    yield latest, True

@@ -15,8 +15,9 @@ from typing import Any
 import httpx
 
 from inferd.engines import forced_calls, reasoning
-from inferd.engines.base import Engine, Json, with_stops
+from inferd.engines.base import Engine, Json, json_output, with_stops
 from inferd.engines.ranking import rerank_response
+from inferd.engines.thread_stream import Put, from_thread
 from inferd.errors import InferdError, InvalidRequest, UnsupportedOperation
 
 # Per-slot context when the launch names none: the catalogue's context length can be 128k,
@@ -155,7 +156,8 @@ class LlamaCppEngine(Engine):
                 if len(calls) > 1:
                     choice["message"]["tool_calls"] = calls[:1]
                     choice["finish_reason"] = "tool_calls"
-        if self._tags is not None and not _constrained(request):
+        # JSON output is grammar-shaped from its first token: it leaves no room to think.
+        if self._tags is not None and not json_output(request):
             answer = reasoning.split_answer(answer, self._tags, self._opens[self._thinks(request)])
         return answer
 
@@ -169,7 +171,7 @@ class LlamaCppEngine(Engine):
         chunks = self._stream(self._server.handle_chat_completions, request)
         if request.get("parallel_tool_calls") is False:
             chunks = _one_call(chunks)
-        if self._tags is not None and not _constrained(request):
+        if self._tags is not None and not json_output(request):
             opened = self._opens[self._thinks(request)]
             chunks = reasoning.split_chunks(chunks, self._tags, opened)
         return chunks
@@ -217,43 +219,21 @@ class LlamaCppEngine(Engine):
 
     async def _stream(self, handler: Callable[..., Any], request: Json) -> AsyncIterator[Json]:
         prepared = self._prepare(request, stream=True)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        stop = threading.Event()
-        done = object()
 
-        def put(item: Any) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop closed under us: the process is exiting
-                stop.set()
+        def work(put: Put, stop: threading.Event) -> None:
+            def on_chunk(chunk: Json) -> bool:
+                put(chunk)
+                return stop.is_set()  # True tells llama.cpp to cancel and free the slot
 
-        def on_chunk(chunk: Json) -> bool:
-            put(chunk)
-            return stop.is_set()  # True tells llama.cpp to cancel and free the slot
-
-        def run() -> None:
             try:
                 handler(prepared, on_chunk)
             except ValueError as exc:
-                put(InvalidRequest(str(exc)))
-            except Exception as exc:
-                put(exc)
-            finally:
-                put(done)
+                raise InvalidRequest(str(exc)) from None
 
-        loop.run_in_executor(self._pool, run)
-        try:
-            while True:
-                item = await queue.get()
-                if item is done:
-                    return
-                if isinstance(item, Exception):
-                    raise item
-                _raise_if_error(item)
-                yield item
-        finally:
-            stop.set()
+        async with contextlib.aclosing(from_thread(work, self._pool)) as chunks:
+            async for chunk in chunks:
+                _raise_if_error(chunk)
+                yield chunk
 
 
 def _refuse_images(request: Json) -> None:
@@ -268,11 +248,6 @@ def _refuse_images(request: Json) -> None:
                     "model's spec lists none in multimodal_projectors",
                     param=f"messages[{i}].content[{j}]",
                 )
-
-
-def _constrained(request: Json) -> bool:
-    """Whether a grammar shapes the whole answer (JSON output): it leaves no room to think."""
-    return (request.get("response_format") or {}).get("type") not in (None, "text")
 
 
 async def _one_call(chunks: AsyncIterator[Json]) -> AsyncIterator[Json]:

@@ -20,7 +20,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, NamedTuple
 
 from inferd.engines import hf_vision, reasoning
-from inferd.engines.base import Engine, Json, flag
+from inferd.engines.base import Engine, Json, flag, json_output
 from inferd.errors import InvalidRequest, UnsupportedOperation
 
 # Requests the continuous-batching loop takes at once unless max_requests_per_batch says;
@@ -220,7 +220,7 @@ class TransformersEngine(Engine):
             raise UnsupportedOperation(
                 f"tool calls are not parsed {engine}; launch the model on llama.cpp", param="tools"
             )
-        if (request.get("response_format") or {}).get("type") not in (None, "text"):
+        if json_output(request):
             raise UnsupportedOperation(
                 f"constrained JSON output is not available {engine}; launch it on llama.cpp",
                 param="response_format",
