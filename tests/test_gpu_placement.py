@@ -54,3 +54,26 @@ def test_more_gpus_than_the_machine_has() -> None:
     with pytest.raises(InvalidRequest) as refused:
         Placement({}).place(estimate(GiB, 4), None, gpus(79, 79))
     assert "asks for 4 GPUs and this machine has 2" in refused.value.message
+    assert refused.value.param == "n_gpu"
+
+
+def test_vllm_parallel_sizes_are_the_gpus_it_asks_for() -> None:
+    from inferd.engines.vllm import VLLMEngine
+
+    assert VLLMEngine.gpus_asked({}) is None
+    assert VLLMEngine.gpus_asked({"tensor_parallel_size": 2}) == (2, "tensor_parallel_size")
+    assert VLLMEngine.gpus_asked({"tensor_parallel_size": "2", "pipeline_parallel_size": 2}) == (
+        4,
+        "tensor_parallel_size",
+    )
+    for bad in ({"tensor_parallel_size": 0}, {"pipeline_parallel_size": "two"}):
+        with pytest.raises(InvalidRequest) as refused:
+            VLLMEngine.gpus_asked(bad)
+        assert refused.value.param == next(iter(bad))
+    # Tensor parallel over more GPUs than the machine has names the option that asked.
+    with pytest.raises(InvalidRequest) as refused:
+        Placement({}).place(
+            estimate(GiB, 4), None, gpus(79, 79), count_param="tensor_parallel_size"
+        )
+    assert refused.value.param == "tensor_parallel_size"
+    assert "tensor_parallel_size=4 asks for 4 GPUs and this machine has 2" in refused.value.message

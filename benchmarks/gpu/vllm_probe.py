@@ -2,7 +2,7 @@
 BPE tokenizer trained here (the machine reaches no hub), loaded by vLLM's offline `LLM`; every
 thread's stack is printed if a step hangs, so a hang says where it is.
 
-    python benchmarks/gpu/vllm_probe.py [--size 0.5b|1b|8b] [--eager] [--hang-after S]
+    python benchmarks/gpu/vllm_probe.py [--size 0.5b|1b|3b|8b] [--eager] [--hang-after S]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 SIZES = {  # hidden, intermediate, layers, heads, kv heads
     "0.5b": (1024, 4096, 24, 16, 4),
     "1b": (2048, 8192, 16, 32, 8),
+    "3b": (3072, 8192, 28, 24, 8),
     "8b": (4096, 14336, 32, 32, 8),
 }
 

@@ -67,6 +67,12 @@ class Engine(ABC):
         return estimate(weights, count)
 
     @classmethod
+    def gpus_asked(cls, options: Json) -> tuple[int, str] | None:
+        """How many GPUs the launch's engine options themselves ask for, and the option that
+        asks (vLLM's `tensor_parallel_size`); None where they leave it to `n_gpu`."""
+        return None
+
+    @classmethod
     def context_window(cls, context_length: int, options: Json) -> int | None:
         """The tokens one request may hold, prompt and answer together, as launched with
         `options`; None where the engine checks a request's length itself."""

@@ -102,6 +102,23 @@ class VLLMEngine(Engine):
             )
         return Need(count, None, share, f"{share:.2f} of each GPU (gpu_memory_utilization)")
 
+    @classmethod
+    def gpus_asked(cls, options: Json) -> tuple[int, str] | None:
+        sizes = {}
+        for name in ("tensor_parallel_size", "pipeline_parallel_size"):
+            if options.get(name) is None:
+                continue
+            try:
+                sizes[name] = int(options[name])
+            except (TypeError, ValueError):
+                raise InvalidRequest(f"{name} must be a number of GPUs", param=name) from None
+            if sizes[name] < 1:
+                raise InvalidRequest(f"{name} must be at least 1", param=name)
+        if not sizes:
+            return None
+        count = sizes.get("tensor_parallel_size", 1) * sizes.get("pipeline_parallel_size", 1)
+        return count, next(iter(sizes))
+
     def load(self) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.usage.usage_lib import UsageContext
@@ -178,8 +195,13 @@ class VLLMEngine(Engine):
         }
         if family.get("chat_template"):
             arguments["chat_template"] = family["chat_template"]
-        if self.config.gpus:
+        if self.config.gpus and self.gpus_asked(options) is None:
             arguments["tensor_parallel_size"] = len(self.config.gpus)
+        # Xinference's name for vLLM's `quantization` (quantize at load, e.g. fp8), which a
+        # launch cannot use: there `quantization` picks one of the catalogue's weight files.
+        quantize = options.pop("model_quantization", None)
+        if quantize is not None:
+            arguments["quantization"] = quantize
         thinking = options.pop("enable_thinking", None)
         if thinking is not None:
             arguments["default_chat_template_kwargs"] = {"enable_thinking": bool(thinking)}

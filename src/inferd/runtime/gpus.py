@@ -130,15 +130,22 @@ class Placement:
         return [holder for holder, gpus in self._held.items() if index in gpus]
 
     def place(
-        self, need: Need, gpu_idx: list[int] | None, gpus: list[GPU] | None = None
+        self,
+        need: Need,
+        gpu_idx: list[int] | None,
+        gpus: list[GPU] | None = None,
+        count_param: str = "n_gpu",
     ) -> list[int]:
-        """GPUs for the next process, or a 400 saying why none fit and what would."""
+        """GPUs for the next process, or a 400 saying why none fit and what would.
+
+        `count_param` is the launch field that set how many GPUs (`n_gpu`, or an engine's own
+        option such as vLLM's `tensor_parallel_size`), named when there are too few."""
         gpus = discover() if gpus is None else gpus
         if not gpus:
             raise InvalidRequest(
                 f"this machine has no NVIDIA GPU inferd can use, and the launch asked for "
                 f"{need.count}; launch with n_gpu=0 to run on the CPU",
-                param="gpu_idx" if gpu_idx else "n_gpu",
+                param="gpu_idx" if gpu_idx else count_param,
             )
         by_index = {g.index: g for g in gpus}
         if gpu_idx is not None:
@@ -153,8 +160,9 @@ class Placement:
         else:
             if need.count > len(gpus):
                 raise InvalidRequest(
-                    f"the launch asks for {need.count} GPUs and this machine has {len(gpus)}",
-                    param="n_gpu",
+                    f"{count_param}={need.count} asks for {need.count} GPUs and this machine "
+                    f"has {len(gpus)}: " + ", ".join(g.describe() for g in gpus),
+                    param=count_param,
                 )
             # Free GPUs first (nobody of ours on them), then the emptiest.
             candidates = sorted(gpus, key=lambda g: (bool(self.holders(g.index)), -g.free))

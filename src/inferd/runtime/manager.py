@@ -513,6 +513,18 @@ class ModelManager:
         if "CUDA_VISIBLE_DEVICES" in (request.envs or {}):
             return config.model_copy(update={"gpus": []})  # the user placed it themselves
         count = _gpu_count(request)
+        count_param = "n_gpu"
+        # On a machine without GPUs the same options mean CPU workers (vLLM's CPU build).
+        asked = engine.gpus_asked(config.options) if count != 0 and has_nvidia_gpu() else None
+        if asked is not None:
+            wanted, count_param = asked
+            if count is not None and count != wanted:
+                raise InvalidRequest(
+                    f"{count_param} asks for {wanted} GPU(s) but the launch places it on "
+                    f"{count} (n_gpu/gpu_idx); give one of them, or the same number",
+                    param=count_param,
+                )
+            count = wanted
         if count == 0 or not engine.uses_gpu:
             if has_nvidia_gpu():
                 env["CUDA_VISIBLE_DEVICES"] = ""  # kept off the GPUs others were placed on
@@ -530,7 +542,7 @@ class ModelManager:
             if r.config.gpus
         }
         gpu_idx = _gpu_idx(request)
-        gpus = Placement(held).place(need, gpu_idx)
+        gpus = Placement(held).place(need, gpu_idx, count_param=count_param)
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA's numbering then matches NVML's
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpus)
         log.info("placing %s on GPU %s (%s)", instance.uid, gpus, need.what)

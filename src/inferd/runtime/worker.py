@@ -397,16 +397,23 @@ def main() -> None:
     )
     token = os.environ.pop("INFERD_WORKER_TOKEN", None)
     served: Any = _RequireToken(app, token) if token else app
+    # The server's clients keep an idle connection 15 s (aiohttp's default): the process keeps
+    # it longer, so it is always the client that closes one, never a request racing a close.
+    options: dict[str, Any] = {
+        "log_level": "warning",
+        "timeout_graceful_shutdown": 5,
+        "timeout_keep_alive": 75,
+    }
     if address.startswith("fd:"):
         # The socket as what it is (TCP): uvicorn's own fd= takes any descriptor for a Unix
         # socket, and asyncio then leaves Nagle's algorithm on, which held every answer back
         # ~40 ms for the client's delayed ACK.
         listener = socket.socket(fileno=int(address[3:]))
-        serving = uvicorn.Config(served, log_level="warning", timeout_graceful_shutdown=5)
+        serving = uvicorn.Config(served, **options)
         uvicorn.Server(serving).run(sockets=[listener])
         return
     Path(address).unlink(missing_ok=True)
-    uvicorn.run(served, uds=address, log_level="warning", timeout_graceful_shutdown=5)
+    uvicorn.run(served, uds=address, **options)
 
 
 if __name__ == "__main__":
