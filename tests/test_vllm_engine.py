@@ -296,6 +296,22 @@ def test_unknown_engine_argument_is_refused_by_name(launched: InferdServer, llam
     error = response.json()["error"]
     assert error["param"] == "max_num_seqz" and "vllm serve" in error["message"]
     assert "vllm-bad-args" not in launched.models()
+    # Xinference's name for vLLM's quantize-at-load reaches vLLM, and its refusal names it.
+    response = httpx.post(
+        f"{launched.url}/v1/models",
+        json={
+            "model_name": NAME,
+            "model_uid": "vllm-bad-quantization",
+            "model_engine": "vllm",
+            "model_quantization": "no-such-method",
+        },
+        timeout=120,
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "model_quantization", error
+    assert "no-such-method" in error["message"]
+    assert "vllm-bad-quantization" not in launched.models()
 
 
 def test_lora_adapters_are_chosen_per_request(launched: InferdServer, llama: str) -> None:

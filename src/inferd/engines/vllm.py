@@ -15,6 +15,7 @@ import importlib.metadata
 import io
 import logging
 import os
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -124,9 +125,23 @@ class VLLMEngine(Engine):
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        self._args = self._parse(self._arguments())
+        arguments = self._arguments()
+        self._args = self._parse(arguments)
         engine_args = AsyncEngineArgs.from_cli_args(self._args)
-        vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        try:
+            vllm_config = engine_args.create_engine_config(
+                usage_context=UsageContext.OPENAI_API_SERVER
+            )
+        except ValueError as exc:  # pydantic's ValidationError too: a value vLLM cannot use
+            reason = "; ".join(
+                line.strip()
+                for line in str(exc).splitlines()
+                if line.strip() and "errors.pydantic.dev" not in line
+            )
+            raise InvalidRequest(
+                f"vLLM refused the launch options: {reason}",
+                param=_option_in(reason, self.config.options),
+            ) from None
         self._max_num_seqs = int(vllm_config.scheduler_config.max_num_seqs)
         # Built off the event loop (loading takes a while, and the process must answer its
         # health checks meanwhile); vLLM starts its output handler on the loop of the first
@@ -260,8 +275,12 @@ class VLLMEngine(Engine):
         except SystemExit:
             message = stderr.getvalue().strip().splitlines()
             reason = message[-1] if message else "invalid engine arguments"
+            named = _named_in(reason, arguments)
+            for option, argument in _ALIASES.items():
+                if named == argument and option in self.config.options:
+                    named = option
             raise InvalidRequest(
-                f"vLLM refused the launch options: {reason}", param=_named_in(reason, arguments)
+                f"vLLM refused the launch options: {reason}", param=named
             ) from None
 
     # -- requests ---------------------------------------------------------------------------
@@ -443,6 +462,19 @@ def _as_argv(action: Any, value: Any) -> list[str]:
 
 def _scalar(value: Any) -> str:
     return orjson.dumps(value).decode() if isinstance(value, dict | list) else str(value)
+
+
+# Launch options inferd renames on their way to vLLM: the launch's name, and vLLM's.
+_ALIASES = {"model_quantization": "quantization"}
+
+
+def _option_in(reason: str, options: Json) -> str | None:
+    """The launch option vLLM's message is about, by the word vLLM uses for it."""
+    for name in options:
+        word = _ALIASES.get(name, name)
+        if re.search(rf"\b{re.escape(word)}\b", reason, re.IGNORECASE):
+            return name
+    return None
 
 
 def _named_in(reason: str, arguments: Json) -> str | None:
