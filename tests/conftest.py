@@ -108,6 +108,15 @@ class InferdServer:
         data = httpx.get(f"{self.url}/v1/models", timeout=10).json()["data"]
         return {m["id"]: m for m in data}
 
+    def refused_launch(self, **body: object) -> dict:
+        """A launch the server must refuse with a 400 before anything runs: its error, after
+        checking that no model of that uid was left behind."""
+        response = httpx.post(f"{self.url}/v1/models", json=body, timeout=120)
+        assert response.status_code == 400, response.text
+        assert body["model_uid"] not in self.models()
+        error: dict = response.json()["error"]
+        return error
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)

@@ -88,17 +88,10 @@ def test_launch_paths_are_confined(confined: InferdServer, folders: dict[str, Pa
 
 
 def test_trust_remote_code_must_be_said_plainly(confined: InferdServer) -> None:
-    response = httpx.post(
-        f"{confined.url}/v1/models",
-        json={
-            "model_name": EMBEDDING,
-            "model_type": "embedding",
-            "model_uid": "trusting",
-            "trust_remote_code": "maybe",
-        },
-        timeout=120,
+    error = confined.refused_launch(
+        model_name=EMBEDDING,
+        model_type="embedding",
+        model_uid="trusting",
+        trust_remote_code="maybe",
     )
-    assert response.status_code == 400, response.text
-    error = response.json()["error"]
     assert error["param"] == "trust_remote_code" and "true or false" in error["message"]
-    assert "trusting" not in confined.models()
