@@ -110,6 +110,53 @@ def test_cross_encoder_scores_as_sentence_transformers_does(
     assert answer["usage"]["total_tokens"] > 0
 
 
+def test_concurrent_rerank_requests_share_passes_and_keep_their_own_scores(
+    launched: InferdServer, cross_encoder: str
+) -> None:
+    import asyncio
+
+    queries = [f"{QUERY} ({i})" for i in range(12)]
+
+    async def rank(client: httpx.AsyncClient, query: str) -> dict[str, Any]:
+        body = {"model": cross_encoder, "query": query, "documents": DOCUMENTS}
+        answer = await client.post(f"{launched.url}/v1/rerank", json=body)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    async def rank_all() -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(*(rank(client, q) for q in queries))
+
+    def passes() -> tuple[float, float]:
+        text = httpx.get(f"{launched.url}/metrics").text
+        found = {}
+        for line in text.splitlines():
+            if (
+                line.startswith("inferd_engine_batch_items_")
+                and f'model_uid="{cross_encoder}"' in line
+            ):
+                found[line.split("{")[0]] = float(line.rsplit(" ", 1)[1])
+        return found.get("inferd_engine_batch_items_count", 0), found.get(
+            "inferd_engine_batch_items_sum", 0
+        )
+
+    before = passes()
+    together = asyncio.run(rank_all())
+    after = passes()
+    pairs, count = after[1] - before[1], after[0] - before[0]
+    assert pairs == len(queries) * len(DOCUMENTS)
+    assert count < len(queries)  # some requests' pairs went through one pass together
+    with httpx.Client(timeout=60) as client:
+        for query, shared in zip(queries, together, strict=True):
+            body = {"model": cross_encoder, "query": query, "documents": DOCUMENTS}
+            alone = client.post(f"{launched.url}/v1/rerank", json=body).json()
+            assert [r["index"] for r in shared["results"]] == [r["index"] for r in alone["results"]]
+            assert [r["relevance_score"] for r in shared["results"]] == pytest.approx(
+                [r["relevance_score"] for r in alone["results"]], abs=1e-5
+            )
+            assert shared["usage"] == alone["usage"]
+
+
 def test_documents_as_objects_jina_and_cohere_style(
     launched: InferdServer, cross_encoder: str
 ) -> None:

@@ -1,16 +1,29 @@
 #!/usr/bin/env bash
-# Here, on a machine with PyPI: download vLLM 0.26.0 and the wheels it imports for the GPU machine
-# (Python 3.12, x86_64), and cut them into pieces of at most 58 MiB for `run`'s carry:
-#   .gpu/p0     the small wheels (one piece)
-#   .gpu/p1..p5 the vLLM wheel in parts, p5 with its sha256
+# Here, on a machine with PyPI: download the wheels the GPU machine (Python 3.12, x86_64) lacks.
+#
+#   fetch_wheels.sh server   what inferd's server needs beyond that machine's own packages
+#                            (.gpu/server, 3 MiB: enough for the sentence-transformers and
+#                            transformers engines, e.g. benchmarks/gpu/embeddings.py)
+#   fetch_wheels.sh          vLLM 0.26.0 and the wheels it imports, in pieces of at most 58 MiB
+#                            for `run`'s carry: .gpu/p0 (the small wheels, the server's among
+#                            them) and .gpu/p1..p5 (the vLLM wheel in parts, p5 with its sha256)
 # Then send them with `vllm_h200.sh stash` as benchmarks/gpu/README.md says.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo /.gpu/ >> .git/info/exclude
-mkdir -p .gpu/p0 && cd .gpu
 PLAT=(--only-binary=:all: --no-deps --python-version 3.12 --implementation cp
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64
       --platform manylinux2014_x86_64 --platform any)
+if [ "${1:-}" = server ]; then
+  rm -rf .gpu/server && mkdir -p .gpu/server
+  pip download -q "${PLAT[@]}" -d .gpu/server \
+    fastapi==0.136.3 starlette==1.10.0 uvicorn==0.55.0 pydantic==2.14.4 pydantic_core==2.50.5 \
+    pydantic-settings==2.16.3 python-dotenv==1.2.4 orjson==3.13.0 python-multipart==0.0.34 \
+    annotated-types==0.8.0 typing-inspection==0.4.5 annotated-doc==0.0.7 httptools==0.9.0
+  du -sh .gpu/server
+  exit 0
+fi
+mkdir -p .gpu/p0 && cd .gpu
 SMALL=(
   annotated_types==0.8.0 astor==0.8.1 blake3==1.0.11 cachetools==8.0.2 cbor2==6.3.0
   compressed_tensors==0.17.0 depyf==0.20.0 dill==0.4.1 diskcache==5.6.3 distro==1.9.0

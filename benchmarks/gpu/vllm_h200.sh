@@ -6,6 +6,7 @@
 #
 #   stash DIR     copy a carried piece (or the folder of small wheels) to $STORE
 #   install       join the pieces, check the sha256, install everything into $SITE
+#   server DIR    install the carried wheels of inferd's server (fetch_wheels.sh server) into $SITE
 #   probe [ARGS]  python benchmarks/gpu/vllm_probe.py ARGS with $SITE on the path
 set -euo pipefail
 STORE=${STORE:-/root/gpu}
@@ -26,6 +27,10 @@ install)
         --target "$SITE" ./*.whl
     rm -f vllm.whl.part*
     ;;
+server)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target "$SITE" "$2"/*.whl
+    ;;
 probe)
     shift
     # NVLink multicast stays off on these machines (KINDS.md).
@@ -34,7 +39,7 @@ probe)
         python3 benchmarks/gpu/vllm_probe.py "$@"
     ;;
 *)
-    echo "usage: $0 stash DIR | install | probe [ARGS]" >&2
+    echo "usage: $0 stash DIR | install | server DIR | probe [ARGS]" >&2
     exit 2
     ;;
 esac

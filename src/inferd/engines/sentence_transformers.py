@@ -6,7 +6,6 @@ model launched as rerank, a bi-encoder (query and documents embedded, compared b
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -58,14 +57,19 @@ class SentenceTransformersEngine(Engine):
         self._batcher: DynamicBatcher[str] = DynamicBatcher(
             self._encode, self._pool, max_items=_BATCH
         )
+        # Rerank requests share forward passes too: on a GPU one request's few pairs leave most
+        # of a pass idle, and 32 clients ranking 8 documents each fill it.
+        self._pairs: DynamicBatcher[tuple[str, str]] = DynamicBatcher(
+            self._score_pairs, self._pool, max_items=_BATCH
+        )
 
     def slots(self) -> int:
-        # Embedding requests share forward passes of up to _BATCH texts; ranking runs one
-        # request's pairs at a time.
-        return 1 if self._cross else _BATCH
+        # Requests share forward passes of up to _BATCH texts (or query-document pairs).
+        return _BATCH
 
     def close(self) -> None:
         self._batcher.close()
+        self._pairs.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def embed(self, request: Json) -> Json:
@@ -98,28 +102,37 @@ class SentenceTransformersEngine(Engine):
     async def rerank(self, request: Json) -> Json:
         query: str = request["query"]
         documents: list[str] = request["documents"]
-        scores, tokens = await asyncio.get_running_loop().run_in_executor(
-            self._pool, self._score, query, documents
-        )
+        if self._cross:
+            rows = await self._pairs.submit([(query, document) for document in documents])
+            scores = [score for score, _ in rows]
+            tokens = sum(count for _, count in rows)
+        else:
+            scores, tokens = await self._cosines(query, documents)
         return rerank_response(self.config.model_uid, request, scores, tokens)
 
-    def _score(self, query: str, documents: list[str]) -> tuple[list[float], int]:
-        """Each document's relevance to the query, and the tokens the model read."""
-        if self._cross:
-            pairs = [(query, document) for document in documents]
-            scores = self._model.predict(pairs, batch_size=32, convert_to_numpy=True)
-            encoded = self._model.tokenizer(
-                [query] * len(documents),
-                documents,
-                truncation=True,
-                max_length=self._model.max_length,
-            )
-            tokens = sum(len(ids) for ids in encoded["input_ids"])
-            return [float(s) for s in scores], tokens
-        texts = [query, *documents]
-        tokens = int(self._model.tokenize(texts)["attention_mask"].sum())
-        vectors = self._model.encode(texts, convert_to_numpy=True, normalize_embeddings=True)
-        return [float(v) for v in vectors[1:] @ vectors[0]], tokens
+    async def _cosines(self, query: str, documents: list[str]) -> tuple[list[float], int]:
+        """A bi-encoder's ranking: each document's cosine to the query, its texts embedded in
+        passes shared with other requests."""
+        import numpy as np
+
+        rows = await self._batcher.submit([query, *documents])
+        vectors = np.stack([vector for vector, _ in rows]).astype(np.float32)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = vectors / np.where(norms > 0, norms, 1.0)
+        return [float(v) for v in vectors[1:] @ vectors[0]], sum(count for _, count in rows)
+
+    def _score_pairs(self, pairs: list[tuple[str, str]]) -> list[tuple[float, int]]:
+        """(relevance, token count) per query-document pair, _BATCH pairs to a forward pass."""
+        model = self._model
+        scores = model.predict(pairs, batch_size=_BATCH, convert_to_numpy=True)
+        encoded = model.tokenizer(
+            [query for query, _ in pairs],
+            [document for _, document in pairs],
+            truncation=True,
+            max_length=model.max_length,
+        )
+        counts = [len(ids) for ids in encoded["input_ids"]]
+        return [(float(score), count) for score, count in zip(scores, counts, strict=True)]
 
     def _encode(self, texts: list[str]) -> list[tuple[Any, int]]:
         """(vector, token count) per text, _BATCH texts to a forward pass.

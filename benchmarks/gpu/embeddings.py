@@ -1,0 +1,335 @@
+"""Embeddings and rerank on a GPU: inferd against sentence-transformers alone, same GPU, one run.
+
+The models are random-weight BERTs built here in the shapes people serve (weights' values do not
+change the speed): all-MiniLM-L6-v2's and bge-large-en-v1.5's (embedding: mean pooling,
+normalised) and ms-marco-MiniLM-L6-v2's and bge-reranker-large's (cross-encoders), with a WordPiece
+vocabulary of 30,522 entries made here, so nothing comes from a hub.
+
+An embedding request embeds one text; a rerank request ranks `--docs` texts against a 12-word
+query. Texts are `--words` words long (a query-sized and a chunk-sized length by default).
+
+- sentence-transformers alone, in this process: `encode`/`predict` on one request's worth (what a
+  single client gets) and on 32 and 64 requests' worth at once; the better of the two batched
+  rates is what inferd at 32 clients is held against (the issue's bar: 0.8x).
+- inferd: `inferd serve`, each folder registered as Xinference users do, launched on the GPU,
+  then 1 and 32 clients in a closed loop (clients spread over processes), one model at a time.
+
+    python benchmarks/gpu/embeddings.py [--seconds 8] [--words 12,200] [--docs 8] [--models ...]
+
+Prints one JSON line per measurement and a table at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from compare import Rate, closed_loop  # noqa: E402
+
+# name: (kind, layers, hidden, heads, intermediate, max tokens)
+SHAPES = {
+    "bench-minilm-l6": ("embedding", 6, 384, 12, 1536, 256),
+    "bench-bge-large": ("embedding", 24, 1024, 16, 4096, 512),
+    "bench-minilm-l6-reranker": ("rerank", 6, 384, 12, 1536, 512),
+    "bench-bge-reranker-large": ("rerank", 24, 1024, 16, 4096, 512),
+}
+VOCAB = 30522
+WORDS = " ".join(
+    (
+        "the of and to in is that for it as with was on be by at this from or an are which have",
+        "not has but were they had their been one all can would more will there if its about so",
+        "model server memory request answer engine token batch query document river city water",
+        "light music paper system market energy policy health science history language network",
+    )
+).split(" ")
+JSON = {"Content-Type": "application/json"}
+
+
+def say(record: dict[str, Any]) -> None:
+    print(json.dumps(record), flush=True)
+
+
+# -- models -------------------------------------------------------------------------------
+
+
+def vocabulary(folder: Path) -> Path:
+    """A WordPiece vocabulary: BERT's special tokens, the words used here, letters and
+    word-pieces of letters, filled to BERT's size."""
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *letters]
+    tokens += [f"##{t}" for t in letters] + [".", ",", "?"]
+    tokens += [f"[unused{i}]" for i in range(VOCAB - len(tokens))]
+    path = folder / "vocab.txt"
+    path.write_text("\n".join(tokens) + "\n")
+    return path
+
+
+def build(name: str, root: Path) -> Path:
+    """A sentence-transformers (or cross-encoder) folder of `name`'s shape, random weights."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
+
+    kind, layers, hidden, heads, intermediate, max_tokens = SHAPES[name]
+    folder = root / name
+    folder.mkdir(parents=True)
+    tokenizer = BertTokenizerFast(vocab_file=str(vocabulary(root)), model_max_length=max_tokens)
+    config = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=512,
+    )
+    torch.manual_seed(0)
+    if kind == "rerank":
+        config.num_labels = 1
+        BertForSequenceClassification(config).eval().save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        return folder
+    from sentence_transformers import SentenceTransformer, models
+
+    BertModel(config).eval().save_pretrained(folder / "bert")
+    tokenizer.save_pretrained(folder / "bert")
+    encoder = models.Transformer(str(folder / "bert"), max_seq_length=max_tokens)
+    pooling = models.Pooling(hidden, pooling_mode="mean")
+    SentenceTransformer(modules=[encoder, pooling, models.Normalize()]).save(str(folder))
+    return folder
+
+
+def text(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(words)) + "."
+
+
+# -- sentence-transformers alone ----------------------------------------------------------
+
+
+def rate(call: Callable[[], Any], items: int, seconds: float) -> float:
+    """Items a second over repeated calls, after two calls of warm-up."""
+    import torch
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
+    call(), call()
+    sync()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        call()
+        n += items
+    sync()
+    return n / (time.perf_counter() - start)
+
+
+def alone(
+    name: str, folder: Path, words: int, docs: int, seconds: float, device: str
+) -> dict[str, float]:
+    """Requests a second: one request at a time, and 32 or 64 requests' worth per call."""
+
+    rng = random.Random(1)
+    out: dict[str, float] = {}
+    if SHAPES[name][0] == "embedding":
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(folder), device=device)
+        texts = [text(rng, words) for _ in range(64)]
+        out["single"] = rate(lambda: model.encode(texts[:1]), 1, seconds)
+        for n in (32, 64):
+            out[f"batch{n}"] = rate(lambda n=n: model.encode(texts[:n], batch_size=n), n, seconds)
+    else:
+        from sentence_transformers import CrossEncoder
+
+        model = CrossEncoder(str(folder), device=device)
+        query = text(rng, 12)
+        pairs = [(query, text(rng, words)) for _ in range(64 * docs)]
+        out["single"] = rate(lambda: model.predict(pairs[:docs], batch_size=docs), 1, seconds)
+        for n in (32, 64):
+            size = n * docs
+            out[f"batch{n}"] = rate(
+                lambda size=size: model.predict(pairs[:size], batch_size=min(size, 256)),
+                n,
+                seconds,
+            )
+    return out
+
+
+# -- inferd -------------------------------------------------------------------------------
+
+
+def request(name: str, words: int, docs: int) -> Callable[[aiohttp.ClientSession], Any]:
+    rng = random.Random(2)
+    if SHAPES[name][0] == "embedding":
+        bodies = [
+            json.dumps({"model": name, "input": text(rng, words)}).encode() for _ in range(64)
+        ]
+        path = "/v1/embeddings"
+    else:
+        bodies = [
+            json.dumps(
+                {
+                    "model": name,
+                    "query": text(rng, 12),
+                    "documents": [text(rng, words) for _ in range(docs)],
+                }
+            ).encode()
+            for _ in range(64)
+        ]
+        path = "/v1/rerank"
+    turn = iter(range(1 << 62))
+
+    async def send(client: aiohttp.ClientSession) -> tuple[bool, int]:
+        async with client.post(path, data=bodies[next(turn) % 64], headers=JSON) as response:
+            await response.read()
+            return response.status == 200, 0
+
+    return send
+
+
+def register(base: str, name: str, folder: Path) -> None:
+    kind, *_, max_tokens = SHAPES[name]
+    spec = {"model_format": "pytorch", "quantization": "none", "model_uri": f"file://{folder}"}
+    definition: dict[str, Any] = {
+        "version": 2,
+        "model_name": name,
+        "max_tokens": max_tokens,
+        "language": ["en"],
+        "model_specs": [spec],
+    }
+    if kind == "embedding":
+        definition["dimensions"] = SHAPES[name][2]
+    else:
+        definition["type"] = "normal"
+    answer = httpx.post(f"{base}/v1/model_registrations/{kind}", json={"model": definition})
+    answer.raise_for_status()
+
+
+def served(
+    base: str, name: str, words_list: list[int], docs: int, seconds: float
+) -> dict[int, dict[int, Rate]]:
+    kind = SHAPES[name][0]
+    started = time.time()
+    answer = httpx.post(
+        f"{base}/v1/models", json={"model_name": name, "model_type": kind}, timeout=600
+    )
+    if answer.status_code != 200:
+        raise RuntimeError(f"launch of {name}: {answer.status_code} {answer.text[:2000]}")
+    described = httpx.get(f"{base}/v1/models/{name}").json()
+    say({"model": name, "launched_s": round(time.time() - started, 1), "on": described})
+    out: dict[int, dict[int, Rate]] = {}
+    try:
+        for words in words_list:
+            send = request(name, words, docs)
+            closed_loop(base, {}, 4, 2, send)  # warm-up: the first passes of each shape
+            out[words] = {c: closed_loop(base, {}, c, seconds, send) for c in (1, 32)}
+            for clients, r in out[words].items():
+                say({"server": "inferd", "model": name, "words": words, "clients": clients,
+                     "per_s": round(r.per_second, 1), "p50_ms": round(r.p50 * 1e3, 2),
+                     "p99_ms": round(r.p99 * 1e3, 2), "errors": r.errors})  # fmt: skip
+    finally:
+        httpx.delete(f"{base}/v1/models/{name}", timeout=120)
+    return out
+
+
+def start_server(home: Path, log: Path) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "INFERD_HOME": str(home),
+        "PYTHONPATH": f"{ROOT / 'src'}:{os.environ.get('PYTHONPATH', '')}",
+    }
+    argv = [sys.executable, "-m", "inferd", "serve", "--port", "9997", "--log-level", "warning"]
+    process = subprocess.Popen(
+        argv, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"inferd exited: {log.read_text()[-3000:]}")
+        with suppress(httpx.HTTPError):
+            if httpx.get("http://127.0.0.1:9997/health", timeout=2).status_code == 200:
+                return process
+        time.sleep(0.3)
+    raise RuntimeError("inferd did not start in 120 s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--words", default="12,200")
+    parser.add_argument("--docs", type=int, default=8)
+    parser.add_argument("--models", default=",".join(SHAPES))
+    parser.add_argument("--device", default="cuda", help="cpu: try the script on a machine without")
+    args = parser.parse_args()
+    words_list = [int(w) for w in args.words.split(",")]
+    names = args.models.split(",")
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else None
+    say({"gpu": gpu, "torch": torch.__version__})
+    root = Path(tempfile.mkdtemp(prefix="embed-bench-"))
+    folders = {name: build(name, root / "models") for name in names}
+
+    engine: dict[str, dict[int, dict[str, float]]] = {}
+    for name in names:
+        for words in words_list:
+            measured = alone(name, folders[name], words, args.docs, args.seconds, args.device)
+            engine.setdefault(name, {})[words] = measured
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # the model is gone; its memory goes back for inferd
+            say({"server": "sentence-transformers", "model": name, "words": words,
+                 **{k: round(v, 1) for k, v in measured.items()}})  # fmt: skip
+
+    log = root / "inferd.log"
+    server = start_server(root / "home", log)
+    ours: dict[str, dict[int, dict[int, Rate]]] = {}
+    try:
+        for name in names:
+            register("http://127.0.0.1:9997", name, folders[name])
+            try:
+                ours[name] = served(
+                    "http://127.0.0.1:9997", name, words_list, args.docs, args.seconds
+                )
+            except RuntimeError as exc:
+                say({"model": name, "error": str(exc)})
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(60)
+    say({"inferd_log_tail": log.read_text(errors="replace")[-3000:]})
+
+    unit = {"embedding": "texts/s", "rerank": f"requests/s ({args.docs} docs each)"}
+    print(
+        "\n| model | words | unit | ST one at a time | inferd 1 client | ratio "
+        "| ST batched (best of 32, 64) | inferd 32 clients | ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in names:
+        for words in words_list:
+            st = engine[name][words]
+            got = ours.get(name, {}).get(words)
+            if got is None:
+                continue
+            batched = max(st["batch32"], st["batch64"])
+            one, many = got[1].per_second, got[32].per_second
+            print(
+                f"| {name} | {words} | {unit[SHAPES[name][0]]} | {st['single']:,.0f} | {one:,.0f} "
+                f"| {one / st['single']:.2f} | {batched:,.0f} | {many:,.0f} "
+                f"| {many / batched:.2f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
