@@ -46,8 +46,10 @@ class InferdServer:
         *args: str,
         env: dict[str, str] | None = None,
         preexec: Callable[[], None] | None = None,
+        python: str | None = None,
     ):
         self.home = home
+        self.python = python or sys.executable  # the environment `inferd` is installed in
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -62,7 +64,7 @@ class InferdServer:
         home.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "inferd", "serve", "--port", str(self.port), *args],
+            [self.python, "-m", "inferd", "serve", "--port", str(self.port), *args],
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -91,7 +93,7 @@ class InferdServer:
     ) -> subprocess.CompletedProcess[str]:
         """Runs the real `inferd` CLI on this machine, as a user would."""
         result = subprocess.run(
-            [sys.executable, "-m", "inferd", *args],
+            [self.python, "-m", "inferd", *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -175,7 +177,7 @@ def run_together(*calls: Callable[[], object], timeout: float = 120) -> None:
 def restart(old: InferdServer) -> InferdServer:
     """A new server on the same INFERD_HOME and environment, as after a reboot."""
     extra = {k: v for k, v in old.env.items() if os.environ.get(k) != v}
-    return InferdServer(old.home, env=extra)
+    return InferdServer(old.home, env=extra, python=old.python)
 
 
 def wait_gone(pids: list[int], timeout: float = 15) -> None:

@@ -90,6 +90,12 @@ class LaunchFailed(InvalidRequest):
     code = "launch_failed"
 
 
+class EnvBuildFailed(LaunchFailed):
+    """An engine's environment could not be built; the message carries the installer's reason."""
+
+    code = "engine_env_failed"
+
+
 class ModelUnavailable(InferdError):
     """The model exists but cannot answer now (loading, or its process died)."""
 

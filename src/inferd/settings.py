@@ -64,7 +64,29 @@ class Settings(BaseSettings):
         "that path (a shared filesystem), else copy them into their own cache; `copy`: always",
     )
 
-    @field_validator("allowed_paths", mode="before")
+    engine_env: Literal["auto", "managed", "current"] = Field(
+        default="auto",
+        description="Where model processes run: `auto`, in the server's environment when it has "
+        "the engine and in the engine's own (built on first use) when not; `managed`, in the "
+        "engine's own wherever inferd has a recipe for one; `current`, always in the server's "
+        "(you install the engines)",
+    )
+    wheels: Annotated[list[Path] | None, NoDecode] = Field(
+        default=None,
+        description="Wheel folders engine environments install from before any index "
+        "(os.pathsep-separated); with engine_index_url=none, from nothing else",
+    )
+    engine_index_url: str | None = Field(
+        default=None,
+        description="The package index engine environments install from (default: PIP_INDEX_URL, "
+        "else PyPI); `none`: wheel folders only",
+    )
+    engine_offline: bool = Field(
+        default=False,
+        description="Build engine environments from uv's cache and wheel folders only",
+    )
+
+    @field_validator("allowed_paths", "wheels", mode="before")
     @classmethod
     def _path_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -75,10 +97,16 @@ class Settings(BaseSettings):
         self.home = self.home.expanduser().resolve()
         if self.allowed_paths is not None:
             self.allowed_paths = [p.expanduser().resolve() for p in self.allowed_paths]
+        if self.wheels is not None:
+            self.wheels = [p.expanduser().resolve() for p in self.wheels]
 
     @property
     def cache_dir(self) -> Path:
         return self.home / "cache"
+
+    @property
+    def envs_dir(self) -> Path:
+        return self.home / "envs"
 
     @property
     def logs_dir(self) -> Path:

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from inferd import __version__, ui
 from inferd.api import (
     audio,
+    engine_envs,
     images,
     keys,
     management,
@@ -95,6 +96,7 @@ def create_app(settings: Settings, launch: Sequence[str] = (), restore: bool = T
     app.include_router(audio.router)
     app.include_router(images.router)
     app.include_router(unsupported.router)
+    app.include_router(engine_envs.router)
     app.include_router(management.router)
     app.include_router(system.router)
     app.include_router(ollama.router)

@@ -20,6 +20,7 @@ from inferd.cluster.remote import RemoteModelProcess
 from inferd.engines import engines_for, is_installed, vllm_supported
 from inferd.errors import Conflict, InvalidRequest, NotFound
 from inferd.runtime.launch import LaunchRequest
+from inferd.runtime.manager import ModelManager
 from inferd.runtime.process import read_tail
 from inferd.storage.resolve import VERSION_SEPARATOR, list_cache, remove_cached
 
@@ -267,20 +268,24 @@ async def unregister_model(model_type: str, model_name: str, request: Request) -
 
 @router.get("/v1/engines/{model_name}")
 async def engines_for_name(model_name: str, request: Request) -> dict:
-    return _engine_table(_manager(request).catalog.get(model_name))
+    manager = _manager(request)
+    return _engine_table(manager, manager.catalog.get(model_name))
 
 
 @router.get("/v1/engines/{model_type}/{model_name}")
 async def engines_for_type_and_name(model_type: str, model_name: str, request: Request) -> dict:
-    return _engine_table(_manager(request).catalog.get(model_name, _model_type(model_type)))
+    manager = _manager(request)
+    return _engine_table(manager, manager.catalog.get(model_name, _model_type(model_type)))
 
 
-def _engine_table(family: AnyFamily) -> dict[str, list[dict[str, Any]]]:
-    """Which engine serves which spec of a model, and whether it is installed here."""
+def _engine_table(manager: ModelManager, family: AnyFamily) -> dict[str, list[dict[str, Any]]]:
+    """Which engine serves which spec of a model, whether it is installed here, and whether
+    it runs in an environment of its own instead."""
     table: dict[str, list[dict[str, Any]]] = {}
     for spec in family.model_specs:
         for engine in engines_for(family.model_type, spec.model_format):
-            reason = engine.unusable_here()
+            own = manager.own_env(engine)
+            reason = None if own is not None else engine.unusable_here()
             table.setdefault(engine.name, []).append(
                 {
                     "model_format": spec.model_format,
@@ -289,6 +294,7 @@ def _engine_table(family: AnyFamily) -> dict[str, list[dict[str, Any]]]:
                     "installed": is_installed(engine),
                     "usable": reason is None,
                     "reason": reason,
+                    "engine_env": own or "current",
                 }
             )
     return table

@@ -330,6 +330,9 @@ def _launch_with_progress(client: Client, body: dict[str, Any], uid: str) -> dic
                     if note not in notes:  # why the hub asked for was not used
                         notes.append(note)
                         bar.console.print(f"[yellow]skipped {note}[/yellow]")
+            if install := progress.get("install"):
+                line = (install["message"] or "")[:60]
+                stage = f"installing {install['environment']}: {line}"
             bar.update(task, completed=progress["progress"], stage=stage)
     if "error" in outcome:
         raise outcome["error"]
@@ -471,13 +474,25 @@ def unregister(model_type: str, model_name: str, endpoint: str | None) -> None:
     console.print(f"unregistered {model_name}")
 
 
-@cli.command()
-@click.option("-n", "--model-name", required=True)
+@cli.group(invoke_without_command=True)
+@click.option("-n", "--model-name", default=None, help="Which engines can serve this model.")
 @click.option("-t", "--model-type", default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @endpoint_option
-def engine(model_name: str, model_type: str | None, as_json: bool, endpoint: str | None) -> None:
-    """Which engines can serve a model, for which formats, and whether they run here."""
+@click.pass_context
+def engine(
+    ctx: click.Context,
+    model_name: str | None,
+    model_type: str | None,
+    as_json: bool,
+    endpoint: str | None,
+) -> None:
+    """Engines: which can serve a model (-n NAME), and their environments (install, list,
+    remove)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if model_name is None:
+        raise click.UsageError("give -n MODEL_NAME, or a command: install, list, remove")
     path = f"/v1/engines/{model_type}/{model_name}" if model_type else f"/v1/engines/{model_name}"
     table_data = _request(endpoint, "GET", path)
     if as_json:
@@ -486,14 +501,81 @@ def engine(model_name: str, model_type: str | None, as_json: bool, endpoint: str
     table = Table("Engine", "Format", "Size (B)", "Quantizations", "On this machine")
     for name, rows in table_data.items():
         for row in rows:
+            if not row["usable"]:
+                where = f"no - {row['reason']}"
+            elif row.get("engine_env", "current") != "current":
+                where = f"yes, in its own environment ({row['engine_env']})"
+            else:
+                where = "yes"
             table.add_row(
                 name,
                 row["model_format"],
                 row["model_size_in_billions"].replace("_", "."),
                 ", ".join(row["quantizations"]),
-                "yes" if row["usable"] else f"no - {row['reason']}",
+                where,
             )
     out.print(table)
+
+
+@engine.command("install")
+@click.argument("name")
+@click.option("--version", "version", default=None, help="Default: the newest tested one.")
+@click.option("--package", "packages", multiple=True, help="One more package beside it.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@endpoint_option
+def engine_install(
+    name: str, version: str | None, packages: tuple[str, ...], as_json: bool, endpoint: str | None
+) -> None:
+    """Build an engine's environment now, ahead of the first launch that needs it."""
+    body: dict[str, Any] = {"engine": name, "version": version, "packages": list(packages) or None}
+    with console.status(f"installing {name}{f' {version}' if version else ''} ..."):
+        built = _request(endpoint, "POST", "/v1/engine_environments", json=body, timeout=None)
+    if as_json:
+        click.echo(json.dumps(built, indent=2))
+        return
+    console.print(
+        f"{built['name']} is ready ({built['size_bytes'] / 1e6:,.0f} MB at {built['path']})",
+        highlight=False,
+    )
+
+
+@engine.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@endpoint_option
+def engine_list(as_json: bool, endpoint: str | None) -> None:
+    """The engine environments built here, their size, and the models running in each."""
+    listing = _request(endpoint, "GET", "/v1/engine_environments")
+    if as_json:
+        click.echo(json.dumps(listing, indent=2))
+        return
+    table = Table("Environment", "Engine", "Version", "Size", "Models", "Built")
+    for env in listing["data"]:
+        table.add_row(
+            env["name"],
+            env["engine"],
+            env["version"] + ("" if env["locked"] else " (unlocked)"),
+            f"{env['size_bytes'] / 1e6:,.0f} MB",
+            ", ".join(env["models"]) or "-",
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(env["created"])),
+        )
+    out.print(table)
+    engines = ", ".join(
+        f"{name} ({', '.join(e['locked_versions']) or 'any version you name'})"
+        for name, e in listing["engines"].items()
+    )
+    console.print(
+        f"engines that run in their own environment ({listing['platform']}): {engines}",
+        highlight=False,
+    )
+
+
+@engine.command("remove")
+@click.argument("name")
+@endpoint_option
+def engine_remove(name: str, endpoint: str | None) -> None:
+    """Remove an engine environment no running model uses."""
+    removed = _request(endpoint, "DELETE", f"/v1/engine_environments/{name}")
+    console.print(f"removed {name} ({removed['size_bytes'] / 1e6:,.0f} MB)", highlight=False)
 
 
 @cli.command()

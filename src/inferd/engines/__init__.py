@@ -6,6 +6,7 @@ server can consult this table without paying for them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from inferd.engines.base import Engine, EngineConfig
@@ -56,8 +57,14 @@ def engines_for(model_type: str, model_format: str) -> list[type[Engine]]:
     ]
 
 
-def choose_engine(model_type: str, model_format: str, wanted: str | None) -> type[Engine]:
-    """The engine named by the launch, or the first installed one that serves this format."""
+def choose_engine(
+    model_type: str,
+    model_format: str,
+    wanted: str | None,
+    installable: Callable[[type[Engine]], bool] = lambda engine: False,
+) -> type[Engine]:
+    """The engine named by the launch, or the first usable one that serves this format: one
+    installed here, or one whose own environment can be built (`installable`)."""
     candidates = engines_for(model_type, model_format)
     if wanted is not None:
         engine = next((e for e in ENGINES.values() if e.name.lower() == wanted.lower()), None)
@@ -80,7 +87,7 @@ def choose_engine(model_type: str, model_format: str, wanted: str | None) -> typ
     reasons = []
     for engine in candidates:
         reason = engine.unusable_here()
-        if reason is None:
+        if reason is None or (not engine.installed() and installable(engine)):
             return engine
         reasons.append(f"{engine.name}: {reason}")
     raise InvalidRequest(

@@ -36,6 +36,10 @@ class EngineConfig(BaseModel):
     gpus: list[int] = Field(
         default_factory=list, description="The GPUs placed for it (as CUDA numbers them)"
     )
+    python: str | None = Field(
+        default=None,
+        description="The interpreter of the engine's own environment; None: the server's",
+    )
 
 
 class Engine(ABC):

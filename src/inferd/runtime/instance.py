@@ -17,6 +17,7 @@ from inferd.catalog import (
     RerankFamily,
 )
 from inferd.engines import Engine
+from inferd.envs import EnvPlan
 from inferd.errors import UnsupportedOperation
 from inferd.runtime.admission import Admission
 from inferd.runtime.launch import LaunchRequest
@@ -53,6 +54,8 @@ class ModelInstance:
     replicas: list[Replica] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
     download: DownloadProgress | None = None
+    env_plan: EnvPlan | None = None  # the engine's own environment; None: the server's
+    install_note: str | None = None  # the last line of its build, while it is built
     max_queue: int = 512
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -73,7 +76,7 @@ class ModelInstance:
 
     @property
     def state(self) -> str:
-        if self.phase == LAUNCHING and self.stage in (LOADING, "downloading"):
+        if self.phase == LAUNCHING and self.stage in (LOADING, "downloading", "installing"):
             return self.stage
         if self.phase != READY:
             return self.phase
@@ -135,6 +138,12 @@ class ModelInstance:
             elapsed = time.monotonic() - self.phase_since
             share = min(elapsed / expected, 1.0)
             return {"progress": round(load_from + (0.95 - load_from) * share, 3), "stage": LOADING}
+        if self.stage == "installing" and self.env_plan is not None:
+            return {
+                "progress": 0.02,
+                "stage": "installing",
+                "install": {"environment": self.env_plan.name, "message": self.install_note},
+            }
         fractions = {LAUNCHING: 0.0, RESTORING: 0.0, "resolving": 0.05, RESTARTING: 0.5}
         return {"progress": fractions.get(self.stage, 0.0), "stage": self.stage}
 
@@ -176,6 +185,8 @@ class ModelInstance:
             "model_name": family.model_name,
             "model_type": family.model_type,
             "model_engine": self.engine.name,
+            # The environment its processes run in: the engine's own, or the server's.
+            "engine_env": self.env_plan.name if self.env_plan is not None else "current",
             "model_format": self.spec.model_format,
             "model_size_in_billions": self.spec.model_size_in_billions,
             "quantization": self.quantization,

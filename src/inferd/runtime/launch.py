@@ -54,6 +54,15 @@ class LaunchRequest(BaseModel):
         description="Which of a GGUF spec's multimodal_projectors llama.cpp loads (the first "
         "unless named)",
     )
+    engine_version: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[\w.+\-]+$",
+        description="Run the engine at this version, in an environment of its own",
+    )
+    # Xinference's names for the same: an environment of the engine's own (true), or the
+    # server's (false), with more packages beside the engine.
     enable_virtual_env: bool | None = None
     virtual_env_packages: list[str] | None = None
     virtual_env_find_links: list[str] | None = None

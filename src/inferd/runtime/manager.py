@@ -7,6 +7,7 @@ touches it.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import itertools
 import logging
@@ -16,6 +17,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import TypeAdapter
@@ -25,6 +27,8 @@ from inferd.catalog.custom import parse_registration, verify_local_files
 from inferd.cluster.ray_cluster import Need, RayCluster
 from inferd.cluster.remote import RemoteModelProcess
 from inferd.engines import Engine, EngineConfig, choose_engine
+from inferd.envs import SPECS, EnvPlan
+from inferd.envs.config import engine_envs
 from inferd.errors import (
     Conflict,
     InferdError,
@@ -86,6 +90,7 @@ class ModelManager:
         self._idle_task: asyncio.Task[None] | None = None
         self._download_locks: dict[Path, asyncio.Lock] = {}
         self.aborts = Aborts()
+        self.envs = engine_envs(settings)
 
     # start-up and shut-down ----------------------------------------------------------
 
@@ -305,9 +310,6 @@ class ModelManager:
         unsupported = {
             "n_worker": request.n_worker != 1,
             "replica_config": bool(request.replica_config),
-            "enable_virtual_env": bool(request.enable_virtual_env),
-            "virtual_env_packages": bool(request.virtual_env_packages),
-            "virtual_env_find_links": bool(request.virtual_env_find_links),
         }
         if self.cluster is not None:
             self._check_cluster_gpus(request, self.cluster)
@@ -346,7 +348,11 @@ class ModelManager:
         if request.model_format is None and request.model_engine is None:
             candidates = _cpu_friendly_first(candidates, request.n_gpu)
         spec, quantization, engine = _first_servable(
-            family, candidates, request.model_engine, lora=bool(request.loras)
+            family,
+            candidates,
+            request.model_engine,
+            lora=bool(request.loras),
+            installable=lambda e: self._installable(e, request),
         )
         return ModelInstance(
             uid=request.model_uid or family.model_name,
@@ -356,6 +362,76 @@ class ModelManager:
             quantization=quantization,
             engine=engine,
             max_queue=self.settings.max_queue,
+            env_plan=self._env_plan(engine, request),
+        )
+
+    def _env_asked(self, request: LaunchRequest) -> str | None:
+        """The launch field that asks for an environment of the engine's own, if one does."""
+        if request.engine_version is not None:
+            return "engine_version"
+        if request.virtual_env_packages:
+            return "virtual_env_packages"
+        if request.enable_virtual_env:
+            return "enable_virtual_env"
+        return None
+
+    def own_env(self, engine: type[Engine]) -> str | None:
+        """The environment a launch of `engine` with no environment fields runs in, if it is the
+        engine's own (built on first use); None: the server's, or none at all."""
+        spec = SPECS.get(engine.name)
+        mode = self.settings.engine_env
+        if spec is None or mode == "current" or (mode == "auto" and engine.installed()):
+            return None
+        versions = spec.locked_versions(current_platform())
+        return f"{engine.name}-{versions[0]}" if versions else None
+
+    def env_users(self) -> dict[str, builtins.list[str]]:
+        """The models running in each engine environment, by its name."""
+        users: dict[str, builtins.list[str]] = {}
+        for instance in self._models.values():
+            if instance.env_plan is not None:
+                users.setdefault(instance.env_plan.name, []).append(instance.uid)
+        return users
+
+    def _installable(self, engine: type[Engine], request: LaunchRequest) -> bool:
+        """Whether `engine`, not installed beside the server, can run in its own environment."""
+        if self.settings.engine_env == "current" or request.enable_virtual_env is False:
+            return False
+        spec = SPECS.get(engine.name)
+        if spec is None:
+            return False
+        return request.engine_version is not None or bool(spec.locked_versions(current_platform()))
+
+    def _env_plan(self, engine: type[Engine], request: LaunchRequest) -> EnvPlan | None:
+        """The environment the model's processes run in; None: the server's own."""
+        asked = self._env_asked(request)
+        mode = self.settings.engine_env
+        if asked is not None and mode == "current":
+            raise InvalidRequest(
+                f"{asked} asks for an environment of the engine's own, and this server runs "
+                "every engine in its own environment (INFERD_ENGINE_ENV=current)",
+                param=asked,
+            )
+        if request.enable_virtual_env is False:
+            return None
+        if asked is None and (
+            # "managed" runs each engine that has a recipe in its own environment
+            engine.installed() and (mode != "managed" or engine.name not in SPECS)
+        ):
+            return None
+        if self.cluster is not None:
+            raise InvalidRequest(
+                "engine environments are built on this machine only; on a Ray cluster the "
+                "engine must be installed on every node (INFERD_ENGINE_ENV=current)",
+                param=asked or "model_engine",
+            )
+        return self.envs.plan(
+            engine.name,
+            current_platform(),
+            request.engine_version,
+            request.virtual_env_packages,
+            find_links=request.virtual_env_find_links,
+            param=asked or "model_engine",
         )
 
     def _check_cluster_gpus(self, request: LaunchRequest, cluster: RayCluster) -> None:
@@ -392,8 +468,9 @@ class ModelManager:
         """Resolve the weights and start every replica; on failure the instance reads failed."""
         uid = instance.uid
         try:
-            instance.stage = "resolving"
             request = instance.request
+            python = await self._engine_env(instance)
+            instance.stage = "resolving"
             path = await self._weights(instance)
             options = request.engine_options
             if "mmproj" in options:
@@ -419,6 +496,7 @@ class ModelManager:
                 options=options,
                 env=request.envs or {},
                 loras=request.loras,
+                python=python,
             )
             instance.replicas = []
             for index in range(request.replica):  # one at a time: each sees where the last went
@@ -455,6 +533,25 @@ class ModelManager:
         log.info(
             "%s is ready in %.1fs (pids %s)", uid, load_seconds, [r.pid for r in instance.replicas]
         )
+
+    async def _engine_env(self, instance: ModelInstance) -> str | None:
+        """The interpreter of the environment the model runs in, built first if need be;
+        None: the server's."""
+        plan = instance.env_plan
+        if plan is None:
+            return None
+        found = self.envs.find(plan)
+        if found is None:
+            instance.stage = "installing"
+            instance.notify()
+
+            def say(line: str) -> None:
+                instance.install_note = line
+                log.info("%s: %s", plan.name, line)
+
+            found = await self.envs.ensure(plan, say)
+            instance.install_note = None
+        return found.python
 
     def _new_replica(self, instance: ModelInstance, index: int, config: EngineConfig) -> Replica:
         new_process: ProcessFactory = ModelProcess
@@ -787,13 +884,14 @@ def _first_servable(
     candidates: list[tuple[ModelSpec, str]],
     wanted_engine: str | None,
     lora: bool = False,
+    installable: Callable[[type[Engine]], bool] = lambda engine: False,
 ) -> tuple[ModelSpec, str, type[Engine]]:
     """The first spec an installed engine can serve (with LoRA adapters, if asked); if none,
     the first spec's reason why not."""
     errors: list[InvalidRequest] = []
     for spec, quantization in candidates:
         try:
-            engine = choose_engine(family.model_type, spec.model_format, wanted_engine)
+            engine = choose_engine(family.model_type, spec.model_format, wanted_engine, installable)
         except InvalidRequest as exc:
             errors.append(exc)
             continue
@@ -808,6 +906,11 @@ def _first_servable(
             continue
         return spec, quantization, engine
     raise errors[0]
+
+
+def current_platform() -> str:
+    """Which builds engine environments take on this machine."""
+    return "cuda" if has_nvidia_gpu() else "cpu"
 
 
 async def _stop_all(replicas: list[Replica], grace: float) -> None:

@@ -124,7 +124,7 @@ class ModelProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                *worker_command(config_path, str(self.socket_path)),
+                *worker_command(config_path, str(self.socket_path), self.config.python),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
@@ -209,8 +209,10 @@ def http_client(
     )
 
 
-def worker_command(config_path: Path, address: str) -> list[str]:
-    return [sys.executable, "-m", "inferd.runtime.worker", str(config_path), address]
+def worker_command(config_path: Path, address: str, python: str | None = None) -> list[str]:
+    """The model process's command line: under the engine environment's interpreter, if it has
+    one, else the server's."""
+    return [python or sys.executable, "-m", "inferd.runtime.worker", str(config_path), address]
 
 
 def worker_env(config: EngineConfig) -> dict[str, str]:

@@ -1,0 +1,71 @@
+"""Engine environments: which are built, building one ahead of a launch, removing one."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+
+from inferd.api.deps import manager as _manager
+from inferd.envs import SPECS, list_envs
+from inferd.envs.store import remove_env
+from inferd.errors import Conflict, NotFound
+from inferd.runtime.manager import current_platform
+
+router = APIRouter()
+
+
+class BuildRequest(BaseModel):
+    engine: str = Field(min_length=1, description="The engine, as model_engine names it")
+    version: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[\w.+\-]+$")
+    packages: list[str] | None = Field(default=None, description="More packages beside it")
+
+
+@router.get("/v1/engine_environments")
+async def list_environments(request: Request) -> dict[str, Any]:
+    """The environments built here, the models running in each, and the engines that can
+    have one (with the versions inferd ships a tested lock for)."""
+    manager = _manager(request)
+    users = manager.env_users()
+    built = await asyncio.to_thread(list_envs, manager.envs.root)
+    platform = current_platform()
+    return {
+        "data": [{**env.as_dict(), "models": users.get(env.name, [])} for env in built],
+        "engines": {
+            name: {"locked_versions": spec.locked_versions(platform), "package": spec.package}
+            for name, spec in SPECS.items()
+        },
+        "platform": platform,
+        "mode": manager.settings.engine_env,
+    }
+
+
+@router.post("/v1/engine_environments")
+async def build_environment(body: BuildRequest, request: Request) -> dict[str, Any]:
+    """Build an engine's environment now (the first launch on it would otherwise)."""
+    manager = _manager(request)
+    plan = manager.envs.plan(
+        body.engine, current_platform(), body.version, body.packages, param="engine"
+    )
+    lines: list[str] = []
+    info = await manager.envs.ensure(plan, lines.append)
+    return {**info.as_dict(), "log": lines}
+
+
+@router.delete("/v1/engine_environments/{name}")
+async def remove_environment(name: str, request: Request) -> dict[str, Any]:
+    manager = _manager(request)
+    users = manager.env_users().get(name)
+    if users:
+        raise Conflict(
+            f"{name} is in use by {', '.join(users)}; terminate them first", param="name"
+        )
+    built = {env.name: env for env in await asyncio.to_thread(list_envs, manager.envs.root)}
+    if name not in built:
+        raise NotFound(
+            f"no engine environment {name!r} (built: {', '.join(built) or 'none'})", param="name"
+        )
+    await asyncio.to_thread(remove_env, manager.envs.root / name)
+    return {"removed": name, "size_bytes": built[name].size_bytes}

@@ -1,0 +1,222 @@
+"""Building an engine's environment with uv, all or nothing.
+
+An environment is built in a hidden folder beside where it goes and moved into place only once
+everything is installed and the model process's imports work there, so a failed or interrupted
+build leaves nothing a later launch could mistake for an environment, and the next one starts
+clean. inferd itself is not installed into it: a `.pth` file shows the model process the very
+inferd package the server runs, so the two never differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import inferd
+from inferd.envs.lock import worker_requirements
+from inferd.envs.specs import SPECS, EnvSpec
+from inferd.envs.store import EnvInfo, read_env, remove_env, write_marker
+from inferd.errors import EnvBuildFailed, InvalidRequest
+
+_TAIL = 15  # lines of the installer's output a failure quotes
+
+
+@dataclass(frozen=True)
+class EnvPlan:
+    """Which environment a launch needs, before it exists."""
+
+    spec: EnvSpec
+    version: str
+    platform: str
+    packages: tuple[str, ...] = ()  # more packages beside the engine's
+    find_links: tuple[str, ...] = ()  # more wheel folders or pages, for this environment
+
+    @property
+    def name(self) -> str:
+        name = f"{self.spec.engine}-{self.version}"
+        if self.packages:
+            digest = hashlib.sha256("\n".join(sorted(self.packages)).encode()).hexdigest()
+            name += f"+{digest[:8]}"
+        return name
+
+    @property
+    def lock(self) -> Path | None:
+        return None if self.packages else self.spec.lock(self.version, self.platform)
+
+
+@dataclass
+class EnvBuilder:
+    root: Path
+    find_links: list[str] = field(default_factory=list)
+    index_url: str | None = None  # "none": wheel folders only
+    offline: bool = False
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def plan(
+        self,
+        engine: str,
+        platform: str,
+        version: str | None = None,
+        packages: list[str] | None = None,
+        find_links: list[str] | None = None,
+        param: str = "engine_version",
+    ) -> EnvPlan:
+        """The environment `engine` runs in: the newest locked version unless one is named."""
+        spec = SPECS.get(engine)
+        if spec is None:
+            ready = ", ".join(sorted(SPECS))
+            raise InvalidRequest(
+                f"engine {engine} has no environment of its own yet (those that have: {ready}); "
+                "install it beside the server instead",
+                param=param,
+            )
+        if version is None:
+            locked = spec.locked_versions(platform)
+            if not locked:
+                raise InvalidRequest(
+                    f"no tested version of {engine} is known for {platform} machines on Python "
+                    f"{sys.version_info.major}.{sys.version_info.minor}; name one with "
+                    "engine_version",
+                    param=param,
+                )
+            version = locked[0]
+        return EnvPlan(spec, version, platform, tuple(packages or ()), tuple(find_links or ()))
+
+    def find(self, plan: EnvPlan) -> EnvInfo | None:
+        return read_env(self.root / plan.name)
+
+    async def ensure(self, plan: EnvPlan, say: Callable[[str], None]) -> EnvInfo:
+        """The environment of `plan`, built first if it is not there; `say` hears progress."""
+        lock = self._locks.setdefault(plan.name, asyncio.Lock())
+        async with lock:  # two launches needing one environment build it once
+            found = self.find(plan)
+            if found is not None:
+                return found
+            return await self._build(plan, say)
+
+    async def _build(self, plan: EnvPlan, say: Callable[[str], None]) -> EnvInfo:
+        self.root.mkdir(parents=True, exist_ok=True)
+        for stale in self.root.glob(f".{plan.name}.*"):  # left by a server that died building
+            shutil.rmtree(stale, ignore_errors=True)
+        building = self.root / f".{plan.name}.{uuid.uuid4().hex[:8]}"
+        started = time.monotonic()
+        try:
+            say(f"creating the {plan.name} environment")
+            await self._uv(["venv", "--quiet", "--python", sys.executable, str(building)], say)
+            python = building / "bin" / "python"
+            say(f"installing {plan.spec.package} {plan.version} and what it needs")
+            await self._uv(["pip", "install", "--python", str(python), *self._sources(plan)], say)
+            _link_inferd(building)
+            say("checking the model process starts there")
+            await self._check(python, plan)
+            info = EnvInfo(
+                name=plan.name,
+                engine=plan.spec.engine,
+                version=plan.version,
+                platform=plan.platform,
+                path=str(building),
+                locked=plan.lock is not None,
+                packages=list(plan.packages),
+                created=time.time(),
+            )
+            write_marker(info)
+            final = self.root / plan.name
+            remove_env(final)  # a folder without a marker: never finished
+            building.rename(final)
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
+        say(f"built {plan.name} in {time.monotonic() - started:.0f}s")
+        found = read_env(final)
+        assert found is not None
+        return found
+
+    def _sources(self, plan: EnvPlan) -> list[str]:
+        """What to install, and where from."""
+        args: list[str] = []
+        lock = plan.lock
+        if lock is not None:
+            args += ["--requirements", str(lock), "--no-deps"]  # the lock is the whole set
+        else:
+            args += [*plan.spec.requirements(plan.version, plan.platform), *worker_requirements()]
+            args += list(plan.packages)
+            tested = plan.spec.lock(plan.version, plan.platform)
+            if tested is not None:  # more packages fit around the tested set, or say why not
+                args += ["--constraint", str(tested)]
+        for links in [*self.find_links, *plan.find_links]:
+            args += ["--find-links", links]
+        if self.index_url == "none":
+            args.append("--no-index")
+        elif self.index_url:
+            args += ["--index-url", self.index_url]
+        if self.offline:
+            args.append("--offline")
+        return args
+
+    async def _check(self, python: Path, plan: EnvPlan) -> None:
+        """The model process's own module imports there, and the engine's package is found."""
+        module = plan.spec.package.replace("-", "_")
+        code = (
+            "import importlib.util, inferd.runtime.worker\n"
+            f"assert importlib.util.find_spec({module!r}), 'no {module} in the environment'\n"
+        )
+        await _run([str(python), "-c", code], lambda line: None, what="the check")
+
+    async def _uv(self, args: list[str], say: Callable[[str], None]) -> None:
+        from uv import find_uv_bin
+
+        await _run([find_uv_bin(), *args], say, what="uv")
+
+
+async def _run(command: list[str], say: Callable[[str], None], what: str) -> None:
+    """Run `command`, handing each line it prints to `say`; EnvBuildFailed with its last lines
+    if it fails."""
+    env = {**os.environ, "UV_NO_PROGRESS": "1", "NO_COLOR": "1"}
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )
+    tail: deque[str] = deque(maxlen=_TAIL)
+    assert process.stdout is not None
+    try:
+        async for raw in process.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                tail.append(line)
+                say(line)
+        code = await process.wait()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        raise
+    if code != 0:
+        raise EnvBuildFailed(
+            f"building the engine's environment failed ({what} exited with {code}):\n"
+            + "\n".join(tail),
+            param="model_engine",
+        )
+
+
+def _link_inferd(env: Path) -> None:
+    """Show the environment's Python this server's inferd package, and nothing else of the
+    server's environment."""
+    link_dir = env / "inferd-link"
+    link_dir.mkdir()
+    (link_dir / "inferd").symlink_to(Path(inferd.__file__).resolve().parent)
+    (site,) = env.glob("lib/python*/site-packages")
+    # Relative to site-packages, so it holds once the folder is moved into place.
+    (site / "_inferd.pth").write_text(f"{os.path.relpath(link_dir, site)}\n")

@@ -1,0 +1,72 @@
+"""Write the locks shipped in `locks/` (a maintainer's tool; needs an index and uv):
+
+    python -m inferd.envs.lock ENGINE VERSION [--platform cpu|cuda] [--python 3.11]
+        [--find-links DIR ...]
+
+Each lock pins the engine's package at VERSION, what it needs beside it, and the packages the
+model process itself imports (inferd's own dependencies), resolved together for every Python
+inferd supports, or for one (`--python`) where a wheel exists for one only: the CPU build of
+torch in a wheel folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from inferd.envs.specs import SPECS
+
+# The server's own tools, which a model process never imports.
+_SERVER_ONLY = {"uv", "click", "rich"}
+
+
+def worker_requirements() -> list[str]:
+    """inferd's own dependencies, as the model process needs them."""
+    found = []
+    for requirement in metadata.requires("inferd") or []:
+        if "extra ==" in requirement:
+            continue
+        name = requirement.split(";")[0].split(">")[0].split("=")[0].split("<")[0].strip()
+        if name.lower() not in _SERVER_ONLY:
+            found.append(requirement)
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("engine", choices=sorted(SPECS))
+    parser.add_argument("version")
+    parser.add_argument("--platform", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--python", default=None, help="one Python version (x86_64 Linux)")
+    parser.add_argument("--find-links", action="append", default=[])
+    args = parser.parse_args()
+    from uv import find_uv_bin
+
+    spec = SPECS[args.engine]
+    wanted = [*spec.requirements(args.version, args.platform), *worker_requirements()]
+    name = f"{spec.engine}-{args.version}-{args.platform}"
+    command = [find_uv_bin(), "pip", "compile", "-", "--no-header", "--no-annotate", "--quiet"]
+    if args.python:
+        name += f"-py{args.python.replace('.', '')}"
+        command += ["--python-version", args.python, "--python-platform", "x86_64-manylinux_2_28"]
+    else:
+        command += ["--universal", "--python-version", "3.10"]
+    out = Path(__file__).parent / "locks" / f"{name}.txt"
+    command += ["-o", str(out)]
+    for links in args.find_links:
+        command += ["--find-links", links]
+    subprocess.run(command, input="\n".join(wanted), text=True, check=True)
+    body = out.read_text()
+    out.write_text(
+        f"# {spec.engine} {args.version} for {args.platform} machines, with what inferd's model\n"
+        f"# process imports: python -m inferd.envs.lock {args.engine} {args.version} "
+        f"--platform {args.platform}{f' --python {args.python}' if args.python else ''}\n{body}"
+    )
+    print(out, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

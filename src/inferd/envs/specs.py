@@ -1,0 +1,61 @@
+"""What goes into each engine's environment: its package, the packages it needs beside it, and
+the locks shipped for the versions inferd was tested with."""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+LOCKS = resources.files("inferd.envs") / "locks"
+_PY = f"py{sys.version_info.major}{sys.version_info.minor}"
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    engine: str  # the engine's name, as launches give it in model_engine
+    package: str  # the package whose version names the environment
+    # Pinned beside `package` on every platform, and per platform ("cpu", "cuda"): the CPU build
+    # of torch is a local version (2.13.0+cpu) that only a wheel folder or PyTorch's index has.
+    also: tuple[str, ...] = ()
+    per_platform: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def locked_versions(self, platform: str) -> list[str]:
+        """The versions with a lock for `platform` and this Python, newest first."""
+        pattern = re.compile(rf"^{re.escape(self.engine)}-(.+)-{platform}(-{_PY})?\.txt$")
+        found = {m.group(1) for p in LOCKS.iterdir() if (m := pattern.match(p.name))}
+        return sorted(found, key=_version_key, reverse=True)
+
+    def lock(self, version: str, platform: str) -> Path | None:
+        """The lock for `version` on `platform`: one for this Python, else one for every
+        Python; None if neither was shipped."""
+        stem = f"{self.engine}-{version}-{platform}"
+        for name in (f"{stem}-{_PY}", stem):
+            path = LOCKS / f"{name}.txt"
+            if path.is_file():
+                return Path(str(path))
+        return None
+
+    def requirements(self, version: str, platform: str) -> list[str]:
+        """What to resolve for a version without a lock: the package at that version and what
+        it needs beside it, unpinned where the lock would pin."""
+        return [f"{self.package}=={version}", *self.also, *self.per_platform.get(platform, ())]
+
+
+SPECS: dict[str, EnvSpec] = {
+    spec.engine: spec
+    for spec in (
+        EnvSpec("llama.cpp", "xllamacpp"),
+        EnvSpec(
+            "sentence_transformers",
+            "sentence-transformers",
+            per_platform={"cpu": ("torch==2.13.0+cpu",), "cuda": ("torch==2.13.0",)},
+        ),
+    )
+}
+
+
+def _version_key(version: str) -> tuple[int | str, ...]:
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"[.+-]", version))

