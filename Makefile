@@ -17,11 +17,10 @@ $(VENV)/.demo: pyproject.toml
 	$(PIP) install --quiet -e '.[demo]'
 	touch $@
 
-# vLLM's CPU build pulls torchvision, torchaudio and torchcodec builds that fail to load beside
-# the CPU torch (vLLM imports them only lazily, and inferd not at all), so they go again.
+# Engines missing here (vLLM's CPU build among them) run in environments of their own, which
+# the server builds with uv on first launch (src/inferd/envs).
 $(VENV)/.test: $(VENV)/.demo
 	$(PIP) install --quiet -e '.[demo,test]'
-	$(PIP) uninstall --quiet --yes torchvision torchaudio torchcodec
 	touch $@
 
 install: $(VENV)/.demo

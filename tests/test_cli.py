@@ -80,12 +80,14 @@ def test_launch_passes_engine_options_and_reports_engine_failure(server: InferdS
 
 def test_engine_says_what_runs_on_this_machine(server: InferdServer) -> None:
     rows = json.loads(server.cli("engine", "-n", "qwen2.5-instruct", "--json").stdout)
-    # vLLM's CPU build is installed here, so vLLM serves the safetensors specs on this CPU.
+    # vLLM's CPU build is not installed beside the server: it serves the safetensors specs on
+    # this CPU from an environment of its own, built on the first launch.
     assert {r["model_format"] for r in rows["vllm"]} >= {"pytorch"}
     assert all(r["usable"] and r["reason"] is None for r in rows["vllm"])
+    assert all(r["engine_env"].startswith("vllm-") for r in rows["vllm"])
     assert rows["llama.cpp"][0]["model_format"] == "ggufv2"
     table = server.cli("engine", "-n", "qwen2.5-instruct").stdout
-    assert "On this machine" in table and "vllm" in table
+    assert "On this machine" in table and "in its own environment (vllm-" in table
 
 
 def test_gpu_requests_on_a_machine_without_one_are_400s(server: InferdServer) -> None:

