@@ -118,8 +118,8 @@ class SentenceTransformersEngine(Engine):
         rows = await self._batcher.submit([query, *documents])
         vectors = np.stack([vector for vector, _ in rows]).astype(np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        vectors = vectors / np.where(norms > 0, norms, 1.0)
-        return [float(v) for v in vectors[1:] @ vectors[0]], sum(count for _, count in rows)
+        unit = vectors / np.where(norms > 0, norms, 1.0)
+        return [float(v) for v in unit[1:] @ unit[0]], sum(count for _, count in rows)
 
     def _score_pairs(self, pairs: list[tuple[str, str]]) -> list[tuple[float, int]]:
         """(relevance, token count) per query-document pair, _BATCH pairs to a forward pass."""
