@@ -77,7 +77,7 @@ def start_seconds(python: str, home: Path) -> float:
 def build_seconds(root: Path, engine: str, cache: Path) -> tuple[float, float]:
     """Seconds to build `engine`'s environment with uv's cache at `cache`; its size in MB."""
     from inferd.envs.config import engine_envs
-    from inferd.runtime.manager import current_platform
+    from inferd.runtime.engine_env import current_platform
     from inferd.settings import Settings
 
     os.environ["UV_CACHE_DIR"] = str(cache)

@@ -12,7 +12,8 @@ from inferd.api.deps import manager as _manager
 from inferd.envs import SPECS, list_envs
 from inferd.envs.store import remove_env
 from inferd.errors import Conflict, NotFound
-from inferd.runtime.manager import current_platform
+from inferd.runtime.engine_env import EngineEnvs, current_platform
+from inferd.runtime.manager import ModelManager
 
 router = APIRouter()
 
@@ -28,7 +29,7 @@ async def list_environments(request: Request) -> dict[str, Any]:
     """The environments built here, the models running in each, and the engines that can
     have one (with the versions inferd ships a tested lock for)."""
     manager = _manager(request)
-    users = manager.env_users()
+    users = _users(manager)
     built = await asyncio.to_thread(list_envs, manager.envs.root)
     platform = current_platform()
     return {
@@ -57,7 +58,7 @@ async def build_environment(body: BuildRequest, request: Request) -> dict[str, A
 @router.delete("/v1/engine_environments/{name}")
 async def remove_environment(name: str, request: Request) -> dict[str, Any]:
     manager = _manager(request)
-    users = manager.env_users().get(name)
+    users = _users(manager).get(name)
     if users:
         raise Conflict(
             f"{name} is in use by {', '.join(users)}; terminate them first", param="name"
@@ -69,3 +70,7 @@ async def remove_environment(name: str, request: Request) -> dict[str, Any]:
         )
     await asyncio.to_thread(remove_env, manager.envs.root / name)
     return {"removed": name, "size_bytes": built[name].size_bytes}
+
+
+def _users(manager: ModelManager) -> dict[str, list[str]]:
+    return EngineEnvs.users((m.uid, m.env_plan) for m in manager.list())

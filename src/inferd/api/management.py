@@ -284,7 +284,7 @@ def _engine_table(manager: ModelManager, family: AnyFamily) -> dict[str, list[di
     table: dict[str, list[dict[str, Any]]] = {}
     for spec in family.model_specs:
         for engine in engines_for(family.model_type, spec.model_format):
-            own = manager.own_env(engine)
+            own = manager.engine_envs.own_env(engine)
             reason = None if own is not None else engine.unusable_here()
             table.setdefault(engine.name, []).append(
                 {

@@ -7,7 +7,6 @@ touches it.
 from __future__ import annotations
 
 import asyncio
-import builtins
 import contextlib
 import itertools
 import logging
@@ -27,8 +26,6 @@ from inferd.catalog.custom import parse_registration, verify_local_files
 from inferd.cluster.ray_cluster import Need, RayCluster
 from inferd.cluster.remote import RemoteModelProcess
 from inferd.engines import Engine, EngineConfig, choose_engine
-from inferd.envs import SPECS, EnvPlan
-from inferd.envs.config import engine_envs
 from inferd.errors import (
     Conflict,
     InferdError,
@@ -39,6 +36,7 @@ from inferd.errors import (
     NotFound,
 )
 from inferd.runtime.aborts import Aborts
+from inferd.runtime.engine_env import EngineEnvs
 from inferd.runtime.gpus import Placement, has_nvidia_gpu, weights_bytes
 from inferd.runtime.instance import (
     FAILED,
@@ -90,7 +88,8 @@ class ModelManager:
         self._idle_task: asyncio.Task[None] | None = None
         self._download_locks: dict[Path, asyncio.Lock] = {}
         self.aborts = Aborts()
-        self.envs = engine_envs(settings)
+        self.engine_envs = EngineEnvs(settings, on_cluster=cluster is not None)
+        self.envs = self.engine_envs.builder
 
     # start-up and shut-down ----------------------------------------------------------
 
@@ -352,7 +351,7 @@ class ModelManager:
             candidates,
             request.model_engine,
             lora=bool(request.loras),
-            installable=lambda e: self._installable(e, request),
+            installable=self.engine_envs.installable(request),
         )
         return ModelInstance(
             uid=request.model_uid or family.model_name,
@@ -362,76 +361,7 @@ class ModelManager:
             quantization=quantization,
             engine=engine,
             max_queue=self.settings.max_queue,
-            env_plan=self._env_plan(engine, request),
-        )
-
-    def _env_asked(self, request: LaunchRequest) -> str | None:
-        """The launch field that asks for an environment of the engine's own, if one does."""
-        if request.engine_version is not None:
-            return "engine_version"
-        if request.virtual_env_packages:
-            return "virtual_env_packages"
-        if request.enable_virtual_env:
-            return "enable_virtual_env"
-        return None
-
-    def own_env(self, engine: type[Engine]) -> str | None:
-        """The environment a launch of `engine` with no environment fields runs in, if it is the
-        engine's own (built on first use); None: the server's, or none at all."""
-        spec = SPECS.get(engine.name)
-        mode = self.settings.engine_env
-        if spec is None or mode == "current" or (mode == "auto" and engine.installed()):
-            return None
-        versions = spec.locked_versions(current_platform())
-        return f"{engine.name}-{versions[0]}" if versions else None
-
-    def env_users(self) -> dict[str, builtins.list[str]]:
-        """The models running in each engine environment, by its name."""
-        users: dict[str, builtins.list[str]] = {}
-        for instance in self._models.values():
-            if instance.env_plan is not None:
-                users.setdefault(instance.env_plan.name, []).append(instance.uid)
-        return users
-
-    def _installable(self, engine: type[Engine], request: LaunchRequest) -> bool:
-        """Whether `engine`, not installed beside the server, can run in its own environment."""
-        if self.settings.engine_env == "current" or request.enable_virtual_env is False:
-            return False
-        spec = SPECS.get(engine.name)
-        if spec is None:
-            return False
-        return request.engine_version is not None or bool(spec.locked_versions(current_platform()))
-
-    def _env_plan(self, engine: type[Engine], request: LaunchRequest) -> EnvPlan | None:
-        """The environment the model's processes run in; None: the server's own."""
-        asked = self._env_asked(request)
-        mode = self.settings.engine_env
-        if asked is not None and mode == "current":
-            raise InvalidRequest(
-                f"{asked} asks for an environment of the engine's own, and this server runs "
-                "every engine in its own environment (INFERD_ENGINE_ENV=current)",
-                param=asked,
-            )
-        if request.enable_virtual_env is False:
-            return None
-        if asked is None and (
-            # "managed" runs each engine that has a recipe in its own environment
-            engine.installed() and (mode != "managed" or engine.name not in SPECS)
-        ):
-            return None
-        if self.cluster is not None:
-            raise InvalidRequest(
-                "engine environments are built on this machine only; on a Ray cluster the "
-                "engine must be installed on every node (INFERD_ENGINE_ENV=current)",
-                param=asked or "model_engine",
-            )
-        return self.envs.plan(
-            engine.name,
-            current_platform(),
-            request.engine_version,
-            request.virtual_env_packages,
-            find_links=request.virtual_env_find_links,
-            param=asked or "model_engine",
+            env_plan=self.engine_envs.plan(engine, request),
         )
 
     def _check_cluster_gpus(self, request: LaunchRequest, cluster: RayCluster) -> None:
@@ -906,11 +836,6 @@ def _first_servable(
             continue
         return spec, quantization, engine
     raise errors[0]
-
-
-def current_platform() -> str:
-    """Which builds engine environments take on this machine."""
-    return "cuda" if has_nvidia_gpu() else "cpu"
 
 
 async def _stop_all(replicas: list[Replica], grace: float) -> None:
