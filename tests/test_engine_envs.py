@@ -141,6 +141,12 @@ def test_launches_build_engine_environments_and_serve_side_by_side(
     assert busy.status_code == 409 and busy.json()["error"]["param"] == "name"
 
 
+def launch_with_six(server: InferdServer) -> httpx.Response:
+    """The demo GGUF model with one more package beside llama.cpp: an environment of its own."""
+    body = {"model_name": LLM, "model_uid": "with-extra", "virtual_env_packages": ["six==1.16.0"]}
+    return httpx.post(f"{server.url}/v1/models", json=body, timeout=600)
+
+
 def test_a_broken_index_fails_cleanly_and_a_restart_needs_no_index(
     bare: InferdServer, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -159,15 +165,7 @@ def test_a_broken_index_fails_cleanly_and_a_restart_needs_no_index(
         assert {restored[uid]["engine_env"] for uid in restored} >= set(built)
         # A launch needing a new environment (one more package beside the engine) fails with
         # the installer's reason, and leaves no half-built environment behind.
-        answer = httpx.post(
-            f"{again.url}/v1/models",
-            json={
-                "model_name": LLM,
-                "model_uid": "with-extra",
-                "virtual_env_packages": ["six==1.16.0"],
-            },
-            timeout=300,
-        )
+        answer = launch_with_six(again)
         assert answer.status_code == 400, answer.text
         error = answer.json()["error"]
         assert error["code"] == "engine_env_failed" and error["param"] == "model_engine"
@@ -180,15 +178,7 @@ def test_a_broken_index_fails_cleanly_and_a_restart_needs_no_index(
     # With an index again, the same launch builds its environment and serves.
     good = InferdServer(bare.home, python=bare.python)
     try:
-        answer = httpx.post(
-            f"{good.url}/v1/models",
-            json={
-                "model_name": LLM,
-                "model_uid": "with-extra",
-                "virtual_env_packages": ["six==1.16.0"],
-            },
-            timeout=600,
-        )
+        answer = launch_with_six(good)
         assert answer.status_code == 200, answer.text
         name = good.models()["with-extra"]["engine_env"]
         assert name.startswith("llama.cpp-") and "+" in name
