@@ -153,6 +153,11 @@ def test_a_broken_index_fails_cleanly_and_a_restart_needs_no_index(
     wait_ready(bare, {LLM, EMBEDDING, VLLM_MODEL})
     built = sorted(p.name for p in (bare.home / "envs").iterdir())
     bare.stop()
+    # As if one environment were built by an inferd since moved or upgraded: it is pointed at
+    # this one before its model starts.
+    link = bare.home / "envs" / built[0] / "inferd-link" / "inferd"
+    link.unlink()
+    link.symlink_to("/nonexistent/inferd")
     # An index that refuses connections, and an empty uv cache: nothing can be fetched.
     offline = {
         "INFERD_ENGINE_INDEX_URL": f"http://127.0.0.1:{free_port()}/simple",
@@ -163,6 +168,7 @@ def test_a_broken_index_fails_cleanly_and_a_restart_needs_no_index(
         # What was running comes back in the environments already built.
         restored = wait_ready(again, {LLM, EMBEDDING, VLLM_MODEL}, timeout=300)
         assert {restored[uid]["engine_env"] for uid in restored} >= set(built)
+        assert link.resolve() == (ROOT / "src" / "inferd").resolve()
         # A launch needing a new environment (one more package beside the engine) fails with
         # the installer's reason, and leaves no half-built environment behind.
         answer = launch_with_six(again)

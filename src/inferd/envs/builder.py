@@ -92,7 +92,10 @@ class EnvBuilder:
         return EnvPlan(spec, version, platform, tuple(packages or ()), tuple(find_links or ()))
 
     def find(self, plan: EnvPlan) -> EnvInfo | None:
-        return read_env(self.root / plan.name)
+        found = read_env(self.root / plan.name)
+        if found is not None:
+            _point_at_inferd(Path(found.path))
+        return found
 
     async def ensure(self, plan: EnvPlan, say: Callable[[str], None]) -> EnvInfo:
         """The environment of `plan`, built first if it is not there; `say` hears progress."""
@@ -222,7 +225,24 @@ def _link_inferd(env: Path) -> None:
     server's environment."""
     link_dir = env / "inferd-link"
     link_dir.mkdir()
-    (link_dir / "inferd").symlink_to(Path(inferd.__file__).resolve().parent)
+    (link_dir / "inferd").symlink_to(_inferd_package())
     (site,) = env.glob("lib/python*/site-packages")
     # Relative to site-packages, so it holds once the folder is moved into place.
     (site / "_inferd.pth").write_text(f"{os.path.relpath(link_dir, site)}\n")
+
+
+def _inferd_package() -> Path:
+    return Path(inferd.__file__).resolve().parent
+
+
+def _point_at_inferd(env: Path) -> None:
+    """Point an environment built by another install of inferd (upgraded, moved) at this one,
+    so the model process never runs other code than the server."""
+    link = env / "inferd-link" / "inferd"
+    here = _inferd_package()
+    with contextlib.suppress(OSError):
+        if Path(os.readlink(link)) == here:
+            return
+    fresh = link.with_name(f".inferd.{uuid.uuid4().hex[:8]}")
+    fresh.symlink_to(here)
+    os.replace(fresh, link)  # atomic: a starting model process sees one link or the other
