@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import contextlib
 import os
+import sys
 from pathlib import Path
 
 from inferd.envs.builder import EnvBuilder
@@ -33,6 +34,7 @@ def pip_settings() -> dict[str, str]:
         Path("/etc/xdg/pip/pip.conf"),
         Path.home() / ".config" / "pip" / "pip.conf",
         Path.home() / ".pip" / "pip.conf",
+        Path(sys.prefix) / "pip.conf",  # pip's "site" file, of the server's environment
     ]
     if os.environ.get("PIP_CONFIG_FILE"):
         files.append(Path(os.environ["PIP_CONFIG_FILE"]))
