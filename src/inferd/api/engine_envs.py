@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -10,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from inferd.api.deps import manager as _manager
 from inferd.envs import SPECS, list_envs
-from inferd.envs.store import remove_env
+from inferd.envs.store import read_env, remove_env
 from inferd.errors import Conflict, NotFound
 from inferd.runtime.engine_env import EngineEnvs, current_platform
 from inferd.runtime.manager import ModelManager
@@ -51,8 +52,9 @@ async def build_environment(body: BuildRequest, request: Request) -> dict[str, A
         body.engine, current_platform(), body.version, body.packages, param="engine"
     )
     lines: list[str] = []
-    info = await manager.envs.ensure(plan, lines.append)
-    return {**info.as_dict(), "log": lines}
+    built = await manager.envs.ensure(plan, lines.append)
+    sized = await asyncio.to_thread(read_env, Path(built.path), True)
+    return {**(sized or built).as_dict(), "log": lines}
 
 
 @router.delete("/v1/engine_environments/{name}")

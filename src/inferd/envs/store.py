@@ -33,11 +33,13 @@ class EnvInfo:
         return {**asdict(self), "python": self.python}
 
 
-def read_env(path: Path) -> EnvInfo | None:
-    """The environment in `path`, or None if it is not a finished one."""
+def read_env(path: Path, sized: bool = False) -> EnvInfo | None:
+    """The environment in `path`, or None if it is not a finished one; `sized` walks its files
+    for its size (thousands of them for vLLM: not on a launch's path)."""
     try:
         data = json.loads((path / MARKER).read_text())
-        return EnvInfo(**{**data, "path": str(path), "size_bytes": tree_bytes(path)})
+        size = tree_bytes(path) if sized else 0
+        return EnvInfo(**{**data, "path": str(path), "size_bytes": size})
     except (OSError, ValueError, TypeError):
         return None
 
@@ -51,7 +53,7 @@ def write_marker(info: EnvInfo) -> None:
 def list_envs(root: Path) -> list[EnvInfo]:
     if not root.is_dir():
         return []
-    found = (read_env(p) for p in sorted(root.iterdir()) if not p.name.startswith("."))
+    found = (read_env(p, sized=True) for p in sorted(root.iterdir()) if not p.name.startswith("."))
     return [info for info in found if info is not None]
 
 
