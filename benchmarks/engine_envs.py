@@ -85,7 +85,7 @@ def build_seconds(root: Path, engine: str, cache: Path) -> tuple[float, float]:
     plan = builder.plan(engine, current_platform())
     started = time.perf_counter()
     info = asyncio.run(builder.ensure(plan, lambda line: None))
-    return time.perf_counter() - started, info.size_bytes / 1e6
+    return time.perf_counter() - started, tree_mb(Path(info.path))
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ async def list_environments(request: Request) -> dict[str, Any]:
     have one (with the versions inferd ships a tested lock for)."""
     manager = _manager(request)
     users = _users(manager)
-    built = await asyncio.to_thread(list_envs, manager.envs.root)
+    built = await asyncio.to_thread(list_envs, manager.engine_envs.builder.root)
     platform = current_platform()
     return {
         "data": [{**env.as_dict(), "models": users.get(env.name, [])} for env in built],
@@ -48,11 +48,12 @@ async def list_environments(request: Request) -> dict[str, Any]:
 async def build_environment(body: BuildRequest, request: Request) -> dict[str, Any]:
     """Build an engine's environment now (the first launch on it would otherwise)."""
     manager = _manager(request)
-    plan = manager.envs.plan(
+    builder = manager.engine_envs.builder
+    plan = builder.plan(
         body.engine, current_platform(), body.version, body.packages, param="engine"
     )
     lines: list[str] = []
-    built = await manager.envs.ensure(plan, lines.append)
+    built = await builder.ensure(plan, lines.append)
     sized = await asyncio.to_thread(read_env, Path(built.path), True)
     return {**(sized or built).as_dict(), "log": lines}
 
@@ -65,13 +66,16 @@ async def remove_environment(name: str, request: Request) -> dict[str, Any]:
         raise Conflict(
             f"{name} is in use by {', '.join(users)}; terminate them first", param="name"
         )
-    built = {env.name: env for env in await asyncio.to_thread(list_envs, manager.envs.root)}
+    root = manager.engine_envs.builder.root
+    # Only the one removed is walked for its size; the others are named.
+    built = [env.name for env in await asyncio.to_thread(list_envs, root, False)]
     if name not in built:
         raise NotFound(
             f"no engine environment {name!r} (built: {', '.join(built) or 'none'})", param="name"
         )
-    await asyncio.to_thread(remove_env, manager.envs.root / name)
-    return {"removed": name, "size_bytes": built[name].size_bytes}
+    found = await asyncio.to_thread(read_env, root / name, True)
+    await asyncio.to_thread(remove_env, root / name)
+    return {"removed": name, "size_bytes": found.size_bytes if found else 0}
 
 
 def _users(manager: ModelManager) -> dict[str, list[str]]:

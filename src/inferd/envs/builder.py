@@ -141,7 +141,7 @@ class EnvBuilder:
             shutil.rmtree(building, ignore_errors=True)
             raise
         say(f"built {plan.name} in {time.monotonic() - started:.0f}s")
-        found = read_env(final, sized=True)
+        found = read_env(final)
         assert found is not None
         return found
 

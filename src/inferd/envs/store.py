@@ -50,10 +50,10 @@ def write_marker(info: EnvInfo) -> None:
     (Path(info.path) / MARKER).write_text(json.dumps(data, indent=2))
 
 
-def list_envs(root: Path) -> list[EnvInfo]:
+def list_envs(root: Path, sized: bool = True) -> list[EnvInfo]:
     if not root.is_dir():
         return []
-    found = (read_env(p, sized=True) for p in sorted(root.iterdir()) if not p.name.startswith("."))
+    found = (read_env(p, sized) for p in sorted(root.iterdir()) if not p.name.startswith("."))
     return [info for info in found if info is not None]
 
 

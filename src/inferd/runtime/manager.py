@@ -89,7 +89,6 @@ class ModelManager:
         self._download_locks: dict[Path, asyncio.Lock] = {}
         self.aborts = Aborts()
         self.engine_envs = EngineEnvs(settings, on_cluster=cluster is not None)
-        self.envs = self.engine_envs.builder
 
     # start-up and shut-down ----------------------------------------------------------
 
@@ -470,7 +469,8 @@ class ModelManager:
         plan = instance.env_plan
         if plan is None:
             return None
-        found = self.envs.find(plan)
+        builder = self.engine_envs.builder
+        found = builder.find(plan)
         if found is None:
             instance.stage = "installing"
             instance.notify()
@@ -479,7 +479,7 @@ class ModelManager:
                 instance.install_note = line
                 log.info("%s: %s", plan.name, line)
 
-            found = await self.envs.ensure(plan, say)
+            found = await builder.ensure(plan, say)
             instance.install_note = None
         return found.python
 
