@@ -3,6 +3,7 @@ continuous batching through the OpenAI API."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -151,6 +152,7 @@ def test_what_the_engine_cannot_do_is_refused(launched: InferdServer, llama: str
     base = {"model": llama, "messages": ASK, "max_tokens": 4}
     for extra, param in (
         ({"seed": 1}, "seed"),
+        # WordPiece decodes with spaces between pieces: no grammar can hold it to JSON.
         ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"max_tokens": 5000}, "max_tokens"),
     ):
@@ -193,3 +195,176 @@ def test_abort_stops_the_sequence(launched: InferdServer, llama: str) -> None:
         max_tokens=3,
     )
     assert reply.choices[0].message.content is not None
+
+
+# Tools rendered and calls written Hermes-style (<tool_call>{...}</tool_call>), as Qwen's
+# templates do; the family's name tells the engine which format to read.
+HERMES = (
+    "{% if tools %}<tools>{% for t in tools %}{{ t | tojson }}{% endfor %}</tools>{% endif %}"
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] or '' }}"
+    "{% for c in m.get('tool_calls') or [] %}<tool_call>"
+    "{{ {'name': c.function.name, 'arguments': c.function.arguments} | tojson }}</tool_call>"
+    "{% endfor %}</{{ m['role'] }}>{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 12}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 10},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150},
+    },
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture(scope="module")
+def tools_llama(launched: InferdServer, tiny_bpe_llama: Path) -> Iterator[str]:
+    """The tiny Llama with a byte-level BPE tokenizer (text decodes as written, as JSON needs),
+    registered as a Hermes-family model that calls tools."""
+    definition = local_llm("hermes-tiny", tiny_bpe_llama, HERMES, ("tools",))
+    definition["model_family"] = "hermes-tiny"
+    with custom_model(launched, "LLM", definition, model_engine="transformers") as uid:
+        yield uid
+
+
+def test_json_output_follows_the_schema(launched: InferdServer, tools_llama: str) -> None:
+    """Random weights write gibberish; the grammar holds every answer to the schema, whole,
+    streamed, from several sequences at once, and beside unconstrained sequences it leaves
+    alone (their greedy answers are the same as when they run by themselves)."""
+    client = launched.openai()
+    schema_format = {"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}}
+    asked = {"model": tools_llama, "messages": ASK, "max_tokens": 60, "temperature": 1.0}
+    answer = client.chat.completions.create(**asked, response_format=schema_format)
+    person = json.loads(answer.choices[0].message.content or "")
+    assert set(person) == {"name", "age"} and isinstance(person["age"], int)
+    assert answer.choices[0].finish_reason == "stop"
+
+    streamed = "".join(
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(**asked, response_format=schema_format, stream=True)
+        if c.choices
+    )
+    assert set(json.loads(streamed)) == {"name", "age"}
+
+    several = client.chat.completions.create(**asked, response_format=schema_format, n=3)
+    assert all(set(json.loads(c.message.content or "")) == {"name", "age"} for c in several.choices)
+    # Any object: its keys and strings are unbounded, so gibberish may fill max_tokens first.
+    anything = client.chat.completions.create(**asked, response_format={"type": "json_object"})
+    text, finish = anything.choices[0].message.content or "", anything.choices[0].finish_reason
+    assert text.startswith('{"') and (finish == "length" or isinstance(json.loads(text), dict))
+
+    free = {**asked, "temperature": 0, "max_tokens": 24}
+    alone = client.chat.completions.create(**free).choices[0].message.content
+    together: dict[str, object] = {}
+
+    def constrained(i: int) -> None:
+        reply = client.chat.completions.create(**asked, response_format=schema_format)
+        together[f"json{i}"] = json.loads(reply.choices[0].message.content or "")
+
+    def unconstrained() -> None:
+        together["free"] = client.chat.completions.create(**free).choices[0].message.content
+
+    run_together(*(lambda i=i: constrained(i) for i in range(4)), unconstrained)
+    assert together["free"] == alone
+    assert all(set(together[f"json{i}"]) == {"name", "age"} for i in range(4))  # type: ignore[arg-type]
+
+
+def test_forced_tool_calls_are_calls(launched: InferdServer, tools_llama: str) -> None:
+    client = launched.openai()
+    for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        called = client.chat.completions.create(
+            model=tools_llama,
+            messages=ASK,  # type: ignore[arg-type]
+            max_tokens=60,
+            tools=[WEATHER],  # type: ignore[list-item]
+            tool_choice=choice,  # type: ignore[arg-type]
+        )
+        assert called.choices[0].finish_reason == "tool_calls", called.choices[0]
+        (call,) = called.choices[0].message.tool_calls or []
+        assert call.function.name == "get_weather"  # type: ignore[union-attr]
+        assert isinstance(json.loads(call.function.arguments)["city"], str)  # type: ignore[union-attr]
+
+    chunks = list(
+        client.chat.completions.create(
+            model=tools_llama,
+            messages=ASK,  # type: ignore[arg-type]
+            max_tokens=60,
+            tools=[WEATHER],  # type: ignore[list-item]
+            tool_choice="required",
+            stream=True,
+        )
+    )
+    deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
+    assert len(deltas) == 1 and deltas[0].function.name == "get_weather"  # type: ignore[union-attr]
+    assert json.loads(deltas[0].function.arguments or "")["city"] is not None  # type: ignore[union-attr]
+
+
+def test_tools_reach_the_template_and_results_go_back(
+    launched: InferdServer, tools_llama: str
+) -> None:
+    """With tool_choice auto the model sees the tools (the prompt grows by their schema) and
+    answers freely; a call and its result go back to it in the next turn."""
+    client = launched.openai()
+    plain = client.chat.completions.create(
+        model=tools_llama,
+        messages=ASK,
+        max_tokens=8,  # type: ignore[arg-type]
+    )
+    auto = client.chat.completions.create(
+        model=tools_llama,
+        messages=ASK,  # type: ignore[arg-type]
+        max_tokens=8,
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    assert plain.usage and auto.usage
+    assert auto.usage.prompt_tokens > plain.usage.prompt_tokens + 20
+    assert auto.choices[0].message.tool_calls is None  # gibberish holds no call
+    history = [
+        *ASK,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"},
+    ]
+    again = client.chat.completions.create(
+        model=tools_llama,
+        messages=history,  # type: ignore[arg-type]
+        max_tokens=8,
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    assert again.usage and again.usage.prompt_tokens > auto.usage.prompt_tokens + 10
+
+
+def test_bad_formats_are_400s_naming_the_field(launched: InferdServer, tools_llama: str) -> None:
+    url = f"{launched.url}/v1/chat/completions"
+    base = {"model": tools_llama, "messages": ASK, "max_tokens": 4}
+    bad_schema = {"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "x"}}}
+    for extra, param in (
+        ({"response_format": bad_schema}, "response_format"),
+        ({"response_format": bad_schema, "stream": True}, "response_format"),
+        ({"response_format": {"type": "xml"}}, "response_format"),
+    ):
+        answer = httpx.post(url, json={**base, **extra}, timeout=30)
+        assert answer.status_code == 400, (extra, answer.text)
+        assert answer.json()["error"]["param"] == param

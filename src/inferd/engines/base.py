@@ -174,3 +174,9 @@ def with_stops(request: Json, stops: list[str]) -> Json:
     stop = request.get("stop") or []
     stop = [stop] if isinstance(stop, str) else list(stop)
     return {**request, "stop": stop + [s for s in stops if s not in stop]}
+
+
+def by_prefix(table: tuple[tuple[str, str], ...], name: str) -> str | None:
+    """The value of the first entry in `table` whose prefix starts `name` (case aside)."""
+    name = name.lower()
+    return next((value for prefix, value in table if name.startswith(prefix)), None)

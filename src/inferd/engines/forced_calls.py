@@ -10,11 +10,12 @@ here, in whole answers and in streams.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+
+from inferd.engines import tool_formats
 
 Json = dict[str, Any]
 
@@ -56,16 +57,7 @@ def _calls(text: str) -> list[Json]:
     out = []
     for call in written if isinstance(written, list) else [written]:
         if isinstance(call, dict) and isinstance(call.get("name"), str):
-            out.append(
-                {
-                    "id": f"call_{secrets.token_hex(12)}",
-                    "type": "function",
-                    "function": {
-                        "name": call["name"],
-                        "arguments": orjson.dumps(call.get("arguments") or {}).decode(),
-                    },
-                }
-            )
+            out.append(tool_formats.call(call["name"], call.get("arguments")))
     return out
 
 

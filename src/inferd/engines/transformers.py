@@ -5,6 +5,8 @@ a request joins the running batch between decode steps and leaves when it ends, 
 requests share every forward pass instead of waiting for each other. This module turns OpenAI
 requests into that manager's requests (per-request temperature, top_p, top_k) and its token
 stream back into OpenAI answers: stop strings, max_tokens, usage, logprobs, cancellation.
+JSON output and forced tool calls are constrained by a grammar inside that loop (grammar);
+calls a model writes on its own are read from its text in its family's format (tool_formats).
 Image-text-to-text models (a catalogue entry with `vision`) take images in chat messages;
 their pixels do not fit the batching loop, so they answer one request at a time (hf_vision).
 """
@@ -19,13 +21,18 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, NamedTuple
 
-from inferd.engines import hf_vision, reasoning
+import orjson
+
+from inferd.engines import forced_calls, hf_vision, reasoning, tool_formats
 from inferd.engines.base import Engine, Json, flag, json_output
 from inferd.errors import InvalidRequest, UnsupportedOperation
 
 # Requests the continuous-batching loop takes at once unless max_requests_per_batch says;
 # later ones wait in the server's queue.
 _DEFAULT_SLOTS = 64
+
+# How a tool call is read from an answer constrained to calls of the request's tools.
+_FORCED = "forced"
 
 # What no sampling field asks for: OpenAI's defaults.
 _TEMPERATURE, _TOP_P = 1.0, 1.0
@@ -35,7 +42,7 @@ class TransformersEngine(Engine):
     name = "transformers"
     model_types = frozenset({"LLM"})
     formats = frozenset({"pytorch"})
-    requires = ("transformers", "torch")
+    requires = ("transformers", "torch", "llguidance")
     extra = "transformers"
     cpu_options = {"device": "cpu"}
 
@@ -106,9 +113,12 @@ class TransformersEngine(Engine):
         self._eos = sorted({*eos, *family.get("stop_token_ids", [])}) or [-1]
         self._stops: list[str] = list(family.get("stop") or [])
         self._tags = reasoning.tags_of(family)
+        self._tool_format = tool_formats.format_of(family, self.config.model_name)
         # top_k's "no limit" is the width of the logits, which the tokenizer's length may not be.
         self._vocab = int(self._model.get_output_embeddings().weight.shape[0])
         self._pad = self._tokenizer.pad_token_id or self._eos[0]
+        self._grammar: Any = None  # llguidance's masks, where the tokenizer allows them
+        self._no_grammar = ""
         if self._vision:
             self._manager = None
             self._slots = 1
@@ -127,11 +137,24 @@ class TransformersEngine(Engine):
             pad_token_id=self._pad,
         )
         config = ContinuousBatchingConfig(
-            per_request_processors=True, return_logprobs=True, **batching
+            per_request_processors=True,
+            return_logprobs=True,
+            # Grammar masks need each step's token before the next step is scheduled.
+            use_async_batching=False,
+            use_cuda_graph=False,
+            **batching,
         )
         self._manager = self._model.init_continuous_batching(
             generation_config=generation, continuous_batching_config=config
         )
+        from inferd.engines import grammar
+
+        try:
+            self._grammar = grammar.GrammarMasks(self._tokenizer, self._vocab, self._eos)
+        except ValueError as exc:  # a tokenizer llguidance cannot read (WordPiece, ...)
+            self._no_grammar = str(exc)
+        else:
+            grammar.install(self._manager, self._grammar)
         self._manager.start()
         self._slots = int(batching.get("max_requests_per_batch") or _DEFAULT_SLOTS)
 
@@ -146,27 +169,64 @@ class TransformersEngine(Engine):
     # requests ------------------------------------------------------------------------
 
     async def chat(self, request: Json) -> Json:
+        request, calls = self._with_tools(request)
         prompt = self._chat_prompt(request)
         answer = await _whole(self._generate(request, prompt, chat=True))
-        if self._tags is not None:
+        if calls == _FORCED:
+            return forced_calls.as_calls(answer)
+        if self._tags is not None and not json_output(request):
             opened = reasoning.opens(prompt.text, self._tags)
             answer = reasoning.split_answer(answer, self._tags, opened)
-        return answer
+        return tool_formats.as_calls(answer, calls) if calls else answer
 
     def chat_stream(self, request: Json) -> AsyncIterator[Json]:
+        request, calls = self._with_tools(request)
         prompt = self._chat_prompt(request)
         chunks = self._generate(request, prompt, chat=True, stream=True)
-        if self._tags is not None:
+        if calls == _FORCED:
+            return forced_calls.stream_as_calls(chunks)
+        if self._tags is not None and not json_output(request):
             chunks = reasoning.split_chunks(
                 chunks, self._tags, reasoning.opens(prompt.text, self._tags)
             )
-        return chunks
+        return tool_formats.stream_as_calls(chunks, calls) if calls else chunks
 
     async def complete(self, request: Json) -> Json:
         return await _whole(self._generate(request, self._text_prompt(request), chat=False))
 
     def complete_stream(self, request: Json) -> AsyncIterator[Json]:
         return self._generate(request, self._text_prompt(request), chat=False, stream=True)
+
+    def _with_tools(self, request: Json) -> tuple[Json, str | None]:
+        """The request as the model is to see it, and how the calls in its answer are read:
+        forced (the grammar makes the answer a call) or the family's own format."""
+        if not request.get("tools"):
+            return request, None
+        if request.get("tool_choice") == "none":
+            return {k: v for k, v in request.items() if k not in ("tools", "tool_choice")}, None
+        if self._vision:
+            raise UnsupportedOperation(
+                "tool calls are not available for a vision model on the transformers engine",
+                param="tools",
+            )
+        if forced_calls.forced(request):  # the call's schema stands in for response_format
+            if self._grammar is None:
+                raise UnsupportedOperation(
+                    "tool_choice required (or a named function) constrains the answer to a call, "
+                    f"which this model's tokenizer does not allow here: {self._no_grammar}",
+                    param="tool_choice",
+                )
+            return forced_calls.constrain(request), _FORCED
+        if self._tool_format not in tool_formats.READABLE:
+            raise UnsupportedOperation(
+                "tool_choice auto needs calls this engine can read from the text: "
+                f"{' or '.join(tool_formats.READABLE)} formats, by the model's family; "
+                f"{self.config.model_name!r} writes {self._tool_format or 'no known format'}. "
+                'Ask for tool_choice "required" or a named function (the answer is then '
+                "constrained to a call), or launch the model on vLLM or llama.cpp",
+                param="tool_choice",
+            )
+        return request, self._tool_format
 
     def _chat_prompt(self, request: Json) -> _Prompt:
         self._refuse_unsupported(request)
@@ -177,6 +237,8 @@ class TransformersEngine(Engine):
                 param="messages",
             )
         kwargs = {**self._template_kwargs, **(request.get("chat_template_kwargs") or {})}
+        if request.get("tools"):
+            kwargs["tools"] = request["tools"]
         if self._vision:
             messages = hf_vision.processor_messages(request["messages"])
             inputs = self._processor.apply_chat_template(
@@ -196,7 +258,10 @@ class TransformersEngine(Engine):
         # as apply_chat_template would (the template writes the special tokens itself).
         text = str(
             self._tokenizer.apply_chat_template(
-                request["messages"], add_generation_prompt=True, tokenize=False, **kwargs
+                _template_messages(request["messages"]),
+                add_generation_prompt=True,
+                tokenize=False,
+                **kwargs,
             )
         )
         return _Prompt(list(self._tokenizer(text, add_special_tokens=False)["input_ids"]), text)
@@ -216,13 +281,10 @@ class TransformersEngine(Engine):
 
     def _refuse_unsupported(self, request: Json) -> None:
         engine = "on the transformers engine"
-        if request.get("tools") and request.get("tool_choice") != "none":
+        if json_output(request) and self._grammar is None:
+            why = "for a vision model" if self._vision else f"here: {self._no_grammar}"
             raise UnsupportedOperation(
-                f"tool calls are not parsed {engine}; launch the model on llama.cpp", param="tools"
-            )
-        if json_output(request):
-            raise UnsupportedOperation(
-                f"constrained JSON output is not available {engine}; launch it on llama.cpp",
+                f"constrained JSON output is not available {engine} {why}",
                 param="response_format",
             )
         if request.get("seed") is not None:
@@ -263,7 +325,12 @@ class TransformersEngine(Engine):
         shape = _Shape(self.config.model_uid, chat, stream, bool(request.get("logprobs")))
         eos = [-1] if request.get("ignore_eos") else self._eos
         stops += self._stops
-        streams = [self._one(given, max_tokens, stops, sampling, eos, stream) for _ in range(n)]
+        constraint = None
+        if json_output(request):
+            constraint = self._grammar.compile(request["response_format"])
+        streams = [
+            self._one(given, max_tokens, stops, sampling, eos, stream, constraint) for _ in range(n)
+        ]
         if stream:
             merged = _merge(streams, shape)
             try:
@@ -298,6 +365,7 @@ class TransformersEngine(Engine):
         sampling: dict[str, Any],
         eos: list[int],
         stream: bool,
+        constraint: str | None,
     ) -> AsyncGenerator[_Step, None]:
         """One sequence: its text as it grows, ending at EOS, a stop string or max_tokens."""
         # Token by token only where someone reads them (a stream) or a stop string may end
@@ -305,7 +373,8 @@ class TransformersEngine(Engine):
         if prompt.inputs is not None:
             source = self._generated(prompt.inputs, max_tokens, sampling, eos)
         else:
-            source = self._batched(prompt.ids, max_tokens, sampling, eos, stream or bool(stops))
+            streaming = stream or bool(stops)
+            source = self._batched(prompt.ids, max_tokens, sampling, eos, streaming, constraint)
         text, sent = "", 0
         detokenizer = _Detokenizer(self._tokenizer, set(eos))
         async with contextlib.aclosing(source):
@@ -331,11 +400,14 @@ class TransformersEngine(Engine):
         sampling: dict[str, Any],
         eos: list[int],
         streaming: bool,
+        constraint: str | None,
     ) -> AsyncGenerator[tuple[list[int], bool, list[float]], None]:
         """A sequence in the continuous batch: its tokens, whether it is done, logprobs."""
         assert self._manager is not None
         request_id = uuid.uuid4().hex
         outputs: asyncio.Queue[Any] = asyncio.Queue()
+        if constraint is not None:
+            self._grammar.add(request_id, constraint)
         self._manager.register_result_handler(request_id, outputs.put_nowait)
         added = self._manager.add_request(
             prompt,
@@ -380,9 +452,35 @@ class TransformersEngine(Engine):
     def _forget(self, request_id: str) -> None:
         # A cancelled request never delivers a final output, so its handler would stay.
         assert self._manager is not None
+        if self._grammar is not None:
+            self._grammar.drop(request_id)
         router = self._manager.output_router
         with router._lock:
             router.result_handlers.pop(request_id, None)
+
+
+def _template_messages(messages: list[Json]) -> list[Json]:
+    """Messages as chat templates expect them: a call's arguments as an object (OpenAI sends
+    them as JSON text, which a template's `tojson` would quote a second time)."""
+    out = []
+    for message in messages:
+        calls = message.get("tool_calls")
+        if calls:
+            message = {**message, "tool_calls": [_with_object_arguments(c) for c in calls]}
+        out.append(message)
+    return out
+
+
+def _with_object_arguments(call: Json) -> Json:
+    function = call.get("function") or {}
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        try:
+            arguments = orjson.loads(arguments)
+        except orjson.JSONDecodeError:
+            return call  # left as written; the template shows it as text
+        return {**call, "function": {**function, "arguments": arguments}}
+    return call
 
 
 class _Prompt(NamedTuple):

@@ -23,8 +23,8 @@ from typing import Any
 
 import orjson
 
-from inferd.engines import reasoning
-from inferd.engines.base import Engine, Json, flag, with_stops
+from inferd.engines import reasoning, tool_formats
+from inferd.engines.base import Engine, Json, by_prefix, flag, with_stops
 from inferd.errors import InferdError, InvalidRequest, ModelUnavailable
 from inferd.runtime.gpus import Need, has_nvidia_gpu
 
@@ -35,24 +35,6 @@ _GPU_MEMORY_UTILIZATION = 0.9  # vLLM's own default
 # Set by inferd itself: a launch may not point vLLM elsewhere or open another port.
 _OWN_ARGUMENTS = frozenset(
     {"model", "served_model_name", "host", "port", "uds", "api_key", "headless"}
-)
-
-# Tool-call formats of well-known families, so `tool_choice: "auto"` works without the
-# `tool_call_parser` option. Checked in order: the first prefix of the model's name wins.
-_TOOL_PARSERS = (
-    ("qwen3-coder", "qwen3_coder"),
-    ("qwen", "hermes"),
-    ("qwq", "hermes"),
-    ("hermes", "hermes"),
-    ("llama-3", "llama3_json"),
-    ("llama3", "llama3_json"),
-    ("llama-4", "llama4_pythonic"),
-    ("mistral", "mistral"),
-    ("deepseek-v3", "deepseek_v3"),
-    ("deepseek-r1", "deepseek_v3"),
-    ("glm-4", "glm45"),
-    ("kimi-k2", "kimi_k2"),
-    ("gpt-oss", "openai"),
 )
 
 # vLLM's reasoning parsers for the catalogue's reasoning families (the first prefix wins), so
@@ -222,14 +204,12 @@ class VLLMEngine(Engine):
             arguments["default_chat_template_kwargs"] = {"enable_thinking": bool(thinking)}
         if "tools" in family.get("model_ability", []) and "tool_call_parser" not in options:
             # A custom model calls tools the way the built-in family it names does.
-            parser = _by_prefix(_TOOL_PARSERS, family.get("model_family") or "") or (
-                _by_prefix(_TOOL_PARSERS, self.config.model_name)
-            )
+            parser = tool_formats.format_of(family, self.config.model_name)
             if parser is not None:
                 arguments["tool_call_parser"] = parser
         if "reasoning" in family.get("model_ability", []) and "reasoning_parser" not in options:
-            parser = _by_prefix(_REASONING_PARSERS, family.get("model_family") or "") or (
-                _by_prefix(_REASONING_PARSERS, self.config.model_name)
+            parser = by_prefix(_REASONING_PARSERS, family.get("model_family") or "") or (
+                by_prefix(_REASONING_PARSERS, self.config.model_name)
             )
             if parser is not None:
                 arguments["reasoning_parser"] = parser
@@ -432,13 +412,6 @@ def _installed(distribution: str) -> bool:
     except importlib.metadata.PackageNotFoundError:
         return False
     return True
-
-
-def _by_prefix(table: tuple[tuple[str, str], ...], model_name: str) -> str | None:
-    name = model_name.lower()
-    if not name:
-        return None
-    return next((parser for prefix, parser in table if name.startswith(prefix)), None)
 
 
 def _as_argv(action: Any, value: Any) -> list[str]:

@@ -1,0 +1,190 @@
+"""Grammar-constrained sampling inside transformers' continuous batching, by llguidance.
+
+transformers' batching loop applies per-request logits processors of its own kind
+(`ContinuousBatchingLogitsProcessor`): before each step it asks every processor for a value per
+sequence that gets a new token, and during the step hands that back beside the logits. A request
+with a grammar (JSON output, a forced tool call) gets a matcher here; before each step the
+matcher takes the tokens the sequence produced since the last one and computes which tokens may
+come next, and the step masks out the rest before temperature, top-k and top-p see the logits.
+Sequences without a grammar are left alone, and a step with none of them costs nothing.
+
+Masks are computed on the host between steps, from each sequence's tokens so far: the loop must
+have the last step's token before it schedules the next (no asynchronous batching), and the
+masking runs eagerly (no CUDA graph captures it).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import llguidance
+import llguidance.hf
+import llguidance.torch
+import torch
+from transformers.generation.continuous_batching.cb_logits_processors import (
+    ContinuousBatchingLogitsProcessor,
+)
+
+from inferd.errors import InvalidRequest
+
+Json = dict[str, Any]
+
+# Whitespace a weak model could repeat until max_tokens is not allowed between JSON tokens.
+_COMPACT: Any = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+class _Sequence:
+    """One constrained sequence: its matcher and how many of its tokens it has taken."""
+
+    __slots__ = ("matcher", "taken")
+
+    def __init__(self, matcher: Any):
+        self.matcher = matcher
+        self.taken = 0
+
+
+class GrammarMasks(ContinuousBatchingLogitsProcessor):
+    """The batching loop's processor that keeps each constrained sequence to its grammar."""
+
+    supported_kwargs: dict[str, type] = {}
+    ignored_kwargs: tuple[str, ...] = ()
+
+    def __init__(self, tokenizer: Any, vocab: int, eos: list[int]):
+        # Built once per model: llguidance walks the whole vocabulary (~0.5 s for 50k tokens).
+        self._tokenizer = llguidance.hf.from_tokenizer(
+            tokenizer, n_vocab=vocab, eos_token=[t for t in eos if t >= 0] or None
+        )
+        self._eos = [t for t in eos if 0 <= t < vocab]
+        self._vocab = vocab  # the width of the logits, which the tokenizer's length may not be
+        self._sequences: dict[str, _Sequence] = {}
+        self._lock = threading.Lock()
+        self._masks: torch.Tensor | None = None  # this step's rows, or None: nothing to mask
+        index = torch.arange(vocab, dtype=torch.int32)
+        self._word, self._bit = (index // 32).long(), index % 32
+        self._on: torch.device | None = None
+
+    # from the server's event loop --------------------------------------------------------
+
+    def compile(self, response_format: Json) -> str:
+        """The grammar of an OpenAI `response_format` (json_object or json_schema), checked
+        against this model's vocabulary."""
+        grammar = _json_grammar(response_format)
+        error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
+            grammar, self._tokenizer
+        )
+        if error:
+            raise InvalidRequest(
+                f"response_format cannot be followed: {messages[0]}", param="response_format"
+            )
+        return grammar
+
+    def add(self, request_id: str, grammar: str) -> None:
+        """Constrain the sequence `request_id` (before it is added to the batch)."""
+        matcher = llguidance.LLMatcher(self._tokenizer, grammar)
+        with self._lock:
+            self._sequences[request_id] = _Sequence(matcher)
+
+    def drop(self, request_id: str) -> None:
+        with self._lock:
+            self._sequences.pop(request_id, None)
+
+    # from the batching loop's thread ----------------------------------------------------
+
+    def fill_defaults(self, int32_tensor: torch.Tensor) -> None:
+        int32_tensor.fill_(0)
+
+    def prepare_tensor_args(self, requests_with_new_token: list[Any]) -> torch.Tensor:
+        masks = None
+        with self._lock:
+            found = [self._sequences.get(r.state.request_id) for r in requests_with_new_token]
+        for row, (request, sequence) in enumerate(zip(requests_with_new_token, found, strict=True)):
+            if sequence is None:
+                continue
+            if masks is None:
+                # -1: every bit set, so the rows of unconstrained sequences mask nothing.
+                shape = llguidance.torch.get_bitmask_shape(len(found), self._vocab)
+                masks = torch.full(shape, -1, dtype=torch.int32)
+            self._next(sequence, _generated(request.state), masks, row)
+        self._masks = masks
+        return torch.zeros(len(requests_with_new_token), dtype=torch.int32)
+
+    def _next(self, sequence: _Sequence, tokens: list[int], masks: torch.Tensor, row: int) -> None:
+        matcher = sequence.matcher
+        new = tokens[sequence.taken :]
+        sequence.taken = len(tokens)
+        if new and not matcher.is_error():
+            matcher.consume_tokens(new)
+        if matcher.is_error():
+            # Cannot happen while the mask is honoured; if it does, end the sequence cleanly.
+            masks[row].zero_()
+            for token in self._eos:
+                masks[row, token // 32] |= _bit(token % 32)
+            return
+        llguidance.torch.fill_next_token_bitmask(matcher, masks, row)
+
+    def __call__(self, scores: torch.FloatTensor, tensor_arg: torch.Tensor) -> torch.FloatTensor:
+        masks = self._masks
+        if masks is None:
+            return scores
+        if self._on != scores.device:
+            self._word, self._bit = self._word.to(scores.device), self._bit.to(scores.device)
+            self._on = scores.device
+        words = masks.to(scores.device, non_blocking=True)
+        forbidden = ((words[:, self._word] >> self._bit) & 1) == 0
+        rows = scores.size(0)
+        if rows > forbidden.size(0):  # padded rows, which no sequence reads
+            forbidden = torch.cat(
+                [
+                    forbidden,
+                    forbidden.new_zeros(rows - forbidden.size(0), 1).expand(-1, forbidden.size(1)),
+                ]
+            )
+        return scores.masked_fill(forbidden[:rows], -torch.inf)  # type: ignore[return-value]
+
+
+def _json_grammar(response_format: Json) -> str:
+    """llguidance's grammar for an OpenAI `response_format` (json_object or json_schema)."""
+    kind = response_format.get("type")
+    if kind == "json_object":
+        schema: Any = {"type": "object"}
+    elif kind == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if schema is None:
+            schema = {}  # OpenAI's schema is optional: any JSON value
+        if not isinstance(schema, dict | bool):
+            raise InvalidRequest(
+                "response_format.json_schema.schema must be a JSON Schema object",
+                param="response_format",
+            )
+    else:
+        raise InvalidRequest(
+            f"response_format type {kind!r} is not one of text, json_object, json_schema",
+            param="response_format",
+        )
+    return str(llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=_COMPACT))
+
+
+def _bit(index: int) -> int:
+    """Bit `index` of an int32 word, as a signed value (bit 31 is the sign)."""
+    return (1 << index) - (1 << 32 if index == 31 else 0)
+
+
+def _generated(state: Any) -> list[int]:
+    """A sequence's generated tokens so far, as transformers' own output reports them (a
+    sequence moved out of the cache and back carries its earlier tokens in its prompt)."""
+    true_prompt = getattr(state, "_true_initial_tokens", 0)
+    if true_prompt:
+        return list(state.initial_tokens[true_prompt:]) + list(state.generated_tokens)
+    return list(state.generated_tokens)
+
+
+def install(manager: Any, masks: GrammarMasks) -> None:
+    """Put `masks` first among the batching manager's logits processors (before top-k could
+    keep only tokens the grammar forbids). Must run before the manager starts, which sizes
+    its per-processor argument rows from the list."""
+    processors = manager.logit_processor
+    processors.logits_processor.insert(0, masks)
+    processors.tensors_required += 1
+    processors.do_processing = True
+    processors._retrieve_processors_kwargs()

@@ -1,0 +1,169 @@
+"""How well-known model families write tool calls, and reading those calls out of their text.
+
+vLLM parses calls itself once told the format's name (`--tool-call-parser`); the transformers
+engine generates plain text, so for `tool_choice: "auto"` the calls a model wrote are read here,
+in whole answers and in streams, for the formats whose calls survive detokenization as text:
+Hermes' `<tool_call>{...}</tool_call>` (Qwen 2/2.5/3, QwQ, Hermes) and Llama 3's bare JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from inferd.engines.base import Json, by_prefix
+
+# Tool-call formats of well-known families, by vLLM's parser names. Checked in order: the
+# first prefix of the model's family (or name) wins.
+PARSERS = (
+    ("qwen3-coder", "qwen3_coder"),
+    ("qwen", "hermes"),
+    ("qwq", "hermes"),
+    ("hermes", "hermes"),
+    ("llama-3", "llama3_json"),
+    ("llama3", "llama3_json"),
+    ("llama-4", "llama4_pythonic"),
+    ("mistral", "mistral"),
+    ("deepseek-v3", "deepseek_v3"),
+    ("deepseek-r1", "deepseek_v3"),
+    ("glm-4", "glm45"),
+    ("kimi-k2", "kimi_k2"),
+    ("gpt-oss", "openai"),
+)
+
+# The formats read here from generated text.
+READABLE = ("hermes", "llama3_json")
+
+
+def format_of(family: Json, model_name: str) -> str | None:
+    """The tool-call format of a model: its family's, else its own name's."""
+    return by_prefix(PARSERS, family.get("model_family") or "") or by_prefix(PARSERS, model_name)
+
+
+def call(name: str, arguments: Any) -> Json:
+    """An OpenAI tool call."""
+    text = arguments if isinstance(arguments, str) else orjson.dumps(arguments or {}).decode()
+    return {
+        "id": f"call_{secrets.token_hex(12)}",
+        "type": "function",
+        "function": {"name": name, "arguments": text},
+    }
+
+
+_HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+_HERMES_OPEN = "<tool_call>"
+_PYTHON_TAG = "<|python_tag|>"
+
+
+def _json_calls(texts: list[str], arguments_key: tuple[str, ...]) -> list[Json] | None:
+    """Calls from JSON objects with a name and arguments; None if any is not one."""
+    calls = []
+    for text in texts:
+        try:
+            written = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(written, dict) or not isinstance(written.get("name"), str):
+            return None
+        arguments: Any = next((written[k] for k in arguments_key if k in written), {})
+        calls.append(call(written["name"], arguments))
+    return calls
+
+
+def _objects(text: str) -> list[str]:
+    """The JSON texts of `a; b; c` (Llama 3's parallel calls); a text that is not such a list
+    comes back whole, to fail as JSON."""
+    decoder, found, at = json.JSONDecoder(), [], 0
+    while at < len(text):
+        try:
+            _, end = decoder.raw_decode(text, at)
+        except json.JSONDecodeError:
+            return [text]
+        found.append(text[at:end])
+        at = end
+        while at < len(text) and text[at] in " \t\r\n;":
+            at += 1
+    return found
+
+
+def read(kind: str, text: str) -> tuple[str | None, list[Json]]:
+    """The content and the tool calls of a whole answer written in format `kind`."""
+    if kind == "hermes":
+        at = text.find(_HERMES_OPEN)
+        if at == -1:
+            return text, []
+        calls = _json_calls(_HERMES.findall(text[at:]), ("arguments", "parameters"))
+        if not calls:
+            return text, []
+        return (text[:at].strip() or None), calls
+    if kind == "llama3_json":
+        body = text.strip().removeprefix(_PYTHON_TAG).strip()
+        if not body.startswith("{"):
+            return text, []
+        calls = _json_calls(_objects(body), ("parameters", "arguments"))
+        return (None, calls) if calls else (text, [])
+    raise ValueError(f"no reader for tool-call format {kind!r}")
+
+
+def as_calls(answer: Json, kind: str) -> Json:
+    """A whole chat answer with the calls its text holds as `tool_calls`."""
+    for choice in answer.get("choices") or []:
+        message = choice.get("message") or {}
+        content, calls = read(kind, message.get("content") or "")
+        if calls:
+            choice["message"] = {**message, "content": content, "tool_calls": calls}
+            choice["finish_reason"] = "tool_calls"
+    return answer
+
+
+def _content_end(kind: str, text: str) -> int:
+    """How much of the text so far is content for certain: it ends where a call begins or may
+    be beginning."""
+    if kind == "hermes":
+        at = text.find(_HERMES_OPEN)
+        if at != -1:
+            return at
+        partial = (
+            i for i in range(len(_HERMES_OPEN) - 1, 0, -1) if text.endswith(_HERMES_OPEN[:i])
+        )
+        return len(text) - next(partial, 0)
+    head = text.lstrip()  # llama3_json: a call is the whole answer
+    return 0 if head.startswith(("{", _PYTHON_TAG)) or _PYTHON_TAG.startswith(head) else len(text)
+
+
+async def stream_as_calls(chunks: AsyncIterator[Json], kind: str) -> AsyncIterator[Json]:
+    """A chat stream (one choice) whose content flows until a call may begin; from there the
+    text is held, and at the end it goes out as `tool_calls` deltas, or as content if it was
+    not a call after all."""
+    text, sent = "", 0
+    async for chunk in chunks:
+        choices = chunk.get("choices") or []
+        if not choices:
+            yield chunk  # usage
+            continue
+        choice = choices[0]
+        delta = choice.get("delta") or {}
+        text += delta.get("content") or ""
+        if not choice.get("finish_reason"):
+            end = max(sent, _content_end(kind, text))
+            if end > sent or set(delta) - {"content"}:  # new content, or a role or reasoning
+                out = {**delta, "content": text[sent:end]} if "content" in delta else delta
+                yield {**chunk, "choices": [{**choice, "delta": out}]}
+                sent = end
+            continue
+        content, calls = read(kind, text)
+        if not calls:
+            yield {**chunk, "choices": [{**choice, "delta": {**delta, "content": text[sent:]}}]}
+            continue
+        rest = text[sent : max(sent, _content_end(kind, text))].rstrip() if content else ""
+        if rest:
+            piece = {**choice, "delta": {"content": rest}, "finish_reason": None}
+            yield {**chunk, "choices": [piece]}
+        deltas = [{"index": i, **c} for i, c in enumerate(calls)]
+        final = {"index": choice.get("index", 0), "delta": {"tool_calls": deltas}}
+        yield {**chunk, "choices": [{**final, "finish_reason": "tool_calls"}]}

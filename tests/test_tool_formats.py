@@ -1,0 +1,109 @@
+"""Reading the tool calls a model wrote in its family's format, whole and streamed (the
+transformers engine's `tool_choice: auto`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from inferd.engines import tool_formats
+
+HERMES = (
+    'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
+    '</tool_call>\n<tool_call>{"name": "get_time", "arguments": {"zone": "CET"}}</tool_call>'
+)
+LLAMA3 = (
+    '<|python_tag|>{"name": "get_weather", "parameters": {"city": "a;b"}}; '
+    '{"name": "g", "parameters": {}}'
+)
+
+
+def named(calls: list[dict]) -> list[tuple[str, dict]]:
+    return [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls]
+
+
+@pytest.mark.parametrize(
+    ("kind", "text", "content", "calls"),
+    [
+        (
+            "hermes",
+            HERMES,
+            "Let me look.",
+            [("get_weather", {"city": "Paris"}), ("get_time", {"zone": "CET"})],
+        ),
+        # EOS may end the answer before the closing tag.
+        ("hermes", '<tool_call>{"name": "f", "arguments": {}}', None, [("f", {})]),
+        ("hermes", "no call here", "no call here", []),
+        ("hermes", '<tool_call>{"name": broken', '<tool_call>{"name": broken', []),
+        ("llama3_json", LLAMA3, None, [("get_weather", {"city": "a;b"}), ("g", {})]),
+        ("llama3_json", '{"name": "f", "parameters": {}} and more', None, []),
+        ("llama3_json", "Hello {there}", "Hello {there}", []),
+    ],
+)
+def test_whole_answers(kind: str, text: str, content: str | None, calls: list) -> None:
+    found_content, found = tool_formats.read(kind, text)
+    assert named(found) == calls
+    if calls or content is not None:
+        assert found_content == (content if calls else text)
+    assert all(c["id"].startswith("call_") and c["type"] == "function" for c in found)
+
+
+async def _chunks(pieces: list[str]) -> AsyncIterator[dict]:
+    for i, piece in enumerate(pieces):
+        delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
+        yield {"id": "c", "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+    yield {"id": "c", "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "stop"}]}
+    yield {"id": "c", "choices": [], "usage": {"completion_tokens": len(pieces)}}
+
+
+def _streamed(kind: str, pieces: list[str]) -> list[dict]:
+    async def collect() -> list[dict]:
+        return [c async for c in tool_formats.stream_as_calls(_chunks(pieces), kind)]
+
+    return asyncio.run(collect())
+
+
+def test_streamed_content_flows_until_a_call_begins() -> None:
+    pieces = [
+        "Sure",
+        ", checking <to",
+        'ol_call>{"name": "w", ',
+        '"arguments": {"a": 1}}</tool_call>',
+    ]
+    chunks = _streamed("hermes", pieces)
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text.rstrip() == "Sure, checking"  # nothing of the marker leaked out as content
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    last = [c for c in chunks if c["choices"]][-1]["choices"][0]
+    assert last["finish_reason"] == "tool_calls"
+    assert named(last["delta"]["tool_calls"]) == [("w", {"a": 1})]
+    assert last["delta"]["tool_calls"][0]["index"] == 0
+    assert chunks[-1]["usage"] == {"completion_tokens": 4}
+
+
+@pytest.mark.parametrize(
+    ("kind", "pieces"),
+    [
+        ("hermes", ["Sure <to", "p> done"]),
+        ("llama3_json", [" {not", " json"]),
+        ("llama3_json", ["Hi", " there"]),
+    ],
+)
+def test_streamed_text_that_is_no_call_comes_out_whole(kind: str, pieces: list[str]) -> None:
+    chunks = [c for c in _streamed(kind, pieces) if c["choices"]]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "".join(pieces)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert not any(c["choices"][0]["delta"].get("tool_calls") for c in chunks)
+
+
+def test_llama3_stream_holds_the_call() -> None:
+    chunks = [
+        c
+        for c in _streamed("llama3_json", [' {"name"', ': "f", "parameters": {}}'])
+        if c["choices"]
+    ]
+    assert not any(c["choices"][0]["delta"].get("content") for c in chunks)
+    assert named(chunks[-1]["choices"][0]["delta"]["tool_calls"]) == [("f", {})]
