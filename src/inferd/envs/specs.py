@@ -61,6 +61,9 @@ class EnvSpec:
         return [f"{name} ; sys_platform == 'never'" for name in self.drop.get(platform, ())]
 
 
+# torch's CPU build is a local version (2.13.0+cpu) from a wheel folder or PyTorch's index.
+_TORCH = {"cpu": ("torch==2.13.0+cpu",), "cuda": ("torch==2.13.0",)}
+
 SPECS: dict[str, EnvSpec] = {
     spec.engine: spec
     for spec in (
@@ -69,7 +72,26 @@ SPECS: dict[str, EnvSpec] = {
             "sentence_transformers",
             "sentence-transformers",
             "sentence_transformers",
-            per_platform={"cpu": ("torch==2.13.0+cpu",), "cuda": ("torch==2.13.0",)},
+            per_platform=_TORCH,
+        ),
+        EnvSpec(
+            "transformers",
+            "transformers",
+            "transformers",
+            # The engine drives transformers' continuous batching, whose internals move between
+            # releases: the lock holds the version its tests ran on.
+            also=("accelerate", "llguidance"),
+            per_platform=_TORCH,
+        ),
+        EnvSpec("faster_whisper", "faster-whisper", "faster_whisper"),
+        EnvSpec("piper", "piper-tts", "piper"),
+        # Pipelines' text encoders (CLIP, T5) come from transformers.
+        EnvSpec(
+            "diffusers",
+            "diffusers",
+            "diffusers",
+            also=("transformers", "accelerate"),
+            per_platform=_TORCH,
         ),
         EnvSpec(
             "vllm",
