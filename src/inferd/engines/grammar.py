@@ -63,6 +63,7 @@ class GrammarMasks(ContinuousBatchingLogitsProcessor):
         index = torch.arange(vocab, dtype=torch.int32)
         self._word, self._bit = (index // 32).long(), index % 32
         self._on: torch.device | None = None
+        self._executor = llguidance.LLExecutor()
 
     # from the server's event loop --------------------------------------------------------
 
@@ -98,6 +99,7 @@ class GrammarMasks(ContinuousBatchingLogitsProcessor):
         masks = None
         with self._lock:
             found = [self._sequences.get(r.state.request_id) for r in requests_with_new_token]
+        pending = []
         for row, (request, sequence) in enumerate(zip(requests_with_new_token, found, strict=True)):
             if sequence is None:
                 continue
@@ -105,23 +107,29 @@ class GrammarMasks(ContinuousBatchingLogitsProcessor):
                 # -1: every bit set, so the rows of unconstrained sequences mask nothing.
                 shape = llguidance.torch.get_bitmask_shape(len(found), self._vocab)
                 masks = torch.full(shape, -1, dtype=torch.int32)
-            self._next(sequence, _generated(request.state), masks, row)
+            if self._advance(sequence, _generated(request.state)):
+                pending.append((sequence.matcher, row))
+            else:
+                # Cannot happen while the mask is honoured; if it does, end the sequence cleanly.
+                masks[row].zero_()
+                for token in self._eos:
+                    masks[row, token // 32] |= _bit(token % 32)
+        if len(pending) == 1:
+            llguidance.torch.fill_next_token_bitmask(pending[0][0], masks, pending[0][1])
+        elif pending:  # on llguidance's threads, without the GIL
+            llguidance.torch.fill_next_token_bitmask_par(self._executor, pending, masks)
         self._masks = masks
         return torch.zeros(len(requests_with_new_token), dtype=torch.int32)
 
-    def _next(self, sequence: _Sequence, tokens: list[int], masks: torch.Tensor, row: int) -> None:
+    @staticmethod
+    def _advance(sequence: _Sequence, tokens: list[int]) -> bool:
+        """Feed the matcher the sequence's new tokens; False if it went astray."""
         matcher = sequence.matcher
         new = tokens[sequence.taken :]
         sequence.taken = len(tokens)
         if new and not matcher.is_error():
             matcher.consume_tokens(new)
-        if matcher.is_error():
-            # Cannot happen while the mask is honoured; if it does, end the sequence cleanly.
-            masks[row].zero_()
-            for token in self._eos:
-                masks[row, token // 32] |= _bit(token % 32)
-            return
-        llguidance.torch.fill_next_token_bitmask(matcher, masks, row)
+        return not matcher.is_error()
 
     def __call__(self, scores: torch.FloatTensor, tensor_arg: torch.Tensor) -> torch.FloatTensor:
         masks = self._masks
