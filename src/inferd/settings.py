@@ -81,6 +81,11 @@ class Settings(BaseSettings):
         description="The package index engine environments install from (default: PIP_INDEX_URL, "
         "else PyPI); `none`: wheel folders only",
     )
+    torch_index_url: str = Field(
+        default="https://download.pytorch.org/whl/cpu",
+        description="Where CPU machines' engine environments find torch's CPU build (PyPI has "
+        "only the CUDA one) when no wheel folder holds it; `none`: nowhere else",
+    )
     engine_offline: bool = Field(
         default=False,
         description="Build engine environments from uv's cache and wheel folders only",

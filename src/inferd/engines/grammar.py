@@ -96,28 +96,31 @@ class GrammarMasks(ContinuousBatchingLogitsProcessor):
         int32_tensor.fill_(0)
 
     def prepare_tensor_args(self, requests_with_new_token: list[Any]) -> torch.Tensor:
-        masks = None
         with self._lock:
             found = [self._sequences.get(r.state.request_id) for r in requests_with_new_token]
-        pending = []
-        for row, (request, sequence) in enumerate(zip(requests_with_new_token, found, strict=True)):
-            if sequence is None:
-                continue
-            if masks is None:
-                # -1: every bit set, so the rows of unconstrained sequences mask nothing.
-                shape = llguidance.torch.get_bitmask_shape(len(found), self._vocab)
-                masks = torch.full(shape, -1, dtype=torch.int32)
-            if self._advance(sequence, _generated(request.state)):
-                pending.append((sequence.matcher, row))
-            else:
-                # Cannot happen while the mask is honoured; if it does, end the sequence cleanly.
-                masks[row].zero_()
-                for token in self._eos:
-                    masks[row, token // 32] |= _bit(token % 32)
-        if len(pending) == 1:
-            llguidance.torch.fill_next_token_bitmask(pending[0][0], masks, pending[0][1])
-        elif pending:  # on llguidance's threads, without the GIL
-            llguidance.torch.fill_next_token_bitmask_par(self._executor, pending, masks)
+        constrained = [
+            (row, sequence, requests_with_new_token[row])
+            for row, sequence in enumerate(found)
+            if sequence is not None
+        ]
+        masks = None
+        if constrained:
+            # -1: every bit set, so the rows of unconstrained sequences mask nothing.
+            shape = llguidance.torch.get_bitmask_shape(len(found), self._vocab)
+            masks = torch.full(shape, -1, dtype=torch.int32)
+            pending = []
+            for row, sequence, request in constrained:
+                if self._advance(sequence, _generated(request.state)):
+                    pending.append((sequence.matcher, row))
+                else:
+                    # Past its end (EOS again, under ignore_eos) or astray: only EOS from here.
+                    masks[row].zero_()
+                    for token in self._eos:
+                        masks[row, token // 32] |= _bit(token % 32)
+            if len(pending) == 1:
+                llguidance.torch.fill_next_token_bitmask(pending[0][0], masks, pending[0][1])
+            elif pending:  # on llguidance's threads, without the GIL
+                llguidance.torch.fill_next_token_bitmask_par(self._executor, pending, masks)
         self._masks = masks
         return torch.zeros(len(requests_with_new_token), dtype=torch.int32)
 

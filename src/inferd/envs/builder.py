@@ -59,6 +59,7 @@ class EnvBuilder:
     find_links: list[str] = field(default_factory=list)
     index_url: str | None = None  # "none": wheel folders only
     offline: bool = False
+    torch_index: str | None = None  # PyTorch's CPU index, for a CPU torch no folder holds
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     def plan(
@@ -170,7 +171,26 @@ class EnvBuilder:
             args += ["--index-url", self.index_url]
         if self.offline:
             args.append("--offline")
+        elif self.index_url != "none" and self.torch_index and self._torch_elsewhere(plan):
+            # The lock pins torch's CPU build, which only PyTorch's index has; every version is
+            # pinned, so taking each from whichever index has it is safe.
+            args += ["--index", self.torch_index]
+            args += ["--index-strategy", "unsafe-best-match"]
         return args
+
+    def _torch_elsewhere(self, plan: EnvPlan) -> bool:
+        """Whether `plan` needs torch's CPU build and no wheel folder given here holds it (a
+        link that is no local folder is taken to hold it: it cannot be looked into)."""
+        lock = plan.spec.lock(plan.version, plan.platform)
+        wanted = lock.read_text() if lock is not None else ""
+        wanted += "\n".join(plan.spec.requirements(plan.version, plan.platform))
+        if "torch==" not in wanted or "+cpu" not in wanted:
+            return False
+        for link in [*self.find_links, *plan.find_links]:
+            folder = Path(link)
+            if not folder.is_dir() or any(folder.glob("torch-*+cpu-*.whl")):
+                return False
+        return True
 
     async def _check(self, python: Path, plan: EnvPlan) -> None:
         """The model process's own module imports there, and the engine's package is found."""

@@ -21,7 +21,11 @@ def engine_envs(settings: Settings) -> EnvBuilder:
     links += [link for link in pip.get("find-links", "").split() if link not in links]
     index = settings.engine_index_url or pip.get("index-url") or None
     return EnvBuilder(
-        settings.envs_dir, find_links=links, index_url=index, offline=settings.engine_offline
+        settings.envs_dir,
+        find_links=links,
+        index_url=index,
+        offline=settings.engine_offline,
+        torch_index=None if settings.torch_index_url == "none" else settings.torch_index_url,
     )
 
 

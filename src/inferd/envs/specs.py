@@ -62,7 +62,7 @@ class EnvSpec:
 
 
 # torch's CPU build is a local version (2.13.0+cpu) from a wheel folder or PyTorch's index.
-_TORCH = {"cpu": ("torch==2.13.0+cpu",), "cuda": ("torch==2.13.0",)}
+_TORCH: dict[str, tuple[str, ...]] = {"cpu": ("torch==2.13.0+cpu",), "cuda": ("torch==2.13.0",)}
 
 SPECS: dict[str, EnvSpec] = {
     spec.engine: spec
