@@ -35,6 +35,7 @@ from inferd.api.limits import BodyLimit
 from inferd.api.responses import routes as responses_routes
 from inferd.catalog import get_catalog
 from inferd.errors import InferdError
+from inferd.runtime.backends import ProcessBackend
 from inferd.runtime.launch import LaunchRequest
 from inferd.runtime.manager import ModelManager
 from inferd.settings import Settings
@@ -56,8 +57,9 @@ def create_app(settings: Settings, launch: Sequence[str] = (), restore: bool = T
         settings.home.mkdir(parents=True, exist_ok=True)
         store = StateStore(settings.state_db)
         cluster = await _join_cluster(settings)
-        manager = ModelManager(settings, get_catalog(), store, cluster)
+        manager = ModelManager(settings, get_catalog(), store, _backend(cluster))
         app.state.manager = manager
+        app.state.cluster = cluster
         app.state.responses = ResponseStore(settings.responses_db)
         app.state.started = time.time()
         # Restored models are listed at once (status `restoring`) and load in the background,
@@ -106,6 +108,15 @@ def create_app(settings: Settings, launch: Sequence[str] = (), restore: bool = T
     app.include_router(keys.router)
     ui.mount(app)
     return app
+
+
+def _backend(cluster: RayCluster | None) -> ProcessBackend | None:
+    """Where model processes run: the cluster's nodes when the server joined one."""
+    if cluster is None:
+        return None
+    from inferd.cluster.backend import RayBackend
+
+    return RayBackend(cluster)
 
 
 async def _join_cluster(settings: Settings) -> RayCluster | None:

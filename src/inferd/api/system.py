@@ -9,6 +9,7 @@ import platform
 from fastapi import APIRouter, Request
 
 from inferd import __version__
+from inferd.api.deps import cluster as _cluster
 from inferd.api.deps import manager as _manager
 from inferd.runtime.gpus import discover
 
@@ -34,7 +35,7 @@ async def supervisor(request: Request) -> dict:
 @router.get("/workers")
 async def workers(request: Request) -> list[dict]:
     """Xinference's worker list: the machines model processes run on."""
-    cluster = _manager(request).cluster
+    cluster = _cluster(request)
     if cluster is None:
         return [_node()]
     return await asyncio.to_thread(cluster.nodes)
@@ -57,13 +58,14 @@ async def cluster_nodes(request: Request) -> dict:
                         "status": replica.status,
                     }
                 )
-    if manager.cluster is None:
+    cluster = _cluster(request)
+    if cluster is None:
         node = {**_node(), "id": "local", "address": "local", "alive": True}
         return {"mode": "single", "nodes": [{**node, "replicas": placed.get("local", [])}]}
-    nodes = await asyncio.to_thread(manager.cluster.nodes)
+    nodes = await asyncio.to_thread(cluster.nodes)
     return {
         "mode": "ray",
-        "address": manager.cluster.address,
+        "address": cluster.address,
         "nodes": [{**n, "replicas": placed.get(n["id"], [])} for n in nodes],
     }
 

@@ -5,7 +5,3 @@ node Ray picks for its resources (`host.ModelHost`, an actor per process), and t
 to it over TCP as it talks to a local one over a Unix socket (`remote.RemoteModelProcess`).
 Without --ray-address nothing here is imported, and Ray need not be installed.
 """
-
-# The header carrying the server's secret to a model process on a node (which listens on the
-# network, where anyone could otherwise use its model).
-TOKEN_HEADER = "x-inferd-token"

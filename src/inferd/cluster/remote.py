@@ -13,11 +13,11 @@ from typing import Any
 import aiohttp
 import httpx
 
-from inferd.cluster import TOKEN_HEADER
 from inferd.cluster.ray_cluster import Need, RayCluster
 from inferd.engines.base import EngineConfig
 from inferd.errors import InvalidRequest, LaunchFailed
 from inferd.runtime.process import ModelProcess, http_client
+from inferd.runtime.worker import TOKEN_HEADER
 
 log = logging.getLogger("inferd.cluster")
 

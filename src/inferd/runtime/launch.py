@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from inferd.catalog.schema import ModelType
+from inferd.errors import InvalidRequest
 
 
 class LoraAdapter(BaseModel):
@@ -91,6 +92,35 @@ class LaunchRequest(BaseModel):
         """LoRA adapters by name, with their folders."""
         adapters = self.peft_model_config.lora_list if self.peft_model_config else []
         return {a.lora_name: a.local_path for a in adapters}
+
+    def gpu_list(self) -> list[int] | None:
+        """The GPUs gpu_idx names; None where it names none."""
+        return [self.gpu_idx] if isinstance(self.gpu_idx, int) else self.gpu_idx
+
+    def gpu_count(self) -> int | None:
+        """How many GPUs the launch asks for; None for "auto". A 400 for malformed fields."""
+        gpu_idx = self.gpu_list()
+        if gpu_idx is not None and (not gpu_idx or any(i < 0 for i in gpu_idx)):
+            raise InvalidRequest("gpu_idx must list GPU numbers (0, 1, ...)", param="gpu_idx")
+        if gpu_idx is not None and len(set(gpu_idx)) != len(gpu_idx):
+            raise InvalidRequest("gpu_idx names a GPU twice", param="gpu_idx")
+        n_gpu = self.n_gpu
+        if n_gpu in (None, "auto"):
+            return len(gpu_idx) if gpu_idx else None
+        try:
+            count = int(n_gpu)
+        except ValueError:
+            raise InvalidRequest(
+                f"n_gpu must be 'auto' or a number of GPUs (0 for the CPU), not {n_gpu!r}",
+                param="n_gpu",
+            ) from None
+        if count < 0:
+            raise InvalidRequest("n_gpu cannot be negative", param="n_gpu")
+        if gpu_idx is not None and count != len(gpu_idx):
+            raise InvalidRequest(
+                f"n_gpu={count} but gpu_idx names {len(gpu_idx)} GPU(s)", param="gpu_idx"
+            )
+        return count
 
     @property
     def engine_options(self) -> dict[str, Any]:

@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,21 +22,19 @@ from pydantic import TypeAdapter
 
 from inferd.catalog import AnyFamily, Catalog, Family, ModelSpec, ModelType
 from inferd.catalog.custom import parse_registration, verify_local_files
-from inferd.cluster.ray_cluster import Need, RayCluster
-from inferd.cluster.remote import RemoteModelProcess
 from inferd.engines import Engine, EngineConfig, choose_engine
 from inferd.errors import (
     Conflict,
     InferdError,
     InvalidRequest,
     LaunchFailed,
-    ModelFilesUnavailable,
     ModelUnavailable,
     NotFound,
 )
 from inferd.runtime.aborts import Aborts
+from inferd.runtime.backends import LocalBackend, ProcessBackend
 from inferd.runtime.engine_env import EngineEnvs
-from inferd.runtime.gpus import Placement, has_nvidia_gpu, weights_bytes
+from inferd.runtime.gpus import has_nvidia_gpu
 from inferd.runtime.instance import (
     FAILED,
     IDLE,
@@ -49,15 +46,11 @@ from inferd.runtime.instance import (
     ModelInstance,
 )
 from inferd.runtime.launch import LaunchRequest
-from inferd.runtime.process import ModelProcess
-from inferd.runtime.replica import ProcessFactory, Replica
+from inferd.runtime.replica import Replica
+from inferd.runtime.weights import Weights
 from inferd.settings import Settings
-from inferd.storage.download import DownloadProgress, download
 from inferd.storage.paths import confined
 from inferd.storage.resolve import (
-    cache_dir_for,
-    cached_weights,
-    find_local_weights,
     projector_file,
 )
 from inferd.storage.state import StateStore
@@ -73,11 +66,11 @@ class ModelManager:
         settings: Settings,
         catalog: Catalog,
         store: StateStore,
-        cluster: RayCluster | None = None,
+        backend: ProcessBackend | None = None,
     ):
         self.settings = settings
-        # With a Ray cluster, model processes run on its nodes, placed by Ray.
-        self.cluster = cluster
+        # Where model processes run: here, or on a Ray cluster's nodes, placed by Ray.
+        self.backend: ProcessBackend = backend or LocalBackend()
         self.catalog = catalog
         self.store = store
         self._models: dict[str, ModelInstance] = {}
@@ -86,9 +79,9 @@ class ModelManager:
         self._socket_dir = Path(tempfile.mkdtemp(prefix="inferd-"))
         self._counter = itertools.count(1)
         self._idle_task: asyncio.Task[None] | None = None
-        self._download_locks: dict[Path, asyncio.Lock] = {}
+        self.weights = Weights(settings, store)
         self.aborts = Aborts()
-        self.engine_envs = EngineEnvs(settings, on_cluster=cluster is not None)
+        self.engine_envs = EngineEnvs(settings, on_cluster=self.backend.on_cluster)
 
     # start-up and shut-down ----------------------------------------------------------
 
@@ -290,7 +283,7 @@ class ModelManager:
 
     def _plan(self, request: LaunchRequest) -> ModelInstance:
         """Check everything that can be checked before a process starts."""
-        _gpu_count(request)  # a malformed n_gpu or gpu_idx is refused before anything runs
+        request.gpu_count()  # a malformed n_gpu or gpu_idx is refused before anything runs
         adapters = request.peft_model_config.lora_list if request.peft_model_config else []
         if request.model_path:
             confined(request.model_path, "model_path")
@@ -309,20 +302,7 @@ class ModelManager:
             "n_worker": request.n_worker != 1,
             "replica_config": bool(request.replica_config),
         }
-        if self.cluster is not None:
-            self._check_cluster_gpus(request, self.cluster)
-            gpus = _gpu_count(request)
-            if gpus and not self.cluster.fits(Need(gpus, 0)):
-                raise InvalidRequest(
-                    f"no node of the cluster has {gpus} GPU(s); `inferd nodes` lists what each has",
-                    param="n_gpu",
-                )
-        elif request.worker_ip is not None:
-            raise InvalidRequest(
-                "worker_ip names a node of a cluster, and this server runs alone; start it with "
-                "--ray-address to spread models over machines",
-                param="worker_ip",
-            )
+        self.backend.check(request, self._models.values())
         for name, asked in unsupported.items():
             if asked:
                 raise InvalidRequest(f"{name} is not supported by inferd yet", param=name)
@@ -363,36 +343,6 @@ class ModelManager:
             env_plan=self.engine_envs.plan(engine, request),
         )
 
-    def _check_cluster_gpus(self, request: LaunchRequest, cluster: RayCluster) -> None:
-        """On a cluster, gpu_idx names GPUs of the node worker_ip names, which must have them
-        free of this server's other models."""
-        node = cluster.node_at(request.worker_ip) if request.worker_ip is not None else None
-        gpu_idx = _gpu_idx(request)
-        if gpu_idx is None:
-            return
-        if node is None:
-            raise InvalidRequest(
-                "on a cluster, gpu_idx names GPUs of the node given by worker_ip; give both, "
-                "or n_gpu alone",
-                param="gpu_idx",
-            )
-        missing = [i for i in gpu_idx if i >= node["gpu_total"]]
-        if missing:
-            raise InvalidRequest(
-                f"node {node['address']} ({node['id'][:8]}) has {node['gpu_total']:g} GPU(s); "
-                f"there is no GPU {missing[0]}",
-                param="gpu_idx",
-            )
-        for model in self._models.values():
-            for replica in model.replicas:
-                held = set(replica.gpus) & set(gpu_idx)
-                if replica.node_id == node["id"] and replica.process is not None and held:
-                    raise InvalidRequest(
-                        f"GPU {min(held)} of node {node['address']} is held by "
-                        f"{model.uid} (replica {replica.index})",
-                        param="gpu_idx",
-                    )
-
     async def _bring_up(self, instance: ModelInstance) -> None:
         """Resolve the weights and start every replica; on failure the instance reads failed."""
         uid = instance.uid
@@ -400,7 +350,7 @@ class ModelManager:
             request = instance.request
             python = await self._engine_env(instance)
             instance.stage = "resolving"
-            path = await self._weights(instance)
+            path = await self.weights.local_path(instance)
             options = request.engine_options
             if "mmproj" in options:
                 raise InvalidRequest(
@@ -484,11 +434,7 @@ class ModelManager:
         return found.python
 
     def _new_replica(self, instance: ModelInstance, index: int, config: EngineConfig) -> Replica:
-        new_process: ProcessFactory = ModelProcess
-        if self.cluster is None:
-            config = self._placed(instance, config)
-        else:
-            new_process = self._on_cluster(instance, self.cluster)
+        config, new_process = self.backend.process_for(instance, config, self._models.values())
         return Replica(
             index,
             config,
@@ -499,81 +445,6 @@ class ModelManager:
             request_limit=instance.request.request_limits,
             new_process=new_process,
         )
-
-    def _on_cluster(self, instance: ModelInstance, cluster: RayCluster) -> ProcessFactory:
-        """Processes of `instance` on the cluster's nodes: Ray places each on a node with the
-        GPUs it needs (and sets which it sees); a restarted one may land elsewhere."""
-        request = instance.request
-        count = _gpu_count(request)
-        if not instance.engine.uses_gpu:
-            count = 0
-        elif count is None:  # "auto": one GPU where the cluster has any
-            count = 1 if cluster.gpu_total() > 0 else 0
-
-        gpu_idx = _gpu_idx(request)
-
-        def new_process(config: EngineConfig, socket_path: Path, log_path: Path) -> ModelProcess:
-            if gpu_idx is not None:
-                # The GPUs named, not those Ray would pick: Ray only counts them.
-                visible = ",".join(map(str, gpu_idx))
-                env = {"CUDA_VISIBLE_DEVICES": visible, **config.env}
-                config = config.model_copy(update={"gpus": gpu_idx, "env": env})
-            elif count == 0:
-                # Kept off the node's GPUs, which Ray gives to others.
-                env = {"CUDA_VISIBLE_DEVICES": "", **config.env}
-                config = config.model_copy(update={"env": env})
-            # On the CPU, the weights are held in the node's memory.
-            memory = 0 if count else weights_bytes(config.model_path)
-            need = Need(gpus=count, memory=memory)
-            return RemoteModelProcess(
-                config, socket_path, log_path, cluster, need, request.worker_ip
-            )
-
-        return new_process
-
-    def _placed(self, instance: ModelInstance, config: EngineConfig) -> EngineConfig:
-        """The config of one more process of `instance`, with the GPUs placed for it and the
-        environment that shows it only those; a 400 if it cannot fit."""
-        request = instance.request
-        engine = instance.engine
-        env = dict(config.env)
-        if "CUDA_VISIBLE_DEVICES" in (request.envs or {}):
-            return config.model_copy(update={"gpus": []})  # the user placed it themselves
-        count = _gpu_count(request)
-        count_param = "n_gpu"
-        # On a machine without GPUs the same options mean CPU workers (vLLM's CPU build).
-        asked = engine.gpus_asked(config.options) if count != 0 and has_nvidia_gpu() else None
-        if asked is not None:
-            wanted, count_param = asked
-            if count is not None and count != wanted:
-                raise InvalidRequest(
-                    f"{count_param} asks for {wanted} GPU(s) but the launch places it on "
-                    f"{count} (n_gpu/gpu_idx); give one of them, or the same number",
-                    param=count_param,
-                )
-            count = wanted
-        if count == 0 or not engine.uses_gpu:
-            if has_nvidia_gpu():
-                env["CUDA_VISIBLE_DEVICES"] = ""  # kept off the GPUs others were placed on
-            return config.model_copy(update={"gpus": [], "env": env})
-        if count is None:  # "auto": one GPU where there are any, else the CPU
-            if not has_nvidia_gpu():
-                return config.model_copy(update={"gpus": []})
-            count = 1
-        weights = weights_bytes(config.model_path)
-        need = engine.gpu_need(config.options, weights, count)
-        held = {
-            f"{m.uid}/{r.index}": r.config.gpus
-            for m in self._models.values()
-            for r in m.replicas
-            if r.config.gpus
-        }
-        gpu_idx = _gpu_idx(request)
-        gpus = Placement(held).place(need, gpu_idx, count_param=count_param)
-        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA's numbering then matches NVML's
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpus)
-        log.info("placing %s on GPU %s (%s)", instance.uid, gpus, need.what)
-        return config.model_copy(update={"gpus": gpus, "env": env})
 
     # scaling --------------------------------------------------------------------------
 
@@ -622,66 +493,6 @@ class ModelManager:
         await replica.stop(grace=self.settings.terminate_timeout)
         instance.notify()
         return len(instance.replicas)
-
-    async def _weights(self, instance: ModelInstance) -> Path:
-        """The weights on local disk, downloading them first if they are not."""
-        args = (
-            instance.family,
-            instance.spec,
-            instance.quantization,
-            self.settings.cache_dir,
-            instance.request.model_path,
-        )
-        path = await asyncio.to_thread(find_local_weights, *args)
-        if path is not None:
-            return path
-        variant = cache_dir_for(
-            self.settings.cache_dir,
-            instance.family.model_name,
-            instance.spec,
-            instance.quantization,
-        )
-        # Two launches of one model download it once: the second waits, then finds it cached.
-        lock = self._download_locks.setdefault(variant, asyncio.Lock())
-        async with lock:
-            path = await asyncio.to_thread(find_local_weights, *args)
-            if path is not None:
-                return path
-            hub = instance.request.download_hub or self.settings.model_src
-            instance.download = DownloadProgress(hub=hub)
-            instance.set_phase(instance.phase, "downloading")
-            self.store.set_status(instance.uid, "downloading")
-            instance.notify()
-            cancelled = threading.Event()
-            try:
-                await asyncio.to_thread(
-                    download,
-                    instance.spec,
-                    instance.quantization,
-                    variant,
-                    hub,
-                    instance.download,
-                    cancelled,
-                )
-            except asyncio.CancelledError:
-                cancelled.set()  # the thread stops before its next file
-                raise
-            done = instance.download
-            skipped = "".join(f"; skipped {note}" for note in done.notes)
-            self.store.add_event(
-                instance.uid,
-                "downloaded",
-                f"{done.done / 1e6:.0f} MB from {done.hub} in "
-                f"{time.monotonic() - done.started:.1f}s{skipped}",
-            )
-            found = cached_weights(variant, instance.spec, instance.quantization)
-            if found is None:
-                raise ModelFilesUnavailable(
-                    f"the download of {instance.family.model_name} finished without the file "
-                    "the engine loads",
-                    param="model_name",
-                )
-            return found
 
     def _replica_changed(
         self, instance: ModelInstance, replica: Replica, status: str, message: str | None
@@ -777,36 +588,6 @@ def _cpu_friendly_first(
     if n_gpu not in (0, "0") and has_nvidia_gpu():
         return candidates
     return sorted(candidates, key=lambda c: c[0].model_format != "ggufv2")
-
-
-def _gpu_idx(request: LaunchRequest) -> list[int] | None:
-    return [request.gpu_idx] if isinstance(request.gpu_idx, int) else request.gpu_idx
-
-
-def _gpu_count(request: LaunchRequest) -> int | None:
-    """How many GPUs the launch asks for; None for "auto"."""
-    gpu_idx = _gpu_idx(request)
-    if gpu_idx is not None and (not gpu_idx or any(i < 0 for i in gpu_idx)):
-        raise InvalidRequest("gpu_idx must list GPU numbers (0, 1, ...)", param="gpu_idx")
-    if gpu_idx is not None and len(set(gpu_idx)) != len(gpu_idx):
-        raise InvalidRequest("gpu_idx names a GPU twice", param="gpu_idx")
-    n_gpu = request.n_gpu
-    if n_gpu in (None, "auto"):
-        return len(gpu_idx) if gpu_idx else None
-    try:
-        count = int(n_gpu)
-    except ValueError:
-        raise InvalidRequest(
-            f"n_gpu must be 'auto' or a number of GPUs (0 for the CPU), not {n_gpu!r}",
-            param="n_gpu",
-        ) from None
-    if count < 0:
-        raise InvalidRequest("n_gpu cannot be negative", param="n_gpu")
-    if gpu_idx is not None and count != len(gpu_idx):
-        raise InvalidRequest(
-            f"n_gpu={count} but gpu_idx names {len(gpu_idx)} GPU(s)", param="gpu_idx"
-        )
-    return count
 
 
 def _first_servable(

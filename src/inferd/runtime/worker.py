@@ -33,7 +33,6 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from inferd.cluster import TOKEN_HEADER
 from inferd.engines import ENGINES
 from inferd.engines.base import Engine, EngineConfig, Json, flag
 from inferd.errors import InferdError, InvalidRequest, ModelUnavailable, RequestAborted
@@ -342,6 +341,9 @@ def _exit_with_parent() -> None:
             os.killpg(0, signal.SIGKILL)
 
 
+# The header carrying the server's secret to a model process on a cluster's node (which listens
+# on the network, where anyone could otherwise use its model).
+TOKEN_HEADER = "x-inferd-token"
 _TOKEN_KEY = TOKEN_HEADER.encode()
 
 
