@@ -165,6 +165,38 @@ def wait_ready(server: InferdServer, uids: set[str], timeout: float = 120) -> di
     raise AssertionError(f"models not ready: {server.models()}\n{server.log()}")
 
 
+def weather_tool(max_city: int | None = None) -> dict:
+    """An OpenAI function tool: get_weather(city)."""
+    city: dict = {"type": "string"}
+    parameters: dict = {"type": "object", "properties": {"city": city}, "required": ["city"]}
+    if max_city is not None:
+        city["maxLength"] = max_city
+        parameters["additionalProperties"] = False
+    return {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city",
+            "parameters": parameters,
+        },
+    }
+
+
+def weather_called(ask: list[dict], result: str) -> list[dict]:
+    """A conversation in OpenAI's shapes where the assistant called get_weather for Paris (its
+    arguments as JSON text) and the tool answered `result`."""
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+    }
+    return [
+        *ask,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": result},
+    ]
+
+
 def run_together(*calls: Callable[[], object], timeout: float = 120) -> None:
     """Runs the calls at the same time, one thread each, and waits for all of them."""
     threads = [threading.Thread(target=call) for call in calls]

@@ -18,24 +18,13 @@ import openai
 import pytest
 from xinference_client import RESTfulClient
 
-from tests.conftest import LLM, InferdServer, custom_model, gemma_gguf
+from tests.conftest import LLM, InferdServer, custom_model, gemma_gguf, weather_called, weather_tool
 
 pytestmark = pytest.mark.slow
 
 NAME = "gemma-tools"
 TEMPLATE = (Path(__file__).parent / "data" / "gemma-tools.jinja").read_text()
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
+WEATHER = weather_tool()
 TIME = {
     "type": "function",
     "function": {
@@ -121,21 +110,7 @@ def test_named_tool_choice_forces_that_function(launched: InferdServer, tools_mo
 
 def test_a_tool_answer_goes_back_to_the_model(launched: InferdServer, tools_model: str) -> None:
     client = launched.openai()
-    history = [
-        *ASK,
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {
-                    "id": "call_1",
-                    "type": "function",
-                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-                }
-            ],
-        },
-        {"role": "tool", "tool_call_id": "call_1", "content": '{"sky": "sunny", "c": 21}'},
-    ]
+    history = weather_called(ASK, '{"sky": "sunny", "c": 21}')
     reply = client.chat.completions.create(
         model=tools_model,
         messages=history,  # type: ignore[arg-type]

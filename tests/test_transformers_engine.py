@@ -14,7 +14,14 @@ import openai
 import pytest
 from xinference_client import RESTfulClient
 
-from tests.conftest import InferdServer, custom_model, local_llm, run_together
+from tests.conftest import (
+    InferdServer,
+    custom_model,
+    local_llm,
+    run_together,
+    weather_called,
+    weather_tool,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -206,19 +213,8 @@ HERMES = (
     "{{ {'name': c.function.name, 'arguments': c.function.arguments} | tojson }}</tool_call>"
     "{% endfor %}</{{ m['role'] }}>{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
 )
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 12}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-    },
-}
+# The city's length bounded: random weights would fill max_tokens with one string.
+WEATHER = weather_tool(max_city=12)
 PERSON = {
     "type": "object",
     "properties": {
@@ -332,21 +328,7 @@ def test_tools_reach_the_template_and_results_go_back(
     assert plain.usage and auto.usage
     assert auto.usage.prompt_tokens > plain.usage.prompt_tokens + 20
     assert auto.choices[0].message.tool_calls is None  # gibberish holds no call
-    history = [
-        *ASK,
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {
-                    "id": "call_1",
-                    "type": "function",
-                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-                }
-            ],
-        },
-        {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"},
-    ]
+    history = weather_called(ASK, "sunny, 21 C")
     again = client.chat.completions.create(
         model=tools_llama,
         messages=history,  # type: ignore[arg-type]
