@@ -3,7 +3,7 @@ the server alone against the server with the demo engines installed beside it (a
 installs it), and the time to build each engine's environment from an empty uv cache and again
 from a warm one.
 
-    .venv/bin/python benchmarks/engine_envs.py [--starts 3]
+    .venv/bin/python benchmarks/engine_envs.py [--starts 3] [--engines a,b] [--builds-only]
 
 Prints one JSON line per measurement and tables at the end.
 """
@@ -91,18 +91,23 @@ def build_seconds(root: Path, engine: str, cache: Path) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--starts", type=int, default=3)
+    parser.add_argument("--engines", default=None, help="which to build (default: every one)")
+    parser.add_argument("--builds-only", action="store_true", help="no server measurements")
     args = parser.parse_args()
+    from inferd.envs import SPECS
+
+    engines = args.engines.split(",") if args.engines else list(SPECS)
     work = Path(tempfile.mkdtemp(prefix="engine-envs-bench-"))
     try:
         servers = {}
-        bare, bare_s = make_venv(work / "bare", ["-e", str(ROOT)])
-        demo, demo_s = make_venv(
-            work / "demo", ["torch==2.13.0"], ["-e", f"{ROOT}[demo]"]
-        )  # as `make serve` installs it
-        for name, python, install_s in (
-            ("inferd alone", bare, bare_s),
-            ("inferd[demo]", demo, demo_s),
-        ):
+        measured = []
+        if not args.builds_only:
+            bare, bare_s = make_venv(work / "bare", ["-e", str(ROOT)])
+            demo, demo_s = make_venv(
+                work / "demo", ["torch==2.13.0"], ["-e", f"{ROOT}[demo]"]
+            )  # as `make serve` installs it
+            measured = [("inferd alone", bare, bare_s), ("inferd[demo]", demo, demo_s)]
+        for name, python, install_s in measured:
             starts = [start_seconds(python, work / f"home-{i}") for i in range(args.starts)]
             servers[name] = {
                 "size_mb": tree_mb(Path(python).parents[1]),
@@ -112,15 +117,16 @@ def main() -> None:
             say({"server": name, **servers[name], "starts": starts})
 
         builds = {}
-        for engine in ("llama.cpp", "sentence_transformers", "vllm"):
+        for engine in engines:
             cache = work / f"uv-cache-{engine}"
             cold, size = build_seconds(work / "envs-cold", engine, cache)
             warm, _ = build_seconds(work / "envs-warm", engine, cache)
             builds[engine] = {"empty_cache_s": cold, "warm_cache_s": warm, "size_mb": size}
             say({"engine": engine, **builds[engine]})
 
-        print("\n| server environment | installed | pip install | `inferd serve` to healthy |")
-        print("|---|---|---|---|")
+        if servers:
+            print("\n| server environment | installed | pip install | `inferd serve` to healthy |")
+            print("|---|---|---|---|")
         for name, r in servers.items():
             print(
                 f"| {name} | {r['size_mb']:,.0f} MB | {r['install_s']:.0f} s "

@@ -294,3 +294,34 @@ def test_image_urls_are_fetched_within_limits(
                 assert error["param"] == "messages[0].content[0].image_url.url"
     finally:
         server.stop()
+
+
+def test_json_output_from_a_vision_model_follows_the_schema(
+    launched: InferdServer, seer: str
+) -> None:
+    """The grammar's mask comes before top-p on `generate`'s path too: a nucleus that would
+    hold only forbidden tokens never empties the choice."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "colour": {"type": "string", "maxLength": 8},
+            "n": {"type": "integer", "minimum": 0, "maximum": 99},
+        },
+        "required": ["colour", "n"],
+        "additionalProperties": False,
+    }
+    response_format = {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}}
+    for sampling in ({"temperature": 0}, {"temperature": 1.5, "top_p": 0.3, "top_k": 5}):
+        answer = chat(
+            launched,
+            {
+                "model": seer,
+                "messages": ask(DATA_URL),
+                "max_tokens": 40,
+                "response_format": response_format,
+                **sampling,
+            },
+        )
+        assert answer.status_code == 200, answer.text
+        content = answer.json()["choices"][0]["message"]["content"]
+        assert set(json.loads(content)) == {"colour", "n"}, (sampling, content)

@@ -22,6 +22,7 @@ import llguidance
 import llguidance.hf
 import llguidance.torch
 import torch
+from transformers import LogitsProcessor
 from transformers.generation.continuous_batching.cb_logits_processors import (
     ContinuousBatchingLogitsProcessor,
 )
@@ -113,16 +114,19 @@ class GrammarMasks(ContinuousBatchingLogitsProcessor):
                 if self._advance(sequence, _generated(request.state)):
                     pending.append((sequence.matcher, row))
                 else:
-                    # Past its end (EOS again, under ignore_eos) or astray: only EOS from here.
-                    masks[row].zero_()
-                    for token in self._eos:
-                        masks[row, token // 32] |= _bit(token % 32)
+                    self._eos_only(masks, row)
             if len(pending) == 1:
                 llguidance.torch.fill_next_token_bitmask(pending[0][0], masks, pending[0][1])
             elif pending:  # on llguidance's threads, without the GIL
                 llguidance.torch.fill_next_token_bitmask_par(self._executor, pending, masks)
         self._masks = masks
         return torch.zeros(len(requests_with_new_token), dtype=torch.int32)
+
+    def _eos_only(self, masks: torch.Tensor, row: int) -> None:
+        """A matcher past its end (EOS again, under ignore_eos) or astray: only EOS now."""
+        masks[row].zero_()
+        for token in self._eos:
+            masks[row, token // 32] |= _bit(token % 32)
 
     @staticmethod
     def _advance(sequence: _Sequence, tokens: list[int]) -> bool:
@@ -135,9 +139,9 @@ class GrammarMasks(ContinuousBatchingLogitsProcessor):
         return not matcher.is_error()
 
     def __call__(self, scores: torch.FloatTensor, tensor_arg: torch.Tensor) -> torch.FloatTensor:
-        masks = self._masks
-        if masks is None:
-            return scores
+        return scores if self._masks is None else self._apply(scores, self._masks)
+
+    def _apply(self, scores: torch.FloatTensor, masks: torch.Tensor) -> torch.FloatTensor:
         if self._on != scores.device:
             self._word, self._bit = self._word.to(scores.device), self._bit.to(scores.device)
             self._on = scores.device
@@ -145,13 +149,30 @@ class GrammarMasks(ContinuousBatchingLogitsProcessor):
         forbidden = ((words[:, self._word] >> self._bit) & 1) == 0
         rows = scores.size(0)
         if rows > forbidden.size(0):  # padded rows, which no sequence reads
-            forbidden = torch.cat(
-                [
-                    forbidden,
-                    forbidden.new_zeros(rows - forbidden.size(0), 1).expand(-1, forbidden.size(1)),
-                ]
-            )
+            padding = forbidden.new_zeros(rows - forbidden.size(0), 1)
+            forbidden = torch.cat([forbidden, padding.expand(-1, forbidden.size(1))])
         return scores.masked_fill(forbidden[:rows], -torch.inf)  # type: ignore[return-value]
+
+    # for `model.generate` (a vision model's one sequence) ------------------------------
+
+    def for_generate(self, grammar: str, prompt_length: int) -> Any:
+        """A logits processor holding `generate`'s one sequence to `grammar`; it must come
+        before temperature, top-k and top-p in the processors' list."""
+        sequence = _Sequence(llguidance.LLMatcher(self._tokenizer, grammar))
+        owner = self
+
+        class Masked(LogitsProcessor):
+            def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> Any:
+                masks = torch.full(
+                    llguidance.torch.get_bitmask_shape(1, owner._vocab), -1, dtype=torch.int32
+                )
+                if owner._advance(sequence, input_ids[0, prompt_length:].tolist()):
+                    llguidance.torch.fill_next_token_bitmask(sequence.matcher, masks, 0)
+                else:
+                    owner._eos_only(masks, 0)
+                return owner._apply(scores, masks)
+
+        return Masked()
 
 
 def _json_grammar(response_format: Json) -> str:

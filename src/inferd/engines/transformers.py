@@ -123,6 +123,9 @@ class TransformersEngine(Engine):
             self._manager = None
             self._slots = 1
             self._generating = threading.Lock()
+            self._grammar, self._no_grammar = _grammar_masks(
+                self._tokenizer, self._vocab, self._eos
+            )
             return
 
         # Sampling processors exist only if the base config departs from their defaults; each
@@ -147,13 +150,10 @@ class TransformersEngine(Engine):
         self._manager = self._model.init_continuous_batching(
             generation_config=generation, continuous_batching_config=config
         )
-        from inferd.engines import grammar
+        self._grammar, self._no_grammar = _grammar_masks(self._tokenizer, self._vocab, self._eos)
+        if self._grammar is not None:
+            from inferd.engines import grammar
 
-        try:
-            self._grammar = grammar.GrammarMasks(self._tokenizer, self._vocab, self._eos)
-        except ValueError as exc:  # a tokenizer llguidance cannot read (WordPiece, ...)
-            self._no_grammar = str(exc)
-        else:
             grammar.install(self._manager, self._grammar)
         self._manager.start()
         self._slots = int(batching.get("max_requests_per_batch") or _DEFAULT_SLOTS)
@@ -204,11 +204,6 @@ class TransformersEngine(Engine):
             return request, None
         if request.get("tool_choice") == "none":
             return {k: v for k, v in request.items() if k not in ("tools", "tool_choice")}, None
-        if self._vision:
-            raise UnsupportedOperation(
-                "tool calls are not available for a vision model on the transformers engine",
-                param="tools",
-            )
         if forced_calls.forced(request):  # the call's schema stands in for response_format
             if self._grammar is None:
                 raise UnsupportedOperation(
@@ -240,7 +235,7 @@ class TransformersEngine(Engine):
         if request.get("tools"):
             kwargs["tools"] = request["tools"]
         if self._vision:
-            messages = hf_vision.processor_messages(request["messages"])
+            messages = hf_vision.processor_messages(_template_messages(request["messages"]))
             inputs = self._processor.apply_chat_template(
                 messages,
                 add_generation_prompt=True,
@@ -282,9 +277,8 @@ class TransformersEngine(Engine):
     def _refuse_unsupported(self, request: Json) -> None:
         engine = "on the transformers engine"
         if json_output(request) and self._grammar is None:
-            why = "for a vision model" if self._vision else f"here: {self._no_grammar}"
             raise UnsupportedOperation(
-                f"constrained JSON output is not available {engine} {why}",
+                f"constrained JSON output is not available {engine} here: {self._no_grammar}",
                 param="response_format",
             )
         if request.get("seed") is not None:
@@ -371,7 +365,7 @@ class TransformersEngine(Engine):
         # Token by token only where someone reads them (a stream) or a stop string may end
         # the sequence early; a whole answer otherwise arrives once.
         if prompt.inputs is not None:
-            source = self._generated(prompt.inputs, max_tokens, sampling, eos)
+            source = self._generated(prompt.inputs, max_tokens, sampling, eos, constraint)
         else:
             streaming = stream or bool(stops)
             source = self._batched(prompt.ids, max_tokens, sampling, eos, streaming, constraint)
@@ -434,16 +428,42 @@ class TransformersEngine(Engine):
             self._forget(request_id)
 
     async def _generated(
-        self, inputs: Any, max_tokens: int, sampling: dict[str, Any], eos: list[int]
+        self,
+        inputs: Any,
+        max_tokens: int,
+        sampling: dict[str, Any],
+        eos: list[int],
+        constraint: str | None,
     ) -> AsyncGenerator[tuple[list[int], bool, list[float]], None]:
         """A vision model's sequence, from `generate` (no logprobs on this path)."""
-        settings = {
+        from transformers import (
+            LogitsProcessorList,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        greedy = sampling["top_k"] == 1
+        settings: dict[str, Any] = {
             "max_new_tokens": max_tokens,
-            "do_sample": sampling["top_k"] != 1,
-            **sampling,
+            "do_sample": not greedy,
             "eos_token_id": None if eos == [-1] else eos,
             "pad_token_id": self._pad,
         }
+        if constraint is None:
+            settings.update(sampling)
+        else:
+            # The grammar's mask first: top-k or top-p could keep only tokens it forbids.
+            length = int(inputs["input_ids"].shape[1])
+            processors = [self._grammar.for_generate(constraint, length)]
+            if not greedy:
+                processors += [
+                    TemperatureLogitsWarper(sampling["temperature"]),
+                    TopKLogitsWarper(sampling["top_k"]),
+                    TopPLogitsWarper(sampling["top_p"]),
+                ]
+            settings.update(temperature=1.0, top_k=None, top_p=1.0)
+            settings["logits_processor"] = LogitsProcessorList(processors)
         async for tokens, finished in hf_vision.generated(
             self._model, inputs, settings, self._generating
         ):
@@ -457,6 +477,16 @@ class TransformersEngine(Engine):
         router = self._manager.output_router
         with router._lock:
             router.result_handlers.pop(request_id, None)
+
+
+def _grammar_masks(tokenizer: Any, vocab: int, eos: list[int]) -> tuple[Any, str]:
+    """llguidance's masks for this model, or None and why not."""
+    from inferd.engines import grammar
+
+    try:
+        return grammar.GrammarMasks(tokenizer, vocab, eos), ""
+    except ValueError as exc:  # a tokenizer llguidance cannot read (WordPiece, ...)
+        return None, str(exc)
 
 
 def _template_messages(messages: list[Json]) -> list[Json]:
