@@ -111,7 +111,7 @@ class GrammarMasks(ContinuousBatchingLogitsProcessor):
             masks = torch.full(shape, -1, dtype=torch.int32)
             pending = []
             for row, sequence, request in constrained:
-                if self._advance(sequence, _generated(request.state)):
+                if self._advance(sequence, _new_tokens(request.state, sequence.taken)):
                     pending.append((sequence.matcher, row))
                 else:
                     self._eos_only(masks, row)
@@ -129,11 +129,11 @@ class GrammarMasks(ContinuousBatchingLogitsProcessor):
             masks[row, token // 32] |= _bit(token % 32)
 
     @staticmethod
-    def _advance(sequence: _Sequence, tokens: list[int]) -> bool:
-        """Feed the matcher the sequence's new tokens; False if it went astray."""
+    def _advance(sequence: _Sequence, new: list[int]) -> bool:
+        """Feed the matcher the sequence's tokens since the last step; False if it went
+        astray."""
         matcher = sequence.matcher
-        new = tokens[sequence.taken :]
-        sequence.taken = len(tokens)
+        sequence.taken += len(new)
         if new and not matcher.is_error():
             matcher.consume_tokens(new)
         return not matcher.is_error()
@@ -166,7 +166,8 @@ class GrammarMasks(ContinuousBatchingLogitsProcessor):
                 masks = torch.full(
                     llguidance.torch.get_bitmask_shape(1, owner._vocab), -1, dtype=torch.int32
                 )
-                if owner._advance(sequence, input_ids[0, prompt_length:].tolist()):
+                new = input_ids[0, prompt_length + sequence.taken :].tolist()
+                if owner._advance(sequence, new):
                     llguidance.torch.fill_next_token_bitmask(sequence.matcher, masks, 0)
                 else:
                     owner._eos_only(masks, 0)
@@ -202,13 +203,17 @@ def _bit(index: int) -> int:
     return (1 << index) - (1 << 32 if index == 31 else 0)
 
 
-def _generated(state: Any) -> list[int]:
-    """A sequence's generated tokens so far, as transformers' own output reports them (a
-    sequence moved out of the cache and back carries its earlier tokens in its prompt)."""
+def _new_tokens(state: Any, taken: int) -> list[int]:
+    """A sequence's generated tokens after the first `taken`, counted as transformers' own
+    output counts them (a sequence moved out of the cache and back carries its earlier tokens
+    in its prompt)."""
     true_prompt = getattr(state, "_true_initial_tokens", 0)
     if true_prompt:
-        return list(state.initial_tokens[true_prompt:]) + list(state.generated_tokens)
-    return list(state.generated_tokens)
+        earlier = state.initial_tokens[true_prompt:]
+        if taken < len(earlier):
+            return list(earlier[taken:]) + list(state.generated_tokens)
+        taken -= len(earlier)
+    return list(state.generated_tokens[taken:])
 
 
 def install(manager: Any, masks: GrammarMasks) -> None:

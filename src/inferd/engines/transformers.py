@@ -320,8 +320,8 @@ class TransformersEngine(Engine):
         eos = [-1] if request.get("ignore_eos") else self._eos
         stops += self._stops
         constraint = None
-        if json_output(request):
-            constraint = self._grammar.compile(request["response_format"])
+        if json_output(request):  # off the event loop: a large schema takes a while
+            constraint = await asyncio.to_thread(self._grammar.compile, request["response_format"])
         streams = [
             self._one(given, max_tokens, stops, sampling, eos, stream, constraint) for _ in range(n)
         ]
