@@ -42,7 +42,9 @@ def aim_at_demo_models(case: Any, count: int) -> None:
     embeds = "embed" in case.path
     body["model"] = EMBEDDING if embeds else LLM
     if case.path.startswith("/api/"):
-        options = body.setdefault("options", {})
+        if body.get("options") is None:  # null, as Ollama's clients send it: no bound
+            body["options"] = {}
+        options = body["options"]
         if isinstance(options, dict):
             options.setdefault("num_predict", _SHORT)
     else:
