@@ -139,3 +139,69 @@ def test_management_errors(launched: InferdServer) -> None:
     assert _error(httpx.get(f"{url}/no-such-uid"), 404)["code"] == "model_not_found"
     assert _error(httpx.delete(f"{url}/no-such-uid"), 404)["code"] == "model_not_found"
     _error(httpx.get(f"{launched.url}/v1/no-such-endpoint"), 404)
+
+
+HUGE = 2**70  # JSON allows it, Python parses it, no engine can take it
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "x": [1, HUGE]},
+            "x[1]",
+        ),
+        (
+            "/v1/messages",
+            {
+                "max_tokens": 2,
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {
+                        "role": "assistant",
+                        "content": [
+                            {"type": "tool_use", "id": "t1", "name": "f", "input": {"n": HUGE}}
+                        ],
+                    },
+                    {
+                        "role": "user",
+                        "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}],
+                    },
+                ],
+            },
+            "messages[1].content[0].input.n",
+        ),
+        (
+            "/v1/responses",
+            {
+                "max_output_tokens": 16,
+                "input": [
+                    {"type": "function_call", "call_id": "c", "name": "f", "arguments": [HUGE]},
+                    {"type": "function_call_output", "call_id": "c", "output": "ok"},
+                ],
+            },
+            "input[0].arguments[0]",
+        ),
+        (
+            "/api/chat",
+            {
+                "stream": False,
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "content": "",
+                        "tool_calls": [{"function": {"name": "f", "arguments": {"n": HUGE}}}],
+                    }
+                ],
+            },
+            "messages[0].tool_calls[0].function.arguments.n",
+        ),
+    ],
+)
+def test_integers_beyond_64_bits_are_a_400_naming_where(
+    launched: InferdServer, path: str, body: dict, param: str
+) -> None:
+    answer = httpx.post(f"{launched.url}{path}", json={"model": LLM, **body}, timeout=60)
+    assert answer.status_code == 400, answer.text
+    assert param in answer.text, answer.text

@@ -104,3 +104,27 @@ def test_errors_are_ollama_shaped(oclient: ollama.Client, launched: InferdServer
         json={"model": LLM, "messages": [bad_call, {"role": "user", "content": "x"}]},
     )
     assert raw.status_code == 400 and "tool_calls" in raw.json()["error"]
+
+
+def test_a_client_that_leaves_a_whole_answer_ends_its_generation(launched: InferdServer) -> None:
+    """Ollama's clients wait for whole answers by default; one that gives up (a timeout) must
+    not leave the story running to num_predict in the model's only slot."""
+    launched.cli("launch", "-n", LLM, "-u", "ollama-one-slot", "--n_parallel", "1")
+    try:
+        story = {
+            "model": "ollama-one-slot",
+            "prompt": "Tell me a very long story.",
+            "stream": False,
+            "options": {"num_predict": 8000},  # minutes of generation if nobody stops it
+        }
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{launched.url}/api/generate", json=story, timeout=3)
+        # The slot is free again: this answers long before the abandoned story would end.
+        reply = httpx.post(
+            f"{launched.url}/api/generate",
+            json={**story, "options": {"num_predict": 2}},
+            timeout=30,
+        )
+        assert reply.status_code == 200 and reply.json()["done"] is True
+    finally:
+        launched.cli("terminate", "ollama-one-slot")

@@ -17,6 +17,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from inferd import __version__
+from inferd.api import json_text
 from inferd.api.auth import visible
 from inferd.api.chat_images import data_url, inline_images
 from inferd.api.deps import manager as _manager
@@ -219,7 +220,7 @@ async def chat(body: ChatBody, request: Request) -> Response:
         instance.require("tools", "tool calls", param="tools")
         openai["tools"] = body.tools
     return await _run(
-        manager, instance, body.model, "/chat/completions", openai, body.stream, "chat"
+        manager, instance, body.model, "/chat/completions", openai, body.stream, "chat", request
     )
 
 
@@ -252,7 +253,10 @@ def _openai_message(message: dict[str, Any], index: int) -> dict[str, Any]:
                 "type": "function",
                 "function": {
                     "name": call["function"]["name"],
-                    "arguments": _json_text(call["function"].get("arguments", {})),
+                    "arguments": json_text.text(
+                        call["function"].get("arguments", {}),
+                        f"messages[{index}].tool_calls[{i}].function.arguments",
+                    ),
                 },
             }
             for i, call in enumerate(message["tool_calls"])
@@ -271,10 +275,6 @@ def _with_images(text: Any, images: Any, param: str) -> list[dict[str, Any]]:
     if text:
         parts.append({"type": "text", "text": str(text)})
     return parts
-
-
-def _json_text(arguments: Any) -> str:
-    return arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode()
 
 
 def _ollama_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -306,7 +306,7 @@ async def generate(body: GenerateBody, request: Request) -> Response:
         openai = {"prompt": body.prompt, **_sampling(body.options, body.format)}
         openai.setdefault("max_tokens", 512)
         return await _run(
-            manager, instance, body.model, "/completions", openai, body.stream, "generate"
+            manager, instance, body.model, "/completions", openai, body.stream, "generate", request
         )
     instance = _model(manager, body.model, "chat")
     messages: list[dict[str, Any]] = (
@@ -318,7 +318,7 @@ async def generate(body: GenerateBody, request: Request) -> Response:
     _thinking(instance, body.think, openai)
     await inline_images(instance, openai, manager.settings, field="images")
     return await _run(
-        manager, instance, body.model, "/chat/completions", openai, body.stream, "generate"
+        manager, instance, body.model, "/chat/completions", openai, body.stream, "generate", request
     )
 
 
@@ -426,6 +426,7 @@ async def _run(
     openai: dict[str, Any],
     stream: bool,
     kind: str,
+    client: Request,
 ) -> Response:
     started = time.perf_counter_ns()
     openai["model"] = instance.uid
@@ -441,7 +442,9 @@ async def _run(
         return out
 
     if not stream:
-        result = await whole_answer(manager, instance, path, openai)
+        # A client that leaves (a timeout) ends the generation, rather than leaving it to run
+        # to max_tokens or the end of the context.
+        result = await whole_answer(manager, instance, path, openai, client)
         choice = result["choices"][0]
         said = choice.get("message") or {}
         text = said["content"] if "message" in choice else choice["text"]
@@ -453,7 +456,7 @@ async def _run(
 
     openai["stream"] = True
     openai["stream_options"] = {"include_usage": True}
-    upstream = await opened_stream(manager, instance, path, openai)
+    upstream = await opened_stream(manager, instance, path, openai, client)
 
     async def ollama_lines(answer: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
         finish: str | None = None

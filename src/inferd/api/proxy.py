@@ -17,6 +17,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
+from inferd.api import json_text
 from inferd.api.auth import check_model
 from inferd.api.metrics import FIRST_TOKEN, INTER_TOKEN, LATENCY, REQUESTS, TOKENS
 from inferd.api.sse import StallGuardedResponse, events
@@ -130,7 +131,7 @@ async def relay(
     limit = manager.settings.request_timeout or None
     deadline = started + limit if limit else None
     wants_usage = _count_stream_usage(path, body, stream)
-    content = _encoded(body)
+    content = json_text.dumps(body, "")
     headers = {"X-Request-Id": request_id}
     for attempt in range(_ATTEMPTS):
         replica = manager.try_acquire(instance)  # no tasks to make when a slot is free
@@ -257,33 +258,6 @@ async def _refusal(
     finally:
         upstream.release()
         release()
-
-
-def _encoded(body: dict) -> bytes:
-    """The body for the model process; a 400 naming the field if JSON held a number no engine
-    can take (integers beyond 64 bits, which Python parses but orjson will not write)."""
-    try:
-        return orjson.dumps(body)
-    except orjson.JSONEncodeError:
-        where = _oversized(body) or "body"
-        raise InvalidRequest(
-            f"{where} holds an integer too large to pass on (integers must fit in 64 bits)",
-            param=where,
-        ) from None
-
-
-def _oversized(value: object, where: str = "") -> str | None:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return where if not -(2**63) <= value < 2**64 else None
-    children: Any = ()
-    if isinstance(value, dict):
-        children = ((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
-    elif isinstance(value, list):
-        children = ((f"{where}[{i}]", v) for i, v in enumerate(value))
-    for path, child in children:
-        if (found := _oversized(child, path)) is not None:
-            return found
-    return None
 
 
 async def _unless_client_leaves(

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from inferd.api import json_text
 from inferd.api.anthropic.protocol import (
     Conversation,
     ImageBlock,
@@ -36,8 +37,8 @@ def chat_body(request: Conversation, uid: str) -> Json:
     system = request.system or []
     texts = [system] if isinstance(system, str) else [b.text for b in system]
     messages = [{"role": "system", "content": "\n\n".join(texts)}] if texts else []
-    for message in request.messages:
-        messages.extend(_messages(message))
+    for i, message in enumerate(request.messages):
+        messages.extend(_messages(message, f"messages[{i}]"))
     body: Json = {"model": uid, "messages": one_system_turn(messages)}
     if isinstance(request, MessagesRequest):
         body["max_tokens"] = request.max_tokens
@@ -75,14 +76,14 @@ def chat_body(request: Conversation, uid: str) -> Json:
     return body
 
 
-def _messages(message: Message) -> list[Json]:
+def _messages(message: Message, where: str) -> list[Json]:
     if isinstance(message.content, str):
         return [{"role": message.role, "content": message.content}]
     if message.role == "system":
         texts = [block.text for block in message.content if isinstance(block, TextBlock)]
         return [{"role": "system", "content": "\n\n".join(texts)}] if texts else []
     if message.role == "assistant":
-        return [_assistant(message)]
+        return [_assistant(message, where)]
     out: list[Json] = []
     parts: list[Json] = []
     for block in message.content:
@@ -102,10 +103,10 @@ def _messages(message: Message) -> list[Json]:
     return out
 
 
-def _assistant(message: Message) -> Json:
+def _assistant(message: Message, where: str) -> Json:
     text = []
     calls = []
-    for block in message.content:
+    for j, block in enumerate(message.content):
         if isinstance(block, TextBlock):
             text.append(block.text)
         elif isinstance(block, ToolUseBlock):
@@ -115,7 +116,7 @@ def _assistant(message: Message) -> Json:
                     "type": "function",
                     "function": {
                         "name": block.name,
-                        "arguments": orjson.dumps(block.input).decode(),
+                        "arguments": json_text.text(block.input, f"{where}.content[{j}].input"),
                     },
                 }
             )

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
+from inferd.api import json_text
 from inferd.api.chat_stream import ChatStream
 from inferd.api.protocol import one_system_turn
 from inferd.api.responses.protocol import NamedFunction, ResponsesRequest
@@ -140,9 +141,7 @@ def _call(item: Json, i: int) -> Json:
         raise InvalidRequest(
             f"input[{i}], a function_call, needs call_id and name", param=f"input[{i}]"
         )
-    arguments = item.get("arguments", "")
-    if not isinstance(arguments, str):
-        arguments = orjson.dumps(arguments).decode()
+    arguments = json_text.text(item.get("arguments", ""), f"input[{i}].arguments")
     return {
         "id": item["call_id"],
         "type": "function",
