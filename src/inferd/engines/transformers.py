@@ -117,15 +117,12 @@ class TransformersEngine(Engine):
         # top_k's "no limit" is the width of the logits, which the tokenizer's length may not be.
         self._vocab = int(self._model.get_output_embeddings().weight.shape[0])
         self._pad = self._tokenizer.pad_token_id or self._eos[0]
-        self._grammar: Any = None  # llguidance's masks, where the tokenizer allows them
-        self._no_grammar = ""
+        # llguidance's masks, where the tokenizer allows them (else None, and why not).
+        self._grammar, self._no_grammar = _grammar_masks(self._tokenizer, self._vocab, self._eos)
         if self._vision:
             self._manager = None
             self._slots = 1
             self._generating = threading.Lock()
-            self._grammar, self._no_grammar = _grammar_masks(
-                self._tokenizer, self._vocab, self._eos
-            )
             return
 
         # Sampling processors exist only if the base config departs from their defaults; each
@@ -150,7 +147,6 @@ class TransformersEngine(Engine):
         self._manager = self._model.init_continuous_batching(
             generation_config=generation, continuous_batching_config=config
         )
-        self._grammar, self._no_grammar = _grammar_masks(self._tokenizer, self._vocab, self._eos)
         if self._grammar is not None:
             from inferd.engines import grammar
 
