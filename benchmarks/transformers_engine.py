@@ -1,5 +1,9 @@
 """Tokens per second of inferd's transformers engine at 1, 8 and 32 concurrent streams, against
 transformers alone: `model.generate` on one stream, and on a padded batch of the same size.
+On CUDA the engine decodes over a static cache compiled into CUDA graphs (its default there);
+`--static-generate` also times transformers' own compiled decode (`generate` with
+`cache_implementation="static"`, one batch that starts and ends together), and `--paged` the
+engine on transformers' continuous batching (its default on CPUs).
 
     python benchmarks/transformers_engine.py            # a ~0.55B Llama, on CUDA if present
     python benchmarks/transformers_engine.py --tiny     # a 4-layer one, for a quick CPU check
@@ -18,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
+import multiprocessing
 import sys
 import tempfile
 import time
@@ -58,8 +64,9 @@ def build_model(folder: Path, tokenizer_dir: Path, tiny: bool) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def generate_alone(folder: Path, device: str, batch: int) -> float:
-    """transformers' own generate: `batch` copies of the prompt, padded, greedy."""
+def generate_alone(folder: Path, device: str, batch: int, static: bool = False) -> float:
+    """transformers' own generate: `batch` copies of the prompt, padded, greedy; `static`: over
+    a static cache, its decode step compiled (transformers does so itself on CUDA)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -68,9 +75,12 @@ def generate_alone(folder: Path, device: str, batch: int) -> float:
     inputs = tokenizer([PROMPT] * batch, return_tensors="pt", return_token_type_ids=False).to(
         device
     )
-    kwargs = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False}
+    kwargs: dict = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False}
+    if static:
+        kwargs["cache_implementation"] = "static"
     with torch.inference_mode():
-        model.generate(**inputs, max_new_tokens=8, do_sample=False)  # warm-up
+        for _ in range(3 if static else 1):  # warm-up (and compile)
+            model.generate(**inputs, **kwargs)
         _sync(device)
         start = time.perf_counter()
         out = model.generate(**inputs, **kwargs)
@@ -115,6 +125,27 @@ async def inferd_streams(engine: object, streams: int, constrained: bool = False
     elapsed = time.perf_counter() - start
     assert all(t == NEW_TOKENS for t in tokens), tokens
     return sum(tokens) / elapsed
+
+
+def step_times(engine: object) -> str:
+    """Where the static decoder's time went since the last call: the graph's step (launch,
+    sampling, one copy each way) against a whole iteration of its loop."""
+    decoder = getattr(engine, "_decoder", None)
+    timings = getattr(decoder, "timings", None)
+    if timings is None:
+        return ""
+    steps, step_s, loop_s = timings()
+    if not steps:
+        return ""
+    return f"{steps} steps: {step_s / steps * 1000:.2f} ms a step in {loop_s / steps * 1000:.2f} ms"
+
+
+async def greedy_tokens(engine: object) -> list[int]:
+    """One greedy answer's tokens (the engines should agree on them, until bf16 rounding in
+    batches of different shapes makes a near tie fall the other way)."""
+    request = {"prompt": PROMPT, "max_tokens": 64, "temperature": 0, "logprobs": True}
+    answer = await engine.complete(request)  # type: ignore[attr-defined]
+    return [p["token_id"] for p in answer["choices"][0]["logprobs"]["content"]]
 
 
 def continuous_alone(folder: Path, device: str, streams: int, sampling: bool) -> float:
@@ -168,6 +199,12 @@ def main() -> None:
     parser.add_argument(
         "--json", action="store_true", help="also with output held to a JSON schema"
     )
+    parser.add_argument(
+        "--static-generate", action="store_true", help="also time generate over a static cache"
+    )
+    parser.add_argument(
+        "--paged", action="store_true", help="also time the engine on continuous batching"
+    )
     args = parser.parse_args()
 
     import torch
@@ -190,22 +227,56 @@ def main() -> None:
     single = generate_alone(folder, device, 1)
     batched = {n: generate_alone(folder, device, n) for n in streams if n > 1}
 
-    config = EngineConfig(
-        model_uid="bench",
-        engine="transformers",
-        model_name="bench-llama",
-        model_type="LLM",
-        model_format="pytorch",
-        quantization="none",
-        model_path=str(folder),
-        family={"context_length": 4096, "stop": [], "stop_token_ids": []},
-        options={"device": device, "dtype": "bfloat16"},
-    )
-    engine = TransformersEngine(config)
-    engine.load()
-    measured = {n: asyncio.run(inferd_streams(engine, n)) for n in streams}
-    held = {n: asyncio.run(inferd_streams(engine, n, True)) for n in streams} if args.json else {}
-    engine.close()
+    def engine(**options: str) -> TransformersEngine:
+        config = EngineConfig(
+            model_uid="bench",
+            engine="transformers",
+            model_name="bench-llama",
+            model_type="LLM",
+            model_format="pytorch",
+            quantization="none",
+            model_path=str(folder),
+            family={"context_length": 4096, "stop": [], "stop_token_ids": []},
+            options={"device": device, "dtype": "bfloat16", **options},
+        )
+        started = time.perf_counter()
+        loaded = TransformersEngine(config)
+        loaded.load()
+        print(f"engine {options or 'default'} ready in {time.perf_counter() - started:.0f} s")
+        return loaded
+
+    served = engine()
+    measured = {}
+    for n in streams:
+        measured[n] = asyncio.run(inferd_streams(served, n))
+        print(f"{n} streams: {measured[n]:.0f} tok/s; {step_times(served)}")
+    held = {n: asyncio.run(inferd_streams(served, n, True)) for n in streams} if args.json else {}
+    first = asyncio.run(greedy_tokens(served))
+    served.close()
+    if args.paged:
+        served = engine(kv_cache="paged")
+        paged = {n: asyncio.run(inferd_streams(served, n)) for n in streams}
+        other = asyncio.run(greedy_tokens(served))
+        served.close()
+        same = next(
+            (i for i, (a, b) in enumerate(zip(first, other, strict=False)) if a != b), len(first)
+        )
+        print(f"greedy tokens the default and paged engines agree on: {same} of {len(first)}")
+        print(f"{'streams':>8} {'inferd tok/s':>13} {'inferd, paged':>14} {'ratio':>6}")
+        for n in streams:
+            print(f"{n:>8} {measured[n]:>13.0f} {paged[n]:>14.0f} {measured[n] / paged[n]:>6.2f}")
+    if args.static_generate:
+        # In a process of its own: torch's CUDA-graph trees serve only the thread that first
+        # used them, and the engine's decode thread did.
+        spawn = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+            compiled = {
+                n: pool.submit(generate_alone, folder, device, n, True).result() for n in streams
+            }
+        print(f"{'streams':>8} {'inferd tok/s':>13} {'generate, static':>17} {'ratio':>6}")
+        for n in streams:
+            ratio = measured[n] / compiled[n]
+            print(f"{n:>8} {measured[n]:>13.0f} {compiled[n]:>17.0f} {ratio:>6.2f}")
 
     print(
         f"{'streams':>8} {'inferd tok/s':>13} {'generate, 1 stream':>19} {'ratio':>6}"

@@ -100,27 +100,42 @@ class GrammarMasks(ContinuousBatchingLogitsProcessor):
         with self._lock:
             found = [self._sequences.get(r.state.request_id) for r in requests_with_new_token]
         constrained = [
-            (row, sequence, requests_with_new_token[row])
+            (row, sequence, _new_tokens(requests_with_new_token[row].state, sequence.taken))
             for row, sequence in enumerate(found)
             if sequence is not None
         ]
         masks = None
         if constrained:
-            # -1: every bit set, so the rows of unconstrained sequences mask nothing.
-            shape = llguidance.torch.get_bitmask_shape(len(found), self._vocab)
-            masks = torch.full(shape, -1, dtype=torch.int32)
-            pending = []
-            for row, sequence, request in constrained:
-                if self._advance(sequence, _new_tokens(request.state, sequence.taken)):
-                    pending.append((sequence.matcher, row))
-                else:
-                    self._eos_only(masks, row)
-            if len(pending) == 1:
-                llguidance.torch.fill_next_token_bitmask(pending[0][0], masks, pending[0][1])
-            elif pending:  # on llguidance's threads, without the GIL
-                llguidance.torch.fill_next_token_bitmask_par(self._executor, pending, masks)
+            masks = self.new_masks(len(found))
+            self.fill(masks, constrained)
         self._masks = masks
         return torch.zeros(len(requests_with_new_token), dtype=torch.int32)
+
+    def sequence(self, request_id: str) -> _Sequence | None:
+        """The constrained sequence `request_id`, or None if it has no grammar."""
+        with self._lock:
+            return self._sequences.get(request_id)
+
+    def new_masks(self, rows: int) -> torch.Tensor:
+        """Bitmasks for `rows` sequences that allow every token (-1: every bit set), so the
+        rows of unconstrained sequences mask nothing."""
+        return torch.full(
+            llguidance.torch.get_bitmask_shape(rows, self._vocab), -1, dtype=torch.int32
+        )
+
+    def fill(self, masks: torch.Tensor, rows: list[tuple[int, _Sequence, list[int]]]) -> None:
+        """Each constrained sequence's allowed next tokens into its row of `masks`, after its
+        matcher takes the sequence's tokens since the last call: (row, sequence, new tokens)."""
+        pending = []
+        for row, sequence, new in rows:
+            if self._advance(sequence, new):
+                pending.append((sequence.matcher, row))
+            else:
+                self._eos_only(masks, row)
+        if len(pending) == 1:
+            llguidance.torch.fill_next_token_bitmask(pending[0][0], masks, pending[0][1])
+        elif pending:  # on llguidance's threads, without the GIL
+            llguidance.torch.fill_next_token_bitmask_par(self._executor, pending, masks)
 
     def _eos_only(self, masks: torch.Tensor, row: int) -> None:
         """A matcher past its end (EOS again, under ignore_eos) or astray: only EOS now."""

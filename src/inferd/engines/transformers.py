@@ -1,10 +1,13 @@
 """Causal LMs on transformers (safetensors, CPU or CUDA), served with continuous batching.
 
-transformers' own continuous-batching manager runs one generation loop over a paged KV cache:
-a request joins the running batch between decode steps and leaves when it ends, so concurrent
-requests share every forward pass instead of waiting for each other. This module turns OpenAI
-requests into that manager's requests (per-request temperature, top_p, top_k) and its token
-stream back into OpenAI answers: stop strings, max_tokens, usage, logprobs, cancellation.
+A decoder runs one generation loop: a request joins the running batch between decode steps and
+leaves when it ends, so concurrent requests share every forward pass instead of waiting for each
+other. On a GPU it is the static decoder (static_decode: a fixed KV cache and a decode step
+compiled into CUDA graphs); on a CPU, or for a model with a sliding-window or hybrid cache,
+transformers' own continuous batching over a paged cache (paged_decode); the launch option
+`kv_cache` picks one. This module turns OpenAI requests into the decoder's requests
+(per-request temperature, top_p, top_k) and its tokens back into OpenAI answers: stop strings,
+max_tokens, usage, logprobs, cancellation.
 JSON output and forced tool calls are constrained by a grammar inside that loop (grammar);
 calls a model writes on its own are read from its text in its family's format (tool_formats).
 Image-text-to-text models (a catalogue entry with `vision`) take images in chat messages;
@@ -25,11 +28,15 @@ import orjson
 
 from inferd.engines import forced_calls, hf_vision, reasoning, tool_formats
 from inferd.engines.base import Engine, Json, flag, json_output
+from inferd.engines.decoding import Decoder, Output, Sampling
 from inferd.errors import InvalidRequest, UnsupportedOperation
 
 # Requests the continuous-batching loop takes at once unless max_requests_per_batch says;
 # later ones wait in the server's queue.
 _DEFAULT_SLOTS = 64
+# The static decoder's rows (every step computes all of them) and tokens a row holds.
+_STATIC_ROWS = 32
+_STATIC_SLOTS = 4096
 
 # How a tool call is read from an answer constrained to calls of the request's tools.
 _FORCED = "forced"
@@ -53,9 +60,7 @@ class TransformersEngine(Engine):
             AutoModelForImageTextToText,
             AutoProcessor,
             AutoTokenizer,
-            GenerationConfig,
         )
-        from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
         options = dict(self.config.options)
         device = options.pop("device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -64,21 +69,48 @@ class TransformersEngine(Engine):
         thinking = options.pop("enable_thinking", None)
         # The launch's thinking switch is every request's default; a request may say otherwise.
         self._template_kwargs = {} if thinking is None else {"enable_thinking": bool(thinking)}
-        batching = {
+        batching: dict[str, Any] = {
             key: options.pop(key)
             for key in ("max_batch_tokens", "num_blocks", "page_size", "max_requests_per_batch")
             if key in options
         }
+        kv_cache = options.pop("kv_cache", None)
+        if kv_cache not in (None, "static", "paged"):
+            raise InvalidRequest(
+                f"kv_cache {kv_cache!r} is not one of static (a compiled decode over a fixed "
+                "cache, the default on GPUs) or paged (continuous batching, the default on CPUs)",
+                param="kv_cache",
+            )
+        max_model_len = options.pop("max_model_len", None)
         self._refuse_unknown(options)
         family = self.config.family
         self._vision = "vision" in family.get("model_ability", [])
-        if self._vision and batching:
-            raise InvalidRequest(
-                f"{next(iter(batching))} is a continuous-batching option; a vision model on "
-                "transformers answers one request at a time",
-                param=next(iter(batching)),
+        if self._vision and (batching or kv_cache or max_model_len):
+            option = (
+                next(iter(batching)) if batching else "kv_cache" if kv_cache else "max_model_len"
             )
-        if str(device).startswith("cpu") and not self._vision:
+            raise InvalidRequest(
+                f"{option} is a batching option; a vision model on transformers answers one "
+                "request at a time",
+                param=option,
+            )
+        on_gpu = not str(device).startswith("cpu")
+        static = kv_cache == "static" or (kv_cache is None and on_gpu and not batching)
+        if static:
+            paged_only = [key for key in batching if key != "max_requests_per_batch"]
+            if paged_only:
+                raise InvalidRequest(
+                    f"{paged_only[0]} sizes the paged cache; launch with kv_cache=paged to use "
+                    "it (the static cache is sized by max_requests_per_batch and max_model_len)",
+                    param=paged_only[0],
+                )
+        elif max_model_len is not None:
+            raise InvalidRequest(
+                "max_model_len sizes the static cache; the paged one grows as needed "
+                "(num_blocks, page_size)",
+                param="max_model_len",
+            )
+        if not on_gpu and not self._vision and not static:
             # Without a GPU to measure, the cache would be sized for one; a few thousand tokens
             # of KV cache keep a CPU machine's memory in hand.
             batching.setdefault("num_blocks", 64)
@@ -106,6 +138,7 @@ class TransformersEngine(Engine):
             getattr(self._model.config.get_text_config(), "max_position_embeddings", None)
             or family.get("context_length", 4096)
         )
+        self._own_context = self._context
         eos = self._model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         if self._tokenizer.eos_token_id is not None:
@@ -119,48 +152,80 @@ class TransformersEngine(Engine):
         self._pad = self._tokenizer.pad_token_id or self._eos[0]
         # llguidance's masks, where the tokenizer allows them (else None, and why not).
         self._grammar, self._no_grammar = _grammar_masks(self._tokenizer, self._vocab, self._eos)
+        self._decoder: Decoder | None = None
         if self._vision:
-            self._manager = None
             self._slots = 1
             self._generating = threading.Lock()
             return
+        if static:
+            self._decoder = self._static_decoder(
+                kv_cache == "static", batching.get("max_requests_per_batch"), max_model_len, on_gpu
+            )
+        if self._decoder is None:
+            from inferd.engines.paged_decode import PagedDecoder
 
-        # Sampling processors exist only if the base config departs from their defaults; each
-        # request then sets its own temperature, top_p and top_k.
-        generation = GenerationConfig(
-            do_sample=True,
-            temperature=0.7,
-            top_p=0.9,
-            top_k=50,
-            max_new_tokens=256,
-            eos_token_id=self._eos,
-            pad_token_id=self._pad,
-        )
-        config = ContinuousBatchingConfig(
-            per_request_processors=True,
-            return_logprobs=True,
-            # Grammar masks need each step's token before the next step is scheduled.
-            use_async_batching=False,
-            use_cuda_graph=False,
-            **batching,
-        )
-        self._manager = self._model.init_continuous_batching(
-            generation_config=generation, continuous_batching_config=config
-        )
-        if self._grammar is not None:
-            from inferd.engines import grammar
+            self._decoder = PagedDecoder(self._model, self._eos, self._pad, batching, self._grammar)
+            self._slots = int(batching.get("max_requests_per_batch") or _DEFAULT_SLOTS)
 
-            grammar.install(self._manager, self._grammar)
-        self._manager.start()
-        self._slots = int(batching.get("max_requests_per_batch") or _DEFAULT_SLOTS)
+    def _static_decoder(
+        self, asked: bool, rows: Any, max_model_len: Any, on_gpu: bool
+    ) -> Decoder | None:
+        """The static decoder, sized to the GPU's free memory; None (the paged one instead)
+        where the model cannot use it and no one asked for it."""
+        import torch
+
+        from inferd.engines import static_decode
+
+        why_not = static_decode.supported(self._model)
+        if why_not is not None:
+            if asked:
+                raise UnsupportedOperation(
+                    f"kv_cache=static is not available for this model: {why_not}; launch with "
+                    "kv_cache=paged",
+                    param="kv_cache",
+                )
+            return None
+        rows = int(rows or _STATIC_ROWS)
+        model_len = self._context
+        slots = min(model_len, int(max_model_len or _STATIC_SLOTS))
+        if max_model_len is not None and int(max_model_len) > model_len:
+            raise InvalidRequest(
+                f"max_model_len {max_model_len} is beyond this model's context of {model_len}",
+                param="max_model_len",
+            )
+        per_token = static_decode.kv_bytes_per_token(self._model)
+        if on_gpu:
+            free, _ = torch.cuda.mem_get_info(self._model.device)
+            # Room beside the cache for the prefill's activations and the sampler's logits.
+            budget = int(free * 0.8)
+            fitting = budget // (rows * per_token)
+            if fitting < slots:
+                if max_model_len is not None or fitting < 256:
+                    raise InvalidRequest(
+                        f"a static cache of {rows} rows x {slots} tokens needs "
+                        f"{rows * slots * per_token / 2**30:.1f} GiB and "
+                        f"{budget / 2**30:.1f} GiB of the GPU is free for it; lower "
+                        "max_requests_per_batch or max_model_len",
+                        param="max_model_len"
+                        if max_model_len is not None
+                        else "max_requests_per_batch",
+                    )
+                slots = int(fitting)
+        decoder = static_decode.StaticDecoder(
+            self._model, rows, slots, self._grammar, compile=on_gpu
+        )
+        decoder.start()
+        self._context, self._own_context = slots, model_len
+        self._slots = rows
+        return decoder
 
     def slots(self) -> int:
         return self._slots
 
     def close(self) -> None:
-        if self._manager is not None:
+        if self._decoder is not None:
             with contextlib.suppress(Exception):
-                self._manager.stop(block=False)
+                self._decoder.stop()
 
     # requests ------------------------------------------------------------------------
 
@@ -297,15 +362,15 @@ class TransformersEngine(Engine):
         prompt = given.ids
         if len(prompt) >= self._context:
             raise InvalidRequest(
-                f"the prompt is {len(prompt)} tokens; this model's context is {self._context}",
+                f"the prompt is {len(prompt)} tokens; {self._context_said()}",
                 param="messages" if chat else "prompt",
             )
         room = self._context - len(prompt)
         max_tokens = request.get("max_tokens") or room
         if max_tokens > room:
             raise InvalidRequest(
-                f"max_tokens {max_tokens} does not fit: the prompt is {len(prompt)} tokens of a "
-                f"{self._context}-token context, which leaves {room}",
+                f"max_tokens {max_tokens} does not fit: the prompt is {len(prompt)} tokens and "
+                f"{self._context_said()}, which leaves {room}",
                 param="max_tokens",
             )
         n = int(request.get("n") or 1)
@@ -334,25 +399,33 @@ class TransformersEngine(Engine):
         finals = await asyncio.gather(*(_last(s) for s in streams))
         yield shape.whole(finals)
 
-    def _sampling(self, request: Json) -> dict[str, Any]:
+    def _context_said(self) -> str:
+        if self._context < self._own_context:
+            return (
+                f"this launch holds {self._context} tokens a sequence (max_model_len; the "
+                f"model's context is {self._own_context})"
+            )
+        return f"this model's context is {self._context}"
+
+    def _sampling(self, request: Json) -> Sampling:
         temperature = request.get("temperature")
         temperature = _TEMPERATURE if temperature is None else float(temperature)
         top_k = int(request.get("top_k") or 0) or self._vocab
         if temperature == 0:  # greedy: only the likeliest token survives
-            return {"temperature": 1.0, "top_p": 1.0, "top_k": 1}
+            return Sampling(temperature=1.0, top_p=1.0, top_k=1)
         top_p = request.get("top_p")
-        return {
-            "temperature": temperature,
-            "top_p": _TOP_P if top_p is None else float(top_p),
-            "top_k": min(top_k, self._vocab),
-        }
+        return Sampling(
+            temperature=temperature,
+            top_p=_TOP_P if top_p is None else float(top_p),
+            top_k=min(top_k, self._vocab),
+        )
 
     async def _one(
         self,
         prompt: _Prompt,
         max_tokens: int,
         stops: list[str],
-        sampling: dict[str, Any],
+        sampling: Sampling,
         eos: list[int],
         stream: bool,
         constraint: str | None,
@@ -387,47 +460,42 @@ class TransformersEngine(Engine):
         self,
         prompt: list[int],
         max_tokens: int,
-        sampling: dict[str, Any],
+        sampling: Sampling,
         eos: list[int],
         streaming: bool,
         constraint: str | None,
     ) -> AsyncGenerator[tuple[list[int], bool, list[float]], None]:
-        """A sequence in the continuous batch: its tokens, whether it is done, logprobs."""
-        assert self._manager is not None
+        """A sequence in the running batch: its tokens, whether it is done, logprobs."""
+        assert self._decoder is not None
         request_id = uuid.uuid4().hex
-        outputs: asyncio.Queue[Any] = asyncio.Queue()
+        outputs: asyncio.Queue[Output] = asyncio.Queue()
         if constraint is not None:
             self._grammar.add(request_id, constraint)
-        self._manager.register_result_handler(request_id, outputs.put_nowait)
-        added = self._manager.add_request(
-            prompt,
-            request_id=request_id,
-            max_new_tokens=max_tokens,
-            streaming=streaming,
-            eos_token_id=eos,
-            **sampling,
-        )
-        if added is None:
+        try:
+            self._decoder.submit(
+                request_id, prompt, max_tokens, sampling, eos, streaming, outputs.put_nowait
+            )
+        except BaseException:
             self._forget(request_id)
-            raise RuntimeError("the generation loop is not accepting requests (it stopped)")
+            raise
         finished = False
         try:
             while not finished:
                 output = await outputs.get()
                 if output.error:
                     raise RuntimeError(f"generation failed: {output.error}")
-                finished = output.is_finished()
-                yield list(output.generated_tokens), finished, list(output.logprobs or [])
+                finished = output.finished
+                yield output.tokens, finished, output.logprobs
         finally:
             if not finished:
-                self._manager.cancel_request(request_id)  # a stop string, abort or disconnect
+                self._decoder.cancel(request_id)  # a stop string, abort or disconnect
             self._forget(request_id)
 
     async def _generated(
         self,
         inputs: Any,
         max_tokens: int,
-        sampling: dict[str, Any],
+        sampling: Sampling,
         eos: list[int],
         constraint: str | None,
     ) -> AsyncGenerator[tuple[list[int], bool, list[float]], None]:
@@ -439,7 +507,7 @@ class TransformersEngine(Engine):
             TopPLogitsWarper,
         )
 
-        greedy = sampling["top_k"] == 1
+        greedy = sampling.top_k == 1
         settings: dict[str, Any] = {
             "max_new_tokens": max_tokens,
             "do_sample": not greedy,
@@ -447,16 +515,16 @@ class TransformersEngine(Engine):
             "pad_token_id": self._pad,
         }
         if constraint is None:
-            settings.update(sampling)
+            settings.update(sampling._asdict())
         else:
             # The grammar's mask first: top-k or top-p could keep only tokens it forbids.
             length = int(inputs["input_ids"].shape[1])
             processors = [self._grammar.for_generate(constraint, length)]
             if not greedy:
                 processors += [
-                    TemperatureLogitsWarper(sampling["temperature"]),
-                    TopKLogitsWarper(sampling["top_k"]),
-                    TopPLogitsWarper(sampling["top_p"]),
+                    TemperatureLogitsWarper(sampling.temperature),
+                    TopKLogitsWarper(sampling.top_k),
+                    TopPLogitsWarper(sampling.top_p),
                 ]
             settings.update(temperature=1.0, top_k=None, top_p=1.0)
             settings["logits_processor"] = LogitsProcessorList(processors)
@@ -466,13 +534,10 @@ class TransformersEngine(Engine):
             yield tokens, finished, []
 
     def _forget(self, request_id: str) -> None:
-        # A cancelled request never delivers a final output, so its handler would stay.
-        assert self._manager is not None
+        assert self._decoder is not None
         if self._grammar is not None:
             self._grammar.drop(request_id)
-        router = self._manager.output_router
-        with router._lock:
-            router.result_handlers.pop(request_id, None)
+        self._decoder.forget(request_id)
 
 
 def _grammar_masks(tokenizer: Any, vocab: int, eos: list[int]) -> tuple[Any, str]:
