@@ -140,6 +140,50 @@ def step_times(engine: object) -> str:
     return f"{steps} steps: {step_s / steps * 1000:.2f} ms a step in {loop_s / steps * 1000:.2f} ms"
 
 
+async def checks(engine: object) -> None:
+    """What the throughput figures do not show, on this device: a stream's tokens are the same
+    alone and while a longer prompt joins the batch (its rows move with the clock); sampling
+    with top-p and top-k; a stop string ends an answer."""
+    complete = engine.complete  # type: ignore[attr-defined]
+    greedy = {"prompt": "A", "max_tokens": 48, "temperature": 0, "ignore_eos": True}
+
+    async def streamed(join: bool) -> str:
+        pieces: list[str] = []
+        joiner = None
+        async for chunk in engine.complete_stream(dict(greedy)):  # type: ignore[attr-defined]
+            pieces.append(chunk["choices"][0]["text"] if chunk["choices"] else "")
+            if join and len(pieces) == 2:
+                joiner = asyncio.ensure_future(
+                    complete({"prompt": PROMPT * 3, "max_tokens": 8, "temperature": 0})
+                )
+        if joiner is not None:
+            await joiner
+        return "".join(pieces)
+
+    alone, joined = await streamed(False), await streamed(True)
+    print(f"check: a stream alone and with a longer prompt joining agree: {alone == joined}")
+    sampled = await complete(
+        {
+            "prompt": PROMPT,
+            "max_tokens": 32,
+            "temperature": 0.8,
+            "top_p": 0.9,
+            "top_k": 50,
+            "n": 3,
+            "ignore_eos": True,
+        }
+    )
+    texts = [c["text"] for c in sampled["choices"]]
+    print(f"check: sampled n=3 with top_p/top_k: {len(set(texts))} different answers")
+    whole = (await complete(dict(greedy)))["choices"][0]["text"]
+    stop = whole[len(whole) // 2 : len(whole) // 2 + 3]
+    cut = (await complete({**greedy, "stop": [stop]}))["choices"][0]
+    ok = (
+        cut["finish_reason"] == "stop" and whole.startswith(cut["text"]) and stop not in cut["text"]
+    )
+    print(f"check: the stop string {stop!r} ends the answer where it appears: {ok}")
+
+
 async def greedy_tokens(engine: object) -> list[int]:
     """One greedy answer's tokens (the engines should agree on them, until bf16 rounding in
     batches of different shapes makes a near tie fall the other way)."""
@@ -205,6 +249,10 @@ def main() -> None:
     parser.add_argument(
         "--paged", action="store_true", help="also time the engine on continuous batching"
     )
+    parser.add_argument(
+        "--checks-only", action="store_true", help="the engine's checks, no timings"
+    )
+    parser.add_argument("--dtype", default="bfloat16", help="the engine's dtype")
     args = parser.parse_args()
 
     import torch
@@ -224,8 +272,9 @@ def main() -> None:
     print(f"device: {name}; {NEW_TOKENS} new tokens per stream, greedy, EOS ignored")
 
     streams = [int(s) for s in args.streams.split(",")]
-    single = generate_alone(folder, device, 1)
-    batched = {n: generate_alone(folder, device, n) for n in streams if n > 1}
+    if not args.checks_only:
+        single = generate_alone(folder, device, 1)
+        batched = {n: generate_alone(folder, device, n) for n in streams if n > 1}
 
     def engine(**options: str) -> TransformersEngine:
         config = EngineConfig(
@@ -237,7 +286,7 @@ def main() -> None:
             quantization="none",
             model_path=str(folder),
             family={"context_length": 4096, "stop": [], "stop_token_ids": []},
-            options={"device": device, "dtype": "bfloat16", **options},
+            options={"device": device, "dtype": args.dtype, **options},
         )
         started = time.perf_counter()
         loaded = TransformersEngine(config)
@@ -245,12 +294,18 @@ def main() -> None:
         print(f"engine {options or 'default'} ready in {time.perf_counter() - started:.0f} s")
         return loaded
 
+    if args.checks_only:
+        served = engine()
+        asyncio.run(checks(served))
+        served.close()
+        return
     served = engine()
     measured = {}
     for n in streams:
         measured[n] = asyncio.run(inferd_streams(served, n))
         print(f"{n} streams: {measured[n]:.0f} tok/s; {step_times(served)}")
     held = {n: asyncio.run(inferd_streams(served, n, True)) for n in streams} if args.json else {}
+    asyncio.run(checks(served))
     first = asyncio.run(greedy_tokens(served))
     served.close()
     if args.paged:

@@ -192,6 +192,8 @@ class StaticDecoder:
 
     def stop(self) -> None:
         self._inbox.put(("stop", None))
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)  # not torn down mid-step at interpreter exit
 
     # the loop's thread ---------------------------------------------------------------------
 
