@@ -237,6 +237,8 @@ class StaticDecoder:
         # sampling and span, and the grammar's bitmasks.
         self._io = torch.zeros((2, rows), dtype=torch.long, pin_memory=device.type == "cuda")
         self._io_dev = torch.zeros((2, rows), dtype=torch.long, device=device)
+        # Written element by element each step: numpy's indexing costs ~0.5 us, torch's ~5 us.
+        self._io_host = self._io.numpy()
         self._params = torch.zeros((5, rows), dtype=torch.float32)
         self._params[2:4] = 1.0  # temperature and top_p of empty rows
         self._params[4] = 1
@@ -584,7 +586,7 @@ class StaticDecoder:
         self, picked: list[tuple[_Request, int, float]], positions: list[int] | None = None
     ) -> None:
         """Record each request's new token, end those it finishes, tell their readers."""
-        io = self._io
+        io = self._io_host
         sends: dict[asyncio.AbstractEventLoop, list[tuple[Deliver, Output]]] = {}
         for i, (request, token, logprob) in enumerate(picked):
             request.tokens.append(token)
