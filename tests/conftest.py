@@ -206,6 +206,37 @@ def run_together(*calls: Callable[[], object], timeout: float = 120) -> None:
         thread.join(timeout)
 
 
+def abort_midway(server: InferdServer, uid: str, request_id: str, max_tokens: int) -> None:
+    """Starts a long chat with `request_id` through Xinference's client, aborts it once the
+    model works on it, and checks its caller was told it was aborted."""
+    xclient = RESTfulClient(server.url)
+    outcome: dict[str, str] = {}
+
+    def chat() -> None:
+        try:
+            xclient.get_model(uid).chat(
+                messages=[{"role": "user", "content": "Go on."}],
+                generate_config={
+                    "max_tokens": max_tokens,
+                    "request_id": request_id,
+                    "ignore_eos": True,
+                },
+            )
+        except RuntimeError as exc:
+            outcome["error"] = str(exc)
+
+    thread = threading.Thread(target=chat)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while server.models()[uid]["replicas"][0]["inflight"] == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert xclient.abort_request(uid, request_id)["aborted"] is True
+    thread.join(30)
+    assert "was aborted" in outcome.get("error", "")
+
+
 def restart(old: InferdServer) -> InferdServer:
     """A new server on the same INFERD_HOME and environment, as after a reboot."""
     extra = {k: v for k, v in old.env.items() if os.environ.get(k) != v}

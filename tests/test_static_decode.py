@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import httpx
 import pytest
 from xinference_client import RESTfulClient
 
-from tests.conftest import InferdServer, custom_model, local_llm, run_together
+from tests.conftest import InferdServer, abort_midway, custom_model, local_llm, run_together
 
 pytestmark = pytest.mark.slow
 
@@ -201,28 +200,7 @@ def test_sampling_grammar_and_stops(launched: InferdServer, static: str) -> None
 
 
 def test_abort_and_clients_that_leave_end_their_rows(launched: InferdServer, static: str) -> None:
-    xclient = RESTfulClient(launched.url)
-    outcome: dict[str, str] = {}
-
-    def chat() -> None:
-        try:
-            xclient.get_model(static).chat(
-                messages=[{"role": "user", "content": "Go on."}],
-                generate_config={"max_tokens": 140, "request_id": "sd-1", "ignore_eos": True},
-            )
-        except RuntimeError as exc:
-            outcome["error"] = str(exc)
-
-    thread = threading.Thread(target=chat)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while launched.models()[static]["replicas"][0]["inflight"] == 0:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(0.3)
-    assert xclient.abort_request(static, "sd-1")["aborted"] is True
-    thread.join(30)
-    assert "was aborted" in outcome.get("error", "")
+    abort_midway(launched, static, "sd-1", 140)
 
     # Clients that give up mid-stream leave their rows; every row is free again after.
     for _ in range(ROWS):

@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from xinference_client import RESTfulClient
 
 from tests.conftest import (
     InferdServer,
+    abort_midway,
     custom_model,
     local_llm,
     run_together,
@@ -173,28 +173,7 @@ def test_what_the_engine_cannot_do_is_refused(launched: InferdServer, llama: str
 
 
 def test_abort_stops_the_sequence(launched: InferdServer, llama: str) -> None:
-    xclient = RESTfulClient(launched.url)
-    outcome: dict[str, str] = {}
-
-    def chat() -> None:
-        try:
-            xclient.get_model(llama).chat(
-                messages=ASK,
-                generate_config={"max_tokens": 1500, "request_id": "tf-1", "ignore_eos": True},
-            )
-        except RuntimeError as exc:
-            outcome["error"] = str(exc)
-
-    thread = threading.Thread(target=chat)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while launched.models()[llama]["replicas"][0]["inflight"] == 0:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(0.3)
-    assert xclient.abort_request(llama, "tf-1")["aborted"] is True
-    thread.join(30)
-    assert "was aborted" in outcome.get("error", "")
+    abort_midway(launched, llama, "tf-1", 1500)
     # The loop is free again: a new request is answered.
     reply = launched.openai().chat.completions.create(
         model=llama,

@@ -29,22 +29,25 @@ class Output(NamedTuple):
     error: str | None = None
 
 
+class Request(NamedTuple):
+    """A sequence to generate: it ends at one of `eos` (the token is kept) or after
+    `max_new_tokens`; `streaming` asks for every token as it comes, not only the last."""
+
+    id: str
+    prompt: list[int]
+    max_new_tokens: int
+    sampling: Sampling
+    eos: list[int]
+    streaming: bool
+
+
 Deliver = Callable[[Output], None]
 
 
 class Decoder(Protocol):
-    def submit(
-        self,
-        request_id: str,
-        prompt: list[int],
-        max_new_tokens: int,
-        sampling: Sampling,
-        eos: list[int],
-        streaming: bool,
-        deliver: Deliver,
-    ) -> None:
-        """Start a request; `deliver` is called on the calling event loop with every new token
-        when `streaming`, else once at the end."""
+    def submit(self, request: Request, deliver: Deliver) -> None:
+        """Start a request; `deliver` is called on the calling event loop with its tokens
+        (every new one when it streams, else once at the end)."""
 
     def cancel(self, request_id: str) -> None:
         """End a request that has not finished (its reader has gone)."""

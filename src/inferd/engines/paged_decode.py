@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from inferd.engines.decoding import Deliver, Output, Sampling
+from inferd.engines.decoding import Deliver, Output, Request
 
 
 class PagedDecoder:
@@ -49,16 +49,7 @@ class PagedDecoder:
             grammars.install(self._manager, grammar)
         self._manager.start()
 
-    def submit(
-        self,
-        request_id: str,
-        prompt: list[int],
-        max_new_tokens: int,
-        sampling: Sampling,
-        eos: list[int],
-        streaming: bool,
-        deliver: Deliver,
-    ) -> None:
+    def submit(self, request: Request, deliver: Deliver) -> None:
         def handle(output: Any) -> None:
             deliver(
                 Output(
@@ -69,19 +60,19 @@ class PagedDecoder:
                 )
             )
 
-        self._manager.register_result_handler(request_id, handle)
+        self._manager.register_result_handler(request.id, handle)
         added = self._manager.add_request(
-            prompt,
-            request_id=request_id,
-            max_new_tokens=max_new_tokens,
-            streaming=streaming,
-            eos_token_id=eos,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
+            request.prompt,
+            request_id=request.id,
+            max_new_tokens=request.max_new_tokens,
+            streaming=request.streaming,
+            eos_token_id=request.eos,
+            temperature=request.sampling.temperature,
+            top_p=request.sampling.top_p,
+            top_k=request.sampling.top_k,
         )
         if added is None:
-            self.cancel(request_id)
+            self.cancel(request.id)
             raise RuntimeError("the generation loop is not accepting requests (it stopped)")
 
     def cancel(self, request_id: str) -> None:

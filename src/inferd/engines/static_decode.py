@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from inferd.engines.decoding import Deliver, Output, Sampling
+from inferd.engines.decoding import Deliver, Output, Request
 
 log = logging.getLogger(__name__)
 
@@ -108,23 +108,13 @@ class _Request:
         "tokens",
     )
 
-    def __init__(
-        self,
-        request_id: str,
-        prompt: list[int],
-        max_new: int,
-        sampling: Sampling,
-        eos: list[int],
-        streaming: bool,
-        deliver: Deliver,
-        loop: asyncio.AbstractEventLoop,
-    ):
-        self.id = request_id
-        self.prompt = prompt
-        self.max_new = max_new
-        self.sampling = sampling
-        self.eos = frozenset(eos)
-        self.streaming = streaming
+    def __init__(self, request: Request, deliver: Deliver, loop: asyncio.AbstractEventLoop):
+        self.id = request.id
+        self.prompt = request.prompt
+        self.max_new = request.max_new_tokens
+        self.sampling = request.sampling
+        self.eos = frozenset(request.eos)
+        self.streaming = request.streaming
         self.deliver = deliver
         self.loop = loop
         self.row = -1
@@ -162,27 +152,12 @@ class StaticDecoder:
         if self._failed is not None:
             raise self._failed
 
-    def submit(
-        self,
-        request_id: str,
-        prompt: list[int],
-        max_new_tokens: int,
-        sampling: Sampling,
-        eos: list[int],
-        streaming: bool,
-        deliver: Deliver,
-    ) -> None:
-        if len(prompt) + max_new_tokens > self._slots:
-            raise ValueError(f"{len(prompt)} + {max_new_tokens} tokens exceed {self._slots} slots")
-        loop = asyncio.get_running_loop()
-        self._inbox.put(
-            (
-                "add",
-                _Request(
-                    request_id, prompt, max_new_tokens, sampling, eos, streaming, deliver, loop
-                ),
+    def submit(self, request: Request, deliver: Deliver) -> None:
+        if len(request.prompt) + request.max_new_tokens > self._slots:
+            raise ValueError(
+                f"{len(request.prompt)} + {request.max_new_tokens} tokens exceed {self._slots}"
             )
-        )
+        self._inbox.put(("add", _Request(request, deliver, asyncio.get_running_loop())))
 
     def cancel(self, request_id: str) -> None:
         self._inbox.put(("cancel", request_id))

@@ -28,7 +28,7 @@ import orjson
 
 from inferd.engines import forced_calls, hf_vision, reasoning, tool_formats
 from inferd.engines.base import Engine, Json, flag, json_output
-from inferd.engines.decoding import Decoder, Output, Sampling
+from inferd.engines.decoding import Decoder, Output, Request, Sampling
 from inferd.errors import InvalidRequest, UnsupportedOperation
 
 # Requests the continuous-batching loop takes at once unless max_requests_per_batch says;
@@ -473,7 +473,8 @@ class TransformersEngine(Engine):
             self._grammar.add(request_id, constraint)
         try:
             self._decoder.submit(
-                request_id, prompt, max_tokens, sampling, eos, streaming, outputs.put_nowait
+                Request(request_id, prompt, max_tokens, sampling, eos, streaming),
+                outputs.put_nowait,
             )
         except BaseException:
             self._forget(request_id)
