@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -255,3 +256,48 @@ def test_the_static_cache_limits_are_400s(launched: InferdServer, static: str) -
                 **options,
             )
         assert param in str(failed.value), (options, str(failed.value))
+
+
+def test_a_request_without_max_tokens_holds_no_one_back(
+    launched: InferdServer, static: str
+) -> None:
+    """A request without max_tokens may run to the end of its row; it takes a row at once and
+    the requests behind it are not held until the cache is empty."""
+    client = launched.openai()
+    done: list[str] = []
+    started = threading.Event()
+
+    def long() -> None:
+        for i, _ in enumerate(
+            client.completions.create(
+                model=static,
+                prompt="The",
+                max_tokens=120,
+                stream=True,
+                extra_body={"ignore_eos": True},
+            )
+        ):
+            if i == 40:  # past the unbounded request's prompt: the clock is beyond it
+                started.set()
+        done.append("long")
+
+    def unbounded() -> None:  # (a completion's max_tokens is 16 when not given, as OpenAI's)
+        answer = client.chat.completions.create(
+            model=static,
+            messages=[{"role": "user", "content": "Sea"}],
+            extra_body={"ignore_eos": True},
+        )
+        assert answer.choices[0].finish_reason == "length"
+        assert answer.usage is not None and answer.usage.completion_tokens > 120
+        done.append("unbounded")
+
+    threads = [threading.Thread(target=long), threading.Thread(target=unbounded)]
+    threads[0].start()
+    assert started.wait(30)
+    threads[1].start()
+    time.sleep(0.2)  # the unbounded request is ahead in the queue
+    client.completions.create(model=static, prompt="A", max_tokens=5)
+    done.append("short")
+    for thread in threads:
+        thread.join(120)
+    assert done.index("short") < done.index("long"), done

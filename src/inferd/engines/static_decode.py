@@ -15,8 +15,9 @@ leave between steps:
 - New requests' prompts are prefilled eagerly, several together (right-padded), and their keys
   and values are copied into their rows so that they end at the clock (which moves on first if a
   prompt is longer than it, the running rows' spans moved with it).
-- A row that cannot fit before the last slot waits; first the rows' spans are shifted left to the
-  oldest start still in use (compaction), which frees what finished requests held.
+- When the clock reaches the last slot, the rows' spans are shifted left to the oldest start
+  still in use (compaction), which frees what finished requests held. A row holds only the
+  tokens it has, so a request without max_tokens reserves nothing and never holds others back.
 - A step attends over the cache's first `window` slots only, the smallest of a few sizes (each
   its own graph) that holds the clock; compaction keeps the clock low. Attending over every slot
   would cost each step a read of the whole cache (and with grouped-query attention under a mask,
@@ -387,9 +388,9 @@ class StaticDecoder:
             length = max(longest, len(request.prompt))
             if (len(group) + 1) * length > _PREFILL_TOKENS and group:
                 break
-            if not self._fits([*group, request], length):
+            if not self._fits(length):
                 self._compact()
-                if not self._fits([*group, request], length):
+                if not self._fits(length):
                     break
             group.append(request)
             longest = length
@@ -407,12 +408,10 @@ class StaticDecoder:
                     self._free(request)
                 self._send(request, Output(request.tokens, True, request.logprobs, str(exc)))
 
-    def _fits(self, group: list[_Request], longest: int) -> bool:
-        """Whether every row, running and new, ends before the last slot once the clock has
-        moved to where the group's longest prompt ends."""
-        clock = max(self._clock, longest)
-        running = (r.max_new - len(r.tokens) for r in self._active if r is not None)
-        return all(clock + left <= self._slots for left in [*running, *(r.max_new for r in group)])
+    def _fits(self, longest: int) -> bool:
+        """Whether a prompt of `longest` tokens can end at the clock (moved on to it) and
+        still leave the slot the next step writes."""
+        return max(self._clock, longest) < self._slots
 
     def _compact(self) -> None:
         """Shift every row's span left by the earliest start in use, freeing the slots before
@@ -504,6 +503,10 @@ class StaticDecoder:
     # decoding -------------------------------------------------------------------------------
 
     def _decode(self) -> None:
+        if self._clock >= self._slots:
+            # The oldest row started after the first slot: had it begun there, the whole cache
+            # would be its prompt and answer, which cannot exceed a row, and it would have ended.
+            self._compact()
         needed = self._window_for(self._clock)
         if needed > self._windows[0]:
             earliest = min(self._starts[r] for r, q in enumerate(self._active) if q is not None)

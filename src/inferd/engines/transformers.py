@@ -95,9 +95,9 @@ class TransformersEngine(Engine):
                 param=option,
             )
         on_gpu = not str(device).startswith("cpu")
-        static = kv_cache == "static" or (kv_cache is None and on_gpu and not batching)
+        paged_only = [key for key in batching if key != "max_requests_per_batch"]
+        static = kv_cache == "static" or (kv_cache is None and on_gpu and not paged_only)
         if static:
-            paged_only = [key for key in batching if key != "max_requests_per_batch"]
             if paged_only:
                 raise InvalidRequest(
                     f"{paged_only[0]} sizes the paged cache; launch with kv_cache=paged to use "
