@@ -1,4 +1,4 @@
-"""Grammar-constrained sampling inside transformers' continuous batching, by llguidance.
+"""Grammar-constrained sampling inside the transformers engine's decode loops, by llguidance.
 
 transformers' batching loop applies per-request logits processors of its own kind
 (`ContinuousBatchingLogitsProcessor`): before each step it asks every processor for a value per
@@ -10,7 +10,8 @@ Sequences without a grammar are left alone, and a step with none of them costs n
 
 Masks are computed on the host between steps, from each sequence's tokens so far: the loop must
 have the last step's token before it schedules the next (no asynchronous batching), and the
-masking runs eagerly (no CUDA graph captures it).
+masking runs eagerly (no CUDA graph captures it). The static decoder (static_decode) asks for
+the same masks through `sequence`, `new_masks` and `fill`, and applies them inside its graph.
 """
 
 from __future__ import annotations
