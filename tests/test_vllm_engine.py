@@ -128,9 +128,8 @@ def test_sixteen_concurrent_streamed_chats_complete(launched: InferdServer, llam
     run_together(*(lambda i=i: chat(i) for i in range(16)))
     assert len(results) == 16
     for text, finish, tokens in results:
-        assert finish in ("length", "stop")
-        assert text
-        assert 1 <= tokens <= 24
+        # (Once on CI-like load one answer came back empty; what it said of itself tells why.)
+        assert finish in ("length", "stop") and text and 1 <= tokens <= 24, (text, finish, tokens)
     # All sixteen were in vLLM's batch together, not queued behind each other by inferd.
     assert _metric(launched, "vllm:request_success_total", llama) >= 16
 
