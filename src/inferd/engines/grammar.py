@@ -62,8 +62,7 @@ class GrammarMasks(ContinuousBatchingLogitsProcessor):
         self._sequences: dict[str, _Sequence] = {}
         self._lock = threading.Lock()
         self._masks: torch.Tensor | None = None  # this step's rows, or None: nothing to mask
-        index = torch.arange(vocab, dtype=torch.int32)
-        self._word, self._bit = (index // 32).long(), index % 32
+        self._word, self._bit = bit_positions(vocab, torch.device("cpu"))
         self._on: torch.device | None = None
         self._executor = llguidance.LLExecutor()
 
@@ -162,7 +161,7 @@ class GrammarMasks(ContinuousBatchingLogitsProcessor):
             self._word, self._bit = self._word.to(scores.device), self._bit.to(scores.device)
             self._on = scores.device
         words = masks.to(scores.device, non_blocking=True)
-        forbidden = ((words[:, self._word] >> self._bit) & 1) == 0
+        forbidden = ~allowed(words, self._word, self._bit)
         rows = scores.size(0)
         if rows > forbidden.size(0):  # padded rows, which no sequence reads
             padding = forbidden.new_zeros(rows - forbidden.size(0), 1)
@@ -212,6 +211,17 @@ def _json_grammar(response_format: Json) -> str:
             param="response_format",
         )
     return str(llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=_COMPACT))
+
+
+def bit_positions(vocab: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each token's bit lies in llguidance's bitmask: its 32-bit word and its bit there."""
+    index = torch.arange(vocab, device=device, dtype=torch.int32)
+    return (index // 32).long(), index % 32
+
+
+def allowed(words: torch.Tensor, word: torch.Tensor, bit: torch.Tensor) -> torch.Tensor:
+    """Which tokens llguidance's bitmasks `words` (a row per sequence) allow, as booleans."""
+    return ((words[:, word] >> bit) & 1) == 1
 
 
 def _bit(index: int) -> int:

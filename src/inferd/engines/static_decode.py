@@ -44,6 +44,7 @@ from typing import Any
 import torch
 
 from inferd.engines.decoding import Deliver, Output, Request
+from inferd.engines.grammar import allowed, bit_positions
 
 log = logging.getLogger(__name__)
 
@@ -174,15 +175,14 @@ class StaticDecoder:
     # the loop's thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
-        try:
-            with torch.inference_mode():
-                self._build()
-        except BaseException as exc:  # the launch reports it
-            self._failed = exc
-            self._ready.set()
-            return
-        self._ready.set()
         with torch.inference_mode():
+            try:
+                self._build()
+            except BaseException as exc:  # the launch reports it
+                self._failed = exc
+                return
+            finally:
+                self._ready.set()
             while self._take(block=not self._by_id):
                 started = time.perf_counter()
                 self._admit()
@@ -220,14 +220,12 @@ class StaticDecoder:
         self._params[4] = 1
         self._params_dev = self._params.to(device)
         self._params_dirty = False
-        words = (self._vocab + 31) // 32
-        self._words = torch.full((rows, words), -1, dtype=torch.int32)
-        self._words_dev = torch.full((rows, words), -1, dtype=torch.int32, device=device)
+        self._word_count = (self._vocab + 31) // 32
+        self._words_dev = torch.full((rows, self._word_count), -1, dtype=torch.int32, device=device)
         self._words_dirty = False
         self._slot_index = torch.arange(slots, device=device)
         self._ranks = torch.arange(self._vocab, device=device)
-        index = torch.arange(self._vocab, device=device, dtype=torch.int32)
-        self._word_of, self._bit_of = (index // 32).long(), index % 32
+        self._word_of, self._bit_of = bit_positions(self._vocab, device)
         self._bool_mask = self._model.config._attn_implementation == "sdpa"
         # One eager step allocates the cache's tensors (and marks their addresses static for
         # the graphs); compiling then records the step.
@@ -317,8 +315,8 @@ class StaticDecoder:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The logits under each row's grammar and temperature, and the model's own
         log-probabilities."""
-        allowed = ((words[:, self._word_of] >> self._bit_of) & 1) == 1
-        scaled = logits.masked_fill(~allowed, -torch.inf) / params[2][:, None]
+        permitted = allowed(words, self._word_of, self._bit_of)
+        scaled = logits.masked_fill(~permitted, -torch.inf) / params[2][:, None]
         return scaled, logits.log_softmax(-1)
 
     @staticmethod
@@ -548,7 +546,7 @@ class StaticDecoder:
         if self._grammar is None:
             if only_constrained:
                 return None
-            return torch.full((count, self._words.shape[1]), -1, dtype=torch.int32)
+            return torch.full((count, self._word_count), -1, dtype=torch.int32)
         pending = []
         for index, request in rows:
             sequence = self._grammar.sequence(request.id)
@@ -585,14 +583,11 @@ class StaticDecoder:
             _post(loop, items)
 
     def _free(self, request: _Request) -> None:
-        self._release(request)
+        if self._active[request.row] is request:
+            self._active[request.row] = None
         self._params[0, request.row] = 0.0
         self._params_dirty = True
         request.row = -1
-
-    def _release(self, request: _Request) -> None:
-        if self._active[request.row] is request:
-            self._active[request.row] = None
 
     def _send(self, request: _Request, output: Output) -> None:
         _post(request.loop, [(request.deliver, output)])
