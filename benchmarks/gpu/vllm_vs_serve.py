@@ -30,7 +30,8 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -121,9 +122,12 @@ def _streams_in_process(base: str, ids: range, tokens: int, rounds: int, at: flo
     return asyncio.run(_streams(base, ids, tokens, rounds, at))
 
 
-def load(base: str, streams: int, tokens: int, rounds: int) -> dict[str, Any]:
+def load(
+    base: str, streams: int, tokens: int, rounds: int, watch: Watch | None = None
+) -> dict[str, Any]:
     """`streams` clients at once, each sending `rounds` chats one after another, spread over
-    client processes so that parsing the answers is not what limits the rate."""
+    client processes so that parsing the answers is not what limits the rate. With `watch`,
+    the CPU each of the server's processes spent meanwhile (in cores) is reported too."""
     asyncio.run(_streams(base, range(10_000, 10_001), 8, 1, 0))  # warm: lazy set-up paid
     parts = [
         range(i, min(i + STREAMS_PER_CLIENT, streams))
@@ -134,10 +138,14 @@ def load(base: str, streams: int, tokens: int, rounds: int) -> dict[str, Any]:
         futures = [
             pool.submit(_streams_in_process, base, part, tokens, rounds, at) for part in parts
         ]
-        done = [f.result() for f in futures]
+        time.sleep(max(0.0, at - time.time()))
+        cpu = watch.during(streams) if watch is not None else nullcontext({})
+        with cpu as cores:
+            done = [f.result() for f in futures]
     results = [r for each in done for r in each]
     seconds = max(r["end"] for r in results) - at
     return {
+        **({"cpu_cores": cores} if watch is not None else {}),
         "streams": streams,
         "requests": len(results),
         "tok_per_s": round(sum(r["tokens"] for r in results) / seconds, 1),
@@ -149,33 +157,118 @@ def load(base: str, streams: int, tokens: int, rounds: int) -> dict[str, Any]:
     }
 
 
-async def prefix(base: str, words: list[str]) -> dict[str, Any]:
-    """The same long system prompt twice: the first pays for prefill, the second should not."""
-    body = {
-        "messages": [
-            {"role": "system", "content": " ".join(words)},
-            {"role": "user", "content": "word7 the"},
-        ],
-        "max_tokens": 4,
-        "ignore_eos": True,
-        "temperature": 0,
-    }
+async def prefix(base: str, prompts: list[list[str]]) -> dict[str, Any]:
+    """Each long system prompt twice: the first pays for prefill, the second should not. The
+    medians over the prompts are reported (one pair alone varies by several ms)."""
+    firsts, seconds, cached = [], [], []
     async with httpx.AsyncClient(timeout=600) as c:
-        first = await one(c, base, body)
-        second = await one(c, base, body)
+        for words in prompts:
+            body = {
+                "messages": [
+                    {"role": "system", "content": " ".join(words)},
+                    {"role": "user", "content": "word7 the"},
+                ],
+                "max_tokens": 4,
+                "ignore_eos": True,
+                "temperature": 0,
+            }
+            first = await one(c, base, body)
+            second = await one(c, base, body)
+            firsts.append(first["ttft"])
+            seconds.append(second["ttft"])
+            cached.append(second["cached_tokens"])
     return {
         "prompt_tokens": first["prompt_tokens"],
-        "ttft_ms_first": round(first["ttft"] * 1000, 2),
-        "ttft_ms_second": round(second["ttft"] * 1000, 2),
-        "speedup": round(first["ttft"] / second["ttft"], 2),
-        "cached_tokens_second": second["cached_tokens"],
+        "prompts": len(prompts),
+        "ttft_ms_first": round(statistics.median(firsts) * 1000, 2),
+        "ttft_ms_second": round(statistics.median(seconds) * 1000, 2),
+        "speedup": round(statistics.median(firsts) / statistics.median(seconds), 2),
+        "ttft_ms_seconds_all": [round(t * 1000, 1) for t in seconds],
+        "cached_tokens_second": cached[-1],
     }
 
 
-def long_prompt(tokens: int) -> list[str]:
+def long_prompt(tokens: int, seed: int = 7) -> list[str]:
     # The probe's tokenizer was trained on "wordN the of and ...": each wordN is about a token.
-    rng = random.Random(7)
+    rng = random.Random(seed)
     return [f"word{rng.randrange(20000)}" for _ in range(tokens)]
+
+
+# -- where the servers' CPU goes ------------------------------------------------------------
+
+
+def _stat(pid: int) -> tuple[int, float]:
+    """A process's parent and the CPU seconds it has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _name(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+class Watch:
+    """The processes of one server (its root and every descendant): how many cores each kept
+    busy during a load, and, for the loads named in `spy_streams`, where each one's time went
+    (py-spy's sampled stacks, written to `spy_dir`)."""
+
+    def __init__(self, label: str, root: int, spy_streams: set[int], spy_dir: Path | None):
+        self.label, self.root = label, root
+        self.spy_streams, self.spy_dir = spy_streams, spy_dir
+
+    def tree(self) -> dict[int, str]:
+        parents: dict[int, int] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with suppress(OSError, ValueError, IndexError):
+                    parents[int(entry.name)] = _stat(int(entry.name))[0]
+        found, frontier = {self.root: 0}, [self.root]
+        while frontier:
+            parent = frontier.pop()
+            for pid, ppid in parents.items():
+                if ppid == parent and pid not in found:
+                    found[pid] = found[parent] + 1
+                    frontier.append(pid)
+        names = {}
+        for pid, depth in found.items():
+            with suppress(OSError):
+                names[pid] = f"{depth}:{_name(pid)}:{pid}"
+        return names
+
+    @contextmanager
+    def during(self, streams: int) -> Iterator[dict[str, float]]:
+        names = self.tree()
+        before = {pid: _stat(pid)[1] for pid in names}
+        spies = self._spy(names, streams)
+        started = time.time()
+        cores: dict[str, float] = {}
+        try:
+            yield cores
+        finally:
+            seconds = time.time() - started
+            for pid, name in names.items():
+                with suppress(OSError):
+                    used = (_stat(pid)[1] - before[pid]) / seconds
+                    if used >= 0.01:
+                        cores[name] = round(used, 2)
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)  # py-spy writes what it has on SIGINT
+            for spy in spies:
+                with suppress(subprocess.TimeoutExpired):
+                    spy.wait(30)
+
+    def _spy(self, names: dict[int, str], streams: int) -> list[subprocess.Popen]:
+        if streams not in self.spy_streams or self.spy_dir is None:
+            return []
+        self.spy_dir.mkdir(parents=True, exist_ok=True)
+        spies = []
+        for pid, name in names.items():
+            out = self.spy_dir / f"{self.label}-{streams}-{name.replace(':', '-')}.txt"
+            argv = ["py-spy", "record", "--pid", str(pid), "--rate", "250", "--nonblocking",
+                    "--format", "raw", "--output", str(out)]  # fmt: skip
+            quiet = subprocess.DEVNULL
+            spies.append(subprocess.Popen(argv, stdout=quiet, stderr=quiet))
+        return spies
 
 
 # -- servers ------------------------------------------------------------------------------
@@ -220,10 +313,11 @@ def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def measure(name: str, base: str, args: argparse.Namespace, results: dict) -> None:
+def measure(name: str, base: str, args: argparse.Namespace, results: dict, root: int) -> None:
+    watch = Watch(name.replace(" ", "-"), root, set(args.spy_streams), args.spy_dir)
     for streams in args.streams:
         try:
-            record = load(base, streams, args.tokens, args.rounds)
+            record = load(base, streams, args.tokens, args.rounds, watch)
         except Exception as exc:  # said, and the run goes on to the next
             say({"server": name, "streams": streams, "error": repr(exc)[:500]})
             continue
@@ -231,7 +325,9 @@ def measure(name: str, base: str, args: argparse.Namespace, results: dict) -> No
         say({"server": name, **record})
     if args.no_prefix:
         return
-    record = asyncio.run(prefix(base, long_prompt(args.prefix_words)))
+    # The same prompts on every server; each server starts with an empty cache.
+    prompts = [long_prompt(args.prefix_words, seed) for seed in range(7, 7 + args.prefix_repeats)]
+    record = asyncio.run(prefix(base, prompts))
     results.setdefault(name, {})["prefix"] = record
     say({"server": name, "prefix_cache": record})
 
@@ -252,22 +348,27 @@ def vllm_serve(model: Path, args: argparse.Namespace, env: dict[str, str], resul
             say({"server": "vllm serve", "error": str(exc), "log": tail(log)})
             return
         say({"server": "vllm serve", "ready_s": round(time.time() - started, 1)})
-        measure("vllm serve", "http://127.0.0.1:8100", args, results)
+        measure("vllm serve", "http://127.0.0.1:8100", args, results, process.pid)
 
 
 def launch(base: str, body: dict[str, Any]) -> httpx.Response:
     return httpx.post(f"{base}/v1/models", json=body, timeout=900)
 
 
-def inferd(model: Path, args: argparse.Namespace, env: dict[str, str], results: dict) -> None:
-    home = args.logs / "inferd-home"
-    server_env = {
-        **env,
-        "INFERD_HOME": str(home),
-        "PYTHONPATH": f"{ROOT / 'src'}:{env.get('PYTHONPATH', '')}",
-    }
+def inferd(
+    model: Path,
+    args: argparse.Namespace,
+    env: dict[str, str],
+    results: dict,
+    name: str = "inferd",
+    src: Path = ROOT / "src",
+) -> None:
+    """inferd from `src` (this checkout's, or another commit's for a before-and-after)."""
+    home = args.logs / f"{name.replace(' ', '-')}-home"
+    path = f"{src}:{env.get('PYTHONPATH', '')}"
+    server_env = {**env, "INFERD_HOME": str(home), "PYTHONPATH": path}
     argv = [sys.executable, "-m", "inferd", "serve", "--port", "9997"]
-    log = args.logs / "inferd.log"
+    log = args.logs / f"{name.replace(' ', '-')}.log"
     base = "http://127.0.0.1:9997"
     with running(argv, server_env, log) as process:
         wait_ready(base, "/health", 120, process)
@@ -291,11 +392,11 @@ def inferd(model: Path, args: argparse.Namespace, env: dict[str, str], results: 
             },
         )  # fmt: skip
         if launched.status_code != 200:
-            say({"server": "inferd", "error": launched.text[:2000], "log": tail(log)})
+            say({"server": name, "error": launched.text[:2000], "log": tail(log)})
             say({"model_log": httpx.get(f"{base}/v1/models/bench/logs?tail=60").text[-5000:]})
             return
-        say({"server": "inferd", "ready_s": round(time.time() - started, 1)})
-        measure("inferd", base, args, results)
+        say({"server": name, "ready_s": round(time.time() - started, 1)})
+        measure(name, base, args, results, process.pid)
         if args.checks:
             checks(base, forwarded)
 
@@ -345,25 +446,30 @@ def checks(base: str, envs: dict[str, str]) -> None:
 
 
 def table(results: dict, streams: list[int]) -> None:
-    serve, ours = results.get("vllm serve", {}), results.get("inferd", {})
-    print("\n| streams | vllm serve tok/s | inferd tok/s | ratio | TTFT p50 serve | inferd | +ms |")
-    print("|---|---|---|---|---|---|---|")
-    for n in streams:
-        a, b = serve.get(n), ours.get(n)
-        if not a or not b:
+    serve = results.get("vllm serve", {})
+    for name, ours in results.items():
+        if name == "vllm serve":
             continue
-        print(
-            f"| {n} | {a['tok_per_s']:.0f} | {b['tok_per_s']:.0f} | "
-            f"{b['tok_per_s'] / a['tok_per_s']:.3f} | {a['ttft_ms_p50']:.1f} | "
-            f"{b['ttft_ms_p50']:.1f} | {b['ttft_ms_p50'] - a['ttft_ms_p50']:+.1f} |"
-        )
-    for name, r in (("vllm serve", serve), ("inferd", ours)):
+        print(f"\n| streams | vllm serve tok/s | {name} tok/s | ratio | TTFT p50 serve | ", end="")
+        print("ours | +ms |")
+        print("|---|---|---|---|---|---|---|")
+        for n in streams:
+            a, b = serve.get(n), ours.get(n)
+            if not a or not b:
+                continue
+            print(
+                f"| {n} | {a['tok_per_s']:.0f} | {b['tok_per_s']:.0f} | "
+                f"{b['tok_per_s'] / a['tok_per_s']:.3f} | {a['ttft_ms_p50']:.1f} | "
+                f"{b['ttft_ms_p50']:.1f} | {b['ttft_ms_p50'] - a['ttft_ms_p50']:+.1f} |"
+            )
+    for name, r in results.items():
         p = r.get("prefix")
         if p:
             print(
                 f"prefix cache, {name}: {p['prompt_tokens']} prompt tokens, first token "
                 f"{p['ttft_ms_first']:.1f} ms then {p['ttft_ms_second']:.1f} ms "
-                f"({p['speedup']:.1f}x; cached {p['cached_tokens_second']})"
+                f"({p['speedup']:.1f}x, medians of {p['prompts']}; cached "
+                f"{p['cached_tokens_second']})"
             )
 
 
@@ -374,14 +480,21 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--prefix-words", type=int, default=2000)  # ~4k tokens
+    parser.add_argument("--prefix-repeats", type=int, default=5)
     # The first vLLM start on a fresh machine compiles (minutes); the second reuses the cache.
     parser.add_argument("--order", default="serve,inferd", help="serve,inferd | inferd | ...")
     parser.add_argument("--no-prefix", action="store_true")
     parser.add_argument("--checks", action="store_true")
     parser.add_argument("--logs", type=Path, default=Path("/root/bench-logs"))
     parser.add_argument("--env", action="append", default=[])
+    parser.add_argument("--spy-streams", default="", help="loads to sample with py-spy: 32,128")
+    parser.add_argument("--spy-dir", type=Path, help="where py-spy's stacks go")
+    parser.add_argument(
+        "--before-src", type=Path, help="another inferd's src/, run as 'before' in --order"
+    )
     args = parser.parse_args()
     args.streams = [int(n) for n in args.streams.split(",")]
+    args.spy_streams = [int(n) for n in args.spy_streams.split(",") if n]
     args.logs.mkdir(parents=True, exist_ok=True)
     # 128 streams and the servers' own sockets: more than a default of 1024 files is safer.
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -392,6 +505,8 @@ def main() -> None:
     env = {**os.environ, **dict(item.split("=", 1) for item in args.env)}
     results: dict = {}
     runs = {"serve": vllm_serve, "inferd": inferd}
+    if args.before_src is not None:
+        runs["before"] = partial(inferd, name="inferd before", src=args.before_src.resolve())
     for name in args.order.split(","):
         runs[name](model, args, env, results)
     table(results, args.streams)

@@ -36,6 +36,7 @@ from inferd.api.responses import routes as responses_routes
 from inferd.catalog import get_catalog
 from inferd.errors import InferdError
 from inferd.runtime.backends import ProcessBackend
+from inferd.runtime.heap import freeze_startup_heap
 from inferd.runtime.launch import LaunchRequest
 from inferd.runtime.manager import ModelManager
 from inferd.settings import Settings
@@ -67,6 +68,7 @@ def create_app(settings: Settings, launch: Sequence[str] = (), restore: bool = T
         await manager.start(restore=restore)
         watched = metrics.watch(manager)
         _record_address(settings)
+        freeze_startup_heap()  # the relay of every stream pauses for each full collection
         startup = asyncio.create_task(_launch_all(manager, launch))
         try:
             yield

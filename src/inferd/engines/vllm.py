@@ -146,6 +146,11 @@ class VLLMEngine(Engine):
         await init_app_state(self._llm, state, self._args, tasks)
         self._chat = state.openai_serving_chat
         self._completion = state.openai_serving_completion
+        # vLLM reads its settings from the environment at every use (several per token)
+        # until told they are fixed, as its engine core does once started.
+        from vllm import envs
+
+        envs.enable_envs_cache()
         if self._chat is None or self._completion is None:
             raise InvalidRequest(
                 f"vLLM loaded {self.config.model_name} without text generation "
@@ -311,20 +316,28 @@ class VLLMEngine(Engine):
     async def _stream(self, create: Any, request: Any) -> AsyncIterator[bytes]:
         ErrorResponse = _error_response_class()
 
+        # One `_errors` around the whole stream, not one per event: at a hundred streams the
+        # model process spends a core on streaming alone, and every step a token takes counts.
         with self._errors():
             result = await create(request, None)
-        if isinstance(result, ErrorResponse):
-            raise _from_error(result.error.model_dump())
-        # vLLM writes each chunk as a whole SSE event; the JSON inside passes through as is.
-        async for event in result:
-            with self._errors():
-                for line in event.split("\n"):
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    data = line[6:]
+            if isinstance(result, ErrorResponse):
+                raise _from_error(result.error.model_dump())
+            # vLLM writes each chunk as a whole SSE event; the JSON inside passes through as is.
+            async for event in result:
+                if event.startswith("data: {") and event.find("\n", 6) == len(event) - 2:
+                    datas: Any = (event[6:-2],)  # one event, the common case
+                else:
+                    datas = (
+                        line[6:]
+                        for line in event.split("\n")
+                        if line.startswith("data: ") and line != "data: [DONE]"
+                    )
+                for data in datas:
                     if data.startswith('{"error"'):
                         raise _from_error(orjson.loads(data)["error"])
-                    if '"reasoning":"' in data or '"reasoning_content":"' in data:
+                    if '"reasoning' in data and (
+                        '"reasoning":"' in data or '"reasoning_content":"' in data
+                    ):
                         yield _both_reasoning_names(data)
                     else:
                         yield data.encode()

@@ -36,6 +36,7 @@ from starlette.routing import Route
 from inferd.engines import ENGINES
 from inferd.engines.base import Engine, EngineConfig, Json, flag
 from inferd.errors import InferdError, InvalidRequest, ModelUnavailable, RequestAborted
+from inferd.runtime.heap import freeze_startup_heap
 
 log = logging.getLogger("inferd.worker")
 
@@ -94,6 +95,7 @@ class Worker:
             log.error("loading %s failed:\n%s", self.config.model_uid, traceback.format_exc())
             return
         self.load_seconds = time.time() - self.started
+        freeze_startup_heap()
         self.status = "ready"
         log.info("%s ready in %.2fs", self.config.model_uid, self.load_seconds)
 
@@ -125,18 +127,11 @@ class Worker:
         return Response(text, media_type="text/plain; version=0.0.4")
 
     async def chat(self, request: Request) -> Response:
-        engine = self.engine
-        return await self._serve(
-            request, _conforming(engine.chat), lambda r: _conforming_chunks(engine.chat_stream(r))
-        )
+        return await self._serve(request, _conforming(self.engine.chat), self.engine.chat_stream)
 
     async def completions(self, request: Request) -> Response:
         engine = self.engine
-        return await self._serve(
-            request,
-            _conforming(engine.complete),
-            lambda r: _conforming_chunks(engine.complete_stream(r)),
-        )
+        return await self._serve(request, _conforming(engine.complete), engine.complete_stream)
 
     async def embeddings(self, request: Request) -> Response:
         return await self._serve(request, self.engine.embed, None)
@@ -232,11 +227,6 @@ def _conforming(call: Any) -> Any:
     return conforming
 
 
-async def _conforming_chunks(chunks: AsyncIterator[Json | bytes]) -> AsyncIterator[Json | bytes]:
-    async for chunk in chunks:
-        yield _conform(chunk)
-
-
 def _error_response(exc: BaseException) -> Response:
     status, body = error_body(exc)
     return Response(body, status_code=status, media_type="application/json")
@@ -312,7 +302,9 @@ class _EngineStream(StreamingResponse):
         chunk = first
         try:
             while chunk is not None:
-                yield b"data: " + _encoded(chunk) + b"\n\n"
+                # Conformed here rather than by a wrapping generator: one layer less that
+                # every streamed token passes through.
+                yield b"data: " + _encoded(_conform(chunk)) + b"\n\n"
                 chunk = await pulled.next()
         except StopAsyncIteration:
             pass
