@@ -54,6 +54,7 @@ class Rate:
     p99: float
     errors: int
     tokens_per_second: float = 0.0
+    requests: int = 0  # answered
 
 
 def summarise(latencies: list[float], elapsed: float, errors: int, tokens: int = 0) -> Rate:
@@ -61,7 +62,14 @@ def summarise(latencies: list[float], elapsed: float, errors: int, tokens: int =
         return Rate(0.0, float("nan"), float("nan"), errors)
     ordered = sorted(latencies)
     p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-    return Rate(len(latencies) / elapsed, statistics.median(ordered), p99, errors, tokens / elapsed)
+    return Rate(
+        len(latencies) / elapsed,
+        statistics.median(ordered),
+        p99,
+        errors,
+        tokens / elapsed,
+        len(latencies),
+    )
 
 
 # A request: given a client, send one and return (ok, tokens produced).

@@ -4,6 +4,8 @@
 
 Each request embeds one sentence. The engine alone is sentence-transformers in this process:
 one sentence per call (what one client can get) and batches of 32 (the ceiling for 32 clients).
+For the 32 clients it also prints the CPU each request cost inferd's server process and the
+model process: what bounds one server's requests a second once the model is fast (a GPU).
 For Xinference beside these columns, run compare.py; this script shares its load generator.
 """
 
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import httpx
 from compare import SENTENCE, closed_loop, embed_request
-from inferd_server import BenchServer
+from inferd_server import BenchServer, cpu_seconds
 
 MODEL = "all-MiniLM-L6-v2"
 
@@ -57,7 +59,11 @@ def main() -> None:
                 pass
             time.sleep(0.2)
         # compare.py's load: clients spread over processes, so the client is not what is measured.
-        results = {c: closed_loop(url, {}, c, args.seconds, embed_request(MODEL)) for c in (1, 32)}
+        results = {1: closed_loop(url, {}, 1, args.seconds, embed_request(MODEL))}
+        pids = {"server": server.proc.pid, "model process": server.models()[MODEL]["pid"]}
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        results[32] = closed_loop(url, {}, 32, args.seconds, embed_request(MODEL))
+        cost = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
     finally:
         server.stop()
     single, batched = raw_rates(args.seconds)
@@ -68,6 +74,8 @@ def main() -> None:
         r = results[clients]
         row = (clients, f"{r.per_second:.1f}", f"{r.p50 * 1e3:.1f}", f"{r.p99 * 1e3:.1f}", r.errors)
         print("".join(f"{v:>14}" for v in (*row, f"{raw:.1f}", f"{r.per_second / raw:.2f}x")))
+    for name, seconds in cost.items():
+        print(f"CPU a request at 32 clients, {name}: {seconds / results[32].requests * 1e6:.0f} us")
 
 
 if __name__ == "__main__":

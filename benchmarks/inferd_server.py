@@ -14,6 +14,12 @@ from pathlib import Path
 import httpx
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time a process has used so far (user and system)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class BenchServer:
     def __init__(self, *args: str, home: Path | None = None):
         """Starts the server with `args` and returns once /health answers."""

@@ -15,21 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import httpx
 from compare import CHAT, LLM
-from inferd_server import BenchServer
+from inferd_server import BenchServer, cpu_seconds
 
 CLIENTS_PER_PROCESS = 8
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _clients(url: str, clients: int, until: float) -> tuple[int, int]:

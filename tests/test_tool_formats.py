@@ -107,3 +107,75 @@ def test_llama3_stream_holds_the_call() -> None:
     ]
     assert not any(c["choices"][0]["delta"].get("content") for c in chunks)
     assert named(chunks[-1]["choices"][0]["delta"]["tool_calls"]) == [("f", {})]
+
+
+# Qwen3-Coder's XML, as its chat template teaches it: values are bare text, typed by the tool's
+# schema (a string that looks like a number stays a string).
+QWEN3_CODER = (
+    "I will run it.\n<tool_call>\n<function=run_shell>\n<parameter=command>\nls -la\n"
+    "cd /tmp\n</parameter>\n<parameter=timeout>\n30\n</parameter>\n<parameter=dry>\nfalse\n"
+    "</parameter>\n<parameter=zip>\n01234\n</parameter>\n</function>\n</tool_call>\n"
+    "<tool_call>\n<function=read_file>\n<parameter=paths>\n[\"a.py\", \"b.py\"]\n</parameter>\n"
+    "<parameter=limit>\nall\n</parameter>\n</function>\n"  # EOS before </tool_call>
+)
+CODER_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "run_shell",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "command": {"type": "string"},
+                    "timeout": {"type": "integer"},
+                    "dry": {"type": "boolean"},
+                    "zip": {"type": "string"},
+                },
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "read_file",
+            "parameters": {
+                "type": "object",
+                "properties": {"paths": {"type": "array"}, "limit": {"type": "integer"}},
+            },
+        },
+    },
+]
+
+
+def test_qwen3_coder_calls_are_read_and_typed_by_the_schema() -> None:
+    content, calls = tool_formats.read("qwen3_coder", QWEN3_CODER, CODER_TOOLS)
+    assert content == "I will run it."
+    assert named(calls) == [
+        ("run_shell", {"command": "ls -la\ncd /tmp", "timeout": 30, "dry": False, "zip": "01234"}),
+        # A value that is not what the schema asks for is passed on as written, for the
+        # client's own validation to name.
+        ("read_file", {"paths": ["a.py", "b.py"], "limit": "all"}),
+    ]
+    # Without schemas, values that spell JSON are read as JSON.
+    _, untyped = tool_formats.read("qwen3_coder", QWEN3_CODER)
+    assert named(untyped)[0][1]["zip"] == "01234"  # not JSON: a leading zero
+    assert named(untyped)[0][1]["timeout"] == 30
+    # Text after the calls, or a call cut short inside a function, is no call: all content.
+    for text in (QWEN3_CODER + "\nand then", "<tool_call>\n<function=f>\n<parameter=a>\n1"):
+        assert tool_formats.read("qwen3_coder", text, CODER_TOOLS) == (text, [])
+
+
+def test_qwen3_coder_stream_holds_the_call() -> None:
+    pieces = [QWEN3_CODER[i : i + 7] for i in range(0, len(QWEN3_CODER), 7)]
+
+    async def collect() -> list[dict]:
+        chunks = tool_formats.stream_as_calls(_chunks(pieces), "qwen3_coder", CODER_TOOLS)
+        return [c async for c in chunks if c["choices"]]
+
+    chunks = asyncio.run(collect())
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert text.rstrip() == "I will run it."
+    last = chunks[-1]["choices"][0]
+    assert last["finish_reason"] == "tool_calls"
+    assert [name for name, _ in named(last["delta"]["tool_calls"])] == ["run_shell", "read_file"]
+    assert named(last["delta"]["tool_calls"])[0][1]["timeout"] == 30

@@ -3,7 +3,8 @@
 vLLM parses calls itself once told the format's name (`--tool-call-parser`); the transformers
 engine generates plain text, so for `tool_choice: "auto"` the calls a model wrote are read here,
 in whole answers and in streams, for the formats whose calls survive detokenization as text:
-Hermes' `<tool_call>{...}</tool_call>` (Qwen 2/2.5/3, QwQ, Hermes) and Llama 3's bare JSON.
+Hermes' `<tool_call>{...}</tool_call>` (Qwen 2/2.5/3, QwQ, Hermes), Qwen3-Coder's XML
+(`<tool_call><function=NAME><parameter=KEY>value</parameter>...`) and Llama 3's bare JSON.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ PARSERS = (
 )
 
 # The formats read here from generated text.
-READABLE = ("hermes", "llama3_json")
+READABLE = ("hermes", "qwen3_coder", "llama3_json")
 
 
 def format_of(family: Json, model_name: str) -> str | None:
@@ -57,6 +58,12 @@ def call(name: str, arguments: Any) -> Json:
 
 _HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 _HERMES_OPEN = "<tool_call>"
+# Qwen3-Coder: one function per <tool_call>; its parameters' values are bare text, each on
+# lines of its own. EOS may come before the closing </tool_call>.
+_XML_CALL = re.compile(
+    r"<tool_call>\s*<function=([^>\n]+)>(.*?)</function>\s*(?:</tool_call>|$)", re.DOTALL
+)
+_XML_PARAMETER = re.compile(r"<parameter=([^>\n]+)>(.*?)</parameter>", re.DOTALL)
 _PYTHON_TAG = "<|python_tag|>"
 
 
@@ -91,8 +98,64 @@ def _objects(text: str) -> list[str]:
     return found
 
 
-def read(kind: str, text: str) -> tuple[str | None, list[Json]]:
-    """The content and the tool calls of a whole answer written in format `kind`."""
+def _xml_calls(text: str, tools: list[Json]) -> list[Json] | None:
+    """Qwen3-Coder's calls; None unless the text from the first <tool_call> on is calls."""
+    matches = list(_XML_CALL.finditer(text))
+    if not matches or text[matches[-1].end() :].strip():
+        return None
+    schemas = {
+        (t.get("function") or {}).get("name"): (t.get("function") or {}).get("parameters") or {}
+        for t in tools
+    }
+    calls = []
+    for match in matches:
+        name = match.group(1).strip()
+        properties = (schemas.get(name) or {}).get("properties") or {}
+        arguments = {
+            key.strip(): _typed(value, properties.get(key.strip()))
+            for key, value in _XML_PARAMETER.findall(match.group(2))
+        }
+        calls.append(call(name, arguments))
+    return calls
+
+
+def _typed(text: str, schema: Any) -> Any:
+    """A parameter's bare text as the value its schema asks for: the text itself for strings
+    (and where nothing else reads), else the JSON it spells (numbers, booleans, objects)."""
+    value = text.removeprefix("\n").removesuffix("\n")
+    kind = schema.get("type") if isinstance(schema, dict) else None
+    if kind == "string":
+        return value
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        if kind == "boolean" and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        return value
+    wanted = _JSON_TYPES.get(kind)
+    if wanted is None:
+        return parsed
+    numeric = kind in ("integer", "number")
+    fits = isinstance(parsed, wanted) and not (numeric and isinstance(parsed, bool))
+    return parsed if fits else value
+
+
+_JSON_TYPES: dict[Any, tuple[type, ...]] = {
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
+}
+
+
+def read(kind: str, text: str, tools: list[Json] | None = None) -> tuple[str | None, list[Json]]:
+    """The content and the tool calls of a whole answer written in format `kind`; `tools`, the
+    request's, say what type each parameter of a format that writes bare text has."""
+    if kind == "qwen3_coder":
+        at = text.find(_HERMES_OPEN)
+        calls = _xml_calls(text[at:], tools or []) if at != -1 else None
+        return ((text[:at].strip() or None), calls) if calls else (text, [])
     if kind == "hermes":
         at = text.find(_HERMES_OPEN)
         if at == -1:
@@ -110,11 +173,11 @@ def read(kind: str, text: str) -> tuple[str | None, list[Json]]:
     raise ValueError(f"no reader for tool-call format {kind!r}")
 
 
-def as_calls(answer: Json, kind: str) -> Json:
+def as_calls(answer: Json, kind: str, tools: list[Json] | None = None) -> Json:
     """A whole chat answer with the calls its text holds as `tool_calls`."""
     for choice in answer.get("choices") or []:
         message = choice.get("message") or {}
-        content, calls = read(kind, message.get("content") or "")
+        content, calls = read(kind, message.get("content") or "", tools)
         if calls:
             choice["message"] = {**message, "content": content, "tool_calls": calls}
             choice["finish_reason"] = "tool_calls"
@@ -124,7 +187,7 @@ def as_calls(answer: Json, kind: str) -> Json:
 def _content_end(kind: str, text: str) -> int:
     """How much of the text so far is content for certain: it ends where a call begins or may
     be beginning."""
-    if kind == "hermes":
+    if kind in ("hermes", "qwen3_coder"):
         at = text.find(_HERMES_OPEN)
         if at != -1:
             return at
@@ -136,7 +199,9 @@ def _content_end(kind: str, text: str) -> int:
     return 0 if head.startswith(("{", _PYTHON_TAG)) or _PYTHON_TAG.startswith(head) else len(text)
 
 
-async def stream_as_calls(chunks: AsyncIterator[Json], kind: str) -> AsyncIterator[Json]:
+async def stream_as_calls(
+    chunks: AsyncIterator[Json], kind: str, tools: list[Json] | None = None
+) -> AsyncIterator[Json]:
     """A chat stream (one choice) whose content flows until a call may begin; from there the
     text is held, and at the end it goes out as `tool_calls` deltas, or as content if it was
     not a call after all."""
@@ -156,7 +221,7 @@ async def stream_as_calls(chunks: AsyncIterator[Json], kind: str) -> AsyncIterat
                 yield {**chunk, "choices": [{**choice, "delta": out}]}
                 sent = end
             continue
-        content, calls = read(kind, text)
+        content, calls = read(kind, text, tools)
         if not calls:
             yield {**chunk, "choices": [{**choice, "delta": {**delta, "content": text[sent:]}}]}
             continue

@@ -238,7 +238,7 @@ class TransformersEngine(Engine):
         if self._tags is not None and not json_output(request):
             opened = reasoning.opens(prompt.text, self._tags)
             answer = reasoning.split_answer(answer, self._tags, opened)
-        return tool_formats.as_calls(answer, calls) if calls else answer
+        return tool_formats.as_calls(answer, calls, request.get("tools")) if calls else answer
 
     def chat_stream(self, request: Json) -> AsyncIterator[Json]:
         request, calls = self._with_tools(request)
@@ -250,7 +250,9 @@ class TransformersEngine(Engine):
             chunks = reasoning.split_chunks(
                 chunks, self._tags, reasoning.opens(prompt.text, self._tags)
             )
-        return tool_formats.stream_as_calls(chunks, calls) if calls else chunks
+        if calls:
+            return tool_formats.stream_as_calls(chunks, calls, request.get("tools"))
+        return chunks
 
     async def complete(self, request: Json) -> Json:
         return await _whole(self._generate(request, self._text_prompt(request), chat=False))
