@@ -5,6 +5,7 @@ was built without an index."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import venv
 from collections.abc import Iterator
@@ -102,6 +103,14 @@ def test_launches_build_engine_environments_and_serve_side_by_side(
         timeout=900,
     )
     assert answer.status_code == 200, answer.text
+    # The build's progress (the launch's, and the server's log): every second how much is in
+    # place, and at the end how long it took and how big it is (vLLM's CPU build, with torch:
+    # gigabytes).
+    log = bare.log_path.read_text()
+    built = re.search(r"built (vllm-\S+) in (\d+)s, ([\d.]+) GB", log)
+    assert built and float(built[3]) > 0.5, log[-3000:]
+    ticks = re.findall(rf"{built[1]}: vllm\S* [\d.]+: ([\d.]+) [MG]B in place, (\d+)s", log)
+    assert ticks or int(built[2]) < 2, built[0]  # one a second while it builds
     answer = httpx.post(
         f"{bare.url}/v1/models",
         json={

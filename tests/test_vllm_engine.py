@@ -378,3 +378,39 @@ def test_a_crashed_vllm_process_comes_back_and_leaves_nothing(
         time.sleep(0.2)
     answer = launched.openai().chat.completions.create(model=llama, messages=ASK, max_tokens=3)
     assert answer.usage.completion_tokens == 3
+
+
+# Qwen3's way: the template opens the thinking block in the prompt, or writes an empty one when
+# thinking is off.
+THINKING_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
+    "{% else %}<think>\n{% endif %}{% endif %}"
+)
+
+
+def test_vllm_reasoning_parser_separates_the_thinking(
+    launched: InferdServer, tiny_bpe_llama: Path
+) -> None:
+    # A model whose name says Qwen3 and whose abilities say reasoning gets vLLM's qwen3 parser;
+    # the random model never closes the block the template opened: all it writes is thinking.
+    definition = local_llm("qwen3-tiny-thinker", tiny_bpe_llama, THINKING_TEMPLATE, ("reasoning",))
+    with custom_model(
+        launched,
+        "LLM",
+        definition,
+        model_engine="vllm",
+        max_model_len=512,
+        envs={"VLLM_CPU_KVCACHE_SPACE": "1"},
+    ) as uid:
+        asked = {"model": uid, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
+        url = f"{launched.url}/v1/chat/completions"
+        message = httpx.post(url, json=asked, timeout=120).json()["choices"][0]["message"]
+        assert message["reasoning_content"] and not message["content"], message
+        assert message["reasoning"] == message["reasoning_content"]  # both names clients read
+        streamed = httpx.post(url, json={**asked, "stream": True}, timeout=120).text
+        assert '"reasoning_content":"' in streamed and '"reasoning":"' in streamed
+        off = {**asked, "chat_template_kwargs": {"enable_thinking": False}}
+        message = httpx.post(url, json=off, timeout=120).json()["choices"][0]["message"]
+        assert message["content"] and not message.get("reasoning_content"), message

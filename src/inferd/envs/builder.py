@@ -18,13 +18,13 @@ import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import inferd
 from inferd.envs.specs import SPECS, EnvSpec, worker_requirements
-from inferd.envs.store import EnvInfo, read_env, remove_env, write_marker
+from inferd.envs.store import EnvInfo, read_env, remove_env, tree_bytes, write_marker
 from inferd.errors import EnvBuildFailed, InvalidRequest
 
 _TAIL = 15  # lines of the installer's output a failure quotes
@@ -113,17 +113,18 @@ class EnvBuilder:
             shutil.rmtree(stale, ignore_errors=True)
         building = self.root / f".{plan.name}.{uuid.uuid4().hex[:8]}"
         started = time.monotonic()
+        package = plan.spec.package_on(plan.platform)
         try:
-            say(f"creating the {plan.name} environment")
-            await self._uv(["venv", "--quiet", "--python", sys.executable, str(building)], say)
-            python = building / "bin" / "python"
-            package = plan.spec.package_on(plan.platform)
-            say(f"installing {package} {plan.version} and what it needs")
-            sources = self._sources(plan, building)
-            await self._uv(["pip", "install", "--python", str(python), *sources], say)
-            _link_inferd(building)
-            say("checking the model process starts there")
-            await self._check(python, plan)
+            async with _growth(building, say, f"{package} {plan.version}"):
+                say(f"creating the {plan.name} environment")
+                await self._uv(["venv", "--quiet", "--python", sys.executable, str(building)], say)
+                python = building / "bin" / "python"
+                say(f"installing {package} {plan.version} and what it needs")
+                sources = self._sources(plan, building)
+                await self._uv(["pip", "install", "--python", str(python), *sources], say)
+                _link_inferd(building)
+                say("checking the model process starts there")
+                await self._check(python, plan)
             info = EnvInfo(
                 name=plan.name,
                 engine=plan.spec.engine,
@@ -141,8 +142,9 @@ class EnvBuilder:
         except BaseException:
             shutil.rmtree(building, ignore_errors=True)
             raise
-        say(f"built {plan.name} in {time.monotonic() - started:.0f}s")
-        found = read_env(final)
+        found = await asyncio.to_thread(read_env, final, True)  # its size, off the loop
+        size = f", {_megabytes(found.size_bytes)}" if found and found.size_bytes else ""
+        say(f"built {plan.name} in {time.monotonic() - started:.0f}s{size}")
         assert found is not None
         return found
 
@@ -205,6 +207,32 @@ class EnvBuilder:
         from uv import find_uv_bin
 
         await _run([find_uv_bin(), *args], say, what="uv")
+
+
+@contextlib.asynccontextmanager
+async def _growth(folder: Path, say: Callable[[str], None], what: str) -> AsyncIterator[None]:
+    """While the body runs, says every second how much of the environment is in place: uv
+    prints nothing between resolving and finishing, which for vLLM or torch can be minutes."""
+
+    async def tick() -> None:
+        started = time.monotonic()
+        while True:
+            await asyncio.sleep(_TICK)
+            placed = await asyncio.to_thread(tree_bytes, folder)
+            say(f"{what}: {_megabytes(placed)} in place, {time.monotonic() - started:.0f}s")
+
+    ticking = asyncio.create_task(tick())
+    try:
+        yield
+    finally:
+        ticking.cancel()  # not waited for: a build being cancelled must not wait on it
+
+
+_TICK = 1.0  # seconds between reports of a build's progress
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
 
 
 async def _run(command: list[str], say: Callable[[str], None], what: str) -> None:
