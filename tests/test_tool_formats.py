@@ -115,7 +115,7 @@ QWEN3_CODER = (
     "I will run it.\n<tool_call>\n<function=run_shell>\n<parameter=command>\nls -la\n"
     "cd /tmp\n</parameter>\n<parameter=timeout>\n30\n</parameter>\n<parameter=dry>\nfalse\n"
     "</parameter>\n<parameter=zip>\n01234\n</parameter>\n</function>\n</tool_call>\n"
-    "<tool_call>\n<function=read_file>\n<parameter=paths>\n[\"a.py\", \"b.py\"]\n</parameter>\n"
+    '<tool_call>\n<function=read_file>\n<parameter=paths>\n["a.py", "b.py"]\n</parameter>\n'
     "<parameter=limit>\nall\n</parameter>\n</function>\n"  # EOS before </tool_call>
 )
 CODER_TOOLS = [
