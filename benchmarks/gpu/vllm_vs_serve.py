@@ -38,6 +38,8 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # benchmarks/: shared helpers
+from inferd_server import cpu_seconds, proc_stat
 from vllm_probe import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -197,12 +199,6 @@ def long_prompt(tokens: int, seed: int = 7) -> list[str]:
 # -- where the servers' CPU goes ------------------------------------------------------------
 
 
-def _stat(pid: int) -> tuple[int, float]:
-    """A process's parent and the CPU seconds it has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _name(pid: int) -> str:
     return Path(f"/proc/{pid}/comm").read_text().strip()
 
@@ -221,7 +217,7 @@ class Watch:
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 with suppress(OSError, ValueError, IndexError):
-                    parents[int(entry.name)] = _stat(int(entry.name))[0]
+                    parents[int(entry.name)] = proc_stat(int(entry.name))[0]
         found, frontier = {self.root: 0}, [self.root]
         while frontier:
             parent = frontier.pop()
@@ -238,7 +234,7 @@ class Watch:
     @contextmanager
     def during(self, streams: int) -> Iterator[dict[str, float]]:
         names = self.tree()
-        before = {pid: _stat(pid)[1] for pid in names}
+        before = {pid: cpu_seconds(pid) for pid in names}
         spies = self._spy(names, streams)
         started = time.time()
         cores: dict[str, float] = {}
@@ -248,7 +244,7 @@ class Watch:
             seconds = time.time() - started
             for pid, name in names.items():
                 with suppress(OSError):
-                    used = (_stat(pid)[1] - before[pid]) / seconds
+                    used = (cpu_seconds(pid) - before[pid]) / seconds
                     if used >= 0.01:
                         cores[name] = round(used, 2)
             for spy in spies:
@@ -364,11 +360,12 @@ def inferd(
     src: Path = ROOT / "src",
 ) -> None:
     """inferd from `src` (this checkout's, or another commit's for a before-and-after)."""
-    home = args.logs / f"{name.replace(' ', '-')}-home"
+    slug = name.replace(" ", "-")
+    home = args.logs / f"{slug}-home"
     path = f"{src}:{env.get('PYTHONPATH', '')}"
     server_env = {**env, "INFERD_HOME": str(home), "PYTHONPATH": path}
     argv = [sys.executable, "-m", "inferd", "serve", "--port", "9997"]
-    log = args.logs / f"{name.replace(' ', '-')}.log"
+    log = args.logs / f"{slug}.log"
     base = "http://127.0.0.1:9997"
     with running(argv, server_env, log) as process:
         wait_ready(base, "/health", 120, process)

@@ -54,7 +54,8 @@ async def build_environment(body: BuildRequest, request: Request) -> dict[str, A
     )
     lines: list[str] = []
     built = await builder.ensure(plan, lines.append)
-    sized = await asyncio.to_thread(read_env, Path(built.path), True)
+    # A build just made comes back sized; one found already built is walked for its size here.
+    sized = built if built.size_bytes else await asyncio.to_thread(read_env, Path(built.path), True)
     return {**(sized or built).as_dict(), "log": lines}
 
 

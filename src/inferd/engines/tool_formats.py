@@ -57,7 +57,7 @@ def call(name: str, arguments: Any) -> Json:
 
 
 _HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
-_HERMES_OPEN = "<tool_call>"
+_CALL_OPEN = "<tool_call>"  # Hermes' and Qwen3-Coder's
 # Qwen3-Coder: one function per <tool_call>; its parameters' values are bare text, each on
 # lines of its own. EOS may come before the closing </tool_call>.
 _XML_CALL = re.compile(
@@ -103,18 +103,14 @@ def _xml_calls(text: str, tools: list[Json]) -> list[Json] | None:
     matches = list(_XML_CALL.finditer(text))
     if not matches or text[matches[-1].end() :].strip():
         return None
-    schemas = {
-        (t.get("function") or {}).get("name"): (t.get("function") or {}).get("parameters") or {}
-        for t in tools
-    }
+    functions = [t.get("function") or {} for t in tools]
+    schemas = {f.get("name"): f.get("parameters") or {} for f in functions}
     calls = []
     for match in matches:
         name = match.group(1).strip()
         properties = (schemas.get(name) or {}).get("properties") or {}
-        arguments = {
-            key.strip(): _typed(value, properties.get(key.strip()))
-            for key, value in _XML_PARAMETER.findall(match.group(2))
-        }
+        written = ((key.strip(), value) for key, value in _XML_PARAMETER.findall(match.group(2)))
+        arguments = {key: _typed(value, properties.get(key)) for key, value in written}
         calls.append(call(name, arguments))
     return calls
 
@@ -153,11 +149,11 @@ def read(kind: str, text: str, tools: list[Json] | None = None) -> tuple[str | N
     """The content and the tool calls of a whole answer written in format `kind`; `tools`, the
     request's, say what type each parameter of a format that writes bare text has."""
     if kind == "qwen3_coder":
-        at = text.find(_HERMES_OPEN)
+        at = text.find(_CALL_OPEN)
         calls = _xml_calls(text[at:], tools or []) if at != -1 else None
         return ((text[:at].strip() or None), calls) if calls else (text, [])
     if kind == "hermes":
-        at = text.find(_HERMES_OPEN)
+        at = text.find(_CALL_OPEN)
         if at == -1:
             return text, []
         calls = _json_calls(_HERMES.findall(text[at:]), ("arguments", "parameters"))
@@ -188,12 +184,10 @@ def _content_end(kind: str, text: str) -> int:
     """How much of the text so far is content for certain: it ends where a call begins or may
     be beginning."""
     if kind in ("hermes", "qwen3_coder"):
-        at = text.find(_HERMES_OPEN)
+        at = text.find(_CALL_OPEN)
         if at != -1:
             return at
-        partial = (
-            i for i in range(len(_HERMES_OPEN) - 1, 0, -1) if text.endswith(_HERMES_OPEN[:i])
-        )
+        partial = (i for i in range(len(_CALL_OPEN) - 1, 0, -1) if text.endswith(_CALL_OPEN[:i]))
         return len(text) - next(partial, 0)
     head = text.lstrip()  # llama3_json: a call is the whole answer
     return 0 if head.startswith(("{", _PYTHON_TAG)) or _PYTHON_TAG.startswith(head) else len(text)
