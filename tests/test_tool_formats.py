@@ -179,3 +179,61 @@ def test_qwen3_coder_stream_holds_the_call() -> None:
     assert last["finish_reason"] == "tool_calls"
     assert [name for name, _ in named(last["delta"]["tool_calls"])] == ["run_shell", "read_file"]
     assert named(last["delta"]["tool_calls"])[0][1]["timeout"] == 30
+
+
+# Mistral's two ways: one JSON list after [TOOL_CALLS] (tokenizers before v11), or each call
+# apart as NAME[ARGS]{...} (v11 on; some put [CALL_ID]ID before [ARGS]).
+MISTRAL_LIST = 'Checking. [TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}}]'
+MISTRAL_APART = (
+    '[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}'
+    '[TOOL_CALLS]get_time[CALL_ID]a1b2c3d4e[ARGS]{"zone": "CET"}'
+)
+
+
+def test_mistral_calls_are_read_in_both_of_its_forms() -> None:
+    content, calls = tool_formats.read("mistral", MISTRAL_LIST)
+    assert content == "Checking." and named(calls) == [("get_weather", {"city": "Paris"})]
+    content, calls = tool_formats.read("mistral", MISTRAL_APART)
+    assert content is None
+    assert named(calls) == [("get_weather", {"city": "Paris"}), ("get_time", {"zone": "CET"})]
+    for text in (
+        "no call here",
+        "[TOOL_CALLS] [{broken",
+        '[TOOL_CALLS]f[ARGS]{"a": 1} and then',
+        "[TOOL_CALLS][ARGS]{}",  # no name
+        '[TOOL_CALLS] [{"arguments": {}}]',
+    ):
+        assert tool_formats.read("mistral", text) == (text, []), text
+
+
+def test_mistral_markers_survive_detokenizing_and_the_stream_holds_the_call() -> None:
+    """[TOOL_CALLS] and [ARGS] are special tokens, which decoding drops: the transformers
+    engine keeps them in the text of a request with tools, token by token as it streams."""
+    from inferd.engines.transformers import _Detokenizer, _token_ids
+    from tests.conftest import _bpe_tokenizer
+
+    tokenizer = _bpe_tokenizer("[TOOL_CALLS]", "[ARGS]")
+    written = 'Let me look.[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}'
+    ids = tokenizer(written)["input_ids"]
+    keep = _token_ids(tokenizer, tool_formats.MARKERS["mistral"])
+    assert sorted(keep.values()) == ["[ARGS]", "[TOOL_CALLS]"]  # no [CALL_ID] in this one
+    assert set(keep) <= set(ids)
+
+    def pieces(kept: dict[int, str]) -> list[str]:
+        detokenizer = _Detokenizer(tokenizer, {tokenizer.eos_token_id}, kept)
+        return [detokenizer.add(ids[: n + 1]) for n in range(len(ids))]
+
+    assert "".join(pieces({})) == 'Let me look.get_weather{"city": "Paris"}'
+    kept = pieces(keep)
+    assert "".join(kept) == written
+
+    async def collect() -> list[dict]:
+        chunks = tool_formats.stream_as_calls(_chunks(kept), "mistral")
+        return [c async for c in chunks if c["choices"]]
+
+    chunks = asyncio.run(collect())
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert text == "Let me look."
+    last = chunks[-1]["choices"][0]
+    assert last["finish_reason"] == "tool_calls"
+    assert named(last["delta"]["tool_calls"]) == [("get_weather", {"city": "Paris"})]

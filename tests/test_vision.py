@@ -325,3 +325,28 @@ def test_json_output_from_a_vision_model_follows_the_schema(
         assert answer.status_code == 200, answer.text
         content = answer.json()["choices"][0]["message"]["content"]
         assert set(json.loads(content)) == {"colour", "n"}, (sampling, content)
+
+
+
+def test_a_vision_model_on_vllms_cpu_build_is_refused_saying_why(
+    launched: InferdServer, seer: str
+) -> None:
+    """vLLM reads images with torchvision, which its CPU build's environment goes without (no
+    CPU torchvision on PyPI): the launch says so and where the model can run instead, rather
+    than vLLM's "failed to be inspected". (On vLLM's CUDA build the same model takes images:
+    benchmarks/gpu/vllm_vs_serve.py --vision.)"""
+    refused = httpx.post(
+        f"{launched.url}/v1/models",
+        json={
+            "model_name": "tiny-llava",  # registered by `seer`
+            "model_uid": "tiny-llava-on-vllm",
+            "model_type": "LLM",
+            "model_engine": "vllm",
+            "max_model_len": 512,
+        },
+        timeout=600,
+    )
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert error["param"] == "model_engine", error
+    assert "torchvision" in error["message"] and "transformers" in error["message"], error

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 SIZES = {  # hidden, intermediate, layers, heads, kv heads
     "0.5b": (1024, 4096, 24, 16, 4),
@@ -23,14 +24,12 @@ SIZES = {  # hidden, intermediate, layers, heads, kv heads
 }
 
 
-def build_model(folder: Path, size: str) -> Path:
-    """A Llama of `size` with random weights, saved with a tokenizer of its own."""
-    import torch
+def train_tokenizer(*special: str) -> Any:
+    """A byte-level BPE of 32,000 tokens trained here (the machine reaches no hub), with
+    `special` tokens added."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
-    if (folder / "config.json").exists():
-        return folder
     words = [f"word{i} the of and to in is for on with" for i in range(20000)]
     raw = Tokenizer(models.BPE(unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -38,14 +37,28 @@ def build_model(folder: Path, size: str) -> Path:
     raw.train_from_iterator(
         words,
         trainers.BpeTrainer(
-            vocab_size=32000,
-            special_tokens=["<unk>", "<s>", "</s>"],
+            vocab_size=32000 - len(special),
+            special_tokens=["<unk>", "<s>", "</s>", *special],
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         ),
     )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    return PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        additional_special_tokens=list(special),
     )
+
+
+def build_model(folder: Path, size: str) -> Path:
+    """A Llama of `size` with random weights, saved with a tokenizer of its own."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if (folder / "config.json").exists():
+        return folder
+    tokenizer = train_tokenizer()
     hidden, inter, layers, heads, kv = SIZES[size]
     config = LlamaConfig(
         vocab_size=32000,

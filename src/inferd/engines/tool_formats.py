@@ -2,9 +2,10 @@
 
 vLLM parses calls itself once told the format's name (`--tool-call-parser`); the transformers
 engine generates plain text, so for `tool_choice: "auto"` the calls a model wrote are read here,
-in whole answers and in streams, for the formats whose calls survive detokenization as text:
-Hermes' `<tool_call>{...}</tool_call>` (Qwen 2/2.5/3, QwQ, Hermes), Qwen3-Coder's XML
-(`<tool_call><function=NAME><parameter=KEY>value</parameter>...`) and Llama 3's bare JSON.
+in whole answers and in streams: Hermes' `<tool_call>{...}</tool_call>` (Qwen 2/2.5/3, QwQ,
+Hermes), Qwen3-Coder's XML (`<tool_call><function=NAME><parameter=KEY>value</parameter>...`),
+Llama 3's bare JSON, and Mistral's `[TOOL_CALLS]`, whose markers are special tokens that the
+engine keeps in the text (MARKERS) when a request has tools.
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ PARSERS = (
 )
 
 # The formats read here from generated text.
-READABLE = ("hermes", "qwen3_coder", "llama3_json")
+READABLE = ("hermes", "qwen3_coder", "llama3_json", "mistral")
+
+# Special tokens a format's calls are written with, which detokenizing drops unless kept.
+MARKERS = {"mistral": ("[TOOL_CALLS]", "[ARGS]", "[CALL_ID]")}
 
 
 def format_of(family: Json, model_name: str) -> str | None:
@@ -65,21 +69,55 @@ _XML_CALL = re.compile(
 )
 _XML_PARAMETER = re.compile(r"<parameter=([^>\n]+)>(.*?)</parameter>", re.DOTALL)
 _PYTHON_TAG = "<|python_tag|>"
+_MISTRAL = "[TOOL_CALLS]"
 
 
 def _json_calls(texts: list[str], arguments_key: tuple[str, ...]) -> list[Json] | None:
     """Calls from JSON objects with a name and arguments; None if any is not one."""
+    try:
+        return _named_calls([orjson.loads(text) for text in texts], arguments_key)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _named_calls(written: list[Any], arguments_key: tuple[str, ...]) -> list[Json] | None:
+    """Calls from objects with a name and arguments; None if any is not one."""
     calls = []
-    for text in texts:
+    for each in written:
+        if not isinstance(each, dict) or not isinstance(each.get("name"), str):
+            return None
+        arguments: Any = next((each[k] for k in arguments_key if k in each), {})
+        calls.append(call(each["name"], arguments))
+    return calls
+
+
+def _mistral_calls(text: str) -> list[Json] | None:
+    """Mistral's calls, from the first [TOOL_CALLS] on; None unless all of it is calls. Its
+    tokenizers before v11 write one JSON list of calls (`[TOOL_CALLS] [{"name": ...,
+    "arguments": {...}}]`), later ones each call apart (`[TOOL_CALLS]NAME[ARGS]{...}`, some
+    with `[CALL_ID]ID` before `[ARGS]`)."""
+    calls: list[Json] = []
+    for piece in text.split(_MISTRAL)[1:]:
+        if "[ARGS]" in piece:
+            head, _, arguments = piece.partition("[ARGS]")
+            name = head.partition("[CALL_ID]")[0].strip()
+            try:
+                parsed = orjson.loads(arguments.strip())
+            except orjson.JSONDecodeError:
+                return None
+            if not name or not isinstance(parsed, dict):
+                return None
+            calls.append(call(name, parsed))
+            continue
         try:
-            written = orjson.loads(text)
+            written = orjson.loads(piece.strip())
         except orjson.JSONDecodeError:
             return None
-        if not isinstance(written, dict) or not isinstance(written.get("name"), str):
+        found = _named_calls(written if isinstance(written, list) else [written], ("arguments",))
+        if not found:
             return None
-        arguments: Any = next((written[k] for k in arguments_key if k in written), {})
-        calls.append(call(written["name"], arguments))
-    return calls
+        calls.extend(found)
+    return calls or None
 
 
 def _objects(text: str) -> list[str]:
@@ -160,6 +198,10 @@ def read(kind: str, text: str, tools: list[Json] | None = None) -> tuple[str | N
         if not calls:
             return text, []
         return (text[:at].strip() or None), calls
+    if kind == "mistral":
+        at = text.find(_MISTRAL)
+        calls = _mistral_calls(text[at:]) if at != -1 else None
+        return ((text[:at].strip() or None), calls) if calls else (text, [])
     if kind == "llama3_json":
         body = text.strip().removeprefix(_PYTHON_TAG).strip()
         if not body.startswith("{"):
@@ -183,11 +225,12 @@ def as_calls(answer: Json, kind: str, tools: list[Json] | None = None) -> Json:
 def _content_end(kind: str, text: str) -> int:
     """How much of the text so far is content for certain: it ends where a call begins or may
     be beginning."""
-    if kind in ("hermes", "qwen3_coder"):
-        at = text.find(_CALL_OPEN)
+    if kind in ("hermes", "qwen3_coder", "mistral"):
+        opener = _MISTRAL if kind == "mistral" else _CALL_OPEN
+        at = text.find(opener)
         if at != -1:
             return at
-        partial = (i for i in range(len(_CALL_OPEN) - 1, 0, -1) if text.endswith(_CALL_OPEN[:i]))
+        partial = (i for i in range(len(opener) - 1, 0, -1) if text.endswith(opener[:i]))
         return len(text) - next(partial, 0)
     head = text.lstrip()  # llama3_json: a call is the whole answer
     return 0 if head.startswith(("{", _PYTHON_TAG)) or _PYTHON_TAG.startswith(head) else len(text)

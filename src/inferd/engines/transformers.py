@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from typing import Any, NamedTuple
 
 import orjson
@@ -147,6 +148,8 @@ class TransformersEngine(Engine):
         self._stops: list[str] = list(family.get("stop") or [])
         self._tags = reasoning.tags_of(family)
         self._tool_format = tool_formats.format_of(family, self.config.model_name)
+        markers = tool_formats.MARKERS.get(self._tool_format or "", ())
+        self._markers = _token_ids(self._tokenizer, markers)
         # top_k's "no limit" is the width of the logits, which the tokenizer's length may not be.
         self._vocab = int(self._model.get_output_embeddings().weight.shape[0])
         self._pad = self._tokenizer.pad_token_id or self._eos[0]
@@ -385,8 +388,11 @@ class TransformersEngine(Engine):
         constraint = None
         if json_output(request):  # off the event loop: a large schema takes a while
             constraint = await asyncio.to_thread(self._grammar.compile, request["response_format"])
+        # The special tokens a family writes its calls with stay in the text they are read from.
+        keep = self._markers if chat and request.get("tools") else {}
         streams = [
-            self._one(given, max_tokens, stops, sampling, eos, stream, constraint) for _ in range(n)
+            self._one(given, max_tokens, stops, sampling, eos, stream, constraint, keep)
+            for _ in range(n)
         ]
         if stream:
             merged = _merge(streams, shape)
@@ -431,6 +437,7 @@ class TransformersEngine(Engine):
         eos: list[int],
         stream: bool,
         constraint: str | None,
+        keep: dict[int, str],
     ) -> AsyncGenerator[_Step, None]:
         """One sequence: its text as it grows, ending at EOS, a stop string or max_tokens."""
         # Token by token only where someone reads them (a stream) or a stop string may end
@@ -441,7 +448,7 @@ class TransformersEngine(Engine):
             streaming = stream or bool(stops)
             source = self._batched(prompt.ids, max_tokens, sampling, eos, streaming, constraint)
         text, sent = "", 0
-        detokenizer = _Detokenizer(self._tokenizer, set(eos))
+        detokenizer = _Detokenizer(self._tokenizer, set(eos), keep)
         async with contextlib.aclosing(source):
             async for tokens, finished, logprobs in source:
                 text += detokenizer.add(tokens)
@@ -590,8 +597,10 @@ class _Detokenizer:
     """Text of a growing token list, decoding only the newest tokens (and a few before them,
     for context): decoding the whole list at every step would cost O(n^2) over a long answer."""
 
-    def __init__(self, tokenizer: Any, skip: set[int]):
-        self._decode = tokenizer.decode
+    def __init__(self, tokenizer: Any, skip: set[int], keep: dict[int, str] | None = None):
+        """`skip`: tokens left out of the text (EOS); `keep`: special tokens written out as the
+        text given, which decoding would drop."""
+        self._decode = functools.partial(_decode_keeping, tokenizer.decode, keep or {})
         self._skip = skip
         self._tokens: list[int] = []  # the text's tokens (EOS left out)
         self._seen = 0  # generated tokens looked at so far
@@ -602,12 +611,35 @@ class _Detokenizer:
         """The text the tokens generated since the last call add."""
         self._tokens.extend(t for t in generated[self._seen :] if t not in self._skip)
         self._seen = len(generated)
-        before = self._decode(self._tokens[self._prefix : self._read], skip_special_tokens=True)
-        after = self._decode(self._tokens[self._prefix :], skip_special_tokens=True)
+        before = self._decode(self._tokens[self._prefix : self._read])
+        after = self._decode(self._tokens[self._prefix :])
         if len(after) <= len(before) or after.endswith("\ufffd"):
             return ""  # nothing yet, or half of a multi-byte character: wait for the rest
         self._prefix, self._read = self._read, len(self._tokens)
         return str(after[len(before) :])
+
+
+def _decode_keeping(decode: Callable[..., str], keep: dict[int, str], tokens: list[int]) -> str:
+    """The text of `tokens`, special tokens left out but those in `keep`, written as given."""
+    if not keep or keep.keys().isdisjoint(tokens):
+        return decode(tokens, skip_special_tokens=True)
+    pieces, start = [], 0
+    for at, token in enumerate(tokens):
+        if token in keep:
+            pieces += [decode(tokens[start:at], skip_special_tokens=True), keep[token]]
+            start = at + 1
+    pieces.append(decode(tokens[start:], skip_special_tokens=True))
+    return "".join(pieces)
+
+
+def _token_ids(tokenizer: Any, names: Iterable[str]) -> dict[int, str]:
+    """The tokens among `names` that `tokenizer` has whole, by id."""
+    found = {}
+    for name in names:
+        token = tokenizer.convert_tokens_to_ids(name)
+        if isinstance(token, int) and tokenizer.convert_ids_to_tokens(token) == name:
+            found[token] = name
+    return found
 
 
 class _Step:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import importlib.util
 import io
 import logging
 import os
@@ -25,7 +26,7 @@ import orjson
 
 from inferd.engines import reasoning, tool_formats
 from inferd.engines.base import Engine, Json, by_prefix, flag, with_stops
-from inferd.errors import InferdError, InvalidRequest, ModelUnavailable
+from inferd.errors import InferdError, InvalidRequest, ModelUnavailable, UnsupportedOperation
 from inferd.runtime.gpus import Need, has_nvidia_gpu
 
 log = logging.getLogger("inferd.vllm")
@@ -109,6 +110,7 @@ class VLLMEngine(Engine):
 
         arguments = self._arguments()
         self._args = self._parse(arguments)
+        self._refuse_unseeable_images()
         engine_args = AsyncEngineArgs.from_cli_args(self._args)
         try:
             vllm_config = engine_args.create_engine_config(
@@ -134,6 +136,23 @@ class VLLMEngine(Engine):
             enable_log_requests=False,
             disable_log_stats=False,  # its Prometheus figures are the model's /metrics
         )
+
+    def _refuse_unseeable_images(self) -> None:
+        """vLLM imports torchvision for every vision architecture. vLLM's CPU build goes without
+        it (PyPI's torchvision is built for CUDA's torch and fails to load beside the CPU one),
+        and without it vLLM's refusal names neither the package nor a way out."""
+        if importlib.util.find_spec("torchvision") is not None:
+            return
+        config = Path(self.config.model_path) / "config.json"
+        with contextlib.suppress(OSError, ValueError):
+            if "vision_config" in orjson.loads(config.read_bytes()):
+                raise UnsupportedOperation(
+                    f"{self.config.model_name} is a vision model, and vLLM reads images with "
+                    "torchvision, which this engine's environment lacks (vLLM's CPU build goes "
+                    "without: PyPI's torchvision fails to load beside the CPU torch); launch it "
+                    "on the transformers engine, or on vLLM's CUDA build",
+                    param="model_engine",
+                )
 
     async def start(self) -> None:
         init_app_state = _moved(
