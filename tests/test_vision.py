@@ -327,7 +327,6 @@ def test_json_output_from_a_vision_model_follows_the_schema(
         assert set(json.loads(content)) == {"colour", "n"}, (sampling, content)
 
 
-
 def test_a_vision_model_on_vllms_cpu_build_is_refused_saying_why(
     launched: InferdServer, seer: str
 ) -> None:
