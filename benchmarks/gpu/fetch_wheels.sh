@@ -6,6 +6,9 @@
 #                            transformers engines, e.g. benchmarks/gpu/embeddings.py)
 #   fetch_wheels.sh transformers   transformers 5.19, llguidance and a BPE tokenizer (.gpu/tf,
 #                            17 MiB) for benchmarks/transformers_engine.py --json
+#   fetch_wheels.sh vision   transformers 5.12 and tokenizers 0.22 (.gpu/tf512, 14 MiB): vLLM
+#                            0.26's vision models import names transformers 5.17 (the GPU
+#                            machine's) dropped; for benchmarks/gpu/vllm_vision.py
 #   fetch_wheels.sh          vLLM 0.26.0 and the wheels it imports, in pieces of at most 58 MiB
 #                            for `run`'s carry: .gpu/p0 (the small wheels, the server's among
 #                            them) and .gpu/p1..p5 (the vLLM wheel in parts, p5 with its sha256)
@@ -24,6 +27,12 @@ if [ "${1:-}" = transformers ]; then
     transformers==5.19.0 llguidance==1.9.1
   .venv/bin/python -c "import sys; sys.path.insert(0, '.'); from tests.conftest import _bpe_tokenizer; _bpe_tokenizer().save_pretrained('.gpu/tf/tokenizer')"
   du -sh .gpu/tf
+  exit 0
+fi
+if [ "${1:-}" = vision ]; then
+  rm -rf .gpu/tf512 && mkdir -p .gpu/tf512
+  pip download -q "${PLAT[@]}" -d .gpu/tf512 transformers==5.12.0 tokenizers==0.22.2
+  du -sh .gpu/tf512
   exit 0
 fi
 if [ "${1:-}" = server ]; then

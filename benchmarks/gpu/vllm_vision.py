@@ -80,6 +80,7 @@ def build_llava(folder: Path) -> Path:
     )
     torch.manual_seed(0)
     LlavaForConditionalGeneration(config).to(torch.bfloat16).save_pretrained(folder)
+    _hub_layout(folder / "model.safetensors")
     LlavaProcessor(
         image_processor=CLIPImageProcessor(
             size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}
@@ -94,6 +95,21 @@ def build_llava(folder: Path) -> Path:
     tokenizer.chat_template = TEMPLATE
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def _hub_layout(weights: Path) -> None:
+    """Name the vision tower's weights as LLaVA checkpoints on the Hub do (`vision_tower.
+    vision_model.*`), which vLLM reads; transformers 5 saves them a level up."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(weights)
+    renamed = {
+        key.replace("vision_tower.", "vision_tower.vision_model.", 1)
+        if key.startswith("vision_tower.") and not key.startswith("vision_tower.vision_model.")
+        else key: value
+        for key, value in tensors.items()
+    }
+    save_file(renamed, weights, metadata={"format": "pt"})
 
 
 def png() -> bytes:

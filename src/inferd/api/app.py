@@ -58,7 +58,7 @@ def create_app(settings: Settings, launch: Sequence[str] = (), restore: bool = T
         settings.home.mkdir(parents=True, exist_ok=True)
         store = StateStore(settings.state_db)
         cluster = await _join_cluster(settings)
-        manager = ModelManager(settings, get_catalog(), store, _backend(cluster))
+        manager = ModelManager(settings, get_catalog(), store, _backend(cluster, settings))
         app.state.manager = manager
         app.state.cluster = cluster
         app.state.responses = ResponseStore(settings.responses_db)
@@ -112,13 +112,14 @@ def create_app(settings: Settings, launch: Sequence[str] = (), restore: bool = T
     return app
 
 
-def _backend(cluster: RayCluster | None) -> ProcessBackend | None:
+def _backend(cluster: RayCluster | None, settings: Settings) -> ProcessBackend | None:
     """Where model processes run: the cluster's nodes when the server joined one."""
     if cluster is None:
         return None
     from inferd.cluster.backend import RayBackend
+    from inferd.envs.config import engine_envs
 
-    return RayBackend(cluster)
+    return RayBackend(cluster, engine_envs(settings))
 
 
 async def _join_cluster(settings: Settings) -> RayCluster | None:

@@ -3,12 +3,15 @@ gives the manager (runtime.backends says what a backend does)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from inferd.cluster.engine_envs import runtime_env
 from inferd.cluster.ray_cluster import Need, RayCluster
 from inferd.cluster.remote import RemoteModelProcess
 from inferd.engines import EngineConfig
+from inferd.envs import EnvBuilder
 from inferd.errors import InvalidRequest
 from inferd.runtime.gpus import weights_bytes
 from inferd.runtime.instance import ModelInstance
@@ -16,15 +19,29 @@ from inferd.runtime.launch import LaunchRequest
 from inferd.runtime.process import ModelProcess
 from inferd.runtime.replica import ProcessFactory
 
+_PLATFORM_TTL = 30.0  # seconds
+
 
 class RayBackend:
     """Ray places each process on a node with the GPUs it needs (and sets which it sees); a
-    restarted one may land elsewhere."""
+    restarted one may land elsewhere. A model whose engine runs in an environment of its own
+    gets it built on its node by Ray (engine_envs)."""
 
     on_cluster = True
 
-    def __init__(self, cluster: RayCluster):
+    def __init__(self, cluster: RayCluster, builder: EnvBuilder):
         self.cluster = cluster
+        self.builder = builder
+        self._platform = (0.0, "cpu")
+
+    def platform(self) -> str:
+        # One lock for the cluster: its nodes are taken to be alike. Asked once per engine
+        # when engines are listed: Ray is asked again only after a while.
+        asked, found = self._platform
+        if time.monotonic() - asked > _PLATFORM_TTL:
+            found = "cuda" if self.cluster.gpu_total() > 0 else "cpu"
+            self._platform = (time.monotonic(), found)
+        return found
 
     def check(self, request: LaunchRequest, running: Iterable[ModelInstance]) -> None:
         self._check_named_gpus(request, running)
@@ -76,6 +93,8 @@ class RayBackend:
             count = 1 if self.cluster.gpu_total() > 0 else 0
         gpu_idx = request.gpu_list()
         cluster = self.cluster
+        plan = instance.env_plan
+        environment = runtime_env(self.builder, plan) if plan is not None else None
 
         def new_process(config: EngineConfig, socket_path: Path, log_path: Path) -> ModelProcess:
             if gpu_idx is not None:
@@ -91,7 +110,7 @@ class RayBackend:
             memory = 0 if count else weights_bytes(config.model_path)
             need = Need(gpus=count, memory=memory)
             return RemoteModelProcess(
-                config, socket_path, log_path, cluster, need, request.worker_ip
+                config, socket_path, log_path, cluster, need, request.worker_ip, environment
             )
 
         return config, new_process

@@ -79,17 +79,29 @@ class RayCluster:
 
         ray.shutdown()
 
-    def host(self, config: EngineConfig, need: Need, pinned: str | None) -> Any:
+    def host(
+        self,
+        config: EngineConfig,
+        need: Need,
+        pinned: str | None,
+        environment: dict[str, Any] | None = None,
+    ) -> Any:
         """A new model host actor for `config`, placed by Ray: on a node with what it needs
-        free, the `pinned` one if named (see node_at), spread from the other hosts otherwise."""
+        free, the `pinned` one if named (see node_at), spread from the other hosts otherwise;
+        in the Ray runtime_env `environment`, if given (its node builds it first)."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         strategy: Any = "SPREAD"
         if pinned is not None:
             node = self.node_at(pinned)["id"]
             strategy = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+        options: dict[str, Any] = {"runtime_env": environment} if environment else {}
         return self._host_class.options(
-            num_cpus=1, num_gpus=need.gpus, memory=need.memory, scheduling_strategy=strategy
+            num_cpus=1,
+            num_gpus=need.gpus,
+            memory=need.memory,
+            scheduling_strategy=strategy,
+            **options,
         ).remote(
             config.model_dump_json(), self.token, self._weights, self._node_id, self.copy_weights
         )

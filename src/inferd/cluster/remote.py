@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import httpx
 
+from inferd.cluster.engine_envs import SETUP_TIMEOUT
 from inferd.cluster.ray_cluster import Need, RayCluster
 from inferd.engines.base import EngineConfig
 from inferd.errors import InvalidRequest, LaunchFailed
@@ -37,12 +38,15 @@ class RemoteModelProcess(ModelProcess):
         cluster: RayCluster,
         need: Need,
         pinned: str | None,
+        environment: dict[str, Any] | None = None,
     ):
-        """`pinned`: the node a launch named (worker_ip: an address or a node id), if any."""
+        """`pinned`: the node a launch named (worker_ip: an address or a node id), if any;
+        `environment`: the Ray runtime_env of the engine's own environment, if it has one."""
         super().__init__(config, socket_path, log_path)
         self._cluster = cluster
         self._need = need
         self._pinned = pinned
+        self._environment = environment
         self._host: Any = None
         self._where: dict[str, Any] = {}
         self._exit: int | None = None
@@ -91,22 +95,27 @@ class RemoteModelProcess(ModelProcess):
             )
         try:
             self._host = await asyncio.to_thread(
-                self._cluster.host, self.config, self._need, self._pinned
+                self._cluster.host, self.config, self._need, self._pinned, self._environment
             )
         except InvalidRequest as exc:  # the node it is pinned to is gone
             raise LaunchFailed(exc.message, param=exc.param) from None
         uid = self.config.model_uid
+        # A node builds the engine's environment before the host starts there.
+        building = SETUP_TIMEOUT if self._environment else 0.0
+        if building:
+            log.info("%s: its node builds its engine's environment first (Ray, uv)", uid)
         try:
-            await asyncio.wait_for(self._host.node.remote(), PLACEMENT_TIMEOUT)
+            await asyncio.wait_for(self._host.node.remote(), PLACEMENT_TIMEOUT + building)
         except asyncio.TimeoutError:
             self._kill_host()
             raise LaunchFailed(
                 f"no node of the cluster had {self._need} free for {uid} "
-                f"within {PLACEMENT_TIMEOUT:.0f}s"
+                f"within {PLACEMENT_TIMEOUT + building:.0f}s"
+                + (" (building its engine's environment there counts)" if building else "")
             ) from None
-        except Exception as exc:  # its node went away while it was being placed
+        except Exception as exc:  # its node went away, or could not build the environment
             self._kill_host()
-            raise LaunchFailed(f"placing {uid} on a node failed: {exc}") from None
+            raise LaunchFailed(f"placing {uid} on a node failed: {_short(exc)}") from None
         try:
             # Copying the weights to the node, when it must, counts as loading.
             self._where = await asyncio.wait_for(self._host.spawn.remote(), self._launch_timeout)
@@ -247,3 +256,10 @@ class RemoteModelProcess(ModelProcess):
 
 
 _BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+def _short(exc: Exception, lines: int = 30) -> str:
+    """Ray's error, without the bulk of its traceback: a failed environment build ends with
+    uv's own words."""
+    text = str(exc).strip().splitlines()
+    return "\n".join(text[-lines:]) if len(text) > lines else "\n".join(text)

@@ -165,6 +165,12 @@ class EnvBuilder:
                 path = building / "inferd-overrides.txt"
                 path.write_text("\n".join(overrides) + "\n")
                 args += ["--override", str(path)]
+        return args + self.origins(plan)
+
+    def origins(self, plan: EnvPlan) -> list[str]:
+        """uv's options saying where `plan`'s packages come from: wheel folders, the index,
+        PyTorch's for a CPU torch no folder holds."""
+        args: list[str] = []
         for links in [*self.find_links, *plan.find_links]:
             args += ["--find-links", links]
         if self.index_url == "none":

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from inferd.engines import EngineConfig
 from inferd.errors import InvalidRequest
+from inferd.runtime.engine_env import current_platform
 from inferd.runtime.gpus import Placement, has_nvidia_gpu, weights_bytes
 from inferd.runtime.instance import ModelInstance
 from inferd.runtime.launch import LaunchRequest
@@ -21,8 +22,11 @@ log = logging.getLogger("inferd.placement")
 
 
 class ProcessBackend(Protocol):
-    # Whether processes run on other machines (engine environments are built on this one).
+    # Whether processes run on other machines, which build engine environments themselves.
     on_cluster: bool
+
+    def platform(self) -> str:
+        """Which builds of engines (cpu, cuda) fit where this backend's processes run."""
 
     def check(self, request: LaunchRequest, running: Iterable[ModelInstance]) -> None:
         """Refuse, before anything starts, a launch this backend cannot place (a 400 naming
@@ -39,6 +43,9 @@ class LocalBackend:
     """Processes on this machine, each shown only the GPUs placed for it."""
 
     on_cluster = False
+
+    def platform(self) -> str:
+        return current_platform()
 
     def check(self, request: LaunchRequest, running: Iterable[ModelInstance]) -> None:
         if request.worker_ip is not None:

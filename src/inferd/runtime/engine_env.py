@@ -1,5 +1,6 @@
 """Which environment a model's processes run in: the server's own, or its engine's (built on
-first use by inferd.envs), as the server's INFERD_ENGINE_ENV and the launch's fields decide."""
+first use by inferd.envs here, or by each node through Ray's runtime_env on a cluster), as the
+server's INFERD_ENGINE_ENV and the launch's fields decide."""
 
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ def current_platform() -> str:
 
 
 class EngineEnvs:
-    def __init__(self, settings: Settings, on_cluster: bool):
+    def __init__(self, settings: Settings, on_cluster: bool, platform: Callable[[], str]):
+        """`platform`: which builds (cpu, cuda) fit where the model processes run."""
         self.mode = settings.engine_env
         self.builder: EnvBuilder = engine_envs(settings)
         self._on_cluster = on_cluster
+        self._platform = platform
 
     def own_env(self, engine: type[Engine]) -> str | None:
         """The environment a launch of `engine` with no environment fields runs in, if it is the
@@ -31,7 +34,7 @@ class EngineEnvs:
         spec = SPECS.get(engine.name)
         if spec is None or self.mode == "current" or (self.mode == "auto" and engine.installed()):
             return None
-        versions = spec.locked_versions(current_platform())
+        versions = spec.locked_versions(self._platform())
         return f"{engine.name}-{versions[0]}" if versions else None
 
     def installable(self, request: LaunchRequest) -> Callable[[type[Engine]], bool]:
@@ -45,7 +48,7 @@ class EngineEnvs:
             if spec is None:
                 return False
             return request.engine_version is not None or bool(
-                spec.locked_versions(current_platform())
+                spec.locked_versions(self._platform())
             )
 
         return check
@@ -66,20 +69,26 @@ class EngineEnvs:
         stays = self.mode != "managed" or engine.name not in SPECS
         if asked is None and engine.installed() and stays:
             return None
-        if self._on_cluster:
-            raise InvalidRequest(
-                "engine environments are built on this machine only; on a Ray cluster the "
-                "engine must be installed on every node (INFERD_ENGINE_ENV=current)",
-                param=asked or "model_engine",
-            )
-        return self.builder.plan(
+        plan = self.builder.plan(
             engine.name,
-            current_platform(),
+            self._platform(),
             request.engine_version,
             request.virtual_env_packages,
             find_links=request.virtual_env_find_links,
             param=asked or "model_engine",
         )
+        if self._on_cluster and plan.lock is None:
+            # Each node installs the environment from a list of pinned packages; resolving
+            # more around the tested set needs its constraint files there too.
+            why = "more packages" if plan.packages else f"{plan.name}, which has no tested lock"
+            raise InvalidRequest(
+                f"on a Ray cluster, engine environments are built from inferd's tested locks; "
+                f"this launch asks for {why}. Install what it needs on every node and launch "
+                "with enable_virtual_env false, or pick a locked engine_version (`inferd "
+                "engine list` names them)",
+                param=asked or "model_engine",
+            )
+        return plan
 
     @staticmethod
     def users(models: Iterable[tuple[str, EnvPlan | None]]) -> dict[str, list[str]]:

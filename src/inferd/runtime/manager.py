@@ -81,7 +81,7 @@ class ModelManager:
         self._idle_task: asyncio.Task[None] | None = None
         self.weights = Weights(settings, store)
         self.aborts = Aborts()
-        self.engine_envs = EngineEnvs(settings, on_cluster=self.backend.on_cluster)
+        self.engine_envs = EngineEnvs(settings, self.backend.on_cluster, self.backend.platform)
 
     # start-up and shut-down ----------------------------------------------------------
 
@@ -415,9 +415,9 @@ class ModelManager:
 
     async def _engine_env(self, instance: ModelInstance) -> str | None:
         """The interpreter of the environment the model runs in, built first if need be;
-        None: the server's."""
+        None: the server's, or one its node builds (on a cluster)."""
         plan = instance.env_plan
-        if plan is None:
+        if plan is None or self.backend.on_cluster:
             return None
         builder = self.engine_envs.builder
         found = builder.find(plan)

