@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,13 +85,30 @@ def test_a_node_builds_the_engine_environment_through_ray(
 ) -> None:
     assert subprocess.run([ray_python, "-c", "import sentence_transformers"]).returncode != 0
     started = time.monotonic()
-    launched = httpx.post(
-        f"{server.url}/v1/models",
-        json={"model_name": EMBEDDING, "model_type": "embedding"},
-        timeout=900,
+    answers: list[httpx.Response] = []
+    launching = threading.Thread(
+        target=lambda: answers.append(
+            httpx.post(
+                f"{server.url}/v1/models",
+                json={"model_name": EMBEDDING, "model_type": "embedding"},
+                timeout=900,
+            )
+        )
     )
+    launching.start()
+    seen = []  # the launch's progress, as the CLI and the UI follow it
+    while launching.is_alive():
+        progress = httpx.get(f"{server.url}/v1/models/{EMBEDDING}/progress", timeout=10)
+        if progress.status_code == 200:
+            seen.append(progress.json())
+        time.sleep(0.2)
+    launched = answers[0]
     assert launched.status_code == 200, launched.text
     print(f"the node built the environment and launched in {time.monotonic() - started:.1f}s")
+    installing = [p for p in seen if p["stage"] == "installing"]
+    assert installing, [p["stage"] for p in seen]
+    assert installing[0]["install"]["environment"].startswith("sentence_transformers-")
+    assert "node" in installing[0]["install"]["message"]
     uid = launched.json()["model_uid"]
     described = httpx.get(f"{server.url}/v1/models/{uid}", timeout=10).json()
     assert described["engine_env"].startswith("sentence_transformers-"), described

@@ -103,6 +103,7 @@ class RemoteModelProcess(ModelProcess):
         # A node builds the engine's environment before the host starts there.
         building = SETUP_TIMEOUT if self._environment else 0.0
         if building:
+            self.preparing = "the node Ray placed it on builds the environment with uv"
             log.info("%s: its node builds its engine's environment first (Ray, uv)", uid)
         try:
             await asyncio.wait_for(self._host.node.remote(), PLACEMENT_TIMEOUT + building)
@@ -116,6 +117,8 @@ class RemoteModelProcess(ModelProcess):
         except Exception as exc:  # its node went away, or could not build the environment
             self._kill_host()
             raise LaunchFailed(f"placing {uid} on a node failed: {_short(exc)}") from None
+        finally:
+            self.preparing = None
         try:
             # Copying the weights to the node, when it must, counts as loading.
             self._where = await asyncio.wait_for(self._host.spawn.remote(), self._launch_timeout)

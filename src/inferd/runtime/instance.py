@@ -133,6 +133,13 @@ class ModelInstance:
                 "stage": "downloading",
                 "download": self.download.as_dict(),
             }
+        preparing = next((r.preparing for r in self.replicas if r.preparing), None)
+        if preparing is not None and self.env_plan is not None:  # its node builds it (Ray)
+            return {
+                "progress": 0.05,
+                "stage": "installing",
+                "install": {"environment": self.env_plan.name, "message": preparing},
+            }
         if state == LOADING or self.stage == LOADING:
             expected = self.expected_load_seconds or 10.0
             elapsed = time.monotonic() - self.phase_since

@@ -28,6 +28,9 @@ class ModelProcess:
         self.log_path = log_path
         self.proc: asyncio.subprocess.Process | None = None
         self.slots: int | None = None  # what its engine runs side by side, once loaded
+        # What it waits on before its model can load (a node building its engine's
+        # environment), said while it lasts.
+        self.preparing: str | None = None
         self.client = http_client(httpx.AsyncHTTPTransport(uds=str(socket_path)), "http://model")
         self._session: aiohttp.ClientSession | None = None
         self._headers: dict[str, str] = {}

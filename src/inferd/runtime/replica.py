@@ -78,6 +78,11 @@ class Replica:
         return self.process.memory_bytes() if self.process else None
 
     @property
+    def preparing(self) -> str | None:
+        """What its process waits on before the model loads, if anything."""
+        return self.process.preparing if self.process is not None else None
+
+    @property
     def slots(self) -> int | None:
         """Requests it works on at once (the launch's request_limits, else what its engine
         runs side by side); None where the engine takes any number."""
