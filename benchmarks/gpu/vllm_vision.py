@@ -24,7 +24,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from vllm_probe import train_tokenizer
-from vllm_vs_serve import running, say, tail, wait_ready
+from vllm_vs_serve import engine_env, register, running, say, tail, wait_ready
 
 IMAGE_TOKENS = (224 // 14) ** 2
 TEMPLATE = (
@@ -211,17 +211,12 @@ def main() -> None:
     ok = False
     with running(argv, server_env, log) as process:
         wait_ready(BASE, "/health", 120, process)
-        definition = {
-            "version": 2, "model_name": "seer", "model_family": "qwen2.5-vl-instruct",
-            "model_ability": ["generate", "chat", "vision"], "context_length": 4096,
-            "chat_template": TEMPLATE,
-            "model_specs": [{"model_format": "pytorch", "model_size_in_billions": "1",
-                             "quantization": "none", "model_uri": str(model)}],
-        }  # fmt: skip
-        httpx.post(
-            f"{BASE}/v1/model_registrations/LLM", json={"model": definition}
-        ).raise_for_status()
-        forwarded = {k: v for k, v in env.items() if k.startswith(("VLLM_", "NCCL_", "GLOO_"))}
+        register(
+            BASE, "seer", model, TEMPLATE, 4096,
+            model_family="qwen2.5-vl-instruct",  # a vision family, as Xinference asks
+            model_ability=["generate", "chat", "vision"],
+        )  # fmt: skip
+        forwarded = engine_env(env)
         started = time.time()
         launched = httpx.post(
             f"{BASE}/v1/models",

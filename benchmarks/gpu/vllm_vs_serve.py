@@ -347,6 +347,24 @@ def vllm_serve(model: Path, args: argparse.Namespace, env: dict[str, str], resul
         measure("vllm serve", "http://127.0.0.1:8100", args, results, process.pid)
 
 
+def register(base: str, name: str, model: Path, template: str, context: int, **more: Any) -> None:
+    """Register the folder `model` as the LLM `name`, as a user would (`more`: other fields of
+    the definition)."""
+    definition = {
+        "version": 2, "model_name": name, "model_ability": ["generate", "chat"],
+        "context_length": context, "chat_template": template,
+        "model_specs": [{"model_format": "pytorch", "model_size_in_billions": "1",
+                         "quantization": "none", "model_uri": str(model)}],
+        **more,
+    }  # fmt: skip
+    httpx.post(f"{base}/v1/model_registrations/LLM", json={"model": definition}).raise_for_status()
+
+
+def engine_env(env: dict[str, str]) -> dict[str, str]:
+    """The variables a launch hands its model process for vLLM, NCCL and Gloo."""
+    return {k: v for k, v in env.items() if k.startswith(("VLLM_", "NCCL_", "GLOO_"))}
+
+
 def launch(base: str, body: dict[str, Any]) -> httpx.Response:
     return httpx.post(f"{base}/v1/models", json=body, timeout=900)
 
@@ -369,16 +387,8 @@ def inferd(
     base = "http://127.0.0.1:9997"
     with running(argv, server_env, log) as process:
         wait_ready(base, "/health", 120, process)
-        definition = {
-            "version": 2, "model_name": "bench", "model_ability": ["generate", "chat"],
-            "context_length": MAX_MODEL_LEN, "chat_template": TEMPLATE,
-            "model_specs": [{"model_format": "pytorch", "model_size_in_billions": "1",
-                             "quantization": "none", "model_uri": str(model)}],
-        }  # fmt: skip
-        httpx.post(
-            f"{base}/v1/model_registrations/LLM", json={"model": definition}
-        ).raise_for_status()
-        forwarded = {k: v for k, v in env.items() if k.startswith(("VLLM_", "NCCL_", "GLOO_"))}
+        register(base, "bench", model, TEMPLATE, MAX_MODEL_LEN)
+        forwarded = engine_env(env)
         started = time.time()
         launched = launch(
             base,
