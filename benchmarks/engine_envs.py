@@ -74,8 +74,9 @@ def start_seconds(python: str, home: Path) -> float:
         process.wait(30)
 
 
-def build_seconds(root: Path, engine: str, cache: Path) -> tuple[float, float]:
-    """Seconds to build `engine`'s environment with uv's cache at `cache`; its size in MB."""
+def build_seconds(root: Path, engine: str, cache: Path) -> tuple[float, float, str]:
+    """Seconds to build `engine`'s environment with uv's cache at `cache`; its size in MB; its
+    interpreter."""
     from inferd.envs.config import engine_envs
     from inferd.runtime.engine_env import current_platform
     from inferd.settings import Settings
@@ -85,7 +86,20 @@ def build_seconds(root: Path, engine: str, cache: Path) -> tuple[float, float]:
     plan = builder.plan(engine, current_platform())
     started = time.perf_counter()
     info = asyncio.run(builder.ensure(plan, lambda line: None))
-    return time.perf_counter() - started, tree_mb(Path(info.path))
+    return time.perf_counter() - started, tree_mb(Path(info.path)), info.python
+
+
+def import_seconds(python: str, engine: str) -> float:
+    """Seconds a model process of `engine` spends importing what it needs there, where no
+    bytecode is written at run time (PYTHONDONTWRITEBYTECODE, as CI and many containers set):
+    what a build's compiled bytecode saves every start."""
+    from inferd.envs import SPECS
+
+    code = f"import {SPECS[engine].module}, inferd.runtime.worker"
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    started = time.perf_counter()
+    subprocess.run([python, "-c", code], env=env, check=True, capture_output=True)
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -119,9 +133,14 @@ def main() -> None:
         builds = {}
         for engine in engines:
             cache = work / f"uv-cache-{engine}"
-            cold, size = build_seconds(work / "envs-cold", engine, cache)
-            warm, _ = build_seconds(work / "envs-warm", engine, cache)
-            builds[engine] = {"empty_cache_s": cold, "warm_cache_s": warm, "size_mb": size}
+            cold, size, _ = build_seconds(work / "envs-cold", engine, cache)
+            warm, _, python = build_seconds(work / "envs-warm", engine, cache)
+            builds[engine] = {
+                "empty_cache_s": cold,
+                "warm_cache_s": warm,
+                "size_mb": size,
+                "import_s": import_seconds(python, engine),
+            }
             say({"engine": engine, **builds[engine]})
 
         if servers:
@@ -132,12 +151,15 @@ def main() -> None:
                 f"| {name} | {r['size_mb']:,.0f} MB | {r['install_s']:.0f} s "
                 f"| {r['start_s']:.2f} s |"
             )
-        print("\n| engine environment | size | from an empty uv cache | from uv's cache |")
-        print("|---|---|---|---|")
+        print(
+            "\n| engine environment | size | from an empty uv cache | from uv's cache "
+            "| model process imports |"
+        )
+        print("|---|---|---|---|---|")
         for engine, r in builds.items():
             print(
                 f"| {engine} | {r['size_mb']:,.0f} MB | {r['empty_cache_s']:.1f} s "
-                f"| {r['warm_cache_s']:.1f} s |"
+                f"| {r['warm_cache_s']:.1f} s | {r['import_s']:.1f} s |"
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)

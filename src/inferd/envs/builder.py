@@ -121,7 +121,11 @@ class EnvBuilder:
                 python = building / "bin" / "python"
                 say(f"installing {package} {plan.version} and what it needs")
                 sources = self._sources(plan, building)
-                await self._uv(["pip", "install", "--python", str(python), *sources], say)
+                # Compiled now, once: a model process otherwise compiles every module it
+                # imports at each start where bytecode is not written (PYTHONDONTWRITEBYTECODE,
+                # read-only installs), which doubles torch's and transformers' import time.
+                install = ["pip", "install", "--compile-bytecode", "--python", str(python)]
+                await self._uv([*install, *sources], say)
                 _link_inferd(building)
                 say("checking the model process starts there")
                 await self._check(python, plan)
