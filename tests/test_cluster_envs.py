@@ -125,7 +125,7 @@ def test_a_node_builds_the_engine_environment_through_ray(
     assert answer.status_code == 200, answer.text
     assert len(answer.json()["data"][0]["embedding"]) == 384
 
-    # Launched again, the model finds the node's environment built (Ray keeps it).
+    # Launched again, the model runs in the environment the node built (Ray keeps it).
     assert httpx.delete(f"{server.url}/v1/models/{uid}", timeout=60).status_code == 200
     started = time.monotonic()
     again = httpx.post(
@@ -135,6 +135,8 @@ def test_a_node_builds_the_engine_environment_through_ray(
     )
     assert again.status_code == 200, again.text
     print(f"relaunched in {time.monotonic() - started:.1f}s")
+    pid = httpx.get(f"{server.url}/v1/models/{uid}", timeout=10).json()["replicas"][0]["pid"]
+    assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode() == interpreter
 
 
 def test_environments_a_node_cannot_build_from_a_lock_are_refused(server: InferdServer) -> None:
