@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from inferd.envs import EnvBuilder, EnvPlan
+from inferd.runtime.process import OWN_ENVIRONMENT
 
 # How long a node may take to build an environment (vLLM's is gigabytes from an empty cache).
 SETUP_TIMEOUT = 1800.0
@@ -29,10 +30,10 @@ def runtime_env(builder: EnvBuilder, plan: EnvPlan) -> dict[str, Any]:
     return {
         "uv": {
             "packages": packages,
-            # The lock is the whole set; uv's cache stays on (Ray's default turns it off);
-            # bytecode compiled once, as the server's own builds do.
-            "uv_pip_install_options": ["--no-deps", "--compile-bytecode", *builder.origins(plan)],
+            # The lock is the whole set; uv's cache stays on (Ray's default turns it off).
+            "uv_pip_install_options": ["--no-deps", *builder.origins(plan)],
         },
-        "env_vars": {"UV_NO_PROGRESS": "1"},
+        # Its model processes keep the bytecode they compile (see runtime.process.worker_env).
+        "env_vars": {"UV_NO_PROGRESS": "1", OWN_ENVIRONMENT: "1"},
         "config": {"setup_timeout_seconds": int(SETUP_TIMEOUT)},
     }

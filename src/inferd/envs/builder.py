@@ -121,11 +121,7 @@ class EnvBuilder:
                 python = building / "bin" / "python"
                 say(f"installing {package} {plan.version} and what it needs")
                 sources = self._sources(plan, building)
-                # Compiled now, once: a model process otherwise compiles every module it
-                # imports at each start where bytecode is not written (PYTHONDONTWRITEBYTECODE,
-                # read-only installs), which doubles torch's and transformers' import time.
-                install = ["pip", "install", "--compile-bytecode", "--python", str(python)]
-                await self._uv([*install, *sources], say)
+                await self._uv(["pip", "install", "--python", str(python), *sources], say)
                 _link_inferd(building)
                 say("checking the model process starts there")
                 await self._check(python, plan)

@@ -218,8 +218,19 @@ def worker_command(config_path: Path, address: str, python: str | None = None) -
     return [python or sys.executable, "-m", "inferd.runtime.worker", str(config_path), address]
 
 
+# Set where a model process runs in an environment inferd built for its engine (on a Ray node).
+OWN_ENVIRONMENT = "INFERD_ENGINE_OWN_ENV"
+
+
 def worker_env(config: EngineConfig) -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **config.env}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    if config.python is not None or OWN_ENVIRONMENT in os.environ:
+        # An environment inferd built keeps the bytecode its model processes compile: where
+        # none is written (PYTHONDONTWRITEBYTECODE, as on CI and in many containers) every start
+        # compiled torch and transformers again, twice the import time. uv installs without
+        # bytecode, and compiling it all at build time costs more than the first start does.
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return {**env, **config.env}
 
 
 def read_tail(path: Path, lines: int) -> str:
