@@ -600,7 +600,12 @@ class _Detokenizer:
     def __init__(self, tokenizer: Any, skip: set[int], keep: dict[int, str] | None = None):
         """`skip`: tokens left out of the text (EOS); `keep`: special tokens written out as the
         text given, which decoding would drop."""
-        self._decode = functools.partial(_decode_keeping, tokenizer.decode, keep or {})
+        # Most requests keep nothing: their every step decodes as it did before markers.
+        self._decode: Callable[[list[int]], str] = (
+            functools.partial(_decode_keeping, tokenizer.decode, keep)
+            if keep
+            else functools.partial(tokenizer.decode, skip_special_tokens=True)
+        )
         self._skip = skip
         self._tokens: list[int] = []  # the text's tokens (EOS left out)
         self._seen = 0  # generated tokens looked at so far
@@ -621,7 +626,7 @@ class _Detokenizer:
 
 def _decode_keeping(decode: Callable[..., str], keep: dict[int, str], tokens: list[int]) -> str:
     """The text of `tokens`, special tokens left out but those in `keep`, written as given."""
-    if not keep or keep.keys().isdisjoint(tokens):
+    if keep.keys().isdisjoint(tokens):
         return decode(tokens, skip_special_tokens=True)
     pieces, start = [], 0
     for at, token in enumerate(tokens):
