@@ -105,3 +105,25 @@ def test_concurrent_embeddings_match_single_ones(launched) -> None:  # type: ign
     assert len(together) == 16
     for text, vector in alone.items():
         assert together[text] == pytest.approx(vector, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_texts_of_mixed_lengths_in_one_request_keep_their_places(launched) -> None:  # type: ignore[no-untyped-def]
+    """A pass takes its texts longest first (they pad less); each vector still lands at its
+    own index, with its own token count in the total."""
+    import httpx
+
+    url = f"{launched.url}/v1/embeddings"
+    texts = [
+        "short",
+        "a much longer sentence about the weather in the mountains over the coming week",
+        "a sentence of middling length",
+        "x",
+    ]
+    alone = [httpx.post(url, json={"model": "all-MiniLM-L6-v2", "input": t}).json() for t in texts]
+    listed = httpx.post(url, json={"model": "all-MiniLM-L6-v2", "input": texts}).json()
+    assert [item["index"] for item in listed["data"]] == [0, 1, 2, 3]
+    for item, single in zip(listed["data"], alone, strict=True):
+        assert item["embedding"] == pytest.approx(single["data"][0]["embedding"], abs=1e-4)
+    tokens = [single["usage"]["prompt_tokens"] for single in alone]
+    assert listed["usage"]["prompt_tokens"] == sum(tokens)

@@ -92,9 +92,8 @@ def test_cross_encoder_scores_as_sentence_transformers_does(
 ) -> None:
     from sentence_transformers import CrossEncoder
 
-    expected = CrossEncoder(str(cross_encoder_path), max_length=128).predict(
-        [(QUERY, d) for d in DOCUMENTS]
-    )
+    model = CrossEncoder(str(cross_encoder_path), max_length=128)
+    expected = model.predict([(QUERY, d) for d in DOCUMENTS])
     answer = httpx.post(
         f"{launched.url}/v1/rerank",
         json={"model": cross_encoder, "query": QUERY, "documents": DOCUMENTS},
@@ -107,7 +106,9 @@ def test_cross_encoder_scores_as_sentence_transformers_does(
     assert by_index == pytest.approx({i: float(s) for i, s in enumerate(expected)}, abs=1e-5)
     scores = [r["relevance_score"] for r in results]
     assert scores == sorted(scores, reverse=True)
-    assert answer["usage"]["total_tokens"] > 0
+    # The tokens the model read: each pair, truncated to the model's length.
+    read = model.tokenizer([QUERY] * len(DOCUMENTS), DOCUMENTS, truncation=True, max_length=128)
+    assert answer["usage"]["total_tokens"] == sum(len(ids) for ids in read["input_ids"])
 
 
 def test_concurrent_rerank_requests_share_passes_and_keep_their_own_scores(

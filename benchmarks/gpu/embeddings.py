@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(1, str(ROOT / "benchmarks" / "gpu"))
 from compare import Rate, closed_loop  # noqa: E402
+from watch import Watch  # noqa: E402
 
 # name: (kind, layers, hidden, heads, intermediate, max tokens)
 SHAPES = {
@@ -170,11 +173,23 @@ def alone(
 # -- inferd -------------------------------------------------------------------------------
 
 
-def request(name: str, words: int, docs: int) -> Callable[[aiohttp.ClientSession], Any]:
+def request(
+    name: str, words: int, docs: int, texts: int = 0
+) -> Callable[[aiohttp.ClientSession], Any]:
+    """A client's next request: one text to embed (or `texts` of them in a list), or one query
+    and `docs` documents to rank."""
     rng = random.Random(2)
     if SHAPES[name][0] == "embedding":
         bodies = [
-            json.dumps({"model": name, "input": text(rng, words)}).encode() for _ in range(64)
+            json.dumps(
+                {
+                    "model": name,
+                    "input": [text(rng, words) for _ in range(texts)]
+                    if texts
+                    else text(rng, words),
+                }
+            ).encode()
+            for _ in range(64)
         ]
         path = "/v1/embeddings"
     else:
@@ -218,8 +233,17 @@ def register(base: str, name: str, folder: Path) -> None:
 
 
 def served(
-    base: str, name: str, words_list: list[int], docs: int, seconds: float
-) -> dict[int, dict[int, Rate]]:
+    base: str,
+    name: str,
+    words_list: list[int],
+    docs: int,
+    seconds: float,
+    watch: Watch,
+    lists: int,
+) -> dict[int, dict[str, Rate]]:
+    """Rates at 1 and 32 clients sending one text (or rerank request) each, and, for embedding
+    models, 32 clients sending `lists` texts a request (counted in texts); the cores each of the
+    server's processes kept busy at 32 clients, and what one request cost each of them."""
     kind = SHAPES[name][0]
     started = time.time()
     answer = httpx.post(
@@ -229,14 +253,29 @@ def served(
         raise RuntimeError(f"launch of {name}: {answer.status_code} {answer.text[:2000]}")
     described = httpx.get(f"{base}/v1/models/{name}").json()
     say({"model": name, "launched_s": round(time.time() - started, 1), "on": described})
-    out: dict[int, dict[int, Rate]] = {}
+    out: dict[int, dict[str, Rate]] = {}
     try:
         for words in words_list:
             send = request(name, words, docs)
             closed_loop(base, {}, 4, 2, send)  # warm-up: the first passes of each shape
-            out[words] = {c: closed_loop(base, {}, c, seconds, send) for c in (1, 32)}
-            for clients, r in out[words].items():
-                say({"server": "inferd", "model": name, "words": words, "clients": clients,
+            got = out[words] = {"1": closed_loop(base, {}, 1, seconds, send)}
+            before = passes(base, name)
+            with watch.during(32) as cores:
+                got["32"] = closed_loop(base, {}, 32, seconds, send)
+            count, items = (a - b for a, b in zip(passes(base, name), before, strict=True))
+            per_request = {
+                process: round(used / got["32"].per_second * 1e6) for process, used in cores.items()
+            }
+            say({"model": name, "words": words, "clients": 32, "cores": cores,
+                 "cpu_us_a_request": per_request,
+                 "inputs_a_pass": round(items / count, 1) if count else None})  # fmt: skip
+            if kind == "embedding" and lists:
+                many = request(name, words, docs, texts=lists)
+                closed_loop(base, {}, 4, 2, many)
+                rated = closed_loop(base, {}, 32, seconds, many)
+                got["lists"] = replace(rated, per_second=rated.per_second * lists)
+            for load, r in got.items():
+                say({"server": "inferd", "model": name, "words": words, "load": load,
                      "per_s": round(r.per_second, 1), "p50_ms": round(r.p50 * 1e3, 2),
                      "p99_ms": round(r.p99 * 1e3, 2), "errors": r.errors})  # fmt: skip
     finally:
@@ -244,11 +283,22 @@ def served(
     return out
 
 
-def start_server(home: Path, log: Path) -> subprocess.Popen:
+def passes(base: str, name: str) -> tuple[float, float]:
+    """The model's forward passes so far and the inputs they held (the batcher's histogram)."""
+    found = {}
+    for line in httpx.get(f"{base}/metrics").text.splitlines():
+        if line.startswith("inferd_engine_batch_items_") and f'model_uid="{name}"' in line:
+            found[line.split("{")[0]] = float(line.rsplit(" ", 1)[1])
+    return found.get("inferd_engine_batch_items_count", 0), found.get(
+        "inferd_engine_batch_items_sum", 0
+    )
+
+
+def start_server(home: Path, log: Path, src: Path) -> subprocess.Popen:
     env = {
         **os.environ,
         "INFERD_HOME": str(home),
-        "PYTHONPATH": f"{ROOT / 'src'}:{os.environ.get('PYTHONPATH', '')}",
+        "PYTHONPATH": f"{src}:{os.environ.get('PYTHONPATH', '')}",
     }
     argv = [sys.executable, "-m", "inferd", "serve", "--port", "9997", "--log-level", "warning"]
     process = subprocess.Popen(
@@ -272,6 +322,15 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=8)
     parser.add_argument("--models", default=",".join(SHAPES))
     parser.add_argument("--device", default="cuda", help="cpu: try the script on a machine without")
+    parser.add_argument("--lists", type=int, default=32, help="texts a request in the list load")
+    parser.add_argument("--spy-dir", type=Path, help="py-spy's stacks at 32 clients go here")
+    parser.add_argument(
+        "--src",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="inferd's source to measure, once per --src, in order (default: inferd=this tree's)",
+    )
     args = parser.parse_args()
     words_list = [int(w) for w in args.words.split(",")]
     names = args.models.split(",")
@@ -293,42 +352,74 @@ def main() -> None:
             say({"server": "sentence-transformers", "model": name, "words": words,
                  **{k: round(v, 1) for k, v in measured.items()}})  # fmt: skip
 
+    sources = [tuple(given.split("=", 1)) for given in args.src] or [("inferd", str(ROOT / "src"))]
+    ours: dict[str, dict[str, dict[int, dict[str, Rate]]]] = {}
+    for label, src in sources:
+        ours[label] = measure_inferd(root / label, Path(src), folders, words_list, args)
+
+    unit = {"embedding": "texts/s", "rerank": f"requests/s ({args.docs} docs each)"}
+    print(
+        "\n| model | words | unit | ST one at a time | ST batched (best of 32, 64) | inferd "
+        "| 1 client | ratio | 32 clients | ratio "
+        f"| 32 clients, {args.lists} texts a request | ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in names:
+        for words in words_list:
+            st = engine[name][words]
+            batched = max(st["batch32"], st["batch64"])
+            for label, _ in sources:
+                got = ours[label].get(name, {}).get(words)
+                if got is None:
+                    continue
+                one, many = got["1"].per_second, got["32"].per_second
+                listed = (
+                    f"{got['lists'].per_second:,.0f} | {got['lists'].per_second / batched:.2f}"
+                    if "lists" in got
+                    else "- | -"
+                )
+                print(
+                    f"| {name} | {words} | {unit[SHAPES[name][0]]} | {st['single']:,.0f} "
+                    f"| {batched:,.0f} | {label} | {one:,.0f} | {one / st['single']:.2f} "
+                    f"| {many:,.0f} | {many / batched:.2f} | {listed} |"
+                )
+
+
+def measure_inferd(
+    root: Path,
+    src: Path,
+    folders: dict[str, Path],
+    words_list: list[int],
+    args: argparse.Namespace,
+) -> dict[str, dict[int, dict[str, Rate]]]:
+    """One server started from `src`: each model registered, launched, measured, terminated."""
+    root.mkdir(parents=True)
+    say({"inferd": root.name, "src": str(src)})
     log = root / "inferd.log"
-    server = start_server(root / "home", log)
-    ours: dict[str, dict[int, dict[int, Rate]]] = {}
+    server = start_server(root / "home", log, src)
+    ours: dict[str, dict[int, dict[str, Rate]]] = {}
     try:
-        for name in names:
-            register("http://127.0.0.1:9997", name, folders[name])
+        for name, folder in folders.items():
+            register("http://127.0.0.1:9997", name, folder)
+            spy_dir = args.spy_dir / root.name if args.spy_dir else None
+            watch = Watch(name, server.pid, {32} if spy_dir else set(), spy_dir)
             try:
                 ours[name] = served(
-                    "http://127.0.0.1:9997", name, words_list, args.docs, args.seconds
+                    "http://127.0.0.1:9997",
+                    name,
+                    words_list,
+                    args.docs,
+                    args.seconds,
+                    watch,
+                    args.lists,
                 )
             except RuntimeError as exc:
                 say({"model": name, "error": str(exc)})
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(60)
-    say({"inferd_log_tail": log.read_text(errors="replace")[-3000:]})
-
-    unit = {"embedding": "texts/s", "rerank": f"requests/s ({args.docs} docs each)"}
-    print(
-        "\n| model | words | unit | ST one at a time | inferd 1 client | ratio "
-        "| ST batched (best of 32, 64) | inferd 32 clients | ratio |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name in names:
-        for words in words_list:
-            st = engine[name][words]
-            got = ours.get(name, {}).get(words)
-            if got is None:
-                continue
-            batched = max(st["batch32"], st["batch64"])
-            one, many = got[1].per_second, got[32].per_second
-            print(
-                f"| {name} | {words} | {unit[SHAPES[name][0]]} | {st['single']:,.0f} | {one:,.0f} "
-                f"| {one / st['single']:.2f} | {batched:,.0f} | {many:,.0f} "
-                f"| {many / batched:.2f} |"
-            )
+    say({"src": str(src), "inferd_log_tail": log.read_text(errors="replace")[-3000:]})
+    return ours
 
 
 if __name__ == "__main__":

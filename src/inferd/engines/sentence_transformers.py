@@ -122,7 +122,40 @@ class SentenceTransformersEngine(Engine):
         return [float(v) for v in unit[1:] @ unit[0]], sum(count for _, count in rows)
 
     def _score_pairs(self, pairs: list[tuple[str, str]]) -> list[tuple[float, int]]:
-        """(relevance, token count) per query-document pair, _BATCH pairs to a forward pass."""
+        """(relevance, token count) per query-document pair, _BATCH pairs to a forward pass.
+
+        As in `_encode`, the model's modules are called directly: `CrossEncoder.predict` moves
+        the model to its device, sorts the pairs and collects the scores one tensor element at
+        a time on every call, most of a short pair's time on a GPU, and the token counts would
+        need a second tokenization."""
+        import torch
+        from sentence_transformers.util import batch_to_device
+
+        model = self._model
+        prepare = getattr(model, "preprocess", None)
+        if prepare is None:  # sentence-transformers before 6
+            return self._predicted(pairs)
+        resolve = getattr(model, "_resolve_prompt", None)
+        prompt = resolve(None, None) if resolve is not None else None  # the model's default
+        extra = {"prompt": prompt} if prompt is not None else {}
+        activation = model.activation_fn
+        order = _longest_first([len(query) + len(document) for query, document in pairs])
+        rows: list[tuple[float, int]] = [(0.0, 0)] * len(pairs)
+        for start in range(0, len(pairs), _BATCH):
+            taken = order[start : start + _BATCH]
+            features = prepare([pairs[i] for i in taken], **extra)
+            counts = features["attention_mask"].sum(dim=1).tolist()
+            with torch.inference_mode():
+                scores = model(batch_to_device(features, model.device))["scores"].float()
+                if activation is not None:
+                    scores = activation(scores)
+                if scores.ndim > 1 and model.num_labels == 1:
+                    scores = scores.squeeze(-1)
+            for i, score, count in zip(taken, scores.cpu().tolist(), counts, strict=True):
+                rows[i] = (score, int(count))
+        return rows
+
+    def _predicted(self, pairs: list[tuple[str, str]]) -> list[tuple[float, int]]:
         model = self._model
         scores = model.predict(pairs, batch_size=_BATCH, convert_to_numpy=True)
         encoded = model.tokenizer(
@@ -147,15 +180,24 @@ class SentenceTransformersEngine(Engine):
         # `preprocess` replaced `tokenize` in sentence-transformers 6; both truncate as the
         # model does, so the mask counts the tokens it saw.
         prepare = getattr(model, "preprocess", None) or model.tokenize
-        rows: list[tuple[Any, int]] = []
+        order = _longest_first([len(text) for text in texts])
+        rows: list[tuple[Any, int]] = [(None, 0)] * len(texts)
         for start in range(0, len(texts), _BATCH):
-            features = prepare(texts[start : start + _BATCH])
+            taken = order[start : start + _BATCH]
+            features = prepare([texts[i] for i in taken])
             counts = features["attention_mask"].sum(dim=1).tolist()
             with torch.inference_mode():
                 output = model(batch_to_device(features, model.device))
             vectors = output["sentence_embedding"].float().cpu().numpy()
-            rows.extend(zip(vectors, (int(c) for c in counts), strict=True))
+            for i, vector, count in zip(taken, vectors, counts, strict=True):
+                rows[i] = (vector, int(count))
         return rows
+
+
+def _longest_first(lengths: list[int]) -> list[int]:
+    """Indices from the longest input to the shortest: passes of inputs of like length pad
+    little (sentence-transformers' own order)."""
+    return sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
 
 
 def _truncate(vector: Any, dimensions: int) -> Any:
