@@ -6,6 +6,7 @@ there; the server builds nothing itself."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -119,6 +120,14 @@ def test_a_node_builds_the_engine_environment_through_ray(
     assert "runtime_resources/uv/" in interpreter, interpreter
     envs = server.home / "envs"
     assert not envs.exists() or not any(envs.iterdir())
+    # `inferd engine list` names it, on the cluster's nodes, with the model running in it.
+    listed = json.loads(server.cli("engine", "list", "--json", "-e", server.url).stdout)["data"]
+    assert [(e["name"], e["where"], e["models"]) for e in listed] == [
+        (described["engine_env"], "cluster nodes", [uid])
+    ]
+    assert listed[0]["locked"] and listed[0]["size_bytes"] is None
+    table = server.cli("engine", "list", "-e", server.url).stdout
+    assert described["engine_env"] in table and "cluster nodes" in table, table
     answer = httpx.post(
         f"{server.url}/v1/embeddings", json={"model": uid, "input": "a node's own"}, timeout=60
     )

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from inferd.api.deps import manager as _manager
 from inferd.envs import SPECS, list_envs
+from inferd.envs.builder import EnvPlan
 from inferd.envs.store import read_env, remove_env
 from inferd.errors import Conflict, NotFound
 from inferd.runtime.engine_env import EngineEnvs, current_platform
@@ -32,9 +33,19 @@ async def list_environments(request: Request) -> dict[str, Any]:
     manager = _manager(request)
     users = _users(manager)
     built = await asyncio.to_thread(list_envs, manager.engine_envs.builder.root)
+    here = {env.name for env in built}
+    # On a Ray cluster the nodes build environments through Ray (runtime_env) and keep their
+    # files: those in use are named by their models, with no size or path here.
+    on_nodes = (
+        {m.env_plan.name: m.env_plan for m in manager.list() if m.env_plan is not None}
+        if request.app.state.cluster is not None
+        else {}
+    )
+    listed = [{**e.as_dict(), "where": "here", "models": users.get(e.name, [])} for e in built]
+    listed += [_on_nodes(plan, users[name]) for name, plan in on_nodes.items() if name not in here]
     platform = current_platform()
     return {
-        "data": [{**env.as_dict(), "models": users.get(env.name, [])} for env in built],
+        "data": listed,
         "engines": {
             name: {"locked_versions": spec.locked_versions(platform), "package": spec.package}
             for name, spec in SPECS.items()
@@ -77,6 +88,23 @@ async def remove_environment(name: str, request: Request) -> dict[str, Any]:
     found = await asyncio.to_thread(read_env, root / name, True)
     await asyncio.to_thread(remove_env, root / name)
     return {"removed": name, "size_bytes": found.size_bytes if found else 0}
+
+
+def _on_nodes(plan: EnvPlan, models: list[str]) -> dict[str, Any]:
+    return {
+        "name": plan.name,
+        "engine": plan.spec.engine,
+        "version": plan.version,
+        "platform": plan.platform,
+        "path": None,
+        "locked": plan.lock is not None,
+        "packages": list(plan.packages),
+        "created": None,
+        "size_bytes": None,
+        "python": None,
+        "where": "cluster nodes",
+        "models": models,
+    }
 
 
 def _users(manager: ModelManager) -> dict[str, list[str]]:

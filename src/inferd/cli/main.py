@@ -543,20 +543,23 @@ def engine_install(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @endpoint_option
 def engine_list(as_json: bool, endpoint: str | None) -> None:
-    """The engine environments built here, their size, and the models running in each."""
+    """The engine environments built here (or, on a Ray cluster, on its nodes), their size,
+    and the models running in each."""
     listing = _request(endpoint, "GET", "/v1/engine_environments")
     if as_json:
         click.echo(json.dumps(listing, indent=2))
         return
-    table = Table("Environment", "Engine", "Version", "Size", "Models", "Built")
+    table = Table("Environment", "Engine", "Version", "Where", "Size", "Models", "Built")
     for env in listing["data"]:
+        size, created = env["size_bytes"], env["created"]
         table.add_row(
             env["name"],
             env["engine"],
             env["version"] + ("" if env["locked"] else " (unlocked)"),
-            f"{env['size_bytes'] / 1e6:,.0f} MB",
+            env.get("where", "here"),
+            "-" if size is None else f"{size / 1e6:,.0f} MB",
             ", ".join(env["models"]) or "-",
-            time.strftime("%Y-%m-%d %H:%M", time.localtime(env["created"])),
+            "-" if created is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(created)),
         )
     out.print(table)
     engines = ", ".join(
