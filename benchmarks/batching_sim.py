@@ -25,41 +25,47 @@ _POOL = ThreadPoolExecutor(1)
 
 async def serve(
     queue: asyncio.Queue[asyncio.Future[None]],
-    rule: tuple[float, float] | None,
+    rule: tuple[float, float, bool] | None,
     pass_seconds: float,
     sizes: list[int],
 ) -> None:
     loop = asyncio.get_running_loop()
-    crowd, took = 1, 0.0
+    crowd, took, free_at = 1, 0.0, 0.0
+    skip, backoff = 0, 1  # passes not to wait before, after a wait the crowd did not fill
     while True:
         batch = [await queue.get()]
-        if rule is not None:
-            share, cap = rule
-            until = time.perf_counter() + min(took * share, cap)
-            while len(batch) < 64:
-                if queue.empty():
+        while len(batch) < 64 and not queue.empty():
+            batch.append(queue.get_nowait())
+        if rule is not None and len(batch) < crowd:
+            share, cap, learns = rule
+            if learns and skip:
+                skip -= 1
+            else:
+                until = free_at + min(took * share, cap)
+                while len(batch) < min(crowd, 64):
                     left = until - time.perf_counter()
-                    if len(batch) >= crowd or left <= 0:
+                    if left <= 0:
                         break
                     try:
                         batch.append(await asyncio.wait_for(queue.get(), left))
                     except asyncio.TimeoutError:
                         break
-                else:
-                    batch.append(queue.get_nowait())
-        else:
-            while len(batch) < 64 and not queue.empty():
-                batch.append(queue.get_nowait())
+                if learns:
+                    if len(batch) >= crowd:
+                        backoff = 1
+                    else:
+                        skip, backoff = backoff, min(backoff * 2, 64)
         started = time.perf_counter()
         sizes.append(len(batch))
         await loop.run_in_executor(_POOL, time.sleep, pass_seconds)
         for answer in batch:
             answer.set_result(None)
-        crowd, took = len(batch) + queue.qsize(), time.perf_counter() - started
+        free_at = time.perf_counter()
+        crowd, took = len(batch) + queue.qsize(), free_at - started
 
 
 async def trial(
-    rule: tuple[float, float] | None, rt: float, clients: int, pass_seconds: float
+    rule: tuple[float, float, bool] | None, rt: float, clients: int, pass_seconds: float
 ) -> tuple[float, float]:
     queue: asyncio.Queue[asyncio.Future[None]] = asyncio.Queue()
     sizes: list[int] = []
@@ -84,11 +90,12 @@ async def main() -> None:
     parser.add_argument("--pass-ms", type=float, default=8)
     args = parser.parse_args()
     pass_seconds = args.pass_ms / 1000
-    rules: dict[str, tuple[float, float] | None] = {
+    rules: dict[str, tuple[float, float, bool] | None] = {
         "take": None,
-        "crowd(0.25, 2 ms)": (0.25, 0.002),
-        "crowd(0.5, 5 ms)": (0.5, 0.005),
-        "crowd(1, 10 ms)": (1.0, 0.010),
+        "crowd(0.25, 2 ms)": (0.25, 0.002, False),
+        "crowd(1, 10 ms)": (1.0, 0.010, False),
+        "crowd(1, 10 ms), backing off": (1.0, 0.010, True),
+        "crowd(0.5, 10 ms), backing off": (0.5, 0.010, True),
     }
     for rt in (0.0005, 0.0015, 0.004, 0.008):
         cells = []
