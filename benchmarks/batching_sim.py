@@ -4,11 +4,12 @@
 
 A pass costs the same whatever it holds (short texts on a GPU: the model's Python, not its
 arithmetic), and each client sends its next request a while after its answer (`rt`, spread
-0.5-1.5x). Two rules: `take`, what inferd's DynamicBatcher does (a pass starts with whatever is
+0.5-1.5x). The rules: `take`, what inferd's DynamicBatcher does (a pass starts with whatever is
 queued), and `crowd(share, cap)`, tried for issue 17 and not landed: a pass that would hold fewer
 requests than were around at the end of the last one (its own and those queued meanwhile) waits
-for the rest, at most `share` of the last pass's time and never more than `cap`. Prints requests
-a second and the mean pass for 32 and for 4 clients.
+for the rest until `share` of the last pass's time has gone by since it ended (never more than
+`cap`); "backing off", it then skips waiting for 1, 2, 4 ... 64 passes after a wait the crowd
+did not fill. Prints requests a second and the mean pass for 32 and for 4 clients.
 Results: benchmarks/results/embeddings_h200.txt.
 """
 
