@@ -12,9 +12,14 @@ query. Texts are `--words` words long (a query-sized and a chunk-sized length by
   single client gets) and on 32 and 64 requests' worth at once; the better of the two batched
   rates is what inferd at 32 clients is held against (the issue's bar: 0.8x).
 - inferd: `inferd serve`, each folder registered as Xinference users do, launched on the GPU,
-  then 1 and 32 clients in a closed loop (clients spread over processes), one model at a time.
+  then 1 and 32 clients in a closed loop (clients spread over processes), and 32 clients sending
+  `--lists` texts a request, one model at a time. At 32 clients it also reports the cores each
+  of the server's processes kept busy, the CPU a request cost each, and the inputs the model's
+  passes held (py-spy's stacks too, with `--spy-dir`). `--src LABEL=DIR`, repeated, measures
+  several sources of inferd one after another on the same machine.
 
     python benchmarks/gpu/embeddings.py [--seconds 8] [--words 12,200] [--docs 8] [--models ...]
+        [--lists 32] [--spy-dir DIR] [--src before=DIR --src after=DIR]
 
 Prints one JSON line per measurement and a table at the end.
 """
