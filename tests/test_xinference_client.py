@@ -201,6 +201,18 @@ def test_cache_entries_by_model_version(xclient: RESTfulClient, launched: Inferd
     for pattern in ("*", "gemma*", "/etc", "../cache"):
         answer = httpx.get(listed, params={"model_name": pattern})
         assert answer.status_code == 200 and answer.json()["list"] == [], pattern
+    # Names longer than a file name can be (128 characters of 3 bytes each) name nothing
+    # cached: a 404 to remove, never the filesystem's error (the fuzz test found a 500).
+    long = "a" + "\u4e2d" * 127
+    answer = httpx.get(listed, params={"model_name": long})
+    assert answer.status_code == 200 and answer.json()["list"] == []
+    for given in ({"model_name": long}, {"model_version": f"{long}--pytorch-0b-none"},
+                  {"model_version": f"unused--{'x' * 300}"}):  # fmt: skip
+        answer = httpx.delete(listed, params=given)
+        assert answer.status_code == 404, (given, answer.text)
+        assert answer.json()["error"]["param"] == next(iter(given)), answer.text
+    answer = httpx.get(f"{listed}/files", params={"model_version": f"{long}--pytorch-0b-none"})
+    assert answer.status_code == 404, answer.text
     with pytest.raises(RuntimeError, match="in use"):
         xclient.confirm_and_remove_model(gemma["model_version"])
 
