@@ -180,8 +180,7 @@ def list_cache(cache_root: Path, model_name: str | None = None) -> list[dict[str
     entries: list[dict[str, object]] = []
     if not cache_root.exists():
         return entries
-    # The name is matched exactly, never as a pattern: "*" or "/etc" name no model.
-    if model_name is not None and not (MODEL_NAME.fullmatch(model_name) and _fits(model_name)):
+    if model_name is not None and not _cached_name(model_name):
         return entries
     folders = [cache_root / model_name] if model_name else sorted(cache_root.iterdir())
     markers = [
@@ -212,6 +211,13 @@ def list_cache(cache_root: Path, model_name: str | None = None) -> list[dict[str
     return entries
 
 
+def _cached_name(model_name: str) -> bool:
+    """Whether `model_name` can name a folder of the cache. It is matched exactly, never as a
+    pattern ("*" or "/etc" name no model), and one longer than a file name can be is not asked
+    of the filesystem."""
+    return bool(MODEL_NAME.fullmatch(model_name)) and _fits(model_name)
+
+
 def _fits(name: str) -> bool:
     """Whether `name` can be one file name (255 bytes on Linux filesystems)."""
     return len(name.encode("utf-8", "surrogatepass")) <= 255
@@ -222,11 +228,7 @@ def remove_cached(
 ) -> tuple[list[str], int]:
     """Delete a model's cached variants (all, or the one named); the paths removed and the
     bytes freed."""
-    # Matched exactly, as list_cache matches them: a name no model can have names nothing
-    # cached, and one longer than a file name can be is not asked of the filesystem.
-    if not (MODEL_NAME.fullmatch(model_name) and _fits(model_name)):
-        return [], 0
-    if variant is not None and not _fits(variant):
+    if not _cached_name(model_name) or (variant is not None and not _fits(variant)):
         return [], 0
     root = cache_root.resolve()
     folder = cache_root / model_name
