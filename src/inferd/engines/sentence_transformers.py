@@ -7,8 +7,9 @@ model launched as rerank, a bi-encoder (query and documents embedded, compared b
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from inferd.engines.base import Engine, Json, flag
 from inferd.engines.batching import DynamicBatcher
@@ -16,6 +17,9 @@ from inferd.engines.ranking import rerank_response
 from inferd.errors import InvalidRequest
 
 _BATCH = 64
+
+Item = TypeVar("Item")
+Row = TypeVar("Row")
 
 
 class SentenceTransformersEngine(Engine):
@@ -149,11 +153,9 @@ class SentenceTransformersEngine(Engine):
         prompt = resolve(None, None) if resolve is not None else None  # the model's default
         extra = {"prompt": prompt} if prompt is not None else {}
         activation = model.activation_fn
-        order = _longest_first([len(query) + len(document) for query, document in pairs])
-        rows: list[tuple[float, int]] = [(0.0, 0)] * len(pairs)
-        for start in range(0, len(pairs), _BATCH):
-            taken = order[start : start + _BATCH]
-            features = prepare([pairs[i] for i in taken], **extra)
+
+        def one_pass(batch: list[tuple[str, str]]) -> list[tuple[float, int]]:
+            features = prepare(batch, **extra)
             counts = features["attention_mask"].sum(dim=1).tolist()
             with torch.inference_mode():
                 scores = model(batch_to_device(features, model.device))["scores"].float()
@@ -161,9 +163,9 @@ class SentenceTransformersEngine(Engine):
                     scores = activation(scores)
                 if scores.ndim > 1 and model.num_labels == 1:
                     scores = scores.squeeze(-1)
-            for i, score, count in zip(taken, scores.cpu().tolist(), counts, strict=True):
-                rows[i] = (score, int(count))
-        return rows
+            return list(zip(scores.cpu().tolist(), (int(c) for c in counts), strict=True))
+
+        return _in_passes(pairs, [len(query) + len(doc) for query, doc in pairs], one_pass)
 
     def _predicted(self, pairs: list[tuple[str, str]]) -> list[tuple[float, int]]:
         model = self._model
@@ -190,24 +192,30 @@ class SentenceTransformersEngine(Engine):
         # `preprocess` replaced `tokenize` in sentence-transformers 6; both truncate as the
         # model does, so the mask counts the tokens it saw.
         prepare = getattr(model, "preprocess", None) or model.tokenize
-        order = _longest_first([len(text) for text in texts])
-        rows: list[tuple[Any, int]] = [(None, 0)] * len(texts)
-        for start in range(0, len(texts), _BATCH):
-            taken = order[start : start + _BATCH]
-            features = prepare([texts[i] for i in taken])
+
+        def one_pass(batch: list[str]) -> list[tuple[Any, int]]:
+            features = prepare(batch)
             counts = features["attention_mask"].sum(dim=1).tolist()
             with torch.inference_mode():
                 output = model(batch_to_device(features, model.device))
             vectors = output["sentence_embedding"].float().cpu().numpy()
-            for i, vector, count in zip(taken, vectors, counts, strict=True):
-                rows[i] = (vector, int(count))
-        return rows
+            return list(zip(vectors, (int(c) for c in counts), strict=True))
+
+        return _in_passes(texts, [len(text) for text in texts], one_pass)
 
 
-def _longest_first(lengths: list[int]) -> list[int]:
-    """Indices from the longest input to the shortest: passes of inputs of like length pad
-    little (sentence-transformers' own order)."""
-    return sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
+def _in_passes(
+    inputs: list[Item], lengths: list[int], one_pass: Callable[[list[Item]], list[Row]]
+) -> list[Row]:
+    """`one_pass`'s rows for `inputs`, in their order, from passes of _BATCH inputs taken
+    longest first: passes of inputs of like length pad little (sentence-transformers' own
+    order)."""
+    order = sorted(range(len(inputs)), key=lengths.__getitem__, reverse=True)
+    rows: dict[int, Row] = {}
+    for start in range(0, len(inputs), _BATCH):
+        taken = order[start : start + _BATCH]
+        rows.update(zip(taken, one_pass([inputs[i] for i in taken]), strict=True))
+    return [rows[i] for i in range(len(inputs))]
 
 
 def _truncate(vector: Any, dimensions: int) -> Any:
