@@ -175,7 +175,56 @@ def alone(
     return out
 
 
+def reference(name: str, folder: Path, device: str) -> list[Any]:
+    """sentence-transformers' own answers for `checked_texts`: their vectors, or the scores of
+    each against the first as the query."""
+    texts = checked_texts()
+    if SHAPES[name][0] == "embedding":
+        from sentence_transformers import SentenceTransformer
+
+        return SentenceTransformer(str(folder), device=device).encode(texts).tolist()
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(str(folder), device=device)
+    return model.predict([(texts[0], t) for t in texts]).tolist()
+
+
+def checked_texts() -> list[str]:
+    rng = random.Random(3)
+    return [text(rng, words) for words in (3, 12, 40, 120, 200, 300)]
+
+
 # -- inferd -------------------------------------------------------------------------------
+
+
+def answers(base: str, name: str) -> list[Any]:
+    """inferd's answers for `checked_texts`, as `reference` gives them: each text in a request
+    of its own (each a different padded shape), and all of them in one."""
+    texts = checked_texts()
+    if SHAPES[name][0] == "embedding":
+        alone = [
+            httpx.post(f"{base}/v1/embeddings", json={"model": name, "input": t}).json()
+            for t in texts
+        ]
+        together = httpx.post(f"{base}/v1/embeddings", json={"model": name, "input": texts})
+        return [a["data"][0]["embedding"] for a in alone] + [
+            d["embedding"] for d in together.json()["data"]
+        ]
+    ranked = httpx.post(
+        f"{base}/v1/rerank", json={"model": name, "query": texts[0], "documents": texts}
+    ).json()["results"]
+    return [r["relevance_score"] for r in sorted(ranked, key=lambda r: r["index"])]
+
+
+def deviation(got: list[Any], expected: list[Any]) -> float:
+    """The largest absolute difference between inferd's numbers and sentence-transformers'."""
+    import numpy as np
+
+    want = np.asarray(expected, dtype=np.float64)
+    have = np.asarray(got, dtype=np.float64)
+    if have.shape != want.shape:  # the embeddings: each alone, then the list
+        want = np.concatenate([want, want])
+    return float(np.abs(have - want).max())
 
 
 def request(
@@ -245,6 +294,7 @@ def served(
     seconds: float,
     watch: Watch,
     lists: int,
+    expected: list[Any],
 ) -> dict[int, dict[str, Rate]]:
     """Rates at 1 and 32 clients sending one text (or rerank request) each, and, for embedding
     models, 32 clients sending `lists` texts a request (counted in texts); the cores each of the
@@ -260,9 +310,11 @@ def served(
     say({"model": name, "launched_s": round(time.time() - started, 1), "on": described})
     out: dict[int, dict[str, Rate]] = {}
     try:
+        say({"model": name, "max_abs_diff_from_st": deviation(answers(base, name), expected)})
         for words in words_list:
             send = request(name, words, docs)
-            closed_loop(base, {}, 4, 2, send)  # warm-up: the first passes of each shape
+            # Warm-up at full load: the first pass of each shape records its CUDA graph.
+            closed_loop(base, {}, 32, 3, send)
             got = out[words] = {"1": closed_loop(base, {}, 1, seconds, send)}
             before = passes(base, name)
             with watch.during(32) as cores:
@@ -276,7 +328,7 @@ def served(
                  "inputs_a_pass": round(items / count, 1) if count else None})  # fmt: skip
             if kind == "embedding" and lists:
                 many = request(name, words, docs, texts=lists)
-                closed_loop(base, {}, 4, 2, many)
+                closed_loop(base, {}, 32, 2, many)
                 rated = closed_loop(base, {}, 32, seconds, many)
                 got["lists"] = replace(rated, per_second=rated.per_second * lists)
             for load, r in got.items():
@@ -284,6 +336,8 @@ def served(
                      "per_s": round(r.per_second, 1), "p50_ms": round(r.p50 * 1e3, 2),
                      "p99_ms": round(r.p99 * 1e3, 2), "errors": r.errors})  # fmt: skip
     finally:
+        logs = httpx.get(f"{base}/v1/models/{name}/logs", params={"tail": 400}).text
+        say({"model": name, "graphs": [line for line in logs.splitlines() if "passes of" in line]})
         httpx.delete(f"{base}/v1/models/{name}", timeout=120)
     return out
 
@@ -348,6 +402,7 @@ def main() -> None:
     folders = {name: build(name, root / "models") for name in names}
 
     engine: dict[str, dict[int, dict[str, float]]] = {}
+    expected = {name: reference(name, folders[name], args.device) for name in names}
     for name in names:
         for words in words_list:
             measured = alone(name, folders[name], words, args.docs, args.seconds, args.device)
@@ -360,7 +415,7 @@ def main() -> None:
     sources = [tuple(given.split("=", 1)) for given in args.src] or [("inferd", str(ROOT / "src"))]
     ours: dict[str, dict[str, dict[int, dict[str, Rate]]]] = {}
     for label, src in sources:
-        ours[label] = measure_inferd(root / label, Path(src), folders, words_list, args)
+        ours[label] = measure_inferd(root / label, Path(src), folders, expected, words_list, args)
 
     unit = {"embedding": "texts/s", "rerank": f"requests/s ({args.docs} docs each)"}
     print(
@@ -394,6 +449,7 @@ def measure_inferd(
     root: Path,
     src: Path,
     folders: dict[str, Path],
+    expected: dict[str, list[Any]],
     words_list: list[int],
     args: argparse.Namespace,
 ) -> dict[str, dict[int, dict[str, Rate]]]:
@@ -417,6 +473,7 @@ def measure_inferd(
                     args.seconds,
                     watch,
                     args.lists,
+                    expected[name],
                 )
             except RuntimeError as exc:
                 say({"model": name, "error": str(exc)})

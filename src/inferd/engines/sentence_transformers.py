@@ -36,6 +36,7 @@ class SentenceTransformersEngine(Engine):
         options = dict(self.config.options)
         device = options.pop("device", None)
         trust_remote_code = flag(options, "trust_remote_code")
+        eager = flag(options, "enforce_eager")  # vLLM's name for "no CUDA graphs"
         self._refuse_unknown(options)
         family = self.config.family
         self._cross = self.config.model_type == "rerank" and family["method"] == "cross-encoder"
@@ -65,6 +66,7 @@ class SentenceTransformersEngine(Engine):
                 trust_remote_code=trust_remote_code,
                 local_files_only=True,
             )
+        self._passes = None if eager else self._graphed()
         # One thread runs the model: torch already spreads one forward pass over every core,
         # and concurrent requests are batched into that pass rather than run side by side.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
@@ -76,6 +78,29 @@ class SentenceTransformersEngine(Engine):
         self._pairs: DynamicBatcher[tuple[str, str]] = DynamicBatcher(
             self._score_pairs, self._pool, max_items=_BATCH
         )
+
+    def _graphed(self) -> Any:
+        """The model's passes replayed as CUDA graphs (`GraphedPasses`) where it runs on a GPU
+        and its tokenizer pads on the right (the side the graphs pad), else None (eager)."""
+        model = self._model
+        tokenizer = getattr(model, "tokenizer", None)
+        if tokenizer is None or model.device.type != "cuda" or tokenizer.padding_side != "right":
+            return None
+        if getattr(model, "preprocess", None) is None:  # sentence-transformers before 6
+            return None
+        from inferd.engines.graphed_passes import GraphedPasses
+
+        output = "scores" if self._cross else "sentence_embedding"
+        return GraphedPasses(model, output, tokenizer.pad_token_id or 0, model.device)
+
+    def _forward(self, features: dict[str, Any], output: str) -> Any:
+        """The model's `output` for a pass's features (on the CPU), through CUDA graphs where
+        they are kept."""
+        if self._passes is not None:
+            return self._passes(features)
+        from sentence_transformers.util import batch_to_device
+
+        return self._model(batch_to_device(features, self._model.device))[output]
 
     def slots(self) -> int:
         # Requests share forward passes of up to _BATCH texts (or query-document pairs).
@@ -143,7 +168,6 @@ class SentenceTransformersEngine(Engine):
         a time on every call, most of a short pair's time on a GPU, and the token counts would
         need a second tokenization."""
         import torch
-        from sentence_transformers.util import batch_to_device
 
         model = self._model
         prepare = getattr(model, "preprocess", None)
@@ -158,7 +182,7 @@ class SentenceTransformersEngine(Engine):
             features = prepare(batch, **extra)
             counts = features["attention_mask"].sum(dim=1).tolist()
             with torch.inference_mode():
-                scores = model(batch_to_device(features, model.device))["scores"].float()
+                scores = self._forward(features, "scores").float()
                 if activation is not None:
                     scores = activation(scores)
                 if scores.ndim > 1 and model.num_labels == 1:
@@ -186,7 +210,6 @@ class SentenceTransformersEngine(Engine):
         tokenize a second time and walk the model's modules on every call: a millisecond of
         a single sentence's ten."""
         import torch
-        from sentence_transformers.util import batch_to_device
 
         model = self._model
         # `preprocess` replaced `tokenize` in sentence-transformers 6; both truncate as the
@@ -197,8 +220,7 @@ class SentenceTransformersEngine(Engine):
             features = prepare(batch)
             counts = features["attention_mask"].sum(dim=1).tolist()
             with torch.inference_mode():
-                output = model(batch_to_device(features, model.device))
-            vectors = output["sentence_embedding"].float().cpu().numpy()
+                vectors = self._forward(features, "sentence_embedding").float().cpu().numpy()
             return list(zip(vectors, (int(c) for c in counts), strict=True))
 
         return _in_passes(texts, [len(text) for text in texts], one_pass)

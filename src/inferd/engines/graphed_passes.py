@@ -1,0 +1,195 @@
+"""An encoder's forward passes replayed as CUDA graphs, one graph per padded shape.
+
+Eager PyTorch launches every kernel of every layer from Python: on the H200 host measured, a
+pass of 16 short texts through a 6-layer MiniLM costs milliseconds of the model thread's time
+while the GPU works for a fraction of one, so 32 clients sending one text each got a quarter of
+the rate sentence-transformers reaches with 64 texts a call. A CUDA graph replays a whole pass
+with one call.
+
+A graph has fixed shapes, so a pass is padded up to a bucket of rows and tokens: the extra
+token columns are masked out (attention mask 0) and the extra rows repeat the first row and are
+dropped, so the real rows' results are those of the unpadded pass. A bucket's graph is captured
+the first time a pass needs it and kept only if it replayed faster than the eager pass it
+would replace, both timed then: for long texts on a large model the GPU's arithmetic is the
+limit, and padding would cost more than the launches it saves. A model whose pass reads its
+inputs on the host (a synchronisation, which capture refuses) stays eager.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# Rows a padded pass holds: a pass of n rows takes the first that fits.
+ROWS = (1, 2, 4, 8, 16, 24, 32, 48, 64)
+# Tokens a padded pass holds at most; longer passes run eagerly.
+MAX_TOKENS = 512
+# Graphs are tried only for passes of at most this many parameters x padded tokens (about 0.4
+# TFLOP): beyond it the GPU's arithmetic outlasts launching the kernels, so a graph saves little
+# and padding costs more, and trying would stall the model's queue for the capture and timing of
+# many large passes. On the H200 measured, bge-large (335M parameters) lost with graphs from
+# 8 x 256 tokens and MiniLM-L6 (23M) won up to 16 x 256.
+MAX_WORK = 2e11
+
+
+def bucket(rows: int, tokens: int) -> tuple[int, int] | None:
+    """The padded shape a pass of `rows` x `tokens` runs at, or None when none is kept (more
+    rows or tokens than any graph holds). Tokens round up to 16 to 128, then to 64, so long
+    inputs pad by at most a few percent."""
+    fits = [r for r in ROWS if r >= rows]
+    if not fits or tokens > MAX_TOKENS:
+        return None
+    step = 16 if tokens <= 128 else 64
+    return fits[0], -(-tokens // step) * step
+
+
+def padded(features: dict[str, Any], shape: tuple[int, int], pad_id: int) -> dict[str, Any] | None:
+    """`features` (a tokenizer's right-padded rows x tokens tensors) padded to `shape`: new token
+    columns hold `pad_id` in `input_ids` and 0 elsewhere (so the attention mask hides them), new
+    rows repeat the first row. None when a tensor is not one of rows x tokens, whose padding this
+    cannot know."""
+    rows, tokens = features["attention_mask"].shape
+    out: dict[str, Any] = {}
+    for key, value in features.items():
+        if not isinstance(value, torch.Tensor):
+            out[key] = value
+            continue
+        if tuple(value.shape) != (rows, tokens):
+            return None
+        grown = value.new_full(shape, pad_id if key == "input_ids" else 0)
+        grown[:rows, :tokens] = value
+        grown[rows:] = grown[0]
+        out[key] = grown
+    return out
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    inputs: dict[str, torch.Tensor]
+    output: torch.Tensor
+
+
+class GraphedPasses:
+    """Calls `module(features)[output]` for a tokenizer's features, through a CUDA graph of the
+    padded shape where one is kept, eagerly otherwise; returns the real rows' outputs on the
+    device.
+
+    Not thread-safe: one thread (the engine's model thread) makes every call, and one shared
+    memory pool serves all graphs because each replay's output is copied before the next."""
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        output: str,
+        pad_id: int,
+        device: torch.device,
+    ) -> None:
+        self._module = module
+        self._params = sum(p.numel() for p in module.parameters())
+        self._output = output
+        self._pad_id = pad_id
+        self._device = device
+        with torch.cuda.device(device):
+            self._pool = torch.cuda.graph_pool_handle()
+        self._graphs: dict[Hashable, _Graph | None] = {}  # None: this shape runs eagerly
+
+    @property
+    def graphs(self) -> int:
+        """Graphs kept (for the launch's log and the tests)."""
+        return sum(graph is not None for graph in self._graphs.values())
+
+    def __call__(self, features: dict[str, Any]) -> torch.Tensor:
+        with torch.cuda.device(self._device):
+            return self._run(features)
+
+    def _run(self, features: dict[str, Any]) -> torch.Tensor:
+        rows = features["attention_mask"].shape[0]
+        shape = bucket(*features["attention_mask"].shape)
+        grown = None if shape is None else padded(features, shape, self._pad_id)
+        if shape is None or grown is None or self._params * shape[0] * shape[1] > MAX_WORK:
+            return self._eager(features)
+        # The features' constants (sentence-transformers' `modality`) are part of what a
+        # graph recorded.
+        key = (
+            shape,
+            *sorted((k, None if isinstance(v, torch.Tensor) else v) for k, v in grown.items()),
+        )
+        try:
+            hash(key)
+        except TypeError:
+            return self._eager(features)
+        if key not in self._graphs:
+            self._graphs[key] = self._captured(features, grown, shape)
+        graph = self._graphs[key]
+        if graph is None:
+            return self._eager(features)
+        for name, buffer in graph.inputs.items():
+            buffer.copy_(grown[name])
+        graph.graph.replay()
+        return graph.output[:rows].clone()
+
+    def _eager(self, features: dict[str, Any]) -> torch.Tensor:
+        on_device = {
+            k: v.to(self._device) if isinstance(v, torch.Tensor) else v for k, v in features.items()
+        }
+        return self._module(on_device)[self._output]
+
+    def _captured(
+        self, features: dict[str, Any], grown: dict[str, Any], shape: tuple[int, int]
+    ) -> _Graph | None:
+        """The padded shape's graph, or None where the eager pass was as fast or capture
+        failed (the model synchronises with the host inside its pass)."""
+        eager_s = _fastest(lambda: self._eager(features))
+        inputs = {k: v.to(self._device) for k, v in grown.items() if isinstance(v, torch.Tensor)}
+        constants = {k: v for k, v in grown.items() if not isinstance(v, torch.Tensor)}
+        # Lazy initialisations (cuBLAS handles, kernel choices) happen outside the capture.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._module({**inputs, **constants})
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+                output = self._module({**inputs, **constants})[self._output]
+        except RuntimeError as error:
+            torch.cuda.synchronize()  # a broken context raises here, and is not hidden
+            log.info("passes of shape %s stay eager: capture failed (%s)", shape, error)
+            return None
+        captured = _Graph(graph, inputs, output)
+
+        def replay() -> None:
+            for name, buffer in inputs.items():
+                buffer.copy_(grown[name])
+            graph.replay()
+
+        graph_s = _fastest(replay)
+        log.info(
+            "passes of shape %s: eager %.2f ms, graph %.2f ms%s",
+            shape,
+            eager_s * 1e3,
+            graph_s * 1e3,
+            "" if graph_s < eager_s else " (eager kept)",
+        )
+        return captured if graph_s < eager_s else None
+
+
+def _fastest(run: Callable[[], Any], times: int = 3) -> float:
+    """The shortest of `times` timed runs, after one untimed (seconds, the GPU finished)."""
+    run()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(times):
+        start = time.perf_counter()
+        run()
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best

