@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from pydantic import BaseModel, Field
 from inferd.api.deps import manager as _manager
 from inferd.envs import SPECS, list_envs
 from inferd.envs.builder import EnvPlan
-from inferd.envs.store import read_env, remove_env
+from inferd.envs.store import EnvInfo, read_env, remove_env
 from inferd.errors import Conflict, NotFound
 from inferd.runtime.engine_env import EngineEnvs, current_platform
 from inferd.runtime.manager import ModelManager
@@ -91,17 +92,17 @@ async def remove_environment(name: str, request: Request) -> dict[str, Any]:
 
 
 def _on_nodes(plan: EnvPlan, models: list[str]) -> dict[str, Any]:
+    """A node-built environment listed as a built one is (`EnvInfo.as_dict`), what only its
+    node knows (path, date, size, interpreter) left null."""
+    unknown = dict.fromkeys([field.name for field in fields(EnvInfo)] + ["python"])
     return {
+        **unknown,
         "name": plan.name,
         "engine": plan.spec.engine,
         "version": plan.version,
         "platform": plan.platform,
-        "path": None,
         "locked": plan.lock is not None,
         "packages": list(plan.packages),
-        "created": None,
-        "size_bytes": None,
-        "python": None,
         "where": "cluster nodes",
         "models": models,
     }
