@@ -133,3 +133,30 @@ def test_graphs_answer_as_eager_passes(folders: dict[str, Path], kind: str) -> N
         torch.testing.assert_close(got, eager(model, kind, given), atol=1e-4, rtol=1e-4)
     # A 2-layer model's passes are all launches: each shape's graph beat its eager pass.
     assert passes.graphs == 4, passes.graphs
+
+
+class _ReadsOnTheHost(torch.nn.Module):
+    """A model whose pass reads a number back on the host (a synchronisation capture refuses)."""
+
+    def __init__(self, inner: torch.nn.Module, output: str) -> None:
+        super().__init__()
+        self.inner, self.output = inner, output
+
+    def forward(self, features: dict[str, Any]) -> dict[str, Any]:
+        out = self.inner(features)
+        if float(out[self.output].abs().sum()) < 0:  # never: the read is what matters
+            raise AssertionError
+        return out
+
+
+@pytest.mark.gpu
+def test_a_pass_capture_refuses_stays_eager(folders: dict[str, Path]) -> None:
+    model = load("embedding", folders["embedding"], "cuda")
+    reading = _ReadsOnTheHost(model, OUTPUT["embedding"])
+    passes = GraphedPasses(reading, OUTPUT["embedding"], model.tokenizer.pad_token_id, model.device)
+    for _ in range(2):
+        given = features("embedding", model, TEXTS[:3])
+        with torch.inference_mode():
+            got = passes(given)
+        torch.testing.assert_close(got, eager(model, "embedding", given), atol=1e-5, rtol=1e-5)
+    assert passes.graphs == 0

