@@ -187,6 +187,30 @@ def test_embedding_dimensions_truncate_and_renormalise(client: openai.OpenAI) ->
     assert math.sqrt(sum(x * x for x in vector.embedding)) == pytest.approx(1.0, abs=1e-4)
 
 
+def test_an_embedding_model_in_half_precision(launched) -> None:  # type: ignore[no-untyped-def]
+    """`--dtype bfloat16` loads the weights in bfloat16: vectors near the float32 ones, not equal
+    to them; a precision the engine does not know is a 400 naming `dtype`."""
+    uid = "minilm-bf16"
+    out = launched.cli(
+        "launch", "--model-name", EMBEDDING, "--model-type", "embedding", "--model-uid", uid,
+        "--dtype", "bfloat16",
+    )  # fmt: skip
+    assert out.stdout.strip() == uid
+    try:
+        client = launched.openai()
+        texts = ["A man is playing a guitar.", "The stock market fell sharply today."]
+        half = client.embeddings.create(model=uid, input=texts).data
+        full = client.embeddings.create(model=EMBEDDING, input=texts).data
+        for h, f in zip(half, full, strict=True):
+            assert 0.99 < _cosine(h.embedding, f.embedding) < 1 - 1e-7
+    finally:
+        launched.cli("terminate", uid)
+    error = launched.refused_launch(
+        model_name=EMBEDDING, model_type="embedding", model_uid="minilm-f8", dtype="float8"
+    )
+    assert error["param"] == "dtype" and "bfloat16" in error["message"], error
+
+
 def test_json_schema_output_parses(client: openai.OpenAI) -> None:
     import json
 

@@ -19,7 +19,7 @@ query. Texts are `--words` words long (a query-sized and a chunk-sized length by
   several sources of inferd one after another on the same machine.
 
     python benchmarks/gpu/embeddings.py [--seconds 8] [--words 12,200] [--docs 8] [--models ...]
-        [--lists 32] [--spy-dir DIR] [--src before=DIR --src after=DIR]
+        [--lists 32] [--dtype float16] [--spy-dir DIR] [--src before=DIR --src after=DIR]
 
 Prints one JSON line per measurement and a table at the end.
 """
@@ -144,7 +144,7 @@ def rate(call: Callable[[], Any], items: int, seconds: float) -> float:
 
 
 def alone(
-    name: str, folder: Path, words: int, docs: int, seconds: float, device: str
+    name: str, folder: Path, words: int, docs: int, seconds: float, device: str, dtype: str | None
 ) -> dict[str, float]:
     """Requests a second: one request at a time, and 32 or 64 requests' worth per call."""
 
@@ -153,7 +153,7 @@ def alone(
     if SHAPES[name][0] == "embedding":
         from sentence_transformers import SentenceTransformer
 
-        model = SentenceTransformer(str(folder), device=device)
+        model = SentenceTransformer(str(folder), device=device, model_kwargs=weights(dtype))
         texts = [text(rng, words) for _ in range(64)]
         out["single"] = rate(lambda: model.encode(texts[:1]), 1, seconds)
         for n in (32, 64):
@@ -161,7 +161,7 @@ def alone(
     else:
         from sentence_transformers import CrossEncoder
 
-        model = CrossEncoder(str(folder), device=device)
+        model = CrossEncoder(str(folder), device=device, model_kwargs=weights(dtype))
         query = text(rng, 12)
         pairs = [(query, text(rng, words)) for _ in range(64 * docs)]
         out["single"] = rate(lambda: model.predict(pairs[:docs], batch_size=docs), 1, seconds)
@@ -175,17 +175,23 @@ def alone(
     return out
 
 
-def reference(name: str, folder: Path, device: str) -> list[Any]:
+def weights(dtype: str | None) -> dict[str, Any] | None:
+    """sentence-transformers' `model_kwargs` for `--dtype` (inferd's launch option of that name)."""
+    return {"dtype": dtype} if dtype else None
+
+
+def reference(name: str, folder: Path, device: str, dtype: str | None) -> list[Any]:
     """sentence-transformers' own answers for `checked_texts`: their vectors, or the scores of
     each against the first as the query."""
     texts = checked_texts()
     if SHAPES[name][0] == "embedding":
         from sentence_transformers import SentenceTransformer
 
-        return SentenceTransformer(str(folder), device=device).encode(texts).tolist()
+        model = SentenceTransformer(str(folder), device=device, model_kwargs=weights(dtype))
+        return model.encode(texts).tolist()
     from sentence_transformers import CrossEncoder
 
-    model = CrossEncoder(str(folder), device=device)
+    model = CrossEncoder(str(folder), device=device, model_kwargs=weights(dtype))
     return model.predict([(texts[0], t) for t in texts]).tolist()
 
 
@@ -295,6 +301,7 @@ def served(
     watch: Watch,
     lists: int,
     expected: list[Any],
+    dtype: str | None,
 ) -> dict[int, dict[str, Rate]]:
     """Rates at 1 and 32 clients sending one text (or rerank request) each, and, for embedding
     models, 32 clients sending `lists` texts a request (counted in texts); the cores each of the
@@ -302,7 +309,9 @@ def served(
     kind = SHAPES[name][0]
     started = time.time()
     answer = httpx.post(
-        f"{base}/v1/models", json={"model_name": name, "model_type": kind}, timeout=600
+        f"{base}/v1/models",
+        json={"model_name": name, "model_type": kind, **({"dtype": dtype} if dtype else {})},
+        timeout=600,
     )
     if answer.status_code != 200:
         raise RuntimeError(f"launch of {name}: {answer.status_code} {answer.text[:2000]}")
@@ -382,6 +391,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(SHAPES))
     parser.add_argument("--device", default="cuda", help="cpu: try the script on a machine without")
     parser.add_argument("--lists", type=int, default=32, help="texts a request in the list load")
+    parser.add_argument("--dtype", help="weights' precision, both sides (float16, bfloat16)")
     parser.add_argument("--spy-dir", type=Path, help="py-spy's stacks at 32 clients go here")
     parser.add_argument(
         "--src",
@@ -402,10 +412,12 @@ def main() -> None:
     folders = {name: build(name, root / "models") for name in names}
 
     engine: dict[str, dict[int, dict[str, float]]] = {}
-    expected = {name: reference(name, folders[name], args.device) for name in names}
+    expected = {name: reference(name, folders[name], args.device, args.dtype) for name in names}
     for name in names:
         for words in words_list:
-            measured = alone(name, folders[name], words, args.docs, args.seconds, args.device)
+            measured = alone(
+                name, folders[name], words, args.docs, args.seconds, args.device, args.dtype
+            )
             engine.setdefault(name, {})[words] = measured
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()  # the model is gone; its memory goes back for inferd
@@ -474,6 +486,7 @@ def measure_inferd(
                     watch,
                     args.lists,
                     expected[name],
+                    args.dtype,
                 )
             except RuntimeError as exc:
                 say({"model": name, "error": str(exc)})

@@ -31,12 +31,13 @@ log = logging.getLogger(__name__)
 ROWS = (1, 2, 4, 8, 16, 24, 32, 48, 64)
 # Tokens a padded pass holds at most; longer passes run eagerly.
 MAX_TOKENS = 512
-# Graphs are tried only for passes of at most this many parameters x padded tokens (about 0.4
-# TFLOP): beyond it the GPU's arithmetic outlasts launching the kernels, so a graph saves little
-# and padding costs more, and trying would stall the model's queue for the capture and timing of
-# many large passes. On the H200 measured, bge-large (335M parameters) lost with graphs from
-# 8 x 256 tokens and MiniLM-L6 (23M) won up to 16 x 256.
-MAX_WORK = 2e11
+# Where the GPU's arithmetic outlasts launching the kernels a graph saves little and padding
+# costs more, and trying it stalls the model's queue for about ten passes of that shape. Where
+# that starts depends on the GPU and the weights' precision (H200: bge-large, 335M parameters,
+# lost from 8 x 256 tokens in float32; in float16 it won 5x at 32 x 16 and 1 x 320), so it is
+# learned: once a graph loses, passes of as much work (parameters x padded tokens) or more are
+# not tried. MAX_WORK bounds the first tries (about 4 TFLOP: bge-large 16 x 384).
+MAX_WORK = 2e12
 
 
 def bucket(rows: int, tokens: int) -> tuple[int, int] | None:
@@ -100,6 +101,7 @@ class GraphedPasses:
         with torch.cuda.device(device):
             self._pool = torch.cuda.graph_pool_handle()
         self._graphs: dict[Hashable, _Graph | None] = {}  # None: this shape runs eagerly
+        self._losing_work = MAX_WORK  # the least work a graph lost at: not tried from there
 
     @property
     def graphs(self) -> int:
@@ -114,25 +116,26 @@ class GraphedPasses:
     def _run(self, features: dict[str, Any]) -> torch.Tensor:
         rows = features["attention_mask"].shape[0]
         shape = bucket(*features["attention_mask"].shape)
-        if shape is None or self._params * shape[0] * shape[1] > MAX_WORK:
-            return self._eager(features)
-        grown = padded(features, shape, self._pad_id)
-        if grown is None:
+        if shape is None:
             return self._eager(features)
         # The features' constants (sentence-transformers' `modality`) are part of what a
         # graph recorded.
         key = (
             shape,
-            *sorted((k, None if isinstance(v, torch.Tensor) else v) for k, v in grown.items()),
+            *sorted((k, None if isinstance(v, torch.Tensor) else v) for k, v in features.items()),
         )
         try:
             hash(key)
         except TypeError:
             return self._eager(features)
         if key not in self._graphs:
-            self._graphs[key] = self._captured(features, grown, shape)
+            work = self._params * shape[0] * shape[1]
+            if work >= self._losing_work:
+                return self._eager(features)
+            self._graphs[key] = self._captured(features, shape, work)
         graph = self._graphs[key]
-        if graph is None:
+        grown = padded(features, shape, self._pad_id) if graph is not None else None
+        if graph is None or grown is None:
             return self._eager(features)
         for name, buffer in graph.inputs.items():
             buffer.copy_(grown[name])
@@ -146,10 +149,14 @@ class GraphedPasses:
         return self._module(on_device)[self._output]
 
     def _captured(
-        self, features: dict[str, Any], grown: dict[str, Any], shape: tuple[int, int]
+        self, features: dict[str, Any], shape: tuple[int, int], work: float
     ) -> _Graph | None:
-        """The padded shape's graph, or None where the eager pass was as fast or capture
-        failed (the model synchronises with the host inside its pass)."""
+        """The padded shape's graph, or None where the eager pass was as fast (then no pass of
+        `work` or more is tried again), the features cannot be padded, or capture failed (the
+        model synchronises with the host inside its pass)."""
+        grown = padded(features, shape, self._pad_id)
+        if grown is None:
+            return None
         eager_s = _fastest(lambda: self._eager(features))
         inputs = {k: v.to(self._device) for k, v in grown.items() if isinstance(v, torch.Tensor)}
         constants = {k: v for k, v in grown.items() if not isinstance(v, torch.Tensor)}
@@ -182,7 +189,10 @@ class GraphedPasses:
             graph_s * 1e3,
             "" if graph_s < eager_s else " (eager kept)",
         )
-        return captured if graph_s < eager_s else None
+        if graph_s >= eager_s:
+            self._losing_work = min(self._losing_work, work)
+            return None
+        return captured
 
 
 def _fastest(run: Callable[[], Any], times: int = 3) -> float:

@@ -17,6 +17,9 @@ from inferd.engines.ranking import rerank_response
 from inferd.errors import InvalidRequest
 
 _BATCH = 64
+# Weights' precision a launch may ask for (`dtype`); the library's default is float32, "auto"
+# takes the checkpoint's own.
+_DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 Item = TypeVar("Item")
 Row = TypeVar("Row")
@@ -37,6 +40,12 @@ class SentenceTransformersEngine(Engine):
         device = options.pop("device", None)
         trust_remote_code = flag(options, "trust_remote_code")
         eager = flag(options, "enforce_eager")  # vLLM's name for "no CUDA graphs"
+        dtype = options.pop("dtype", None)
+        if dtype is not None and dtype not in _DTYPES:
+            raise InvalidRequest(
+                f"dtype must be one of {', '.join(_DTYPES)}, not {dtype!r}", param="dtype"
+            )
+        weights = {"dtype": dtype} if dtype is not None else None
         self._refuse_unknown(options)
         family = self.config.family
         self._cross = self.config.model_type == "rerank" and family["method"] == "cross-encoder"
@@ -49,6 +58,7 @@ class SentenceTransformersEngine(Engine):
                 max_length=family["max_tokens"],
                 trust_remote_code=trust_remote_code,
                 local_files_only=True,
+                model_kwargs=weights,
             )
             if self._model.num_labels != 1:
                 # A classifier of several labels (NLI's entailment/neutral/contradiction) gives
@@ -65,6 +75,7 @@ class SentenceTransformersEngine(Engine):
                 device=device,
                 trust_remote_code=trust_remote_code,
                 local_files_only=True,
+                model_kwargs=weights,
             )
         self._passes = None if eager else self._graphed()
         # One thread runs the model: torch already spreads one forward pass over every core,
