@@ -265,6 +265,12 @@ async def _unless_client_leaves(
 ) -> T:
     """`work`'s result, unless the client disconnects first (_ClientLeft) or the deadline
     passes (TimeoutError); either way `work` is cancelled and has ended when this returns."""
+    if client is None:
+        # Nothing to race but the clock: run `work` in this task under a timeout, with no
+        # task and wait to make per request (the whole answers of embeddings and rerank).
+        timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
+        async with asyncio.timeout(timeout):
+            return await work
     task = asyncio.ensure_future(work)
     left = asyncio.ensure_future(_disconnected(client)) if client is not None else None
     timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
