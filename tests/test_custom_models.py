@@ -18,7 +18,7 @@ from xinference_client import RESTfulClient
 
 from tests.conftest import LLM, InferdServer, restart
 from tests.test_images import tiny_sd_pipeline
-from tests.test_rerank import tiny_cross_encoder
+from tests.tiny_bert import tiny_cross_encoder
 
 pytestmark = pytest.mark.slow
 

