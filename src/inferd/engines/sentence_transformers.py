@@ -9,12 +9,15 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from inferd.engines.base import Engine, Json, flag
 from inferd.engines.batching import DynamicBatcher
 from inferd.engines.ranking import rerank_response
 from inferd.errors import InvalidRequest
+
+if TYPE_CHECKING:  # torch is imported by the model process only, when it loads
+    from inferd.engines.graphed_passes import GraphedPasses
 
 _BATCH = 64
 # Weights' precision a launch may ask for (`dtype`); the library's default is float32, "auto"
@@ -90,7 +93,7 @@ class SentenceTransformersEngine(Engine):
             self._score_pairs, self._pool, max_items=_BATCH
         )
 
-    def _graphed(self) -> Any:
+    def _graphed(self) -> GraphedPasses | None:
         """The model's passes replayed as CUDA graphs (`GraphedPasses`) where it runs on a GPU
         and its tokenizer pads on the right (the side the graphs pad), else None (eager)."""
         model = self._model
