@@ -77,6 +77,14 @@ class _Graph:
     inputs: dict[str, torch.Tensor]
     output: torch.Tensor
 
+    def replay(self, grown: dict[str, Any]) -> torch.Tensor:
+        """The output for `grown` (padded features): copied into the graph's inputs, replayed.
+        It is overwritten by the next replay of any graph sharing the pool."""
+        for name, buffer in self.inputs.items():
+            buffer.copy_(grown[name])
+        self.graph.replay()
+        return self.output
+
 
 class GraphedPasses:
     """Calls `module(features)[output]` for a tokenizer's features, through a CUDA graph of the
@@ -137,10 +145,7 @@ class GraphedPasses:
         grown = padded(features, shape, self._pad_id) if graph is not None else None
         if graph is None or grown is None:
             return self._eager(features)
-        for name, buffer in graph.inputs.items():
-            buffer.copy_(grown[name])
-        graph.graph.replay()
-        return graph.output[:rows].clone()
+        return graph.replay(grown)[:rows].clone()
 
     def _eager(self, features: dict[str, Any]) -> torch.Tensor:
         on_device = {
@@ -175,13 +180,7 @@ class GraphedPasses:
             log.info("passes of shape %s stay eager: capture failed (%s)", shape, error)
             return None
         captured = _Graph(graph, inputs, output)
-
-        def replay() -> None:
-            for name, buffer in inputs.items():
-                buffer.copy_(grown[name])
-            graph.replay()
-
-        graph_s = _fastest(replay)
+        graph_s = _fastest(lambda: captured.replay(grown))
         log.info(
             "passes of shape %s: eager %.2f ms, graph %.2f ms%s",
             shape,
