@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -130,3 +131,33 @@ def test_a_client_that_gives_up_frees_the_slot(launched: InferdServer) -> None:
         httpx.post(f"{launched.url}/v1/chat/completions", json=body, timeout=2)
     wait_idle(launched)
     wait_for(lambda: cancelled_tasks(launched) > before)
+
+
+def test_a_model_process_ends_a_whole_answer_whose_connection_closes(
+    launched: InferdServer,
+) -> None:
+    """The server's relay closes its connection to the model process when its client leaves or
+    the request runs out of time; the process must end the generation then by itself, not only
+    when the abort that follows reaches it (that one can be lost, or overtake the request)."""
+    uid = "abort-one-slot"
+    launched.cli("launch", "-n", LLM, "-u", uid, "--n_parallel", "1")
+    try:
+        pid = launched.models()[uid]["replicas"][0]["pid"]
+        # `python -m inferd.runtime.worker CONFIG SOCKET`: talk to the process as the server does.
+        socket = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[-2].decode()
+        transport = httpx.HTTPTransport(uds=socket)
+        story = {"model": uid, "messages": MESSAGES, **LONG}
+        process = httpx.Client(transport=transport, base_url="http://model")
+        with process, pytest.raises(httpx.ReadTimeout):
+            process.post("/chat/completions", json=story, timeout=2)
+        log = f"{launched.url}/v1/models/{uid}/logs"
+        wait_for(lambda: "cancel task" in httpx.get(log, params={"tail": 200}, timeout=10).text)
+        # The only slot is free: a short answer comes at once, not after the story.
+        reply = httpx.post(
+            f"{launched.url}/v1/chat/completions",
+            json={**story, "max_tokens": 2},
+            timeout=30,
+        )
+        assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 2
+    finally:
+        launched.cli("terminate", uid)

@@ -30,7 +30,7 @@ from inferd.errors import (
     TooManyRequests,
     UpstreamError,
 )
-from inferd.runtime.aborts import cancel
+from inferd.runtime.aborts import cancel, client_left
 from inferd.runtime.instance import ModelInstance
 from inferd.runtime.manager import ModelManager
 from inferd.runtime.process import ModelProcess
@@ -272,7 +272,7 @@ async def _unless_client_leaves(
         async with asyncio.timeout(timeout):
             return await work
     task = asyncio.ensure_future(work)
-    left = asyncio.ensure_future(_disconnected(client)) if client is not None else None
+    left = asyncio.ensure_future(client_left(client)) if client is not None else None
     timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
     try:
         waiting = {task} if left is None else {task, left}
@@ -292,12 +292,6 @@ async def _unless_client_leaves(
 
 class _ClientLeft(Exception):
     pass
-
-
-async def _disconnected(client: Request) -> None:
-    # The body has been read, so the next ASGI message can only be the disconnect.
-    while (await client.receive())["type"] != "http.disconnect":
-        pass
 
 
 def _count_stream_usage(path: str, body: dict, stream: bool) -> bool:

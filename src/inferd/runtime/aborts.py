@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import httpx
+from starlette.requests import Request
 
-from inferd.runtime.instance import ModelInstance
+if TYPE_CHECKING:  # the model process imports this module too, and needs no catalogue
+    from inferd.runtime.instance import ModelInstance
 
 
 class Aborts:
@@ -42,3 +45,10 @@ async def cancel(client: httpx.AsyncClient, request_id: str) -> bool:
         return bool(response.json().get("aborted"))
     except (httpx.HTTPError, ValueError):
         return False  # a process that is gone has nothing left to cancel
+
+
+async def client_left(request: Request) -> None:
+    """Returns once the client that sent `request` hangs up; its body must have been read,
+    so the next ASGI message can only be the disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -36,6 +36,7 @@ from starlette.routing import Route
 from inferd.engines import ENGINES
 from inferd.engines.base import Engine, EngineConfig, Json, flag
 from inferd.errors import InferdError, InvalidRequest, ModelUnavailable, RequestAborted
+from inferd.runtime.aborts import client_left
 from inferd.runtime.heap import freeze_startup_heap
 
 log = logging.getLogger("inferd.worker")
@@ -127,11 +128,13 @@ class Worker:
         return Response(text, media_type="text/plain; version=0.0.4")
 
     async def chat(self, request: Request) -> Response:
-        return await self._serve(request, _conforming(self.engine.chat), self.engine.chat_stream)
+        chat = _conforming(self.engine.chat)
+        return await self._serve(request, chat, self.engine.chat_stream, long=True)
 
     async def completions(self, request: Request) -> Response:
         engine = self.engine
-        return await self._serve(request, _conforming(engine.complete), engine.complete_stream)
+        complete = _conforming(engine.complete)
+        return await self._serve(request, complete, engine.complete_stream, long=True)
 
     async def embeddings(self, request: Request) -> Response:
         return await self._serve(request, self.engine.embed, None)
@@ -140,13 +143,13 @@ class Worker:
         return await self._serve(request, self.engine.rerank, None)
 
     async def transcriptions(self, request: Request) -> Response:
-        return await self._serve(request, self.engine.transcribe, None)
+        return await self._serve(request, self.engine.transcribe, None, long=True)
 
     async def speech(self, request: Request) -> Response:
-        return await self._serve(request, self.engine.speech, None)
+        return await self._serve(request, self.engine.speech, None, long=True)
 
     async def images(self, request: Request) -> Response:
-        return await self._serve(request, self.engine.images, None)
+        return await self._serve(request, self.engine.images, None, long=True)
 
     async def abort(self, request: Request) -> Response:
         handle = self.running.get(request.path_params["request_id"])
@@ -158,7 +161,14 @@ class Worker:
             orjson.dumps({"aborted": handle is not None}), media_type="application/json"
         )
 
-    async def _serve(self, request: Request, call: Any, stream: Any) -> Response:
+    async def _serve(
+        self, request: Request, call: Any, stream: Any, long: bool = False
+    ) -> Response:
+        """`call`'s answer to the request's body, or `stream`'s events when it asks for a
+        stream. A `long` whole answer (a generation, not an embedding) also ends when the
+        server's connection closes: the server's relay closes it when its own client leaves or
+        the request runs out of time, so the work stops even if the abort that follows is lost
+        or arrives before the request does."""
         if self.status != "ready":
             return _error_response(ModelUnavailable(f"model is {self.status}"))
         payload: Json = orjson.loads(await request.body())
@@ -176,7 +186,7 @@ class Worker:
         task = asyncio.ensure_future(call(payload))
         self.running[request_id] = task
         try:
-            result = await task
+            result = await (_unless_client_leaves(task, request) if long else task)
         except asyncio.CancelledError:
             if not task.cancelled():
                 raise  # this handler itself was cancelled, not the request
@@ -206,6 +216,18 @@ class Worker:
                 return _error_response(exc)
             raise
         return _EngineStream(pulled, first, lambda: self.running.pop(request_id, None))
+
+
+async def _unless_client_leaves(task: asyncio.Task[Any], request: Request) -> Any:
+    """`task`'s result; cancelled first if the client hangs up before it is done."""
+    left = asyncio.ensure_future(client_left(request))
+    try:
+        await asyncio.wait((task, left), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        left.cancel()
+    if not task.done():
+        task.cancel()
+    return await task
 
 
 def _conform(answer: Json | bytes) -> Json | bytes:
