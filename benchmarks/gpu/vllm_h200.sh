@@ -8,6 +8,9 @@
 #   install       join the pieces, check the sha256, install everything into $SITE
 #   server DIR    install the carried wheels of inferd's server (fetch_wheels.sh server) into $SITE
 #   probe [ARGS]  python benchmarks/gpu/vllm_probe.py ARGS with $SITE on the path
+#   embeddings [ARGS]
+#                 after `server .gpu/server`: the CUDA-graph tests, then
+#                 python benchmarks/gpu/embeddings.py ARGS
 set -euo pipefail
 STORE=${STORE:-/root/gpu}
 SITE=${SITE:-/root/site}
@@ -38,8 +41,16 @@ probe)
     PYTHONPATH="$SITE" PATH="$SITE/bin:$PATH" PYTHONUNBUFFERED=1 \
         python3 benchmarks/gpu/vllm_probe.py "$@"
     ;;
+embeddings)
+    shift
+    # The graph tests first: the figures of passes that answer wrongly would mean nothing.
+    INFERD_TEST_TOKENIZER="$PWD/.gpu/server/tokenizer" PYTHONPATH="$SITE:$PWD/src:$PWD" \
+        python3 -m pytest -q -p no:cacheprovider --noconftest -m gpu tests/test_graphed_passes.py
+    PYTHONPATH="$SITE" PATH="$SITE/bin:$PATH" PYTHONUNBUFFERED=1 \
+        python3 benchmarks/gpu/embeddings.py "$@"
+    ;;
 *)
-    echo "usage: $0 stash DIR | install | server DIR | probe [ARGS]" >&2
+    echo "usage: $0 stash DIR | install | server DIR | probe [ARGS] | embeddings [ARGS]" >&2
     exit 2
     ;;
 esac
