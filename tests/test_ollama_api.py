@@ -128,7 +128,11 @@ def test_a_client_that_leaves_a_whole_answer_ends_its_generation(launched: Infer
             )
         except httpx.ReadTimeout:
             log = httpx.get(f"{launched.url}/v1/models/ollama-one-slot/logs", timeout=10).text
-            pytest.fail(f"the abandoned story still holds the slot; the model's log:\n{log}")
+            server = launched.log()[-4000:]
+            pytest.fail(
+                "the abandoned story still holds the slot; the model's log:\n"
+                f"{log}\nthe server's:\n{server}"
+            )
         assert reply.status_code == 200 and reply.json()["done"] is True
     finally:
         launched.cli("terminate", "ollama-one-slot")

@@ -167,8 +167,15 @@ async def relay(
             raise _stopped(instance, exc) from exc
         except (_ClientLeft, TimeoutError) as exc:
             # A generation nobody will read, or one past its time, should not keep its slot.
-            await cancel(process.client, request_id)
+            stopped = await cancel(process.client, request_id)
             manager.release(instance, replica)
+            log.info(
+                "%s: request %s %s; the model process %s",
+                instance.uid,
+                request_id,
+                "left by its client" if isinstance(exc, _ClientLeft) else "out of time",
+                "cancelled it" if stopped else "had ended it (or had not begun it)",
+            )
             if isinstance(exc, _ClientLeft):
                 _record(instance.uid, path, _CLIENT_LEFT, started)
                 return Response(status_code=_CLIENT_LEFT)

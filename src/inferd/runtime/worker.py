@@ -223,6 +223,9 @@ async def _unless_client_leaves(task: asyncio.Task[Any], request: Request) -> An
     left = asyncio.ensure_future(client_left(request))
     try:
         await asyncio.wait((task, left), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()  # as awaiting the task itself would: the handler's end ends the work
+        raise
     finally:
         left.cancel()
     if not task.done():
