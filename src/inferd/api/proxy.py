@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import aiohttp
 import httpx
@@ -30,7 +29,7 @@ from inferd.errors import (
     TooManyRequests,
     UpstreamError,
 )
-from inferd.runtime.aborts import cancel, client_left
+from inferd.runtime.aborts import ClientLeft, cancel, unless_client_leaves
 from inferd.runtime.instance import ModelInstance
 from inferd.runtime.manager import ModelManager
 from inferd.runtime.process import ModelProcess
@@ -137,8 +136,8 @@ async def relay(
         replica = manager.try_acquire(instance)  # no tasks to make when a slot is free
         try:
             if replica is None:
-                replica = await _unless_client_leaves(manager.acquire(instance), client, None)
-        except _ClientLeft:
+                replica = await unless_client_leaves(manager.acquire(instance), client, None)
+        except ClientLeft:
             _record(instance.uid, path, _CLIENT_LEFT, started)
             return Response(status_code=_CLIENT_LEFT)  # left while queued; nobody reads this
         except TooManyRequests:
@@ -155,7 +154,7 @@ async def relay(
             else _whole(process, path, content, headers)
         )
         try:
-            upstream = await _unless_client_leaves(sending, None if stream else client, deadline)
+            upstream = await unless_client_leaves(sending, None if stream else client, deadline)
         except (httpx.HTTPError, aiohttp.ClientError) as exc:
             manager.release(instance, replica)
             await asyncio.sleep(0.05 * (attempt + 1))  # time for the supervisor to notice
@@ -165,7 +164,7 @@ async def relay(
             if refused or not process.alive:
                 continue
             raise _stopped(instance, exc) from exc
-        except (_ClientLeft, TimeoutError) as exc:
+        except (ClientLeft, TimeoutError) as exc:
             # A generation nobody will read, or one past its time, should not keep its slot.
             stopped = await cancel(process.client, request_id)
             manager.release(instance, replica)
@@ -173,10 +172,10 @@ async def relay(
                 "%s: request %s %s; the model process %s",
                 instance.uid,
                 request_id,
-                "left by its client" if isinstance(exc, _ClientLeft) else "out of time",
+                "left by its client" if isinstance(exc, ClientLeft) else "out of time",
                 "cancelled it" if stopped else "had ended it (or had not begun it)",
             )
-            if isinstance(exc, _ClientLeft):
+            if isinstance(exc, ClientLeft):
                 _record(instance.uid, path, _CLIENT_LEFT, started)
                 return Response(status_code=_CLIENT_LEFT)
             _record(instance.uid, path, 504, started)
@@ -212,9 +211,6 @@ async def relay(
         # `finally`; the background task still frees the replica and stops the model's work.
         background=BackgroundTask(lease.closed),
     )
-
-
-T = TypeVar("T")
 
 
 class _Whole(NamedTuple):
@@ -265,40 +261,6 @@ async def _refusal(
     finally:
         upstream.release()
         release()
-
-
-async def _unless_client_leaves(
-    work: Awaitable[T], client: Request | None, deadline: float | None
-) -> T:
-    """`work`'s result, unless the client disconnects first (_ClientLeft) or the deadline
-    passes (TimeoutError); either way `work` is cancelled and has ended when this returns."""
-    if client is None:
-        # Nothing to race but the clock: run `work` in this task under a timeout, with no
-        # task and wait to make per request (the whole answers of embeddings and rerank).
-        timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
-        async with asyncio.timeout(timeout):
-            return await work
-    task = asyncio.ensure_future(work)
-    left = asyncio.ensure_future(client_left(client)) if client is not None else None
-    timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
-    try:
-        waiting = {task} if left is None else {task, left}
-        await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            return task.result()
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task  # a queued request that was just handed a slot gives it back
-        raise _ClientLeft if left is not None and left.done() else TimeoutError
-    finally:
-        if left is not None:
-            left.cancel()
-        if not task.done():
-            task.cancel()
-
-
-class _ClientLeft(Exception):
-    pass
 
 
 def _count_stream_usage(path: str, body: dict, stream: bool) -> bool:

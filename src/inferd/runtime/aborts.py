@@ -8,8 +8,10 @@ blocks the id for a while, so the request is refused when it does arrive.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -17,6 +19,8 @@ from starlette.requests import Request
 
 if TYPE_CHECKING:  # the model process imports this module too, and needs no catalogue
     from inferd.runtime.instance import ModelInstance
+
+T = TypeVar("T")
 
 
 class Aborts:
@@ -52,3 +56,37 @@ async def client_left(request: Request) -> None:
     so the next ASGI message can only be the disconnect."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+async def unless_client_leaves(
+    work: Awaitable[T], client: Request | None, deadline: float | None
+) -> T:
+    """`work`'s result, unless the client disconnects first (ClientLeft) or the deadline
+    passes (TimeoutError); either way `work` is cancelled and has ended when this returns."""
+    if client is None:
+        # Nothing to race but the clock: run `work` in this task under a timeout, with no
+        # task and wait to make per request (the whole answers of embeddings and rerank).
+        timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
+        async with asyncio.timeout(timeout):
+            return await work
+    task = asyncio.ensure_future(work)
+    left = asyncio.ensure_future(client_left(client)) if client is not None else None
+    timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
+    try:
+        waiting = {task} if left is None else {task, left}
+        await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task  # a queued request that was just handed a slot gives it back
+        raise ClientLeft if left is not None and left.done() else TimeoutError
+    finally:
+        if left is not None:
+            left.cancel()
+        if not task.done():
+            task.cancel()
+
+
+class ClientLeft(Exception):
+    """The client hung up before its answer was ready."""

@@ -36,7 +36,7 @@ from starlette.routing import Route
 from inferd.engines import ENGINES
 from inferd.engines.base import Engine, EngineConfig, Json, flag
 from inferd.errors import InferdError, InvalidRequest, ModelUnavailable, RequestAborted
-from inferd.runtime.aborts import client_left
+from inferd.runtime.aborts import ClientLeft, unless_client_leaves
 from inferd.runtime.heap import freeze_startup_heap
 
 log = logging.getLogger("inferd.worker")
@@ -186,7 +186,9 @@ class Worker:
         task = asyncio.ensure_future(call(payload))
         self.running[request_id] = task
         try:
-            result = await (_unless_client_leaves(task, request) if long else task)
+            result = await (unless_client_leaves(task, request, None) if long else task)
+        except ClientLeft:
+            return _error_response(RequestAborted(request_id))  # to nobody: the server left
         except asyncio.CancelledError:
             if not task.cancelled():
                 raise  # this handler itself was cancelled, not the request
@@ -216,21 +218,6 @@ class Worker:
                 return _error_response(exc)
             raise
         return _EngineStream(pulled, first, lambda: self.running.pop(request_id, None))
-
-
-async def _unless_client_leaves(task: asyncio.Task[Any], request: Request) -> Any:
-    """`task`'s result; cancelled first if the client hangs up before it is done."""
-    left = asyncio.ensure_future(client_left(request))
-    try:
-        await asyncio.wait((task, left), return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()  # as awaiting the task itself would: the handler's end ends the work
-        raise
-    finally:
-        left.cancel()
-    if not task.done():
-        task.cancel()
-    return await task
 
 
 def _conform(answer: Json | bytes) -> Json | bytes:
