@@ -329,7 +329,7 @@ def served(
             closed_loop(base, {}, 32, 3, send)
             got = out[words] = {"1": closed_loop(base, {}, 1, seconds, send)}
             before = passes(base, name)
-            with watch.during(32) as cores:
+            with watch.during(32, tag=f"-{words}w") as cores:
                 got["32"] = closed_loop(base, {}, 32, seconds, send)
             count, items = (a - b for a, b in zip(passes(base, name), before, strict=True))
             per_request = {
@@ -349,7 +349,9 @@ def served(
                      "p99_ms": round(r.p99 * 1e3, 2), "errors": r.errors})  # fmt: skip
     finally:
         logs = httpx.get(f"{base}/v1/models/{name}/logs", params={"tail": 400}).text
-        say({"model": name, "graphs": [line for line in logs.splitlines() if "passes of" in line]})
+        lines = logs.splitlines()
+        say({"model": name, "graphs": [line for line in lines if "passes of" in line],
+             "tokenizing": [line for line in lines if "tokenizing " in line]})  # fmt: skip
         httpx.delete(f"{base}/v1/models/{name}", timeout=120)
     return out
 

@@ -48,10 +48,11 @@ class Watch:
         return names
 
     @contextmanager
-    def during(self, streams: int) -> Iterator[dict[str, float]]:
+    def during(self, streams: int, tag: str = "") -> Iterator[dict[str, float]]:
+        """`tag` tells apart the stacks of loads of one size (a text length)."""
         names = self.tree()
         before = {pid: cpu_seconds(pid) for pid in names}
-        spies = self._spy(names, streams)
+        spies = self._spy(names, streams, tag)
         started = time.time()
         cores: dict[str, float] = {}
         try:
@@ -69,13 +70,13 @@ class Watch:
                 with suppress(subprocess.TimeoutExpired):
                     spy.wait(30)
 
-    def _spy(self, names: dict[int, str], streams: int) -> list[subprocess.Popen]:
+    def _spy(self, names: dict[int, str], streams: int, tag: str) -> list[subprocess.Popen]:
         if streams not in self.spy_streams or self.spy_dir is None:
             return []
         self.spy_dir.mkdir(parents=True, exist_ok=True)
         spies = []
         for pid, name in names.items():
-            out = self.spy_dir / f"{self.label}-{streams}-{name.replace(':', '-')}.txt"
+            out = self.spy_dir / f"{self.label}{tag}-{streams}-{name.replace(':', '-')}.txt"
             argv = ["py-spy", "record", "--pid", str(pid), "--rate", "250", "--nonblocking",
                     "--format", "raw", "--output", str(out)]  # fmt: skip
             quiet = subprocess.DEVNULL

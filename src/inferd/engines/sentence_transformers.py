@@ -7,6 +7,7 @@ model launched as rerank, a bi-encoder (query and documents embedded, compared b
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -81,6 +82,7 @@ class SentenceTransformersEngine(Engine):
                 model_kwargs=weights,
             )
         self._passes = None if eager else self._graphed()
+        self._features = self._tokenizing()
         # One thread runs the model: torch already spreads one forward pass over every core,
         # and concurrent requests are batched into that pass rather than run side by side.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
@@ -106,6 +108,28 @@ class SentenceTransformersEngine(Engine):
 
         output = "scores" if self._cross else "sentence_embedding"
         return GraphedPasses(model, output, tokenizer.pad_token_id or 0, model.device)
+
+    def _tokenizing(self) -> Callable[[list[Any]], dict[str, Any]] | None:
+        """What makes a pass's features: the tokenizer's Rust backend directly where it gives
+        what the model's own `preprocess` gives (`DirectTokenizer`), else `preprocess` (with a
+        cross-encoder's default prompt); None where a cross-encoder predates
+        sentence-transformers 6 (scored through `predict`)."""
+        from inferd.engines.direct_tokenizer import DirectTokenizer
+
+        model = self._model
+        prepare = getattr(model, "preprocess", None)
+        if self._cross:
+            if prepare is None:
+                return None
+            resolve = getattr(model, "_resolve_prompt", None)
+            prompt = resolve(None, None) if resolve is not None else None  # the model's default
+            if prompt is not None:
+                return functools.partial(prepare, prompt=prompt)
+        elif prepare is None:  # `preprocess` replaced `tokenize` in sentence-transformers 6
+            prepare = model.tokenize
+        tokenizer = getattr(model, "tokenizer", None)
+        direct = DirectTokenizer.verified(prepare, tokenizer, pairs=self._cross)
+        return direct if direct is not None else prepare
 
     def _forward(self, features: dict[str, Any], output: str) -> Any:
         """The model's `output` for a pass's features (on the CPU), through CUDA graphs where
@@ -184,16 +208,13 @@ class SentenceTransformersEngine(Engine):
         import torch
 
         model = self._model
-        prepare = getattr(model, "preprocess", None)
+        prepare = self._features
         if prepare is None:  # sentence-transformers before 6
             return self._predicted(pairs)
-        resolve = getattr(model, "_resolve_prompt", None)
-        prompt = resolve(None, None) if resolve is not None else None  # the model's default
-        extra = {"prompt": prompt} if prompt is not None else {}
         activation = model.activation_fn
 
         def one_pass(batch: list[tuple[str, str]]) -> list[tuple[float, int]]:
-            features = prepare(batch, **extra)
+            features = prepare(batch)
             counts = features["attention_mask"].sum(dim=1).tolist()
             with torch.inference_mode():
                 scores = self._forward(features, "scores").float()
@@ -225,10 +246,9 @@ class SentenceTransformersEngine(Engine):
         a single sentence's ten."""
         import torch
 
-        model = self._model
-        # `preprocess` replaced `tokenize` in sentence-transformers 6; both truncate as the
-        # model does, so the mask counts the tokens it saw.
-        prepare = getattr(model, "preprocess", None) or model.tokenize
+        # The model's truncation holds on every path, so the mask counts the tokens it saw.
+        prepare = self._features
+        assert prepare is not None  # an embedding model always has one
 
         def one_pass(batch: list[str]) -> list[tuple[Any, int]]:
             features = prepare(batch)
