@@ -38,3 +38,54 @@ def test_no_torch_index_where_it_is_not_wanted(tmp_path: Path) -> None:
     for kept_off in ({"index_url": "none"}, {"offline": True}, {"torch_index": None}):
         args = sources(tmp_path, "sentence_transformers", **kept_off)
         assert "--index" not in args, kept_off
+
+
+TORCH_ENGINES = ("sentence_transformers", "transformers", "diffusers", "vllm")
+
+
+def test_cuda_machines_take_torchs_cuda_build_whatever_the_wheel_folders_hold(
+    tmp_path: Path,
+) -> None:
+    """A GPU machine's locks are installed as uv will install them (a dry run against the real
+    index): torch is the CUDA build even where a wheel folder holds the CPU one, which
+    `torch==2.13.0` would accept (a local version), and no PyTorch CPU index is added."""
+    import subprocess
+    import sys
+
+    from uv import find_uv_bin
+
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    (folder / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    venv = tmp_path / "venv"
+    subprocess.run([find_uv_bin(), "venv", "-q", "--python", sys.executable, str(venv)], check=True)
+    envs = EnvBuilder(tmp_path / "envs", find_links=[str(folder)], torch_index=TORCH_INDEX)
+    for engine in TORCH_ENGINES:
+        plan = envs.plan(engine, "cuda")
+        assert plan.lock is not None and "-cuda" in plan.lock.name, engine
+        args = envs._sources(plan, tmp_path)
+        assert "--index" not in args
+        dry = [
+            find_uv_bin(),
+            "pip",
+            "install",
+            "--dry-run",
+            "--python",
+            str(venv / "bin" / "python"),
+        ]
+        ran = subprocess.run([*dry, *args], capture_output=True, text=True, timeout=300)
+        assert ran.returncode == 0, ran.stderr[-2000:]
+        torch = [line for line in ran.stderr.splitlines() if line.strip().startswith("+ torch==")]
+        assert torch == [" + torch==2.13.0"], (engine, torch)
+
+
+def test_the_platform_engine_environments_take_can_be_named(tmp_path: Path) -> None:
+    from inferd.runtime.engine_env import EngineEnvs
+    from inferd.settings import Settings
+
+    def found() -> str:
+        return "cuda"
+
+    for chosen, expected in (("auto", "cuda"), ("cpu", "cpu"), ("cuda", "cuda")):
+        settings = Settings(home=tmp_path, engine_platform=chosen)  # type: ignore[arg-type]
+        assert EngineEnvs(settings, False, found).platform() == expected

@@ -90,6 +90,13 @@ class Settings(BaseSettings):
         default=False,
         description="Build engine environments from uv's cache and wheel folders only",
     )
+    engine_platform: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description="Which builds engine environments take: `auto`, CUDA's where an NVIDIA "
+        "driver is found (on a cluster: where its nodes have GPUs), else the CPU's; `cpu` (a "
+        "GPU machine whose models all run on the CPU: torch's CPU build is a tenth the size); "
+        "`cuda` (a driver this server cannot see, as in some containers)",
+    )
 
     @field_validator("allowed_paths", "wheels", mode="before")
     @classmethod

@@ -15,7 +15,7 @@ from inferd.envs import SPECS, list_envs
 from inferd.envs.builder import EnvPlan
 from inferd.envs.store import EnvInfo, read_env, remove_env
 from inferd.errors import Conflict, NotFound
-from inferd.runtime.engine_env import EngineEnvs, current_platform
+from inferd.runtime.engine_env import EngineEnvs
 from inferd.runtime.manager import ModelManager
 
 router = APIRouter()
@@ -44,7 +44,7 @@ async def list_environments(request: Request) -> dict[str, Any]:
     )
     listed = [{**e.as_dict(), "where": "here", "models": users.get(e.name, [])} for e in built]
     listed += [_on_nodes(plan, users[name]) for name, plan in on_nodes.items() if name not in here]
-    platform = current_platform()
+    platform = manager.engine_envs.platform()
     return {
         "data": listed,
         "engines": {
@@ -62,7 +62,7 @@ async def build_environment(body: BuildRequest, request: Request) -> dict[str, A
     manager = _manager(request)
     builder = manager.engine_envs.builder
     plan = builder.plan(
-        body.engine, current_platform(), body.version, body.packages, param="engine"
+        body.engine, manager.engine_envs.platform(), body.version, body.packages, param="engine"
     )
     lines: list[str] = []
     built = await builder.ensure(plan, lines.append)

@@ -12,6 +12,7 @@ torch in a wheel folder.
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import tempfile
@@ -49,6 +50,8 @@ def main() -> None:
         command += ["--override", overrides.name]
         subprocess.run(command, input="\n".join(wanted), text=True, check=True)
     body = out.read_text()
+    if args.platform == "cuda":
+        body = exact_torch(body)
     out.write_text(
         f"# {spec.package_on(args.platform)} {args.version} for {args.platform} machines, with "
         "what inferd's model\n"
@@ -56,6 +59,13 @@ def main() -> None:
         f"--platform {args.platform}{f' --python {args.python}' if args.python else ''}\n{body}"
     )
     print(out, file=sys.stderr)
+
+
+def exact_torch(lock: str) -> str:
+    """`lock` with PyTorch's own packages pinned by `===`: `torch==2.13.0` is also met by the
+    CPU build `2.13.0+cpu` (a local version), which a wheel folder on a GPU machine may hold,
+    and uv would take it from there."""
+    return re.sub(r"^(torch|torchaudio|torchvision)==", r"\1===", lock, flags=re.MULTILINE)
 
 
 if __name__ == "__main__":

@@ -61,8 +61,9 @@ class EnvSpec:
         return [f"{name} ; sys_platform == 'never'" for name in self.drop.get(platform, ())]
 
 
-# torch's CPU build is a local version (2.13.0+cpu) from a wheel folder or PyTorch's index.
-_TORCH: dict[str, tuple[str, ...]] = {"cpu": ("torch==2.13.0+cpu",), "cuda": ("torch==2.13.0",)}
+# torch's CPU build is a local version (2.13.0+cpu) from a wheel folder or PyTorch's index; on
+# CUDA machines `===` keeps that build out (`==2.13.0` would take it from a wheel folder).
+_TORCH: dict[str, tuple[str, ...]] = {"cpu": ("torch==2.13.0+cpu",), "cuda": ("torch===2.13.0",)}
 
 SPECS: dict[str, EnvSpec] = {
     spec.engine: spec

@@ -26,7 +26,12 @@ class EngineEnvs:
         self.mode = settings.engine_env
         self.builder: EnvBuilder = engine_envs(settings)
         self._on_cluster = on_cluster
-        self._platform = platform
+        chosen = settings.engine_platform
+        self._platform = platform if chosen == "auto" else lambda: chosen
+
+    def platform(self) -> str:
+        """Which builds (cpu, cuda) this server's engine environments take."""
+        return self._platform()
 
     def own_env(self, engine: type[Engine]) -> str | None:
         """The environment a launch of `engine` with no environment fields runs in, if it is the
