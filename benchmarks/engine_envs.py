@@ -4,6 +4,10 @@ installs it), and the time to build each engine's environment from an empty uv c
 from a warm one.
 
     .venv/bin/python benchmarks/engine_envs.py [--starts 3] [--engines a,b] [--builds-only]
+        [--platform cpu|cuda]
+
+`--platform cuda` builds the CUDA locks' environments (torch's CUDA build from PyPI, ~5 GB each)
+on any machine: their imports are measured, no GPU is needed for that.
 
 Prints one JSON line per measurement and tables at the end.
 """
@@ -74,16 +78,15 @@ def start_seconds(python: str, home: Path) -> float:
         process.wait(30)
 
 
-def build_seconds(root: Path, engine: str, cache: Path) -> tuple[float, float, str]:
-    """Seconds to build `engine`'s environment with uv's cache at `cache`; its size in MB; its
-    interpreter."""
+def build_seconds(root: Path, engine: str, cache: Path, platform: str) -> tuple[float, float, str]:
+    """Seconds to build `engine`'s environment for `platform` with uv's cache at `cache`; its
+    size in MB; its interpreter."""
     from inferd.envs.config import engine_envs
-    from inferd.runtime.engine_env import current_platform
     from inferd.settings import Settings
 
     os.environ["UV_CACHE_DIR"] = str(cache)
     builder = engine_envs(Settings(home=root))
-    plan = builder.plan(engine, current_platform())
+    plan = builder.plan(engine, platform)
     started = time.perf_counter()
     info = asyncio.run(builder.ensure(plan, lambda line: None))
     return time.perf_counter() - started, tree_mb(Path(info.path)), info.python
@@ -110,9 +113,12 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=3)
     parser.add_argument("--engines", default=None, help="which to build (default: every one)")
     parser.add_argument("--builds-only", action="store_true", help="no server measurements")
+    parser.add_argument("--platform", choices=("cpu", "cuda"), help="default: this machine's")
     args = parser.parse_args()
     from inferd.envs import SPECS
+    from inferd.runtime.engine_env import current_platform
 
+    platform = args.platform or current_platform()
     engines = args.engines.split(",") if args.engines else list(SPECS)
     work = Path(tempfile.mkdtemp(prefix="engine-envs-bench-"))
     try:
@@ -136,8 +142,8 @@ def main() -> None:
         builds = {}
         for engine in engines:
             cache = work / f"uv-cache-{engine}"
-            cold, size, _ = build_seconds(work / "envs-cold", engine, cache)
-            warm, _, python = build_seconds(work / "envs-warm", engine, cache)
+            cold, size, _ = build_seconds(work / "envs-cold", engine, cache, platform)
+            warm, _, python = build_seconds(work / "envs-warm", engine, cache, platform)
             builds[engine] = {
                 "empty_cache_s": cold,
                 "warm_cache_s": warm,
@@ -146,7 +152,12 @@ def main() -> None:
             builds[engine]["first_import_s"], builds[engine]["import_s"] = import_seconds(
                 python, engine
             )
-            say({"engine": engine, **builds[engine]})
+            say({"engine": engine, "platform": platform, **builds[engine]})
+            # Each engine's own cache: the next one starts from an empty one too, and a CUDA
+            # build's gigabytes do not pile up.
+            shutil.rmtree(cache, ignore_errors=True)
+            shutil.rmtree(work / "envs-cold", ignore_errors=True)
+            shutil.rmtree(work / "envs-warm", ignore_errors=True)
 
         if servers:
             print("\n| server environment | installed | pip install | `inferd serve` to healthy |")
@@ -157,8 +168,8 @@ def main() -> None:
                 f"| {r['start_s']:.2f} s |"
             )
         print(
-            "\n| engine environment | size | from an empty uv cache | from uv's cache "
-            "| imports, first start | imports, later |"
+            f"\n| engine environment ({platform}) | size | from an empty uv cache "
+            "| from uv's cache | imports, first start | imports, later |"
         )
         print("|---|---|---|---|---|---|")
         for engine, r in builds.items():
