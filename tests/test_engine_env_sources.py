@@ -89,3 +89,30 @@ def test_the_platform_engine_environments_take_can_be_named(tmp_path: Path) -> N
     for chosen, expected in (("auto", "cuda"), ("cpu", "cpu"), ("cuda", "cuda")):
         settings = Settings(home=tmp_path, engine_platform=chosen)  # type: ignore[arg-type]
         assert EngineEnvs(settings, False, found).platform() == expected
+
+
+def test_a_builds_progress_counts_what_uv_downloads() -> None:
+    """uv's own lines (as it printed them building the CUDA lock of sentence-transformers)
+    become "downloaded X of Y": the minutes before anything is in place say how far they are."""
+    from inferd.envs.builder import _Downloads
+
+    downloads = _Downloads()
+    assert downloads.report() == ""
+    for line in (
+        "Resolved 89 packages in 472ms",
+        "Downloading nvidia-cublas (403.5MiB)",
+        "Downloading torch (502.2MiB)",
+        "Downloading kernels (2.5MiB)",
+        "Downloading nvidia-cufile (1.2MiB)",
+        " Downloaded nvidia-cufile",
+        " Downloaded kernels",
+    ):
+        downloads.hear(line)
+    assert downloads.report() == "; downloaded 4 MB of 954 MB (2 of 4 files)"
+    for line in (
+        " Downloaded torch",
+        " Downloaded nvidia-cublas",
+        "Prepared 23 packages in 13.67s",
+    ):
+        downloads.hear(line)
+    assert downloads.report() == "; downloaded 954 MB of 954 MB (4 of 4 files)"

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import sys
 import time
@@ -115,13 +116,18 @@ class EnvBuilder:
         started = time.monotonic()
         package = plan.spec.package_on(plan.platform)
         try:
-            async with _growth(building, say, f"{package} {plan.version}"):
+            async with _growth(building, say, f"{package} {plan.version}") as downloads:
                 say(f"creating the {plan.name} environment")
                 await self._uv(["venv", "--quiet", "--python", sys.executable, str(building)], say)
                 python = building / "bin" / "python"
                 say(f"installing {package} {plan.version} and what it needs")
                 sources = self._sources(plan, building)
-                await self._uv(["pip", "install", "--python", str(python), *sources], say)
+
+                def hear(line: str) -> None:
+                    downloads.hear(line)
+                    say(line)
+
+                await self._uv(["pip", "install", "--python", str(python), *sources], hear)
                 _link_inferd(building)
                 say("checking the model process starts there")
                 await self._check(python, plan)
@@ -215,21 +221,55 @@ class EnvBuilder:
         await _run([find_uv_bin(), *args], say, what="uv")
 
 
+class _Downloads:
+    """What uv has said it downloads (`Downloading torch (502.2MiB)`, then `Downloaded torch`):
+    a build's first minutes on a fresh machine, when nothing is in place yet."""
+
+    _STARTED = re.compile(r"^\s*Downloading (\S+) \(([\d.]+)(KiB|MiB|GiB)\)")
+    _DONE = re.compile(r"^\s*Downloaded (\S+)")
+    _UNITS = {"KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
+
+    def __init__(self) -> None:
+        self._sizes: dict[str, int] = {}
+        self._done: set[str] = set()
+
+    def hear(self, line: str) -> None:
+        if started := self._STARTED.match(line):
+            self._sizes[started[1]] = int(float(started[2]) * self._UNITS[started[3]])
+        elif done := self._DONE.match(line):
+            self._done.add(done[1])
+
+    def report(self) -> str:
+        """ "downloaded 1.90 of 3.10 GB (14 of 23 files)", or "" when none is announced."""
+        if not self._sizes:
+            return ""
+        done = sum(size for name, size in self._sizes.items() if name in self._done)
+        total = sum(self._sizes.values())
+        files = sum(name in self._done for name in self._sizes)
+        return (
+            f"; downloaded {_megabytes(done)} of {_megabytes(total)} "
+            f"({files} of {len(self._sizes)} files)"
+        )
+
+
 @contextlib.asynccontextmanager
-async def _growth(folder: Path, say: Callable[[str], None], what: str) -> AsyncIterator[None]:
-    """While the body runs, says every second how much of the environment is in place: uv
+async def _growth(folder: Path, say: Callable[[str], None], what: str) -> AsyncIterator[_Downloads]:
+    """While the body runs, says every second how much of the environment is in place and how
+    much uv has downloaded (the body hands uv's lines to the `_Downloads` it is given): uv
     prints nothing between resolving and finishing, which for vLLM or torch can be minutes."""
+    downloads = _Downloads()
 
     async def tick() -> None:
         started = time.monotonic()
         while True:
             await asyncio.sleep(_TICK)
             placed = await asyncio.to_thread(tree_bytes, folder)
-            say(f"{what}: {_megabytes(placed)} in place, {time.monotonic() - started:.0f}s")
+            elapsed = time.monotonic() - started
+            say(f"{what}: {_megabytes(placed)} in place, {elapsed:.0f}s{downloads.report()}")
 
     ticking = asyncio.create_task(tick())
     try:
-        yield
+        yield downloads
     finally:
         ticking.cancel()  # not waited for: a build being cancelled must not wait on it
 
