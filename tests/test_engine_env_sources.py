@@ -1,11 +1,21 @@
 """Where an engine environment's packages come from: on a CPU machine the locks pin torch's CPU
-build, which PyPI lacks; PyTorch's CPU index is added only where no wheel folder holds it."""
+build, which PyPI lacks; PyTorch's CPU index is added only where no wheel folder holds it. On a
+GPU machine the CUDA locks take torch's CUDA build whatever wheel folders hold; which platform's
+locks a server takes can be named; a build's progress counts uv's downloads."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+from uv import find_uv_bin
+
 from inferd.envs import EnvBuilder
+from inferd.errors import InvalidRequest
+from inferd.runtime.engine_env import EngineEnvs
+from inferd.settings import Settings
 
 TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 
@@ -49,11 +59,6 @@ def test_cuda_machines_take_torchs_cuda_build_whatever_the_wheel_folders_hold(
     """A GPU machine's locks are installed as uv will install them (a dry run against the real
     index): torch is the CUDA build even where a wheel folder holds the CPU one, which
     `torch==2.13.0` would accept (a local version), and no PyTorch CPU index is added."""
-    import subprocess
-    import sys
-
-    from uv import find_uv_bin
-
     folder = tmp_path / "wheels"
     folder.mkdir()
     (folder / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
@@ -80,9 +85,6 @@ def test_cuda_machines_take_torchs_cuda_build_whatever_the_wheel_folders_hold(
 
 
 def test_the_platform_engine_environments_take_can_be_named(tmp_path: Path) -> None:
-    from inferd.runtime.engine_env import EngineEnvs
-    from inferd.settings import Settings
-
     def found() -> str:
         return "cuda"
 
@@ -116,3 +118,13 @@ def test_a_builds_progress_counts_what_uv_downloads() -> None:
     ):
         downloads.hear(line)
     assert downloads.report() == "; downloaded 954 MB of 954 MB (4 of 4 files)"
+
+
+def test_gpu_machines_take_piper_s_cpu_lock_and_no_other(tmp_path: Path) -> None:
+    """Piper runs on the CPU on GPU machines too, so its CPU lock serves them; an engine whose
+    CPU lock would put a CPU build where a GPU one belongs (llama.cpp) asks for a version."""
+    envs = EnvBuilder(tmp_path / "envs")
+    piper = envs.plan("piper", "cuda")
+    assert piper.lock is not None and piper.lock == envs.plan("piper", "cpu").lock
+    with pytest.raises(InvalidRequest, match=r"no tested version of llama\.cpp .* cuda machines"):
+        envs.plan("llama.cpp", "cuda")

@@ -27,12 +27,15 @@ class EnvSpec:
     # Dependencies never installed: their PyPI builds break beside the CPU torch and the engine
     # imports them only for features inferd does not use there.
     drop: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # A platform whose machines take another's locks: an engine that runs on the CPU there too.
+    locks_of: dict[str, str] = field(default_factory=dict)
 
     def package_on(self, platform: str) -> str:
         return self.platform_package.get(platform, self.package)
 
     def locked_versions(self, platform: str) -> list[str]:
         """The versions with a lock for `platform` and this Python, newest first."""
+        platform = self.locks_of.get(platform, platform)
         pattern = re.compile(rf"^{re.escape(self.engine)}-(.+)-{platform}(-{_PY})?\.txt$")
         found = {m.group(1) for p in LOCKS.iterdir() if (m := pattern.match(p.name))}
         return sorted(found, key=_version_key, reverse=True)
@@ -40,7 +43,7 @@ class EnvSpec:
     def lock(self, version: str, platform: str) -> Path | None:
         """The lock for `version` on `platform`: one for this Python, else one for every
         Python; None if neither was shipped."""
-        stem = f"{self.engine}-{version}-{platform}"
+        stem = f"{self.engine}-{version}-{self.locks_of.get(platform, platform)}"
         for name in (f"{stem}-{_PY}", stem):
             path = LOCKS / f"{name}.txt"
             if path.is_file():
@@ -85,7 +88,9 @@ SPECS: dict[str, EnvSpec] = {
             per_platform=_TORCH,
         ),
         EnvSpec("faster_whisper", "faster-whisper", "faster_whisper"),
-        EnvSpec("piper", "piper-tts", "piper"),
+        # Piper runs on onnxruntime's CPU build, on GPU machines too (`use_cuda` asks for a
+        # GPU build it does not have, and onnxruntime stays on the CPU).
+        EnvSpec("piper", "piper-tts", "piper", locks_of={"cuda": "cpu"}),
         # Pipelines' text encoders (CLIP, T5) come from transformers.
         EnvSpec(
             "diffusers",
