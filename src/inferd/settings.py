@@ -94,7 +94,7 @@ class Settings(BaseSettings):
         default="auto",
         description="Which builds engine environments take: `auto`, CUDA's where an NVIDIA "
         "driver is found (on a cluster: where its nodes have GPUs), else the CPU's; `cpu` (a "
-        "GPU machine whose models all run on the CPU: torch's CPU build is a tenth the size); "
+        "GPU machine whose models all run on the CPU: its environments are a fifth the size); "
         "`cuda` (a driver this server cannot see, as in some containers)",
     )
 
