@@ -3,6 +3,7 @@ py-spy's sampled stacks of each for the loads asked for."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -79,6 +80,8 @@ class Watch:
             out = self.spy_dir / f"{self.label}{tag}-{streams}-{name.replace(':', '-')}.txt"
             argv = ["py-spy", "record", "--pid", str(pid), "--rate", "250", "--nonblocking",
                     "--format", "raw", "--output", str(out)]  # fmt: skip
+            # e.g. "--idle --native": where a thread waits (the GPU, the interpreter's lock)
+            argv += os.environ.get("PY_SPY_ARGS", "").split()
             quiet = subprocess.DEVNULL
             spies.append(subprocess.Popen(argv, stdout=quiet, stderr=quiet))
         return spies
