@@ -240,7 +240,8 @@ class _Downloads:
             self._done.add(done[1])
 
     def report(self) -> str:
-        """ "downloaded 1.90 of 3.10 GB (14 of 23 files)", or "" when none is announced."""
+        """How far the announced downloads are ("; downloaded 1.90 of 3.10 GB (14 of 23
+        files)"), or nothing before uv announces one."""
         if not self._sizes:
             return ""
         done = sum(size for name, size in self._sizes.items() if name in self._done)
