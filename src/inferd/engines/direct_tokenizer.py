@@ -35,7 +35,6 @@ class DirectTokenizer:
     call set them."""
 
     def __init__(self, backend: Any, tensors: dict[str, torch.dtype], constants: dict[str, Any]):
-        self._backend = backend
         # `encode_batch_fast` (tokenizers 0.21+) skips the character offsets nobody reads here.
         self._encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
         self._tensors = tensors

@@ -70,20 +70,18 @@ async def unless_client_leaves(
         async with asyncio.timeout(timeout):
             return await work
     task = asyncio.ensure_future(work)
-    left = asyncio.ensure_future(client_left(client)) if client is not None else None
+    left = asyncio.ensure_future(client_left(client))
     timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
     try:
-        waiting = {task} if left is None else {task, left}
-        await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, left}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if task.done():
             return task.result()
         task.cancel()
         with contextlib.suppress(BaseException):
             await task  # a queued request that was just handed a slot gives it back
-        raise ClientLeft if left is not None and left.done() else TimeoutError
+        raise ClientLeft if left.done() else TimeoutError
     finally:
-        if left is not None:
-            left.cancel()
+        left.cancel()
         if not task.done():
             task.cancel()
 
