@@ -85,11 +85,16 @@ CLIENTS_PER_PROCESS = 8
 
 
 def closed_loop(
-    url: str, headers: dict[str, str], clients: int, seconds: float, request: Request
+    url: str,
+    headers: dict[str, str],
+    clients: int,
+    seconds: float,
+    request: Request,
+    unix: str | None = None,
 ) -> Rate:
     """`clients` clients each sending one request after another until the time is up, spread
     over processes of CLIENTS_PER_PROCESS; every request that started is waited for and
-    counted."""
+    counted. `unix`: a Unix socket the requests go to (`url`'s host is then unused)."""
     import multiprocessing
 
     shares = [CLIENTS_PER_PROCESS] * (clients // CLIENTS_PER_PROCESS)
@@ -101,7 +106,8 @@ def closed_loop(
     start = context.Event()
     processes = [
         context.Process(
-            target=_load_process, args=(url, headers, share, seconds, request, start, results)
+            target=_load_process,
+            args=(url, headers, share, seconds, request, start, results, unix),
         )
         for share in shares
     ]
@@ -126,13 +132,19 @@ def _load_process(
     request: Request,
     start: Any,
     results: Any,
+    unix: str | None = None,
 ) -> None:
     start.wait()
-    results.put(asyncio.run(_clients(url, headers, clients, seconds, request)))
+    results.put(asyncio.run(_clients(url, headers, clients, seconds, request, unix)))
 
 
 async def _clients(
-    url: str, headers: dict[str, str], clients: int, seconds: float, request: Request
+    url: str,
+    headers: dict[str, str],
+    clients: int,
+    seconds: float,
+    request: Request,
+    unix: str | None = None,
 ) -> tuple[list[float], float, int, int]:
     latencies: list[float] = []
     errors = tokens = 0
@@ -140,7 +152,9 @@ async def _clients(
         base_url=url,
         headers=headers,
         timeout=aiohttp.ClientTimeout(total=600),
-        connector=aiohttp.TCPConnector(limit=clients),
+        connector=aiohttp.UnixConnector(unix, limit=clients)
+        if unix
+        else aiohttp.TCPConnector(limit=clients),
     ) as client:
         deadline = time.perf_counter() + seconds
 

@@ -16,10 +16,13 @@ query. Texts are `--words` words long (a query-sized and a chunk-sized length by
   `--lists` texts a request, one model at a time. At 32 clients it also reports the cores each
   of the server's processes kept busy, the CPU a request cost each, and the inputs the model's
   passes held (py-spy's stacks too, with `--spy-dir`). `--src LABEL=DIR`, repeated, measures
-  several sources of inferd one after another on the same machine.
+  several sources of inferd one after another on the same machine; `--api-processes 1,4` each
+  with one and with four API processes (`inferd serve --api-processes`); `--direct` adds 32
+  clients sending straight to the model process's socket (what it takes without the server).
 
     python benchmarks/gpu/embeddings.py [--seconds 8] [--words 12,200] [--docs 8] [--models ...]
         [--lists 32] [--dtype float16] [--spy-dir DIR] [--src before=DIR --src after=DIR]
+        [--api-processes 1,4] [--direct]
 
 Prints one JSON line per measurement and a table at the end.
 """
@@ -237,24 +240,25 @@ def deviation(got: list[Any], expected: list[Any]) -> float:
 
 
 def request(
-    name: str, words: int, docs: int, texts: int = 0
+    name: str, words: int, docs: int, texts: int = 0, prefix: str = "/v1"
 ) -> Callable[[aiohttp.ClientSession], Any]:
     """A client's next request: one text to embed (or `texts` of them in a list), or one query
-    and `docs` documents to rank."""
+    and `docs` documents to rank; `prefix=""` for the model process's own routes."""
     rng = random.Random(2)
     if SHAPES[name][0] == "embedding":
         bodies = [
             json.dumps(
                 {
                     "model": name,
-                    "input": [text(rng, words) for _ in range(texts)]
-                    if texts
+                    # The model process takes the server's validated body: a list.
+                    "input": [text(rng, words) for _ in range(texts or 1)]
+                    if texts or not prefix
                     else text(rng, words),
                 }
             ).encode()
             for _ in range(64)
         ]
-        path = "/v1/embeddings"
+        path = f"{prefix}/embeddings"
     else:
         bodies = [
             json.dumps(
@@ -266,7 +270,7 @@ def request(
             ).encode()
             for _ in range(64)
         ]
-        path = "/v1/rerank"
+        path = f"{prefix}/rerank"
     turn = iter(range(1 << 62))
 
     async def send(client: aiohttp.ClientSession) -> tuple[bool, int]:
@@ -305,10 +309,13 @@ def served(
     lists: int,
     expected: list[Any],
     dtype: str | None,
+    direct: bool = False,
 ) -> dict[int, dict[str, Rate]]:
     """Rates at 1 and 32 clients sending one text (or rerank request) each, and, for embedding
     models, 32 clients sending `lists` texts a request (counted in texts); the cores each of the
-    server's processes kept busy at 32 clients, and what one request cost each of them."""
+    server's processes kept busy at 32 clients, and what one request cost each of them.
+    `direct`: also 32 clients sending to the model process's socket themselves, the server left
+    out (what the model process alone can take)."""
     kind = SHAPES[name][0]
     started = time.time()
     answer = httpx.post(
@@ -338,6 +345,13 @@ def served(
             say({"model": name, "words": words, "clients": 32, "cores": cores,
                  "cpu_us_a_request": per_request,
                  "inputs_a_pass": round(items / count, 1) if count else None})  # fmt: skip
+            if direct:
+                socket = model_socket(watch)
+                own = request(name, words, docs, prefix="")
+                with watch.during(32, tag=f"-{words}w-direct") as cores:
+                    got["direct"] = closed_loop(base, {}, 32, seconds, own, unix=socket)
+                say({"model": name, "words": words, "clients": 32, "direct": True,
+                     "cores": cores})  # fmt: skip
             if kind == "embedding" and lists:
                 many = request(name, words, docs, texts=lists)
                 closed_loop(base, {}, 32, 2, many)
@@ -356,6 +370,16 @@ def served(
     return out
 
 
+def model_socket(watch: Watch) -> str:
+    """The Unix socket the model process serves on: the last word of its command line."""
+    for pid in watch.tree():
+        with suppress(OSError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"inferd.runtime.worker" in argv:
+                return argv[-2].decode() if argv[-1] == b"" else argv[-1].decode()
+    raise RuntimeError("no model process found")
+
+
 def passes(base: str, name: str) -> tuple[float, float]:
     """The model's forward passes so far and the inputs they held (the batcher's histogram)."""
     found = {}
@@ -367,13 +391,15 @@ def passes(base: str, name: str) -> tuple[float, float]:
     )
 
 
-def start_server(home: Path, log: Path, src: Path) -> subprocess.Popen:
+def start_server(home: Path, log: Path, src: Path, api_processes: int = 1) -> subprocess.Popen:
     env = {
         **os.environ,
         "INFERD_HOME": str(home),
         "PYTHONPATH": f"{src}:{os.environ.get('PYTHONPATH', '')}",
     }
     argv = [sys.executable, "-m", "inferd", "serve", "--port", "9997", "--log-level", "warning"]
+    if api_processes > 1:
+        argv += ["--api-processes", str(api_processes)]
     process = subprocess.Popen(
         argv, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -398,6 +424,14 @@ def main() -> None:
     parser.add_argument("--lists", type=int, default=32, help="texts a request in the list load")
     parser.add_argument("--dtype", help="weights' precision, both sides (float16, bfloat16)")
     parser.add_argument("--spy-dir", type=Path, help="py-spy's stacks at 32 clients go here")
+    parser.add_argument(
+        "--direct", action="store_true", help="also load the model process's socket alone"
+    )
+    parser.add_argument(
+        "--api-processes",
+        default="1",
+        help="inferd serve --api-processes, each of these counts in turn (e.g. 1,4)",
+    )
     parser.add_argument(
         "--src",
         action="append",
@@ -429,10 +463,17 @@ def main() -> None:
             say({"server": "sentence-transformers", "model": name, "words": words,
                  **{k: round(v, 1) for k, v in measured.items()}})  # fmt: skip
 
-    sources = [tuple(given.split("=", 1)) for given in args.src] or [("inferd", str(ROOT / "src"))]
+    given = [tuple(given.split("=", 1)) for given in args.src] or [("inferd", str(ROOT / "src"))]
+    counts = [int(n) for n in args.api_processes.split(",")]
+    runs = [
+        (label if counts == [1] else f"{label}-x{n}", Path(src), n)
+        for label, src in given
+        for n in counts
+    ]
     ours: dict[str, dict[str, dict[int, dict[str, Rate]]]] = {}
-    for label, src in sources:
-        ours[label] = measure_inferd(root / label, Path(src), folders, expected, words_list, args)
+    for label, src, n in runs:
+        ours[label] = measure_inferd(root / label, src, folders, expected, words_list, args, n)
+    sources = [(label, src) for label, src, _ in runs]
 
     unit = {"embedding": "texts/s", "rerank": f"requests/s ({args.docs} docs each)"}
     print(
@@ -469,12 +510,14 @@ def measure_inferd(
     expected: dict[str, list[Any]],
     words_list: list[int],
     args: argparse.Namespace,
+    api_processes: int = 1,
 ) -> dict[str, dict[int, dict[str, Rate]]]:
-    """One server started from `src`: each model registered, launched, measured, terminated."""
+    """One server started from `src` (with `api_processes`): each model registered,
+    launched, measured, terminated."""
     root.mkdir(parents=True)
     say({"inferd": root.name, "src": str(src)})
     log = root / "inferd.log"
-    server = start_server(root / "home", log, src)
+    server = start_server(root / "home", log, src, api_processes)
     ours: dict[str, dict[int, dict[str, Rate]]] = {}
     try:
         for name, folder in folders.items():
@@ -492,6 +535,7 @@ def measure_inferd(
                     args.lists,
                     expected[name],
                     args.dtype,
+                    args.direct,
                 )
             except RuntimeError as exc:
                 say({"model": name, "error": str(exc)})

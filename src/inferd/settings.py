@@ -54,6 +54,14 @@ class Settings(BaseSettings):
     request_wait: float = Field(
         default=30.0, description="Seconds a request waits for a restarting model before a 503"
     )
+    api_processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Processes taking HTTP requests on the port: 1, the server itself; above 1, "
+        "that many front processes, which relay embeddings and rerank to model processes "
+        "themselves and pass the rest on to the server",
+    )
     ray_address: str | None = Field(
         default=None,
         description="A Ray cluster to run model processes on (`auto`, or the head's host:port)",

@@ -31,6 +31,9 @@ from inferd.api.anthropic import routes as anthropic_routes
 from inferd.api.auth import AuthMiddleware
 from inferd.api.content_type import JsonBodies
 from inferd.api.errors import install_error_handlers
+from inferd.api.fronts.control import FrontControl
+from inferd.api.fronts.forward import client_from_front
+from inferd.api.fronts.processes import FrontProcesses, FrontsPlan
 from inferd.api.limits import BodyLimit
 from inferd.api.responses import routes as responses_routes
 from inferd.catalog import get_catalog
@@ -49,9 +52,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("inferd.server")
 
 
-def create_app(settings: Settings, launch: Sequence[str] = (), restore: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings,
+    launch: Sequence[str] = (),
+    restore: bool = True,
+    fronts: FrontsPlan | None = None,
+) -> FastAPI:
     """The server's app; `launch` names catalogue models to start once it is up, `restore`
-    brings back the models that were running when the last server stopped."""
+    brings back the models that were running when the last server stopped, `fronts` (from
+    `--api-processes`) says which front processes to run beside it."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -68,6 +77,12 @@ def create_app(settings: Settings, launch: Sequence[str] = (), restore: bool = T
         await manager.start(restore=restore)
         watched = metrics.watch(manager)
         _record_address(settings)
+        control = processes = None
+        if fronts is not None:
+            control = FrontControl(manager, fronts.control)
+            await control.start()
+            processes = app.state.fronts = FrontProcesses(fronts, settings)
+            processes.start()
         freeze_startup_heap()  # the relay of every stream pauses for each full collection
         startup = asyncio.create_task(_launch_all(manager, launch))
         try:
@@ -76,6 +91,9 @@ def create_app(settings: Settings, launch: Sequence[str] = (), restore: bool = T
             startup.cancel()
             with contextlib.suppress(BaseException):
                 await startup
+            if processes is not None and control is not None:
+                await processes.stop()
+                await control.close()
             await manager.shutdown()
             metrics.unwatch(watched)
             store.close()
@@ -95,6 +113,8 @@ def create_app(settings: Settings, launch: Sequence[str] = (), restore: bool = T
     app.add_middleware(JsonBodies)
     # Added last, so it runs first: an oversized body is refused before anything reads it.
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_mb << 20)
+    if fronts is not None:
+        app.add_middleware(client_from_front)
     app.include_router(openai_routes.router)
     app.include_router(rerank.router)
     app.include_router(audio.router)

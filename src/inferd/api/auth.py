@@ -46,11 +46,17 @@ class Principal:
 _PRINCIPAL: ContextVar[Principal | None] = ContextVar("inferd_principal", default=None)
 
 
-def check_model(uid: str) -> None:
-    """Refuse (403) a request for a model the caller's key is not for; a no-op without auth."""
-    principal = _PRINCIPAL.get()
+def check_model(uid: str, principal: Principal | None = None) -> None:
+    """Refuse (403) a request for a model the caller's key is not for; a no-op without auth.
+    `principal`: the caller, where it was checked in another process (an API process)."""
+    principal = principal or _PRINCIPAL.get()
     if principal is not None and not principal.may_use(uid):
         raise Forbidden(f"key {principal.name!r} may not use model {uid!r}", param="model")
+
+
+def caller() -> Principal | None:
+    """The key the current request came with; None without auth."""
+    return _PRINCIPAL.get()
 
 
 def require_admin() -> None:

@@ -38,6 +38,13 @@ REQUESTS = Counter(
     ["model", "endpoint", "status"],
     registry=REGISTRY,
 )
+RELAYED_BY = Counter(
+    "inferd_api_process_requests",
+    "Requests relayed to a model, by the API process that relayed it: the server, or one of "
+    "the fronts `--api-processes` adds",
+    ["process"],
+    registry=REGISTRY,
+)
 LATENCY = Histogram(
     "inferd_request_seconds",
     "Time from a request reaching its model to its last byte",

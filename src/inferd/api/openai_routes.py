@@ -11,6 +11,8 @@ from inferd.api.protocol import ChatCompletionRequest, CompletionRequest, Embedd
 from inferd.api.proxy import relay
 from inferd.catalog import EmbeddingFamily
 from inferd.errors import InvalidRequest
+from inferd.runtime.instance import ModelInstance
+from inferd.runtime.manager import ModelManager
 
 router = APIRouter(prefix="/v1")
 
@@ -43,18 +45,25 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
 @router.post("/embeddings")
 async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
     manager = _manager(request)
-    instance = manager.lookup(body.model)
+    instance = embedding_model(manager, body.model, body.dimensions)
+    return await relay(
+        manager, instance, "/embeddings", body.engine_body(instance.uid), stream=False
+    )
+
+
+def embedding_model(manager: ModelManager, model: str, dimensions: int | None) -> ModelInstance:
+    """The launched model an embeddings request names, if it embeds and has the dimensions
+    asked for (also asked by the API processes, `api/fronts`, before they relay one)."""
+    instance = manager.lookup(model)
     instance.require("embed", "/v1/embeddings")
     family = instance.family
     if (
-        body.dimensions is not None
+        dimensions is not None
         and isinstance(family, EmbeddingFamily)
-        and body.dimensions > family.dimensions
+        and dimensions > family.dimensions
     ):
         raise InvalidRequest(
             f"dimensions must be at most {family.dimensions} for {family.model_name}",
             param="dimensions",
         )
-    return await relay(
-        manager, instance, "/embeddings", body.engine_body(instance.uid), stream=False
-    )
+    return instance

@@ -18,7 +18,14 @@ from starlette.background import BackgroundTask
 
 from inferd.api import json_text
 from inferd.api.auth import check_model
-from inferd.api.metrics import FIRST_TOKEN, INTER_TOKEN, LATENCY, REQUESTS, TOKENS
+from inferd.api.metrics import (
+    FIRST_TOKEN,
+    INTER_TOKEN,
+    LATENCY,
+    RELAYED_BY,
+    REQUESTS,
+    TOKENS,
+)
 from inferd.api.sse import StallGuardedResponse, events
 from inferd.errors import (
     InferdError,
@@ -40,9 +47,9 @@ log = logging.getLogger("inferd.proxy")
 # A request that failed before any answer because its model process is gone (refused
 # connection, or a pooled connection the dead process left) produced nothing for the client,
 # so it is sent again to another replica, or to the restarted process.
-_ATTEMPTS = 5
+ATTEMPTS = 5
 # No connection to the model process (a sole timeout set on whole answers is the connect's).
-_NOT_CONNECTED = (
+NOT_CONNECTED = (
     httpx.ConnectError,
     httpx.ConnectTimeout,
     aiohttp.ClientConnectorError,
@@ -132,14 +139,14 @@ async def relay(
     wants_usage = _count_stream_usage(path, body, stream)
     content = json_text.dumps(body, "")
     headers = {"X-Request-Id": request_id}
-    for attempt in range(_ATTEMPTS):
+    for attempt in range(ATTEMPTS):
         replica = manager.try_acquire(instance)  # no tasks to make when a slot is free
         try:
             if replica is None:
                 replica = await unless_client_leaves(manager.acquire(instance), client, None)
         except ClientLeft:
-            _record(instance.uid, path, _CLIENT_LEFT, started)
-            return Response(status_code=_CLIENT_LEFT)  # left while queued; nobody reads this
+            _record(instance.uid, path, CLIENT_LEFT, started)
+            return Response(status_code=CLIENT_LEFT)  # left while queued; nobody reads this
         except TooManyRequests:
             REQUESTS.labels(instance.uid, path, "429").inc()
             raise
@@ -158,28 +165,28 @@ async def relay(
         except (httpx.HTTPError, aiohttp.ClientError) as exc:
             manager.release(instance, replica)
             await asyncio.sleep(0.05 * (attempt + 1))  # time for the supervisor to notice
-            refused = isinstance(exc, _NOT_CONNECTED)
+            refused = isinstance(exc, NOT_CONNECTED)
             if refused:
                 process.mark_unreachable()
             if refused or not process.alive:
                 continue
-            raise _stopped(instance, exc) from exc
+            raise stopped(instance.uid, exc) from exc
         except (ClientLeft, TimeoutError) as exc:
             # A generation nobody will read, or one past its time, should not keep its slot.
-            stopped = await cancel(process.client, request_id)
+            cancelled = await cancel(process.client, request_id)
             manager.release(instance, replica)
             log.info(
                 "%s: request %s %s; the model process %s",
                 instance.uid,
                 request_id,
                 "left by its client" if isinstance(exc, ClientLeft) else "out of time",
-                "cancelled it" if stopped else "had ended it (or had not begun it)",
+                "cancelled it" if cancelled else "had ended it (or had not begun it)",
             )
             if isinstance(exc, ClientLeft):
-                _record(instance.uid, path, _CLIENT_LEFT, started)
-                return Response(status_code=_CLIENT_LEFT)
+                _record(instance.uid, path, CLIENT_LEFT, started)
+                return Response(status_code=CLIENT_LEFT)
             _record(instance.uid, path, 504, started)
-            raise _timed_out(limit) from None
+            raise timed_out(limit) from None
         except BaseException:
             manager.release(instance, replica)
             raise
@@ -257,7 +264,7 @@ async def _refusal(
     try:
         return _Whole(upstream.status, content_type, await upstream.read())
     except aiohttp.ClientError as exc:
-        raise _stopped(instance, exc) from exc
+        raise stopped(instance.uid, exc) from exc
     finally:
         upstream.release()
         release()
@@ -331,15 +338,14 @@ def _closed(task: asyncio.Task[None]) -> None:
         log.debug("closing a relayed stream failed: %r", task.exception())
 
 
-def _stopped(instance: ModelInstance, exc: Exception) -> ModelUnavailable:
+def stopped(uid: str, exc: Exception) -> ModelUnavailable:
     return ModelUnavailable(
-        f"model {instance.uid!r} stopped while answering ({type(exc).__name__}); it is being "
-        "restarted",
+        f"model {uid!r} stopped while answering ({type(exc).__name__}); it is being restarted",
         param="model",
     )
 
 
-def _timed_out(limit: float | None) -> RequestTimedOut:
+def timed_out(limit: float | None) -> RequestTimedOut:
     return RequestTimedOut(
         f"the answer took longer than this server allows one request ({limit:.0f}s, "
         "INFERD_REQUEST_TIMEOUT); ask for fewer max_tokens or raise the limit",
@@ -405,19 +411,19 @@ async def _forward(
     except aiohttp.ClientError as exc:
         # Headers are gone already: end the stream with an error event the client can read.
         record(503)
-        yield _error_event(_stopped(instance, exc))
+        yield _error_event(stopped(instance.uid, exc))
     except TimeoutError:
         record(504)
-        yield _error_event(_timed_out(limit))
+        yield _error_event(timed_out(limit))
     finally:
         # Nothing here may wait before the close has started: a client that left cancels
         # every wait in this task.
-        record(_CLIENT_LEFT)
+        record(CLIENT_LEFT)
         await lease.close()
 
 
 # nginx's "client closed request": an answer cut short because its client hung up.
-_CLIENT_LEFT = 499
+CLIENT_LEFT = 499
 
 
 def _usage_of(event: bytes) -> dict[str, Any] | None:
@@ -448,6 +454,7 @@ def _record(
     content_type: str = "",
 ) -> None:
     REQUESTS.labels(uid, path, str(status)).inc()
+    RELAYED_BY.labels("server").inc()
     LATENCY.labels(uid, path).observe(time.perf_counter() - started)
     if status == 200 and path in _COUNTS_TOKENS and content_type.startswith("application/json"):
         usage = orjson.loads(body).get("usage") or {}

@@ -8,6 +8,8 @@ from fastapi.responses import Response
 from inferd.api.deps import manager as _manager
 from inferd.api.protocol import RerankRequest
 from inferd.api.proxy import relay
+from inferd.runtime.instance import ModelInstance
+from inferd.runtime.manager import ModelManager
 
 router = APIRouter()
 
@@ -15,6 +17,13 @@ router = APIRouter()
 @router.post("/v1/rerank")
 async def rerank(body: RerankRequest, request: Request) -> Response:
     manager = _manager(request)
-    instance = manager.lookup(body.model)
-    instance.require("rerank", "/v1/rerank")
+    instance = rerank_model(manager, body.model)
     return await relay(manager, instance, "/rerank", body.engine_body(instance.uid), stream=False)
+
+
+def rerank_model(manager: ModelManager, model: str) -> ModelInstance:
+    """The launched model a rerank request names, if it ranks (also asked by the API
+    processes, `api/fronts`, before they relay one)."""
+    instance = manager.lookup(model)
+    instance.require("rerank", "/v1/rerank")
+    return instance

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import shutil
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -77,6 +79,15 @@ def cli() -> None:
     help="Run model processes on this Ray cluster (INFERD_RAY_ADDRESS): `auto`, or the head's "
     "host:port as `ray start --head` printed it. Needs `pip install 'inferd[ray]'` on every node.",
 )
+@click.option(
+    "--api-processes",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Processes taking requests on the port (INFERD_API_PROCESSES, default 1: the server "
+    "itself). Above 1, that many front processes take them, relaying embeddings and rerank "
+    "themselves and passing the rest on to the server: more requests a second than one "
+    "process parses.",
+)
 @click.option("--log-level", default="info", show_default=True)
 def serve(
     host: str | None,
@@ -85,6 +96,7 @@ def serve(
     no_restore: bool,
     auth: bool | None,
     ray_address: str | None,
+    api_processes: int | None,
     log_level: str,
 ) -> None:
     """Start the server; models launched before come back unless --no-restore."""
@@ -105,6 +117,8 @@ def serve(
         overrides["auth"] = True
     if ray_address:
         overrides["ray_address"] = ray_address
+    if api_processes:
+        overrides["api_processes"] = api_processes
     settings = Settings(**overrides)
     if settings.ray_address and importlib.util.find_spec("ray") is None:
         _fail("--ray-address needs Ray: pip install 'inferd[ray]' (on every node)")
@@ -128,13 +142,64 @@ def serve(
         logging.getLogger(chatty).setLevel(logging.WARNING)
     base = f"http://{settings.host}:{settings.port}"
     console.print(f"inferd {__version__}: OpenAI base URL [bold]{base}/v1[/bold]", highlight=False)
-    uvicorn.run(
-        create_app(settings, launch, restore=not no_restore),
-        host=settings.host,
-        port=settings.port,
+    if settings.api_processes == 1:
+        uvicorn.run(
+            create_app(settings, launch, restore=not no_restore),
+            host=settings.host,
+            port=settings.port,
+            log_level=log_level.lower(),
+            timeout_graceful_shutdown=int(settings.terminate_timeout),
+        )
+        return
+    _serve_with_fronts(settings, launch, not no_restore, log_level)
+
+
+def _serve_with_fronts(
+    settings: Settings, launch: tuple[str, ...], restore: bool, log_level: str
+) -> None:
+    """Front processes take the port's connections (`api/fronts`); the server listens on a
+    Unix socket of its own, for the slots they ask for and the requests they pass on."""
+    import logging
+    import socket
+    import tempfile
+
+    import uvicorn
+
+    from inferd.api.app import create_app
+    from inferd.api.fronts.forward import NotPassedOn
+    from inferd.api.fronts.processes import FrontsPlan
+
+    try:
+        public = socket.create_server(
+            (settings.host, settings.port),
+            family=socket.AF_INET6 if ":" in settings.host else socket.AF_INET,
+            backlog=2048,
+        )
+    except OSError as exc:
+        _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
+    public.set_inheritable(True)
+    folder = Path(tempfile.mkdtemp(prefix="inferd-api-"))  # Unix socket paths are short
+    private = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    private.bind(str(folder / "server.sock"))
+    private.listen(2048)
+    plan = FrontsPlan(
+        count=settings.api_processes,
+        listening_fd=public.fileno(),
+        control=folder / "control.sock",
+        server=folder / "server.sock",
+        log_level=log_level,
+    )
+    config = uvicorn.Config(
+        create_app(settings, launch, restore=restore, fronts=plan),
         log_level=log_level.lower(),
         timeout_graceful_shutdown=int(settings.terminate_timeout),
     )
+    logging.getLogger("uvicorn.access").addFilter(NotPassedOn())
+    try:
+        uvicorn.Server(config).run(sockets=[private])
+    finally:
+        public.close()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _first_admin_key(settings: Settings) -> None:

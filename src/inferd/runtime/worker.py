@@ -382,6 +382,11 @@ def main() -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     config = EngineConfig.model_validate_json(Path(config_path).read_bytes())
+    # The model thread gives up the interpreter lock in every wait on the GPU and must win it
+    # back from the event loop thread, which keeps it up to the switch interval (5 ms by
+    # default) while it parses requests: on an H200, short embeddings at 32 clients made
+    # passes of ~1 ms graphs 3.9 ms apart. At 0.5 ms: 2,532 -> 3,105 texts/s (MiniLM).
+    sys.setswitchinterval(0.0005)
     worker = Worker(config)
     threading.Thread(target=_exit_with_parent, daemon=True).start()
     threading.Thread(target=worker.load, daemon=True, name="load").start()

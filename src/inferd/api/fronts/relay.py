@@ -1,0 +1,133 @@
+"""A front's own relay of whole answers (embeddings, rerank): a slot from the server, the
+request to the model process, the answer back untouched, the slot returned."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from fastapi import Request
+from fastapi.responses import Response
+
+from inferd.api import json_text
+from inferd.api.auth import caller
+from inferd.api.fronts.forward import ToServer
+from inferd.api.fronts.grants import Grants
+from inferd.api.proxy import (
+    ATTEMPTS,
+    CLIENT_LEFT,
+    NOT_CONNECTED,
+    request_id_of,
+    stopped,
+    timed_out,
+)
+from inferd.errors import InferdError, ModelUnavailable
+from inferd.runtime.aborts import ClientLeft, unless_client_leaves
+
+
+class ModelSockets:
+    """One pool of connections per model process's socket (a restarted process listens on
+    the same one)."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+
+    def session(self, socket: str) -> aiohttp.ClientSession:
+        session = self._sessions.get(socket)
+        if session is None:
+            session = self._sessions[socket] = aiohttp.ClientSession(
+                connector=aiohttp.UnixConnector(path=socket, limit=0),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0),
+                auto_decompress=False,
+            )
+        return session
+
+    async def close(self) -> None:
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
+
+
+async def relay_whole(
+    request: Request, route: str, path: str, body: dict[str, Any], **checks: Any
+) -> Response:
+    """`body` (validated, its `model` as the client named it) relayed to the model's process
+    under `path` once the server grants a slot."""
+    state = request.app.state
+    grants: Grants = state.grants
+    sockets: ModelSockets = state.sockets
+    model = body["model"]
+    request_id = request_id_of(body, request)
+    principal = caller()
+    key = None
+    if principal is not None:
+        models = sorted(principal.models) if principal.models is not None else None
+        key = [principal.name, principal.admin, models]
+    started = time.perf_counter()
+    limit = state.settings.request_timeout or None
+    deadline = started + limit if limit else None
+    headers = {"X-Request-Id": request_id, "Content-Type": "application/json"}
+    for attempt in range(ATTEMPTS):
+        try:
+            asked = grants.grant(route, model, request_id, key, **checks)
+            grant = await unless_client_leaves(asked, request, None)
+        except ClientLeft:
+            return Response(status_code=CLIENT_LEFT)  # left while queued; nobody reads this
+        if grant is None:  # the server relays this model's requests itself
+            to_server: ToServer = state.to_server
+            return await to_server.answer(request.scope, await request.body())
+        body["model"] = grant.uid
+        try:
+            content = json_text.dumps(body, "")
+        except InferdError:
+            grants.release(grant, 400, None)
+            raise
+        session = sockets.session(grant.socket)
+        sending = _whole(session, path, content, headers)
+        try:
+            status, content_type, data = await unless_client_leaves(sending, request, deadline)
+        except NOT_CONNECTED:
+            grants.unreachable(grant)
+            await asyncio.sleep(0.05 * (attempt + 1))  # time for the supervisor to notice
+            continue
+        except aiohttp.ClientError as exc:
+            grants.release(grant, 503, None)
+            raise stopped(grant.uid, exc) from exc
+        except (ClientLeft, TimeoutError) as exc:
+            # An answer nobody will read, or one past its time, should not keep the model busy.
+            await _cancel(session, request_id)
+            left = isinstance(exc, ClientLeft)
+            grants.release(grant, CLIENT_LEFT if left else 504, time.perf_counter() - started)
+            if left:
+                return Response(status_code=CLIENT_LEFT)
+            raise timed_out(limit) from None
+        except BaseException:
+            grants.release(grant, 500, None)
+            raise
+        grants.release(grant, status, time.perf_counter() - started)
+        return Response(data, status_code=status, media_type=content_type, headers=_id(headers))
+    raise ModelUnavailable(f"model {model!r} is not answering", param="model")
+
+
+async def _whole(
+    session: aiohttp.ClientSession, path: str, content: bytes, headers: dict[str, str]
+) -> tuple[int, str, bytes]:
+    async with session.post("http://model" + path, data=content, headers=headers) as answer:
+        body = await answer.read()
+        return answer.status, answer.headers.get("Content-Type", "application/json"), body
+
+
+async def _cancel(session: aiohttp.ClientSession, request_id: str) -> None:
+    try:
+        url = f"http://model/abort/{quote(request_id, safe='')}"
+        async with session.post(url, timeout=aiohttp.ClientTimeout(total=5)) as answer:
+            await answer.read()
+    except (aiohttp.ClientError, TimeoutError):
+        pass  # a process that is gone has nothing left to cancel
+
+
+def _id(headers: dict[str, str]) -> dict[str, str]:
+    return {"X-Request-Id": headers["X-Request-Id"]}

@@ -1,0 +1,263 @@
+"""`inferd serve --api-processes 3`: three front processes take the port's connections for the
+server. Real clients on fresh connections spread over them; fronts relay embeddings and rerank
+themselves (counted in /metrics by who relayed them) with the server's errors, keys and queue,
+pass everything else on to the server (streams and hang-ups included), come back when killed
+and leave with the server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from xinference_client import RESTfulClient
+
+from tests.conftest import EMBEDDING, LLM, InferdServer, wait_gone
+
+pytestmark = pytest.mark.slow
+
+TEXTS = ["The cat sat on the mat.", "Paris is the capital of France.", "Stocks fell on Monday."]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InferdServer]:
+    srv = InferdServer(tmp_path_factory.mktemp("inferd-fronts"), "--api-processes", "3", "--auth")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def keys(server: InferdServer) -> dict[str, str]:
+    def make(*args: str) -> str:
+        return server.cli("keys", "create", *args).stdout.strip()
+
+    made = {
+        "admin": make("--name", "ops", "--admin"),
+        "user": make("--name", "app", "--models", "minilm"),
+        "other": make("--name", "elsewhere", "--models", "gemma"),
+    }
+    admin = {"Authorization": f"Bearer {made['admin']}"}
+    for body in (
+        {"model_name": EMBEDDING, "model_type": "embedding", "model_uid": "minilm"},
+        {"model_name": EMBEDDING, "model_type": "rerank", "model_uid": "minilm-rerank"},
+        {"model_name": LLM, "model_type": "LLM", "model_uid": "gemma"},
+    ):
+        launched = httpx.post(f"{server.url}/v1/models", json=body, headers=admin, timeout=300)
+        assert launched.status_code == 200, launched.text
+    return made
+
+
+def fronts(server: InferdServer) -> list[int]:
+    """The pids of the server's front processes."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        parent = int(stat.rsplit(") ", 1)[1].split()[1])
+        if parent == server.proc.pid and b"inferd.api.fronts" in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def relayed(server: InferdServer, key: str) -> dict[str, float]:
+    got = httpx.get(f"{server.url}/metrics", headers={"x-api-key": key}, timeout=10)
+    assert got.status_code == 200
+    counts = {}
+    for line in got.text.splitlines():
+        if line.startswith("inferd_api_process_requests_total{"):
+            counts[line.split('"')[1]] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def fresh(server: InferdServer, key: str) -> openai.OpenAI:
+    """A client on a connection of its own, so the kernel picks the process anew."""
+    return openai.OpenAI(
+        base_url=f"{server.url}/v1", api_key=key, max_retries=0, http_client=httpx.Client()
+    )
+
+
+def test_fronts_relay_embeddings_and_rerank_with_the_servers_answers(
+    server: InferdServer, keys: dict[str, str]
+) -> None:
+    assert len(fronts(server)) == 3
+    before = relayed(server, keys["admin"])
+    with fresh(server, keys["user"]) as client:
+        expected = client.embeddings.create(model="minilm", input=TEXTS)
+    vectors = [d.embedding for d in expected.data]
+
+    def embed(i: int) -> list[float]:
+        with fresh(server, keys["user"]) as client:
+            got = client.embeddings.create(model="minilm", input=TEXTS[i % 3])
+        return got.data[0].embedding
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(embed, range(90)))
+    for i, vector in enumerate(answers):
+        assert vector == pytest.approx(vectors[i % 3], abs=1e-5)
+
+    def rank(_: int) -> list[int]:
+        model = RESTfulClient(server.url, api_key=keys["admin"]).get_model("minilm-rerank")
+        answer = model.rerank(TEXTS, "Which city is France's capital?", top_n=1)
+        return [r["index"] for r in answer["results"]]
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(map(tuple, pool.map(rank, range(24)))) == {(1,)}
+
+    # 1 + 90 embeddings and 24 rankings, relayed by the fronts themselves and counted once by
+    # the server (as each slot comes back, which may be a moment after the answer).
+    deadline = time.monotonic() + 10
+    while (after := relayed(server, keys["admin"])).get("front", 0) - before.get("front", 0) < 115:
+        assert time.monotonic() < deadline, (before, after)
+        time.sleep(0.1)
+    assert after.get("front", 0) - before.get("front", 0) == 115
+    assert after.get("server", 0) == before.get("server", 0)
+
+
+def test_fronts_refuse_as_the_server_does(server: InferdServer, keys: dict[str, str]) -> None:
+    def post(key: str | None, body: dict, path: str = "/v1/embeddings") -> list[httpx.Response]:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        # Several fresh connections: some land on fronts, some on the server.
+        return [
+            httpx.post(f"{server.url}{path}", json=body, headers=headers, timeout=30)
+            for _ in range(9)
+        ]
+
+    def same(answers: list[httpx.Response], status: int, param: str | None) -> str:
+        bodies = {a.text for a in answers}
+        assert {a.status_code for a in answers} == {status}, bodies
+        assert len(bodies) == 1, bodies  # word for word the same from every process
+        error = answers[0].json()["error"]
+        assert error["param"] == param
+        return str(error["message"])
+
+    user, other = keys["user"], keys["other"]
+    assert "not launched" in same(post(user, {"model": "nope", "input": "x"}), 404, "model")
+    assert "required" in same(post(user, {"model": "minilm"}), 400, "input")
+    assert "at most 384" in same(
+        post(user, {"model": "minilm", "input": "x", "dimensions": 9999}), 400, "dimensions"
+    )
+    assert "may not use" in same(post(other, {"model": "minilm", "input": "x"}), 403, "model")
+    same(post(None, {"model": "minilm", "input": "x"}), 401, "authorization")
+    chat_model = same(post(keys["admin"], {"model": "gemma", "input": "x"}), 400, "model")
+    assert "cannot serve /v1/embeddings" in chat_model
+    ranked = post(user, {"model": "minilm", "query": "q", "documents": ["a"]}, "/v1/rerank")
+    assert "cannot serve /v1/rerank" in same(ranked, 400, "model")
+
+
+def test_everything_else_passes_through_fronts(server: InferdServer, keys: dict[str, str]) -> None:
+    admin = keys["admin"]
+    # Management, Ollama's API and streamed chat: the server's own answers, whichever process
+    # took the connection.
+    listed = {
+        tuple(sorted(m["id"] for m in httpx.get(
+            f"{server.url}/v1/models", headers={"x-api-key": admin}, timeout=10
+        ).json()["data"]))
+        for _ in range(9)
+    }  # fmt: skip
+    assert listed == {("gemma", "minilm", "minilm-rerank")}
+    for _ in range(6):
+        embedded = httpx.post(
+            f"{server.url}/api/embed",
+            json={"model": "minilm", "input": TEXTS[0]},
+            headers={"x-api-key": admin},
+            timeout=30,
+        )
+        assert embedded.status_code == 200 and len(embedded.json()["embeddings"][0]) == 384
+    for _ in range(4):
+        with fresh(server, admin) as client:
+            stream = client.chat.completions.create(
+                model="gemma",
+                messages=[{"role": "user", "content": "Count to five."}],
+                max_tokens=8,
+                stream=True,
+            )
+            chunks = list(stream)
+        assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+        assert sum(bool(c.choices and c.choices[0].delta.content) for c in chunks) >= 1
+
+
+def test_a_client_hanging_up_on_a_front_stops_the_stream(
+    server: InferdServer, keys: dict[str, str]
+) -> None:
+    headers = {"x-api-key": keys["admin"]}
+    left_before = left(server, headers)
+    body = {
+        "model": "gemma",
+        "messages": [{"role": "user", "content": "Go on."}],
+        "max_tokens": 2000,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    for _ in range(6):  # fresh connections: most land on a front
+        with (
+            httpx.Client(timeout=60) as client,
+            client.stream(
+                "POST", f"{server.url}/v1/chat/completions", json=body, headers=headers
+            ) as answer,
+        ):
+            assert answer.status_code == 200
+            next(answer.iter_lines())
+        # Hung up after the first event: the server sees it and stops the model's work.
+    deadline = time.monotonic() + 30
+    while left(server, headers) - left_before < 6:
+        assert time.monotonic() < deadline, left(server, headers)
+        time.sleep(0.1)
+    while httpx.get(f"{server.url}/v1/models/gemma", headers=headers).json()["replicas"][0][
+        "inflight"
+    ]:
+        assert time.monotonic() < deadline, "the model still works for clients that left"
+        time.sleep(0.1)
+
+
+def left(server: InferdServer, headers: dict[str, str]) -> float:
+    samples = scrape_with(server, headers)
+    return sum(
+        v
+        for (name, labels), v in samples.items()
+        if name == "inferd_requests_total" and ("status", "499") in labels
+        and ("model", "gemma") in labels
+    )  # fmt: skip
+
+
+def scrape_with(server: InferdServer, headers: dict[str, str]) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{server.url}/metrics", headers=headers, timeout=10).text
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_a_killed_front_comes_back_and_all_leave_with_the_server(
+    server: InferdServer, keys: dict[str, str]
+) -> None:
+    first = fronts(server)
+    os.kill(first[0], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while first[0] in fronts(server) or len(fronts(server)) < 3:
+        assert time.monotonic() < deadline, fronts(server)
+        time.sleep(0.1)
+
+    def embed(_: int) -> int:
+        with fresh(server, keys["user"]) as client:
+            return len(client.embeddings.create(model="minilm", input="x").data[0].embedding)
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(embed, range(30))) == {384}
+    assert "exited with code -9; starting it again" in server.log()
+    now = fronts(server)
+    server.stop()
+    wait_gone(now)
