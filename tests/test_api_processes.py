@@ -259,5 +259,8 @@ def test_a_killed_front_comes_back_and_all_leave_with_the_server(
         assert set(pool.map(embed, range(30))) == {384}
     assert "exited with code -9; starting it again" in server.log()
     now = fronts(server)
+    control = Path((Path("/proc") / str(now[0]) / "cmdline").read_bytes().split(b"\0")[4].decode())
+    assert control.exists()
     server.stop()
     wait_gone(now)
+    assert not control.parent.exists()  # the server's sockets go with it

@@ -179,16 +179,15 @@ def _serve_with_fronts(
         _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
     public.set_inheritable(True)
     folder = Path(tempfile.mkdtemp(prefix="inferd-api-"))  # Unix socket paths are short
-    private = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    private.bind(str(folder / "server.sock"))
-    private.listen(2048)
     plan = FrontsPlan(
         count=settings.api_processes,
         listening_fd=public.fileno(),
-        control=folder / "control.sock",
-        server=folder / "server.sock",
+        folder=folder,
         log_level=log_level,
     )
+    private = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    private.bind(str(plan.server))
+    private.listen(2048)
     config = uvicorn.Config(
         create_app(settings, launch, restore=restore, fronts=plan),
         log_level=log_level.lower(),
@@ -197,7 +196,7 @@ def _serve_with_fronts(
     logging.getLogger("uvicorn.access").addFilter(NotPassedOn())
     try:
         uvicorn.Server(config).run(sockets=[private])
-    finally:
+    finally:  # reached when the server did not start (a signal ends the process instead)
         public.close()
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
 from dataclasses import dataclass
@@ -27,9 +28,16 @@ class FrontsPlan:
 
     count: int
     listening_fd: int
-    control: Path
-    server: Path
+    folder: Path  # the server's sockets: control.sock (slots), server.sock (the rest)
     log_level: str
+
+    @property
+    def control(self) -> Path:
+        return self.folder / "control.sock"
+
+    @property
+    def server(self) -> Path:
+        return self.folder / "server.sock"
 
 
 class FrontProcesses:
@@ -47,6 +55,8 @@ class FrontProcesses:
         self._keepers = [asyncio.create_task(self._keep(i)) for i in range(self.plan.count)]
 
     async def stop(self) -> None:
+        """Stop them, and remove the server's sockets (uvicorn ends the process with the
+        signal it caught, so nothing after the app's shutdown runs)."""
         self._stopping = True
         for keeper in self._keepers:
             keeper.cancel()
@@ -61,6 +71,7 @@ class FrontProcesses:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await process.wait()
+        shutil.rmtree(self.plan.folder, ignore_errors=True)
 
     async def _keep(self, index: int) -> None:
         quick_exits = 0
@@ -96,4 +107,7 @@ class FrontProcesses:
             plan.log_level,
             pass_fds=(plan.listening_fd,),
             env=env,
+            # Out of the terminal's process group: Ctrl-C stops the server, which stops them
+            # in order, rather than each on its own (and the server starting them again).
+            start_new_session=True,
         )
