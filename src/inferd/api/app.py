@@ -28,13 +28,10 @@ from inferd.api import (
     unsupported,
 )
 from inferd.api.anthropic import routes as anthropic_routes
-from inferd.api.auth import AuthMiddleware
-from inferd.api.content_type import JsonBodies
-from inferd.api.errors import install_error_handlers
+from inferd.api.checks import install_checks
 from inferd.api.fronts.control import FrontControl
 from inferd.api.fronts.forward import client_from_front
 from inferd.api.fronts.processes import FrontProcesses, FrontsPlan
-from inferd.api.limits import BodyLimit
 from inferd.api.responses import routes as responses_routes
 from inferd.catalog import get_catalog
 from inferd.errors import InferdError
@@ -107,12 +104,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    install_error_handlers(app)
-    if settings.auth:
-        app.add_middleware(AuthMiddleware, state_db=settings.state_db)
-    app.add_middleware(JsonBodies)
-    # Added last, so it runs first: an oversized body is refused before anything reads it.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_mb << 20)
+    install_checks(app, settings)
     if fronts is not None:
         app.add_middleware(client_from_front)
     app.include_router(openai_routes.router)

@@ -9,13 +9,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from inferd.api.auth import AuthMiddleware
-from inferd.api.content_type import JsonBodies
-from inferd.api.errors import install_error_handlers
+from inferd.api.checks import install_checks
 from inferd.api.fronts.forward import ToServer
 from inferd.api.fronts.grants import Grants
 from inferd.api.fronts.relay import ModelSockets, relay_whole
-from inferd.api.limits import BodyLimit
 from inferd.api.protocol import EmbeddingRequest, RerankRequest
 from inferd.runtime.heap import freeze_startup_heap
 from inferd.settings import Settings
@@ -45,11 +42,7 @@ def create_front_app(settings: Settings, control: str, server: str) -> FrontApp:
     own = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
     own.state.settings = settings
     own.state.to_server = to_server
-    install_error_handlers(own)
-    if settings.auth:
-        own.add_middleware(AuthMiddleware, state_db=settings.state_db)
-    own.add_middleware(JsonBodies)
-    own.add_middleware(BodyLimit, max_bytes=settings.max_request_mb << 20)
+    install_checks(own, settings)
 
     @own.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest, request: Request) -> Response:

@@ -25,7 +25,7 @@ from inferd.api.proxy import (
     timed_out,
 )
 from inferd.errors import InferdError, ModelUnavailable
-from inferd.runtime.aborts import ClientLeft, unless_client_leaves
+from inferd.runtime.aborts import unless_client_leaves
 
 
 class ModelSockets:
@@ -70,12 +70,10 @@ async def relay_whole(
     limit = state.settings.request_timeout or None
     deadline = started + limit if limit else None
     headers = {"X-Request-Id": request_id, "Content-Type": "application/json"}
+    # As the server's relay does for these short answers, a client that leaves is not watched
+    # for (two tasks a request): its answer is dropped when it comes.
     for attempt in range(ATTEMPTS):
-        try:
-            asked = grants.grant(route, model, request_id, key, **checks)
-            grant = await unless_client_leaves(asked, request, None)
-        except ClientLeft:
-            return Response(status_code=CLIENT_LEFT)  # left while queued; nobody reads this
+        grant = await grants.grant(route, model, request_id, key, **checks)
         if grant is None:  # the server relays this model's requests itself
             to_server: ToServer = state.to_server
             return await to_server.answer(request.scope, await request.body())
@@ -88,7 +86,7 @@ async def relay_whole(
         session = sockets.session(grant.socket)
         sending = _whole(session, path, content, headers)
         try:
-            status, content_type, data = await unless_client_leaves(sending, request, deadline)
+            status, content_type, data = await unless_client_leaves(sending, None, deadline)
         except NOT_CONNECTED:
             grants.unreachable(grant)
             await asyncio.sleep(0.05 * (attempt + 1))  # time for the supervisor to notice
@@ -96,16 +94,13 @@ async def relay_whole(
         except aiohttp.ClientError as exc:
             grants.release(grant, 503, None)
             raise stopped(grant.uid, exc) from exc
-        except (ClientLeft, TimeoutError) as exc:
-            # An answer nobody will read, or one past its time, should not keep the model busy.
+        except TimeoutError:
+            # An answer past its time should not keep the model busy.
             await _cancel(session, request_id)
-            left = isinstance(exc, ClientLeft)
-            grants.release(grant, CLIENT_LEFT if left else 504, time.perf_counter() - started)
-            if left:
-                return Response(status_code=CLIENT_LEFT)
+            grants.release(grant, 504, time.perf_counter() - started)
             raise timed_out(limit) from None
-        except BaseException:
-            grants.release(grant, 500, None)
+        except BaseException:  # this handler cancelled (the front stopping): nobody answered
+            grants.release(grant, CLIENT_LEFT, None)
             raise
         grants.release(grant, status, time.perf_counter() - started)
         return Response(data, status_code=status, media_type=content_type, headers=_id(headers))
