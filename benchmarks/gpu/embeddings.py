@@ -18,11 +18,12 @@ query. Texts are `--words` words long (a query-sized and a chunk-sized length by
   passes held (py-spy's stacks too, with `--spy-dir`). `--src LABEL=DIR`, repeated, measures
   several sources of inferd one after another on the same machine; `--api-processes 1,4` each
   with one and with four API processes (`inferd serve --api-processes`); `--direct` adds 32
-  clients sending straight to the model process's socket (what it takes without the server).
+  clients sending straight to the model process's socket (what it takes without the server);
+  `--replicas 1,2` each with that many model processes behind the model's uid, on the one GPU.
 
     python benchmarks/gpu/embeddings.py [--seconds 8] [--words 12,200] [--docs 8] [--models ...]
         [--lists 32] [--dtype float16] [--spy-dir DIR] [--src before=DIR --src after=DIR]
-        [--api-processes 1,4] [--direct]
+        [--api-processes 1,4] [--replicas 1,2] [--direct]
 
 Prints one JSON line per measurement and a table at the end.
 """
@@ -310,17 +311,24 @@ def served(
     expected: list[Any],
     dtype: str | None,
     direct: bool = False,
+    replicas: int = 1,
 ) -> dict[int, dict[str, Rate]]:
     """Rates at 1 and 32 clients sending one text (or rerank request) each, and, for embedding
     models, 32 clients sending `lists` texts a request (counted in texts); the cores each of the
     server's processes kept busy at 32 clients, and what one request cost each of them.
     `direct`: also 32 clients sending to the model process's socket themselves, the server left
-    out (what the model process alone can take)."""
+    out (what the model process alone can take). `replicas`: model processes behind the uid,
+    on the one GPU."""
     kind = SHAPES[name][0]
     started = time.time()
     answer = httpx.post(
         f"{base}/v1/models",
-        json={"model_name": name, "model_type": kind, **({"dtype": dtype} if dtype else {})},
+        json={
+            "model_name": name,
+            "model_type": kind,
+            "replica": replicas,
+            **({"dtype": dtype} if dtype else {}),
+        },
         timeout=600,
     )
     if answer.status_code != 200:
@@ -433,6 +441,11 @@ def main() -> None:
         help="inferd serve --api-processes, each of these counts in turn (e.g. 1,4)",
     )
     parser.add_argument(
+        "--replicas",
+        default="1",
+        help="model processes a launch runs on the one GPU, each of these counts in turn",
+    )
+    parser.add_argument(
         "--src",
         action="append",
         default=[],
@@ -465,15 +478,22 @@ def main() -> None:
 
     given = [tuple(given.split("=", 1)) for given in args.src] or [("inferd", str(ROOT / "src"))]
     counts = [int(n) for n in args.api_processes.split(",")]
+    replicas = [int(n) for n in args.replicas.split(",")]
     runs = [
-        (label if counts == [1] else f"{label}-x{n}", Path(src), n)
+        (
+            label + ("" if counts == [1] else f"-x{n}") + ("" if replicas == [1] else f"-r{r}"),
+            Path(src),
+            n,
+            r,
+        )
         for label, src in given
         for n in counts
+        for r in replicas
     ]
     ours: dict[str, dict[str, dict[int, dict[str, Rate]]]] = {}
-    for label, src, n in runs:
-        ours[label] = measure_inferd(root / label, src, folders, expected, words_list, args, n)
-    sources = [(label, src) for label, src, _ in runs]
+    for label, src, n, r in runs:
+        ours[label] = measure_inferd(root / label, src, folders, expected, words_list, args, n, r)
+    sources = [(label, src) for label, src, _, _ in runs]
 
     unit = {"embedding": "texts/s", "rerank": f"requests/s ({args.docs} docs each)"}
     print(
@@ -511,9 +531,10 @@ def measure_inferd(
     words_list: list[int],
     args: argparse.Namespace,
     api_processes: int = 1,
+    replicas: int = 1,
 ) -> dict[str, dict[int, dict[str, Rate]]]:
     """One server started from `src` (with `api_processes`): each model registered,
-    launched, measured, terminated."""
+    launched (with `replicas` processes), measured, terminated."""
     root.mkdir(parents=True)
     say({"inferd": root.name, "src": str(src)})
     log = root / "inferd.log"
@@ -536,6 +557,7 @@ def measure_inferd(
                     expected[name],
                     args.dtype,
                     args.direct,
+                    replicas,
                 )
             except RuntimeError as exc:
                 say({"model": name, "error": str(exc)})
