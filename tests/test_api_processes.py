@@ -166,6 +166,14 @@ def test_everything_else_passes_through_fronts(server: InferdServer, keys: dict[
         for _ in range(9)
     }  # fmt: skip
     assert listed == {("gemma", "minilm", "minilm-rerank")}
+    for _ in range(3):  # a query string passes on too
+        tail = httpx.get(
+            f"{server.url}/v1/models/minilm/logs",
+            params={"tail": 2},
+            headers={"x-api-key": admin},
+            timeout=10,
+        )
+        assert tail.status_code == 200 and len(tail.text.splitlines()) == 2, tail.text
     for _ in range(6):
         embedded = httpx.post(
             f"{server.url}/api/embed",
@@ -264,3 +272,37 @@ def test_a_killed_front_comes_back_and_all_leave_with_the_server(
     server.stop()
     wait_gone(now)
     assert not control.parent.exists()  # the server's sockets go with it
+
+
+def test_a_front_without_its_server_answers_503_in_the_apis_shape(tmp_path: Path) -> None:
+    """What a front passes on while the server is gone (stopping): a 503 shaped for the API the
+    client called, not uvicorn's bare 500."""
+    import asyncio
+
+    from inferd.api.fronts.forward import ToServer
+
+    async def call(path: str) -> tuple[int, dict[str, str], bytes]:
+        to_server = ToServer(str(tmp_path / "nobody.sock"))
+        scope = {
+            "type": "http", "method": "GET", "path": path, "raw_path": path.encode(),
+            "query_string": b"a=1", "headers": [(b"host", b"x")], "client": ("1.2.3.4", 5),
+            "scheme": "http", "server": ("x", 80), "root_path": "", "http_version": "1.1",
+        }  # fmt: skip
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await to_server(scope, receive, send)
+        await to_server.close()
+        headers = {k.decode(): v.decode() for k, v in sent[0]["headers"]}
+        return sent[0]["status"], headers, b"".join(m.get("body", b"") for m in sent[1:])
+
+    status, headers, body = asyncio.run(call("/v1/models"))
+    assert status == 503 and headers["retry-after"] == "5"
+    assert b'"code":"model_unavailable"' in body and b"not answering" in body
+    status, _, body = asyncio.run(call("/api/tags"))  # Ollama's clients read a plain string
+    assert status == 503 and body.startswith(b'{"error":"the server behind')

@@ -78,7 +78,7 @@ def create_app(
         if fronts is not None:
             control = FrontControl(manager, fronts.control)
             await control.start()
-            processes = app.state.fronts = FrontProcesses(fronts, settings)
+            processes = FrontProcesses(fronts, settings)
             processes.start()
         freeze_startup_heap()  # the relay of every stream pauses for each full collection
         startup = asyncio.create_task(_launch_all(manager, launch))

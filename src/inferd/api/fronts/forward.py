@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
 
-from inferd.errors import ModelUnavailable
+from inferd.api.errors import error_response
+from inferd.errors import InferdError, ModelUnavailable
 
 # Headers about one connection, not the request (RFC 9110 7.6.1); the rest pass as they are.
 _HOP = frozenset(
@@ -51,14 +53,26 @@ class ToServer:
         framed = any(
             name in (b"content-length", b"transfer-encoding") for name, _ in scope["headers"]
         )
-        response = await self.answer(scope, _body(receive) if framed else None)
+        try:
+            response = await self.answer(scope, _body(receive) if framed else None)
+        except InferdError as exc:  # in the shape of the API called, as the server's own
+            response = error_response(
+                exc.status_code,
+                exc.message,
+                exc.error_type,
+                exc.param,
+                exc.code,
+                {"Retry-After": "5"},
+                Request(scope),
+            )
         await response(scope, receive, send)
 
     async def answer(self, scope: Scope, body: bytes | AsyncIterator[bytes] | None) -> Response:
         """The server's answer to the request `scope` describes, its body streaming."""
-        url = URL("http://server" + scope["raw_path"].decode("latin-1"), encoded=True)
+        target = scope["raw_path"]
         if scope["query_string"]:
-            url = url.with_query(scope["query_string"].decode("latin-1"))
+            target += b"?" + scope["query_string"]
+        url = URL("http://server" + target.decode("latin-1"), encoded=True)
         headers = [
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in scope["headers"]

@@ -58,10 +58,12 @@ class Grants:
         """A slot for one request, once the model's queue reaches it; None when the server
         wants the request passed on to it; the server's refusal is raised here."""
         n = next(self._ids)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[n] = future
         message = {"op": "grant", "id": n, "route": route, "model": model}
         self._send({**message, "request_id": request_id, "key": key, **checks})
+        # Registered after the send (no reply can come in between): a send that fails leaves
+        # nothing behind.
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[n] = future
         try:
             reply = await future
         except asyncio.CancelledError:

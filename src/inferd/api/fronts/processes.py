@@ -47,10 +47,6 @@ class FrontProcesses:
         self._keepers: list[asyncio.Task[None]] = []
         self._stopping = False
 
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self._running if p is not None and p.returncode is None]
-
     def start(self) -> None:
         self._keepers = [asyncio.create_task(self._keep(i)) for i in range(self.plan.count)]
 
