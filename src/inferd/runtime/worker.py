@@ -385,7 +385,8 @@ def main() -> None:
     # The model thread gives up the interpreter lock in every wait on the GPU and must win it
     # back from the event loop thread, which keeps it up to the switch interval (5 ms by
     # default) while it parses requests: on an H200, short embeddings at 32 clients made
-    # passes of ~1 ms graphs 3.9 ms apart. At 0.5 ms: 2,532 -> 3,105 texts/s (MiniLM).
+    # passes of ~1 ms graphs 3.9 ms apart. At 0.5 ms: 2,532 -> 3,105 texts/s (MiniLM, four
+    # API processes; benchmarks/results/embeddings_h200.txt).
     sys.setswitchinterval(0.0005)
     worker = Worker(config)
     threading.Thread(target=_exit_with_parent, daemon=True).start()
