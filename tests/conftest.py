@@ -103,6 +103,10 @@ class InferdServer:
             raise AssertionError(f"inferd {' '.join(args)} failed:\n{result.stderr}")
         return result
 
+    def create_key(self, *args: str) -> str:
+        """A new API key, made with `inferd keys create ARGS` on the server's INFERD_HOME."""
+        return self.cli("keys", "create", *args).stdout.strip()
+
     def openai(self) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0)
 
@@ -127,11 +131,13 @@ class InferdServer:
         return self.proc.returncode
 
 
-def scrape(server: InferdServer) -> dict[tuple[str, frozenset], float]:
+def scrape(
+    server: InferdServer, headers: dict[str, str] | None = None
+) -> dict[tuple[str, frozenset], float]:
     """`/metrics` read as Prometheus reads it: each sample's value by its name and labels."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    answer = httpx.get(f"{server.url}/metrics", timeout=10)
+    answer = httpx.get(f"{server.url}/metrics", headers=headers, timeout=10)
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/plain")
     samples = {}

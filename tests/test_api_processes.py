@@ -18,7 +18,7 @@ import openai
 import pytest
 from xinference_client import RESTfulClient
 
-from tests.conftest import EMBEDDING, LLM, InferdServer, wait_gone
+from tests.conftest import EMBEDDING, LLM, InferdServer, scrape, wait_gone
 
 pytestmark = pytest.mark.slow
 
@@ -34,13 +34,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InferdServer]:
 
 @pytest.fixture(scope="module")
 def keys(server: InferdServer) -> dict[str, str]:
-    def make(*args: str) -> str:
-        return server.cli("keys", "create", *args).stdout.strip()
-
     made = {
-        "admin": make("--name", "ops", "--admin"),
-        "user": make("--name", "app", "--models", "minilm"),
-        "other": make("--name", "elsewhere", "--models", "gemma"),
+        "admin": server.create_key("--name", "ops", "--admin"),
+        "user": server.create_key("--name", "app", "--models", "minilm"),
+        "other": server.create_key("--name", "elsewhere", "--models", "gemma"),
     }
     admin = {"Authorization": f"Bearer {made['admin']}"}
     for body in (
@@ -71,13 +68,12 @@ def fronts(server: InferdServer) -> list[int]:
 
 
 def relayed(server: InferdServer, key: str) -> dict[str, float]:
-    got = httpx.get(f"{server.url}/metrics", headers={"x-api-key": key}, timeout=10)
-    assert got.status_code == 200
-    counts = {}
-    for line in got.text.splitlines():
-        if line.startswith("inferd_api_process_requests_total{"):
-            counts[line.split('"')[1]] = float(line.rsplit(" ", 1)[1])
-    return counts
+    """Requests relayed so far, by the kind of process that relayed them."""
+    return {
+        dict(labels)["process"]: value
+        for (name, labels), value in scrape(server, {"x-api-key": key}).items()
+        if name == "inferd_api_process_requests_total"
+    }
 
 
 def fresh(server: InferdServer, key: str) -> openai.OpenAI:
@@ -229,24 +225,13 @@ def test_a_client_hanging_up_on_a_front_stops_the_stream(
 
 
 def left(server: InferdServer, headers: dict[str, str]) -> float:
-    samples = scrape_with(server, headers)
+    samples = scrape(server, headers)
     return sum(
         v
         for (name, labels), v in samples.items()
         if name == "inferd_requests_total" and ("status", "499") in labels
         and ("model", "gemma") in labels
     )  # fmt: skip
-
-
-def scrape_with(server: InferdServer, headers: dict[str, str]) -> dict:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(f"{server.url}/metrics", headers=headers, timeout=10).text
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def test_a_killed_front_comes_back_and_all_leave_with_the_server(

@@ -26,13 +26,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InferdServer]:
 
 @pytest.fixture(scope="module")
 def keys(server: InferdServer) -> dict[str, str]:
-    def make(*args: str) -> str:
-        return server.cli("keys", "create", *args).stdout.strip()
-
     made = {
-        "admin": make("--name", "ops", "--admin"),
-        "user": make("--name", "app", "--models", "minilm"),
-        "other": make("--name", "elsewhere", "--models", "not-minilm"),
+        "admin": server.create_key("--name", "ops", "--admin"),
+        "user": server.create_key("--name", "app", "--models", "minilm"),
+        "other": server.create_key("--name", "elsewhere", "--models", "not-minilm"),
     }
     launched = httpx.post(
         f"{server.url}/v1/models",
@@ -127,7 +124,7 @@ def test_xinference_client_and_the_cli_send_the_key(
 
 
 def test_revoked_keys_stop_working_at_once(server: InferdServer, keys: dict[str, str]) -> None:
-    short = server.cli("keys", "create", "--name", "short").stdout.strip()
+    short = server.create_key("--name", "short")
     assert call(server, "GET", "/v1/models", short).status_code == 200
     server.cli("keys", "revoke", "short")
     assert call(server, "GET", "/v1/models", short).status_code == 401

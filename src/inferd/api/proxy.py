@@ -158,7 +158,7 @@ async def relay(
         sending: Awaitable[aiohttp.ClientResponse | _Whole] = (
             _opened(process, path, content, headers)
             if stream
-            else _whole(process, path, content, headers)
+            else post_whole(process.session(), process.base_url + path, content, headers)
         )
         try:
             upstream = await unless_client_leaves(sending, None if stream else client, deadline)
@@ -241,13 +241,12 @@ async def _opened(
     )
 
 
-async def _whole(
-    process: ModelProcess, path: str, content: bytes, headers: dict[str, str]
+async def post_whole(
+    session: aiohttp.ClientSession, url: str, content: bytes, headers: dict[str, str]
 ) -> _Whole:
-    async with process.session().post(
-        process.base_url + path,
-        data=content,
-        headers={**headers, "Content-Type": "application/json"},
+    """A model process's whole answer to a JSON body (the server's relay, and a front's)."""
+    async with session.post(
+        url, data=content, headers={**headers, "Content-Type": "application/json"}
     ) as answer:
         body = await answer.read()
         return _Whole(answer.status, answer.headers.get("Content-Type", "application/json"), body)
@@ -453,13 +452,20 @@ def _record(
     body: bytes = b"",
     content_type: str = "",
 ) -> None:
-    REQUESTS.labels(uid, path, str(status)).inc()
-    RELAYED_BY.labels("server").inc()
-    LATENCY.labels(uid, path).observe(time.perf_counter() - started)
+    count(uid, path, status, time.perf_counter() - started, "server")
     if status == 200 and path in _COUNTS_TOKENS and content_type.startswith("application/json"):
         usage = orjson.loads(body).get("usage") or {}
         TOKENS.labels(uid, "prompt").inc(usage.get("prompt_tokens") or 0)
         TOKENS.labels(uid, "completion").inc(usage.get("completion_tokens") or 0)
+
+
+def count(uid: str, path: str, status: int, seconds: float | None, by: str) -> None:
+    """One relayed request in the metrics: its status, its time, who relayed it (the server,
+    or a front)."""
+    REQUESTS.labels(uid, path, str(status)).inc()
+    RELAYED_BY.labels(by).inc()
+    if seconds is not None:
+        LATENCY.labels(uid, path).observe(seconds)
 
 
 # Generation answers are small to parse; an embeddings body can be megabytes of floats.

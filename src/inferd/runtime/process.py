@@ -40,12 +40,7 @@ class ModelProcess:
         spends a quarter of httpx's CPU on a request, a tenth with 32 in flight. Made on first
         use, inside the server's loop."""
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=self._connector(),
-                headers=self._headers,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0),
-                auto_decompress=False,
-            )
+            self._session = answers_session(self._connector(), self._headers)
         return self._session
 
     def _connector(self) -> aiohttp.BaseConnector:
@@ -196,6 +191,18 @@ def end_group(pid: int) -> None:
     session; once it is gone they would only hold memory, so they go too."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
+
+
+def answers_session(
+    connector: aiohttp.BaseConnector, headers: dict[str, str] | None = None
+) -> aiohttp.ClientSession:
+    """A pool of connections to one model process for whole answers, relayed untouched."""
+    return aiohttp.ClientSession(
+        connector=connector,
+        headers=headers,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0),
+        auto_decompress=False,
+    )
 
 
 def http_client(

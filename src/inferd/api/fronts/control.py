@@ -28,8 +28,9 @@ from typing import Any, NamedTuple
 import orjson
 
 from inferd.api.auth import Principal, check_model
-from inferd.api.metrics import LATENCY, RELAYED_BY, REQUESTS
+from inferd.api.metrics import REQUESTS
 from inferd.api.openai_routes import embedding_model
+from inferd.api.proxy import count
 from inferd.api.rerank import rerank_model
 from inferd.errors import InferdError, InvalidRequest, RequestAborted, TooManyRequests
 from inferd.runtime.instance import ModelInstance
@@ -183,10 +184,7 @@ class _Session:
 
     def _release(self, slot: _Slot, status: int, seconds: float | None) -> None:
         self.manager.release(slot.instance, slot.replica, seconds)
-        REQUESTS.labels(slot.instance.uid, slot.path, str(status)).inc()
-        RELAYED_BY.labels("front").inc()
-        if seconds is not None:
-            LATENCY.labels(slot.instance.uid, slot.path).observe(seconds)
+        count(slot.instance.uid, slot.path, status, seconds, "front")
 
     def _refuse(self, n: int, exc: InferdError) -> None:
         error = {

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
+import httpx
 from fastapi import Request
 from fastapi.responses import Response
 
@@ -20,12 +20,14 @@ from inferd.api.proxy import (
     ATTEMPTS,
     CLIENT_LEFT,
     NOT_CONNECTED,
+    post_whole,
     request_id_of,
     stopped,
     timed_out,
 )
 from inferd.errors import InferdError, ModelUnavailable
-from inferd.runtime.aborts import unless_client_leaves
+from inferd.runtime.aborts import cancel, unless_client_leaves
+from inferd.runtime.process import answers_session, http_client
 
 
 class ModelSockets:
@@ -38,11 +40,8 @@ class ModelSockets:
     def session(self, socket: str) -> aiohttp.ClientSession:
         session = self._sessions.get(socket)
         if session is None:
-            session = self._sessions[socket] = aiohttp.ClientSession(
-                connector=aiohttp.UnixConnector(path=socket, limit=0),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0),
-                auto_decompress=False,
-            )
+            connector = aiohttp.UnixConnector(path=socket, limit=0)
+            session = self._sessions[socket] = answers_session(connector)
         return session
 
     async def close(self) -> None:
@@ -69,7 +68,7 @@ async def relay_whole(
     started = time.perf_counter()
     limit = state.settings.request_timeout or None
     deadline = started + limit if limit else None
-    headers = {"X-Request-Id": request_id, "Content-Type": "application/json"}
+    headers = {"X-Request-Id": request_id}
     # As the server's relay does for these short answers, a client that leaves is not watched
     # for (two tasks a request): its answer is dropped when it comes.
     for attempt in range(ATTEMPTS):
@@ -84,7 +83,7 @@ async def relay_whole(
             grants.release(grant, 400, None)
             raise
         session = sockets.session(grant.socket)
-        sending = _whole(session, path, content, headers)
+        sending = post_whole(session, "http://model" + path, content, headers)
         try:
             status, content_type, data = await unless_client_leaves(sending, None, deadline)
         except NOT_CONNECTED:
@@ -96,33 +95,13 @@ async def relay_whole(
             raise stopped(grant.uid, exc) from exc
         except TimeoutError:
             # An answer past its time should not keep the model busy.
-            await _cancel(session, request_id)
+            async with http_client(httpx.AsyncHTTPTransport(uds=grant.socket), "http://model") as c:
+                await cancel(c, request_id)
             grants.release(grant, 504, time.perf_counter() - started)
             raise timed_out(limit) from None
         except BaseException:  # this handler cancelled (the front stopping): nobody answered
             grants.release(grant, CLIENT_LEFT, None)
             raise
         grants.release(grant, status, time.perf_counter() - started)
-        return Response(data, status_code=status, media_type=content_type, headers=_id(headers))
+        return Response(data, status_code=status, media_type=content_type, headers=headers)
     raise ModelUnavailable(f"model {model!r} is not answering", param="model")
-
-
-async def _whole(
-    session: aiohttp.ClientSession, path: str, content: bytes, headers: dict[str, str]
-) -> tuple[int, str, bytes]:
-    async with session.post("http://model" + path, data=content, headers=headers) as answer:
-        body = await answer.read()
-        return answer.status, answer.headers.get("Content-Type", "application/json"), body
-
-
-async def _cancel(session: aiohttp.ClientSession, request_id: str) -> None:
-    try:
-        url = f"http://model/abort/{quote(request_id, safe='')}"
-        async with session.post(url, timeout=aiohttp.ClientTimeout(total=5)) as answer:
-            await answer.read()
-    except (aiohttp.ClientError, TimeoutError):
-        pass  # a process that is gone has nothing left to cancel
-
-
-def _id(headers: dict[str, str]) -> dict[str, str]:
-    return {"X-Request-Id": headers["X-Request-Id"]}
