@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,6 +42,8 @@ def free_port() -> int:
 class InferdServer:
     """`inferd serve` in a subprocess with its own INFERD_HOME and port."""
 
+    made: list[InferdServer] = []  # every server of the session, for `_free_disk_per_module`
+
     def __init__(
         self,
         home: Path,
@@ -70,6 +74,7 @@ class InferdServer:
             stderr=subprocess.STDOUT,
             preexec_fn=preexec,
         )
+        InferdServer.made.append(self)
         self.wait_healthy()
 
     def wait_healthy(self, timeout: float = 30) -> None:
@@ -256,6 +261,39 @@ def wait_gone(pids: list[int], timeout: float = 15) -> None:
     assert not any(pid_alive(p) for p in pids), f"still running: {pids}"
 
 
+# What a server's home holds that a finished module never reads again: models' weights (the
+# demo GGUF is joined from its packages into each home, 242 MB) and engine environments.
+_DISPOSABLE = ("cache", "envs")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_disk_per_module() -> Iterator[None]:
+    """Deletes the weights and environments of the homes a module's servers used once they have
+    all stopped. pytest keeps every temporary folder until the session ends: kept, the suite's
+    folders and Ray's held 14 GB at its end, and a CI machine's free disk varies (once 287 MB)."""
+    first = len(InferdServer.made)
+    yield
+    running = {s.home for s in InferdServer.made if s.proc.poll() is None}
+    for home in {s.home for s in InferdServer.made[first:]} - running:
+        for name in _DISPOSABLE:
+            shutil.rmtree(home / name, ignore_errors=True)
+
+
+_RAY_TMP = Path(tempfile.gettempdir()) / "ray"
+
+
+@contextlib.contextmanager
+def ray_sessions_removed() -> Iterator[None]:
+    """Removes the session folders a Ray cluster started inside it made under /tmp/ray, once
+    it has stopped: its logs and the engine environments its nodes built (1.5 GB)."""
+    before = set(_RAY_TMP.glob("session_2*"))
+    try:
+        yield
+    finally:
+        for folder in set(_RAY_TMP.glob("session_2*")) - before:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InferdServer]:
     srv = InferdServer(tmp_path_factory.mktemp("inferd-home"))
@@ -274,8 +312,9 @@ def launched(server: InferdServer) -> InferdServer:
 
 
 @pytest.fixture
-def client(launched: InferdServer) -> openai.OpenAI:
-    return launched.openai()
+def client(launched: InferdServer) -> Iterator[openai.OpenAI]:
+    with launched.openai() as opened:  # its connections close with the test
+        yield opened
 
 
 @contextlib.contextmanager

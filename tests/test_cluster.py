@@ -20,6 +20,7 @@ from tests.conftest import (
     EMBEDDING,
     InferdServer,
     custom_model,
+    ray_sessions_removed,
     run_together,
     wait_ready,
 )
@@ -42,15 +43,16 @@ def cluster(node_home: Path) -> Iterator[Cluster]:
     # The nodes' processes inherit this environment as Ray starts them.
     saved = os.environ.get("INFERD_HOME")
     os.environ["INFERD_HOME"] = str(node_home)
-    try:
-        cluster = _start_cluster()
-    finally:
-        if saved is None:
-            del os.environ["INFERD_HOME"]
-        else:
-            os.environ["INFERD_HOME"] = saved
-    yield cluster
-    cluster.shutdown()
+    with ray_sessions_removed():
+        try:
+            cluster = _start_cluster()
+        finally:
+            if saved is None:
+                del os.environ["INFERD_HOME"]
+            else:
+                os.environ["INFERD_HOME"] = saved
+        yield cluster
+        cluster.shutdown()
 
 
 def _start_cluster() -> Cluster:

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import EMBEDDING, InferdServer, free_port
+from tests.conftest import EMBEDDING, InferdServer, free_port, ray_sessions_removed
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +45,11 @@ def ray_python(tmp_path_factory: pytest.TempPathFactory) -> str:
 def head(ray_python: str) -> Iterator[str]:
     """A one-node Ray cluster, started from that environment as `ray start` starts a machine's
     node; its address."""
+    with ray_sessions_removed():
+        yield from _ray_head(ray_python)
+
+
+def _ray_head(ray_python: str) -> Iterator[str]:
     port = free_port()
     ray = str(Path(ray_python).parent / "ray")
     node = subprocess.Popen(

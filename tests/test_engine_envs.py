@@ -159,7 +159,9 @@ def test_launches_build_engine_environments_and_serve_side_by_side(
                     "name": "n",
                     "schema": {
                         "type": "object",
-                        "properties": {"n": {"type": "integer", "maximum": 99}},
+                        # Bounded both ways: with no minimum a random model may write
+                        # -9999... until max_tokens (seen once in a run of the suite).
+                        "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 99}},
                         "required": ["n"],
                         "additionalProperties": False,
                     },
