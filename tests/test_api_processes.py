@@ -291,3 +291,33 @@ def test_a_front_without_its_server_answers_503_in_the_apis_shape(tmp_path: Path
     assert b'"code":"model_unavailable"' in body and b"not answering" in body
     status, _, body = asyncio.run(call("/api/tags"))  # Ollama's clients read a plain string
     assert status == 503 and body.startswith(b'{"error":"the server behind')
+
+
+def test_wrong_keys_count_in_all_processes_together(tmp_path: Path) -> None:
+    """Ten wrong keys a minute from a client, wherever its connections landed, and every
+    process refuses it, its good key included: three fronts do not give it thirty guesses."""
+    srv = InferdServer(tmp_path / "home", "--api-processes", "3", "--auth")
+    try:
+        good = {"x-api-key": srv.create_key("--name", "app")}
+        body = {"model": "minilm", "input": "x"}
+
+        def post(headers: dict[str, str], path: str = "/v1/embeddings") -> httpx.Response:
+            return httpx.post(f"{srv.url}{path}", json=body, headers=headers, timeout=30)
+
+        # Fresh connections, so the kernel hands them to any process; a server path and the
+        # fronts' own path count together.
+        wrong = [post({"x-api-key": f"inferd-{i}"}, ("/v1/embeddings", "/v1/models")[i % 2])
+                 for i in range(10)]  # fmt: skip
+        assert {answer.status_code for answer in wrong} == {401}
+        deadline = time.monotonic() + 10
+        while (answer := post(good)).status_code != 429:  # the server's word reaches each front
+            assert time.monotonic() < deadline, answer.text
+            time.sleep(0.05)
+        refused = [post(good) for _ in range(30)] + [post(good, "/v1/rerank")]
+        assert {answer.status_code for answer in refused} == {429}, [a.text for a in refused]
+        assert all(int(answer.headers["retry-after"]) > 0 for answer in refused)
+        assert "too many wrong API keys" in refused[0].json()["error"]["message"]
+        listed = httpx.get(f"{srv.url}/v1/models", headers=good, timeout=30)
+        assert listed.status_code == 429  # the server itself too
+    finally:
+        srv.stop()

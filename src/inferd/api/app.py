@@ -33,6 +33,7 @@ from inferd.api.fronts.control import FrontControl
 from inferd.api.fronts.forward import client_from_front
 from inferd.api.fronts.processes import FrontProcesses, FrontsPlan
 from inferd.api.responses import routes as responses_routes
+from inferd.api.wrong_keys import WrongKeys
 from inferd.catalog import get_catalog
 from inferd.errors import InferdError
 from inferd.runtime.backends import ProcessBackend
@@ -76,7 +77,7 @@ def create_app(
         _record_address(settings)
         control = processes = None
         if fronts is not None:
-            control = FrontControl(manager, fronts.control)
+            control = FrontControl(manager, fronts.control, wrong_keys)
             await control.start()
             processes = FrontProcesses(fronts, settings)
             processes.start()
@@ -104,7 +105,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    install_checks(app, settings)
+    wrong_keys = WrongKeys()  # the server's own, and with API processes theirs too
+    install_checks(app, settings, wrong_keys)
     if fronts is not None:
         app.add_middleware(client_from_front)
     app.include_router(openai_routes.router)

@@ -10,14 +10,13 @@ that keeps sending wrong keys is refused for a while, whatever it sends.
 from __future__ import annotations
 
 import re
-import time
-from collections import deque
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from inferd.api.errors import refuse
+from inferd.api.wrong_keys import WrongKeys
 from inferd.errors import Forbidden, InferdError, TooManyRequests, Unauthorized
 from inferd.storage.state import StateStore
 
@@ -29,8 +28,6 @@ _USE = re.compile(
     r"^/(v1/(chat/completions|completions|embeddings|rerank|audio/\w+|images/\w+"
     r"|models/[^/]+/requests/[^/]+/abort)|api/(chat|generate|embed|embeddings|show))$"
 )
-_FAILURES_ALLOWED = 10  # wrong keys from one client within the window before it is refused
-_FAILURE_WINDOW = 60.0
 
 
 @dataclass(frozen=True)
@@ -73,11 +70,11 @@ def visible(uid: str) -> bool:
 class AuthMiddleware:
     """Checks the key of every HTTP request before the app sees it."""
 
-    def __init__(self, app: Any, state_db: Path):
+    def __init__(self, app: Any, state_db: Path, wrong_keys: WrongKeys):
         self.app = app
         self.state_db = state_db
         self._store: StateStore | None = None
-        self._failures: dict[str, deque[float]] = {}  # client -> times of its wrong keys
+        self.wrong_keys = wrong_keys
 
     @property
     def store(self) -> StateStore:
@@ -111,14 +108,8 @@ class AuthMiddleware:
             _PRINCIPAL.reset(token)
 
     def _authenticate(self, scope: dict, client: str) -> Principal:
-        now = time.monotonic()
-        failures = self._failures.get(client, deque())
-        while failures and failures[0] < now - _FAILURE_WINDOW:
-            failures.popleft()
-        if not failures:
-            self._failures.pop(client, None)  # forgiven: only recent offenders are kept
-        if len(failures) >= _FAILURES_ALLOWED:
-            retry = int(failures[0] + _FAILURE_WINDOW - now) + 1
+        retry = self.wrong_keys.retry_after(client)
+        if retry is not None:
             raise TooManyRequests(
                 f"too many wrong API keys from {client}; try again in {retry} s",
                 retry_after=retry,
@@ -132,7 +123,7 @@ class AuthMiddleware:
             )
         key = self.store.key_for(secret)
         if key is None:
-            self._failures.setdefault(client, failures).append(now)
+            self.wrong_keys.record(client)
             raise Unauthorized("the API key is not valid (unknown, revoked or expired)")
         models = key["models"]
         return Principal(key["name"], key["admin"], frozenset(models) if models else None)

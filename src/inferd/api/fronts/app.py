@@ -14,6 +14,7 @@ from inferd.api.fronts.forward import ToServer
 from inferd.api.fronts.grants import Grants
 from inferd.api.fronts.relay import ModelSockets, relay_whole
 from inferd.api.protocol import EmbeddingRequest, RerankRequest
+from inferd.api.wrong_keys import WrongKeys
 from inferd.runtime.heap import freeze_startup_heap
 from inferd.settings import Settings
 
@@ -24,11 +25,13 @@ OWN_PATHS = frozenset(("/v1/embeddings", "/v1/rerank"))
 def create_front_app(settings: Settings, control: str, server: str) -> FrontApp:
     """`control`: the server's socket for slots; `server`: its socket for everything else."""
     to_server = ToServer(server)
+    wrong_keys = WrongKeys()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        grants = Grants(control)
+        grants = Grants(control, wrong_keys)
         await grants.connect()
+        wrong_keys.on_wrong = grants.wrong_key
         app.state.grants = grants
         app.state.sockets = ModelSockets()
         freeze_startup_heap()
@@ -42,7 +45,7 @@ def create_front_app(settings: Settings, control: str, server: str) -> FrontApp:
     own = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
     own.state.settings = settings
     own.state.to_server = to_server
-    install_checks(own, settings)
+    install_checks(own, settings, wrong_keys)
 
     @own.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest, request: Request) -> Response:

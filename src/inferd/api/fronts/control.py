@@ -11,6 +11,9 @@ Each front keeps one connection open; the messages are JSON lines.
     front:  {"op": "release", "id": 7, "status": 200, "seconds": 0.012}
             {"op": "unreachable", "id": 7}  the model process refused the connection
             {"op": "drop", "id": 7}         the client left before its slot came
+            {"op": "wrong_key", "client": "10.0.0.9"}   a wrong API key from that client
+    server: {"refuse": "10.0.0.9", "seconds": 58.5}     to every front: too many wrong keys
+                                                        from it, in all processes together
 
 A grant costs the server one line each way, against the whole HTTP request and relay it costs
 when it takes the request itself; the model's queue, its idle wake-up and its metrics stay in
@@ -32,6 +35,7 @@ from inferd.api.metrics import REQUESTS
 from inferd.api.openai_routes import embedding_model
 from inferd.api.proxy import count
 from inferd.api.rerank import rerank_model
+from inferd.api.wrong_keys import WrongKeys
 from inferd.errors import InferdError, InvalidRequest, RequestAborted, TooManyRequests
 from inferd.runtime.instance import ModelInstance
 from inferd.runtime.manager import ModelManager
@@ -47,9 +51,12 @@ ROUTES = {"embeddings": "/embeddings", "rerank": "/rerank"}
 class FrontControl:
     """Listens on `path` for the fronts' connections."""
 
-    def __init__(self, manager: ModelManager, path: Path):
+    def __init__(self, manager: ModelManager, path: Path, wrong_keys: WrongKeys):
         self.manager = manager
         self.path = path
+        self.wrong_keys = wrong_keys
+        # Wrong keys the fronts report and those sent to the server count together.
+        wrong_keys.on_refused = self._refuse_everywhere
         self._server: asyncio.Server | None = None
         self._sessions: set[_Session] = set()
 
@@ -62,8 +69,12 @@ class FrontControl:
         for session in list(self._sessions):
             session.end()
 
+    def _refuse_everywhere(self, client: str, seconds: float) -> None:
+        for session in self._sessions:
+            session.send({"refuse": client, "seconds": seconds})
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        session = _Session(self.manager, writer)
+        session = _Session(self.manager, writer, self.wrong_keys)
         self._sessions.add(session)
         try:
             while line := await reader.readline():
@@ -85,15 +96,20 @@ class _Slot(NamedTuple):
 class _Session:
     """One front: the slots it holds and the grants it waits for, by the front's ids."""
 
-    def __init__(self, manager: ModelManager, writer: asyncio.StreamWriter):
+    def __init__(self, manager: ModelManager, writer: asyncio.StreamWriter, wrong_keys: WrongKeys):
         self.manager = manager
         self.writer = writer
+        self.wrong_keys = wrong_keys
         self.held: dict[int, _Slot] = {}
         self.waiting: dict[int, asyncio.Task[None]] = {}
         self.ended = False
 
     def handle(self, message: dict[str, Any]) -> None:
-        op, n = message["op"], message["id"]
+        op = message["op"]
+        if op == "wrong_key":
+            self.wrong_keys.record(message["client"])
+            return
+        n = message["id"]
         if op == "grant":
             self._grant(n, message)
         elif op == "release":
@@ -177,10 +193,10 @@ class _Session:
         if process is None or process.node is not None:
             # On another node (a Ray cluster): the server's own relay knows how to reach it.
             self.manager.release(instance, replica)
-            self._send({"id": n, "forward": True})
+            self.send({"id": n, "forward": True})
             return
         self.held[n] = _Slot(instance, replica, path)
-        self._send({"id": n, "uid": instance.uid, "socket": str(process.socket_path)})
+        self.send({"id": n, "uid": instance.uid, "socket": str(process.socket_path)})
 
     def _release(self, slot: _Slot, status: int, seconds: float | None) -> None:
         self.manager.release(slot.instance, slot.replica, seconds)
@@ -195,9 +211,9 @@ class _Session:
             "code": exc.code,
             "retry_after": getattr(exc, "retry_after", None),
         }
-        self._send({"id": n, "error": error})
+        self.send({"id": n, "error": error})
 
-    def _send(self, message: dict[str, Any]) -> None:
+    def send(self, message: dict[str, Any]) -> None:
         if not self.ended:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 self.writer.write(orjson.dumps(message) + b"\n")

@@ -4,6 +4,7 @@ back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -13,6 +14,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from inferd.api.wrong_keys import WrongKeys
 from inferd.errors import InferdError, ModelUnavailable, TooManyRequests, UpstreamError
 
 log = logging.getLogger("inferd.fronts")
@@ -27,8 +29,10 @@ class Grant(NamedTuple):
 
 
 class Grants:
-    def __init__(self, path: str):
+    def __init__(self, path: str, wrong_keys: WrongKeys):
+        """`wrong_keys`: this front's count, which the server tells whom to refuse."""
         self.path = path
+        self.wrong_keys = wrong_keys
         self._writer: asyncio.StreamWriter | None = None
         self._reading: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
@@ -83,6 +87,11 @@ class Grants:
     def unreachable(self, grant: Grant) -> None:
         self._send({"op": "unreachable", "id": grant.id})
 
+    def wrong_key(self, client: str) -> None:
+        """Tell the server of a wrong key from `client`, to count with the other processes'."""
+        with contextlib.suppress(ModelUnavailable):  # this front's own count still holds
+            self._send({"op": "wrong_key", "client": client})
+
     def _send(self, message: dict[str, Any]) -> None:
         if self._writer is None or self._writer.is_closing():
             raise ModelUnavailable("the server is not reachable from this API process")
@@ -92,6 +101,9 @@ class Grants:
         try:
             while line := await reader.readline():
                 reply = orjson.loads(line)
+                if "refuse" in reply:
+                    self.wrong_keys.refuse(reply["refuse"], reply["seconds"])
+                    continue
                 future = self._pending.pop(reply["id"], None)
                 if future is not None and not future.done():
                     future.set_result(reply)
