@@ -128,3 +128,49 @@ def test_gpu_machines_take_piper_s_cpu_lock_and_no_other(tmp_path: Path) -> None
     assert piper.lock is not None and piper.lock == envs.plan("piper", "cpu").lock
     with pytest.raises(InvalidRequest, match=r"no tested version of llama\.cpp .* cuda machines"):
         envs.plan("llama.cpp", "cuda")
+
+
+def test_whisper_on_gpu_machines_takes_cublas_from_nvidias_wheel(tmp_path: Path) -> None:
+    """faster-whisper's CUDA lock installs as uv will install it (a dry run against the real
+    index): CTranslate2 with the cuBLAS 12 it opens on a GPU, from NVIDIA's wheel."""
+    venv = tmp_path / "venv"
+    subprocess.run([find_uv_bin(), "venv", "-q", "--python", sys.executable, str(venv)], check=True)
+    envs = EnvBuilder(tmp_path / "envs")
+    plan = envs.plan("faster_whisper", "cuda")
+    assert plan.lock is not None and plan.lock.name == "faster_whisper-1.2.1-cuda.txt"
+    dry = [find_uv_bin(), "pip", "install", "--dry-run", "--python", str(venv / "bin" / "python")]
+    ran = subprocess.run(
+        [*dry, *envs._sources(plan, tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    installs = {line.strip().split("==")[0] for line in ran.stderr.splitlines()}
+    assert {"+ ctranslate2", "+ faster-whisper", "+ nvidia-cublas-cu12"} <= installs
+
+
+def test_a_library_from_an_nvidia_wheel_is_what_a_lookup_by_name_finds(tmp_path: Path) -> None:
+    """What an engine that opens CUDA's libraries by name (CTranslate2: `libcublas.so.12`)
+    then gets: the copy in a wheel's `nvidia/PACKAGE/lib`, which the loader's own search never
+    looks in. A library built here stands in for cuBLAS."""
+    name = "libinferdprobe.so.1"
+    wheel = tmp_path / "site" / "nvidia" / "probe" / "lib"
+    wheel.mkdir(parents=True)
+    source = tmp_path / "probe.c"
+    source.write_text("int probe(void) { return 42; }\n")
+    build = ["gcc", "-shared", "-fPIC", f"-Wl,-soname,{name}", "-o", str(wheel / name)]
+    subprocess.run([*build, str(source)], check=True)
+    script = f"""
+import ctypes, sys
+try:
+    ctypes.CDLL({name!r})
+    sys.exit("found without the wheel")
+except OSError:
+    pass
+sys.path.insert(0, {str(tmp_path / "site")!r})
+from inferd.engines import nvidia_libs
+assert nvidia_libs.load("absent", {name!r}) is None
+print(nvidia_libs.load("probe", {name!r}))
+print(ctypes.CDLL({name!r}).probe())  # as an engine opens it: by name
+"""
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == [str(wheel / name), "42"]

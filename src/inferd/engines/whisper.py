@@ -12,6 +12,7 @@ import io
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from inferd.engines import nvidia_libs
 from inferd.engines.base import Engine, Json
 from inferd.errors import InvalidRequest
 
@@ -29,6 +30,10 @@ class WhisperEngine(Engine):
 
         options = dict(self.config.options)
         device = options.pop("device", "auto")
+        if device != "cpu":
+            # CTranslate2 opens cuBLAS 12 by name on its first GPU pass; the engine's CUDA
+            # environment has it from NVIDIA's wheel.
+            nvidia_libs.load("cublas", "libcublas.so.12")
         compute_type = options.pop("compute_type", "default")
         threads = int(options.pop("cpu_threads", 0))
         self._refuse_unknown(options)

@@ -87,7 +87,14 @@ SPECS: dict[str, EnvSpec] = {
             also=("accelerate", "llguidance"),
             per_platform=_TORCH,
         ),
-        EnvSpec("faster_whisper", "faster-whisper", "faster_whisper"),
+        # CTranslate2 (4.8.1 and later) loads cuBLAS 12 when it runs on a GPU, and nothing
+        # else of CUDA's; the engine loads it from NVIDIA's wheel (`engines/nvidia_libs.py`).
+        EnvSpec(
+            "faster_whisper",
+            "faster-whisper",
+            "faster_whisper",
+            per_platform={"cuda": ("nvidia-cublas-cu12",)},
+        ),
         # Piper runs on onnxruntime's CPU build, on GPU machines too (`use_cuda` asks for a
         # GPU build it does not have, and onnxruntime stays on the CPU).
         EnvSpec("piper", "piper-tts", "piper", locks_of={"cuda": "cpu"}),
