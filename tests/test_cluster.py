@@ -22,6 +22,7 @@ from tests.conftest import (
     custom_model,
     ray_sessions_removed,
     run_together,
+    scrape,
     wait_ready,
 )
 from tests.gguf_mmproj import IMAGE_EMBEDDINGS, gemma_vision, write_mmproj
@@ -371,3 +372,33 @@ def _listening_port(pid: int) -> int:
             if fields[3] == "0A" and fields[9] in sockets:  # 0A: listening
                 return int(fields[1].rsplit(":", 1)[1], 16)
     raise AssertionError(f"process {pid} listens on no TCP port")
+
+
+def test_api_processes_pass_a_nodes_model_on_to_the_server(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A model process on a cluster's node listens for the server alone (its token): a front
+    asked for its slot is told to pass the request on, and the server relays it."""
+    server = InferdServer(
+        tmp_path / "home", "--ray-address", cluster.address, "--api-processes", "2"
+    )
+    try:
+        assert _launch(server, model_uid="fronted").status_code == 200
+        vectors = []
+        for _ in range(12):  # each on a connection of its own: any process may take it
+            answer = httpx.post(
+                f"{server.url}/v1/embeddings",
+                json={"model": "fronted", "input": "passed on"},
+                timeout=30,
+            )
+            assert answer.status_code == 200, answer.text
+            vectors.append(answer.json()["data"][0]["embedding"])
+        assert all(vector == vectors[0] for vector in vectors) and len(vectors[0]) == 384
+        relayed = {
+            dict(labels)["process"]: value
+            for (name, labels), value in scrape(server).items()
+            if name == "inferd_api_process_requests_total"
+        }
+        assert relayed == {"server": 12.0}, relayed
+    finally:
+        server.stop()
