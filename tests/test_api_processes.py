@@ -295,7 +295,8 @@ def test_a_front_without_its_server_answers_503_in_the_apis_shape(tmp_path: Path
 
 def test_wrong_keys_count_in_all_processes_together(tmp_path: Path) -> None:
     """Ten wrong keys a minute from a client, wherever its connections landed, and every
-    process refuses it, its good key included: three fronts do not give it thirty guesses."""
+    process refuses it, its good key included, a front started since too: three fronts do not
+    give it thirty guesses."""
     srv = InferdServer(tmp_path / "home", "--api-processes", "3", "--auth")
     try:
         good = {"x-api-key": srv.create_key("--name", "app")}
@@ -313,6 +314,13 @@ def test_wrong_keys_count_in_all_processes_together(tmp_path: Path) -> None:
         while (answer := post(good)).status_code != 429:  # the server's word reaches each front
             assert time.monotonic() < deadline, answer.text
             time.sleep(0.05)
+        first = fronts(srv)
+        os.kill(first[0], signal.SIGKILL)  # a front started again is told too
+        deadline = time.monotonic() + 30
+        while first[0] in fronts(srv) or len(fronts(srv)) < 3:
+            assert time.monotonic() < deadline, fronts(srv)
+            time.sleep(0.1)
+        time.sleep(1)  # up and connected: the refusals come first on its control connection
         refused = [post(good) for _ in range(30)] + [post(good, "/v1/rerank")]
         assert {answer.status_code for answer in refused} == {429}, [a.text for a in refused]
         assert all(int(answer.headers["retry-after"]) > 0 for answer in refused)

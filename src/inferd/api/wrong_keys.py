@@ -49,6 +49,17 @@ class WrongKeys:
         if len(times) == self.allowed and self.on_refused is not None:
             self.on_refused(client, times[0] + self.window - now)
 
+    def refused(self) -> dict[str, float]:
+        """The clients refused now, from their own wrong keys here, and for how many seconds
+        more: what a front that (re)connects is told."""
+        now = time.monotonic()
+        found = {}
+        for client in list(self._times):
+            times = self._recent(client, now)
+            if len(times) >= self.allowed:
+                found[client] = times[0] + self.window - now
+        return found
+
     def refuse(self, client: str, seconds: float) -> None:
         """Refuse `client` for `seconds`, as the process that counted its wrong keys said."""
         until = time.monotonic() + seconds

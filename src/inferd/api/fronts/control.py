@@ -76,6 +76,8 @@ class FrontControl:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = _Session(self.manager, writer, self.wrong_keys)
         self._sessions.add(session)
+        for client, seconds in self.wrong_keys.refused().items():  # a front started again
+            session.send({"refuse": client, "seconds": seconds})
         try:
             while line := await reader.readline():
                 session.handle(orjson.loads(line))
