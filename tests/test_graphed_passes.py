@@ -9,10 +9,18 @@ from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
-from inferd.engines.graphed_passes import MAX_TOKENS, ROWS, GraphedPasses, bucket, padded
+from inferd.engines.graphed_passes import (
+    MAX_TOKENS,
+    ROWS,
+    GraphedPasses,
+    bucket,
+    fill_padded,
+    padded,
+)
 from tests.tiny_bert import tiny_bert_config, tokenizer_folder
 
 WORDS = ("the", "river", "runs", "past", "the", "old", "mill", "where", "its", "grain")
@@ -88,6 +96,14 @@ def test_padding_leaves_each_rows_answer(folders: dict[str, Path], kind: str) ->
     torch.testing.assert_close(wide[:rows], plain, atol=1e-5, rtol=1e-4)
     # A tensor not of rows x tokens has padding this cannot know: no graph for it.
     assert padded({**given, "extra": torch.zeros(rows)}, shape, 0) is None
+    # What a graph's pinned buffers are given for a pass, over what a wider pass left there.
+    hosts = {
+        k: np.full(shape, 7, np.int64) for k, v in grown.items() if isinstance(v, torch.Tensor)
+    }
+    fills = {k: model.tokenizer.pad_token_id if k == "input_ids" else 0 for k in hosts}
+    fill_padded(hosts, given, fills)
+    for name, host in hosts.items():
+        assert np.array_equal(host, grown[name].numpy()), name
 
 
 @pytest.mark.gpu
@@ -99,7 +115,8 @@ def test_graphs_answer_as_eager_passes(folders: dict[str, Path], kind: str) -> N
         given = features(kind, model, texts)
         with torch.inference_mode():
             got = passes(given)
-        torch.testing.assert_close(got, eager(model, kind, given), atol=1e-4, rtol=1e-4)
+        expected = eager(model, kind, given).float().cpu()  # on the host, as float32
+        torch.testing.assert_close(torch.from_numpy(got), expected, atol=1e-4, rtol=1e-4)
     # A 2-layer model's passes are all launches: each shape's graph beat its eager pass.
     assert passes.graphs == 4, passes.graphs
 
@@ -127,5 +144,6 @@ def test_a_pass_capture_refuses_stays_eager(folders: dict[str, Path]) -> None:
         given = features("embedding", model, TEXTS[:3])
         with torch.inference_mode():
             got = passes(given)
-        torch.testing.assert_close(got, eager(model, "embedding", given), atol=1e-5, rtol=1e-5)
+        expected = eager(model, "embedding", given).float().cpu()
+        torch.testing.assert_close(torch.from_numpy(got), expected, atol=1e-5, rtol=1e-5)
     assert passes.graphs == 0

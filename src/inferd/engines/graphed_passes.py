@@ -13,6 +13,12 @@ the first time a pass needs it and kept only if it replayed faster than the eage
 would replace, both timed then: for long texts on a large model the GPU's arithmetic is the
 limit, and padding would cost more than the launches it saves. A model whose pass reads its
 inputs on the host (a synchronisation, which capture refuses) stays eager.
+
+A graph also holds its copies in and out, from and to pinned host buffers that NumPy fills and
+reads: a pass then calls into torch twice (replay, synchronize), not ~15 times. Each call gives
+up the interpreter lock and waits up to a switch interval to get it back while the model
+process's event loop parses requests; on the H200 that made a MiniLM-sized pass cost 6.0 ms
+beside a busy thread against 1.8 ms this way (`benchmarks/gpu/graph_io_probe.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -71,28 +78,45 @@ def padded(features: dict[str, Any], shape: tuple[int, int], pad_id: int) -> dic
     return out
 
 
+def fill_padded(
+    hosts: dict[str, np.ndarray], features: dict[str, Any], fills: dict[str, int]
+) -> None:
+    """Write `features` (rows x tokens tensors on the CPU) into `hosts` (arrays of a graph's
+    padded shape) as `padded` pads them: new columns hold the input's fill, new rows repeat
+    the first; NumPy throughout, which keeps the interpreter lock."""
+    rows, tokens = features["attention_mask"].shape
+    for name, host in hosts.items():
+        host[:rows, :tokens] = features[name].numpy()
+        host[:rows, tokens:] = fills[name]
+        host[rows:] = host[0]
+
+
 @dataclass
 class _Graph:
     graph: torch.cuda.CUDAGraph
-    inputs: dict[str, torch.Tensor]
-    output: torch.Tensor
+    hosts: dict[str, np.ndarray]  # the pinned inputs the graph copies from, as NumPy sees them
+    fills: dict[str, int]  # what each input's padding columns hold
+    output: np.ndarray  # the pinned float32 output the graph copies into
+    stream: torch.cuda.Stream
 
-    def replay(self, grown: dict[str, Any]) -> torch.Tensor:
-        """The output for `grown` (padded features): copied into the graph's inputs, replayed.
-        It is overwritten by the next replay of any graph sharing the pool."""
-        for name, buffer in self.inputs.items():
-            buffer.copy_(grown[name])
+    def replay(self, features: dict[str, Any]) -> np.ndarray:
+        """The real rows' output for `features` (a tokenizer's rows x tokens tensors on the
+        CPU), padded into the graph's shape as `padded` pads."""
+        rows = features["attention_mask"].shape[0]
+        fill_padded(self.hosts, features, self.fills)
         self.graph.replay()
-        return self.output
+        # The buffers are the graph's until it is done: the next pass refills them.
+        self.stream.synchronize()
+        return self.output[:rows].copy()
 
 
 class GraphedPasses:
     """Calls `module(features)[output]` for a tokenizer's features, through a CUDA graph of the
     padded shape where one is kept, eagerly otherwise; returns the real rows' outputs on the
-    device.
+    host, as float32.
 
     Not thread-safe: one thread (the engine's model thread) makes every call, and one shared
-    memory pool serves all graphs because each replay's output is copied before the next."""
+    memory pool serves all graphs because each replay finishes before the next."""
 
     def __init__(
         self,
@@ -116,13 +140,12 @@ class GraphedPasses:
         """Graphs kept so far."""
         return sum(graph is not None for graph in self._graphs.values())
 
-    def __call__(self, features: dict[str, Any]) -> torch.Tensor:
+    def __call__(self, features: dict[str, Any]) -> np.ndarray:
         # Inference mode throughout: the graphs' input buffers are made and refilled in it.
         with torch.cuda.device(self._device), torch.inference_mode():
             return self._run(features)
 
-    def _run(self, features: dict[str, Any]) -> torch.Tensor:
-        rows = features["attention_mask"].shape[0]
+    def _run(self, features: dict[str, Any]) -> np.ndarray:
         shape = bucket(*features["attention_mask"].shape)
         if shape is None:
             return self._eager(features)
@@ -142,16 +165,16 @@ class GraphedPasses:
                 return self._eager(features)
             self._graphs[key] = self._captured(features, shape, work)
         graph = self._graphs[key]
-        grown = padded(features, shape, self._pad_id) if graph is not None else None
-        if graph is None or grown is None:
+        if graph is None:
             return self._eager(features)
-        return graph.replay(grown)[:rows].clone()
+        return graph.replay(features)
 
-    def _eager(self, features: dict[str, Any]) -> torch.Tensor:
+    def _eager(self, features: dict[str, Any]) -> np.ndarray:
         on_device = {
             k: v.to(self._device) if isinstance(v, torch.Tensor) else v for k, v in features.items()
         }
-        return self._module(on_device)[self._output]
+        output: np.ndarray = self._module(on_device)[self._output].float().cpu().numpy()
+        return output
 
     def _captured(
         self, features: dict[str, Any], shape: tuple[int, int], work: float
@@ -163,24 +186,38 @@ class GraphedPasses:
         if grown is None:
             return None
         eager_s = _fastest(lambda: self._eager(features))
-        inputs = {k: v.to(self._device) for k, v in grown.items() if isinstance(v, torch.Tensor)}
+        tensors = {k: v for k, v in grown.items() if isinstance(v, torch.Tensor)}
+        hosts = {k: v.pin_memory() for k, v in tensors.items()}
+        inputs = {k: v.to(self._device) for k, v in tensors.items()}
         constants = {k: v for k, v in grown.items() if not isinstance(v, torch.Tensor)}
-        # Lazy initialisations (cuBLAS handles, kernel choices) happen outside the capture.
+        # Lazy initialisations (cuBLAS handles, kernel choices) happen outside the capture,
+        # and give the output's shape for its pinned buffer.
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self._module({**inputs, **constants})
+            shaped = self._module({**inputs, **constants})[self._output]
         torch.cuda.current_stream().wait_stream(side)
+        output = torch.empty(shaped.shape, dtype=torch.float32).pin_memory()
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-                output = self._module({**inputs, **constants})[self._output]
+                for name, host in hosts.items():
+                    inputs[name].copy_(host, non_blocking=True)
+                result = self._module({**inputs, **constants})[self._output]
+                output.copy_(result.float(), non_blocking=True)
         except Exception as error:  # the eager pass of these inputs worked: serve it that way
             torch.cuda.synchronize()  # a broken context raises here, and is not hidden
             log.info("passes of shape %s stay eager: capture failed (%s)", shape, error)
             return None
-        captured = _Graph(graph, inputs, output)
-        graph_s = _fastest(lambda: captured.replay(grown))
+        fills = {k: self._pad_id if k == "input_ids" else 0 for k in hosts}
+        captured = _Graph(
+            graph,
+            {k: v.numpy() for k, v in hosts.items()},
+            fills,
+            output.numpy(),
+            torch.cuda.current_stream(),
+        )
+        graph_s = _fastest(lambda: captured.replay(features))
         log.info(
             "passes of shape %s: eager %.2f ms, graph %.2f ms%s",
             shape,

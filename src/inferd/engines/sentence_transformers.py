@@ -132,13 +132,15 @@ class SentenceTransformersEngine(Engine):
         return direct if direct is not None else prepare
 
     def _forward(self, features: dict[str, Any], output: str) -> Any:
-        """The model's `output` for a pass's features (on the CPU), through CUDA graphs where
-        they are kept."""
+        """The model's `output` for a pass's features, as float32 on the host (a NumPy array),
+        through CUDA graphs where they are kept."""
         if self._passes is not None:
             return self._passes(features)
         from sentence_transformers.util import batch_to_device
 
-        return self._model(batch_to_device(features, self._model.device))[output]
+        return (
+            self._model(batch_to_device(features, self._model.device))[output].float().cpu().numpy()
+        )
 
     def slots(self) -> int:
         # Requests share forward passes of up to _BATCH texts (or query-document pairs).
@@ -215,14 +217,16 @@ class SentenceTransformersEngine(Engine):
 
         def one_pass(batch: list[tuple[str, str]]) -> list[tuple[float, int]]:
             features = prepare(batch)
-            counts = features["attention_mask"].sum(dim=1).tolist()
+            # NumPy, not torch: a call into torch gives up the interpreter lock (see
+            # graphed_passes).
+            counts = features["attention_mask"].numpy().sum(axis=1).tolist()
             with torch.inference_mode():
-                scores = self._forward(features, "scores").float()
+                scores = torch.from_numpy(self._forward(features, "scores"))
                 if activation is not None:
-                    scores = activation(scores)
+                    scores = activation(scores)  # parameterless (Sigmoid, Identity): on the host
                 if scores.ndim > 1 and model.num_labels == 1:
                     scores = scores.squeeze(-1)
-            return list(zip(scores.cpu().tolist(), (int(c) for c in counts), strict=True))
+            return list(zip(scores.tolist(), counts, strict=True))
 
         return _in_passes(pairs, [len(query) + len(doc) for query, doc in pairs], one_pass)
 
@@ -252,10 +256,10 @@ class SentenceTransformersEngine(Engine):
 
         def one_pass(batch: list[str]) -> list[tuple[Any, int]]:
             features = prepare(batch)
-            counts = features["attention_mask"].sum(dim=1).tolist()
+            counts = features["attention_mask"].numpy().sum(axis=1).tolist()
             with torch.inference_mode():
-                vectors = self._forward(features, "sentence_embedding").float().cpu().numpy()
-            return list(zip(vectors, (int(c) for c in counts), strict=True))
+                vectors = self._forward(features, "sentence_embedding")
+            return list(zip(vectors, counts, strict=True))
 
         return _in_passes(texts, [len(text) for text in texts], one_pass)
 
