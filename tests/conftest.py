@@ -165,6 +165,16 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def relayed(server: InferdServer, headers: dict[str, str] | None = None) -> dict[str, float]:
+    """Requests relayed so far, by the kind of process that relayed them (`--api-processes`:
+    a front, or the server)."""
+    return {
+        dict(labels)["process"]: value
+        for (name, labels), value in scrape(server, headers).items()
+        if name == "inferd_api_process_requests_total"
+    }
+
+
 def wait_ready(server: InferdServer, uids: set[str], timeout: float = 120) -> dict[str, dict]:
     """Polls the model list until every uid is ready; the list then."""
     deadline = time.monotonic() + timeout

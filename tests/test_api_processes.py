@@ -18,7 +18,7 @@ import openai
 import pytest
 from xinference_client import RESTfulClient
 
-from tests.conftest import EMBEDDING, LLM, InferdServer, scrape, wait_gone
+from tests.conftest import EMBEDDING, LLM, InferdServer, relayed, scrape, wait_gone
 
 pytestmark = pytest.mark.slow
 
@@ -67,15 +67,6 @@ def fronts(server: InferdServer) -> list[int]:
     return found
 
 
-def relayed(server: InferdServer, key: str) -> dict[str, float]:
-    """Requests relayed so far, by the kind of process that relayed them."""
-    return {
-        dict(labels)["process"]: value
-        for (name, labels), value in scrape(server, {"x-api-key": key}).items()
-        if name == "inferd_api_process_requests_total"
-    }
-
-
 def fresh(server: InferdServer, key: str) -> openai.OpenAI:
     """A client on a connection of its own, so the kernel picks the process anew."""
     return openai.OpenAI(
@@ -87,7 +78,8 @@ def test_fronts_relay_embeddings_and_rerank_with_the_servers_answers(
     server: InferdServer, keys: dict[str, str]
 ) -> None:
     assert len(fronts(server)) == 3
-    before = relayed(server, keys["admin"])
+    admin = {"x-api-key": keys["admin"]}
+    before = relayed(server, admin)
     with fresh(server, keys["user"]) as client:
         expected = client.embeddings.create(model="minilm", input=TEXTS)
     vectors = [d.embedding for d in expected.data]
@@ -113,7 +105,7 @@ def test_fronts_relay_embeddings_and_rerank_with_the_servers_answers(
     # 1 + 90 embeddings and 24 rankings, relayed by the fronts themselves and counted once by
     # the server (as each slot comes back, which may be a moment after the answer).
     deadline = time.monotonic() + 10
-    while (after := relayed(server, keys["admin"])).get("front", 0) - before.get("front", 0) < 115:
+    while (after := relayed(server, admin)).get("front", 0) - before.get("front", 0) < 115:
         assert time.monotonic() < deadline, (before, after)
         time.sleep(0.1)
     assert after.get("front", 0) - before.get("front", 0) == 115

@@ -21,8 +21,8 @@ from tests.conftest import (
     InferdServer,
     custom_model,
     ray_sessions_removed,
+    relayed,
     run_together,
-    scrape,
     wait_ready,
 )
 from tests.gguf_mmproj import IMAGE_EMBEDDINGS, gemma_vision, write_mmproj
@@ -394,11 +394,7 @@ def test_api_processes_pass_a_nodes_model_on_to_the_server(
             assert answer.status_code == 200, answer.text
             vectors.append(answer.json()["data"][0]["embedding"])
         assert all(vector == vectors[0] for vector in vectors) and len(vectors[0]) == 384
-        relayed = {
-            dict(labels)["process"]: value
-            for (name, labels), value in scrape(server).items()
-            if name == "inferd_api_process_requests_total"
-        }
-        assert relayed == {"server": 12.0}, relayed
+        by = relayed(server)
+        assert by == {"server": 12.0}, by
     finally:
         server.stop()

@@ -100,8 +100,7 @@ def test_padding_leaves_each_rows_answer(folders: dict[str, Path], kind: str) ->
     hosts = {
         k: np.full(shape, 7, np.int64) for k, v in grown.items() if isinstance(v, torch.Tensor)
     }
-    fills = {k: model.tokenizer.pad_token_id if k == "input_ids" else 0 for k in hosts}
-    fill_padded(hosts, given, fills)
+    fill_padded(hosts, given, model.tokenizer.pad_token_id)
     for name, host in hosts.items():
         assert np.array_equal(host, grown[name].numpy()), name
 

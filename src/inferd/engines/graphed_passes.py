@@ -71,23 +71,26 @@ def padded(features: dict[str, Any], shape: tuple[int, int], pad_id: int) -> dic
             continue
         if tuple(value.shape) != (rows, tokens):
             return None
-        grown = value.new_full(shape, pad_id if key == "input_ids" else 0)
+        grown = value.new_full(shape, _pad_value(key, pad_id))
         grown[:rows, :tokens] = value
         grown[rows:] = grown[0]
         out[key] = grown
     return out
 
 
-def fill_padded(
-    hosts: dict[str, np.ndarray], features: dict[str, Any], fills: dict[str, int]
-) -> None:
+def _pad_value(name: str, pad_id: int) -> int:
+    """What an input's padding columns hold: the pad token in the ids, 0 (hidden) elsewhere."""
+    return pad_id if name == "input_ids" else 0
+
+
+def fill_padded(hosts: dict[str, np.ndarray], features: dict[str, Any], pad_id: int) -> None:
     """Write `features` (rows x tokens tensors on the CPU) into `hosts` (arrays of a graph's
     padded shape) as `padded` pads them: new columns hold the input's fill, new rows repeat
     the first; NumPy throughout, which keeps the interpreter lock."""
     rows, tokens = features["attention_mask"].shape
     for name, host in hosts.items():
         host[:rows, :tokens] = features[name].numpy()
-        host[:rows, tokens:] = fills[name]
+        host[:rows, tokens:] = _pad_value(name, pad_id)
         host[rows:] = host[0]
 
 
@@ -95,7 +98,7 @@ def fill_padded(
 class _Graph:
     graph: torch.cuda.CUDAGraph
     hosts: dict[str, np.ndarray]  # the pinned inputs the graph copies from, as NumPy sees them
-    fills: dict[str, int]  # what each input's padding columns hold
+    pad_id: int
     output: np.ndarray  # the pinned float32 output the graph copies into
     stream: torch.cuda.Stream
 
@@ -103,7 +106,7 @@ class _Graph:
         """The real rows' output for `features` (a tokenizer's rows x tokens tensors on the
         CPU), padded into the graph's shape as `padded` pads."""
         rows = features["attention_mask"].shape[0]
-        fill_padded(self.hosts, features, self.fills)
+        fill_padded(self.hosts, features, self.pad_id)
         self.graph.replay()
         # The buffers are the graph's until it is done: the next pass refills them.
         self.stream.synchronize()
@@ -209,11 +212,10 @@ class GraphedPasses:
             torch.cuda.synchronize()  # a broken context raises here, and is not hidden
             log.info("passes of shape %s stay eager: capture failed (%s)", shape, error)
             return None
-        fills = {k: self._pad_id if k == "input_ids" else 0 for k in hosts}
         captured = _Graph(
             graph,
             {k: v.numpy() for k, v in hosts.items()},
-            fills,
+            self._pad_id,
             output.numpy(),
             torch.cuda.current_stream(),
         )
