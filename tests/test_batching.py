@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from inferd.engines.batching import DynamicBatcher
-from tests.conftest import EMBEDDING, run_together, scrape
+from tests.conftest import run_together
 
 
 def _run_with_log(log: list[list[str]]):  # type: ignore[no-untyped-def]
@@ -127,67 +127,3 @@ def test_texts_of_mixed_lengths_in_one_request_keep_their_places(launched) -> No
         assert item["embedding"] == pytest.approx(single["data"][0]["embedding"], abs=1e-4)
     tokens = [single["usage"]["prompt_tokens"] for single in alone]
     assert listed["usage"]["prompt_tokens"] == sum(tokens)
-
-
-@pytest.mark.slow
-def test_a_relay_merges_concurrent_requests_and_each_gets_its_own_answer(launched) -> None:  # type: ignore[no-untyped-def]
-    """Sixty-four clients at once: the server sends their texts to the model process in fewer
-    requests than it got, and each client's answer is the one it gets alone (its vectors in
-    its own order from index 0, its own token count, its own options)."""
-    import base64
-
-    import httpx
-    import numpy as np
-
-    shapes = [
-        ({}, lambda i: f"text number {i}"),
-        ({}, lambda i: [f"first of {i}", f"a longer second text, about the sea, number {i}", "x"]),
-        ({"dimensions": 64}, lambda i: f"cut to sixty-four dimensions, {i}"),
-        ({"encoding_format": "base64"}, lambda i: [f"packed {i}", f"and packed again {i}"]),
-    ]
-    bodies = [
-        {"model": EMBEDDING, "input": make(i), **options}
-        for i in range(64)
-        for options, make in [shapes[i % len(shapes)]]
-    ]
-    url = f"{launched.url}/v1/embeddings"
-    alone = [httpx.post(url, json=body, timeout=60).json() for body in bodies]
-
-    async def together() -> list[httpx.Response]:
-        limits = httpx.Limits(max_connections=len(bodies))
-        async with httpx.AsyncClient(limits=limits, timeout=120) as client:
-            return await asyncio.gather(*(client.post(url, json=body) for body in bodies))
-
-    before = scrape(launched)
-    answers = asyncio.run(together())
-    after = scrape(launched)
-
-    def vectors(answer: dict) -> list[np.ndarray]:
-        return [
-            np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4")
-            if isinstance(item["embedding"], str)
-            else np.asarray(item["embedding"], dtype=np.float32)
-            for item in answer["data"]
-        ]
-
-    for body, answer, single in zip(bodies, answers, alone, strict=True):
-        assert answer.status_code == 200, answer.text
-        got = answer.json()
-        assert [item["index"] for item in got["data"]] == [item["index"] for item in single["data"]]
-        assert got["usage"] == single["usage"]
-        assert (got["object"], got["model"]) == (single["object"], single["model"])
-        assert set(got) == set(single)  # nothing of the relay's own left in it
-        for mine, expected in zip(vectors(got), vectors(single), strict=True):
-            assert mine.shape == (body.get("dimensions", 384),)
-            np.testing.assert_allclose(mine, expected, atol=1e-4)
-
-    def grew(name: str, **labels: str) -> float:
-        key = (name, frozenset(labels.items()))
-        return after.get(key, 0.0) - before.get(key, 0.0)
-
-    clients = grew("inferd_requests_total", model=EMBEDDING, endpoint="/embeddings", status="200")
-    received = grew(
-        "inferd_engine_requests_total", model_uid=EMBEDDING, replica="0", path="/embeddings"
-    )
-    assert clients == len(bodies)
-    assert 0 < received < len(bodies)

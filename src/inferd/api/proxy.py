@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import httpx
@@ -18,7 +18,6 @@ from starlette.background import BackgroundTask
 
 from inferd.api import json_text
 from inferd.api.auth import check_model
-from inferd.api.merged_embeddings import EMBEDDINGS
 from inferd.api.metrics import (
     FIRST_TOKEN,
     INTER_TOKEN,
@@ -28,7 +27,6 @@ from inferd.api.metrics import (
     TOKENS,
 )
 from inferd.api.sse import StallGuardedResponse, events
-from inferd.api.whole_answers import Whole, post_whole
 from inferd.errors import (
     InferdError,
     InvalidRequest,
@@ -157,10 +155,10 @@ async def relay(
             raise RequestAborted(request_id)
         process = replica.process
         assert process is not None
-        sending: Awaitable[aiohttp.ClientResponse | Whole] = (
+        sending: Awaitable[aiohttp.ClientResponse | _Whole] = (
             _opened(process, path, content, headers)
             if stream
-            else _whole(process, path, body, content, headers)
+            else post_whole(process.session(), process.base_url + path, content, headers)
         )
         try:
             upstream = await unless_client_leaves(sending, None if stream else client, deadline)
@@ -196,9 +194,9 @@ async def relay(
     else:
         raise ModelUnavailable(f"model {instance.uid!r} is not answering", param="model")
 
-    if isinstance(upstream, Whole):
+    if isinstance(upstream, _Whole):
         manager.release(instance, replica, time.perf_counter() - started)
-        whole: Whole | None = upstream
+        whole: _Whole | None = upstream
     else:
         whole = await _refusal(
             instance,
@@ -222,13 +220,12 @@ async def relay(
     )
 
 
-def _whole(
-    process: ModelProcess, path: str, body: dict, content: bytes, headers: dict[str, str]
-) -> Awaitable[Whole]:
-    """The model process's whole answer; embeddings go by way of `merged_embeddings`."""
-    if path == "/embeddings":
-        return EMBEDDINGS.post(process.session(), process.base_url + path, body, content, headers)
-    return post_whole(process.session(), process.base_url + path, content, headers)
+class _Whole(NamedTuple):
+    """A model process's whole answer: status, content type, body."""
+
+    status: int
+    content_type: str
+    body: bytes
 
 
 async def _opened(
@@ -244,16 +241,27 @@ async def _opened(
     )
 
 
+async def post_whole(
+    session: aiohttp.ClientSession, url: str, content: bytes, headers: dict[str, str]
+) -> _Whole:
+    """A model process's whole answer to a JSON body (the server's relay, and a front's)."""
+    async with session.post(
+        url, data=content, headers={**headers, "Content-Type": "application/json"}
+    ) as answer:
+        body = await answer.read()
+        return _Whole(answer.status, answer.headers.get("Content-Type", "application/json"), body)
+
+
 async def _refusal(
     instance: ModelInstance, upstream: aiohttp.ClientResponse, release: Callable[[], None]
-) -> Whole | None:
+) -> _Whole | None:
     """A stream the model process refused before it began (an error body, not events), read
     whole; None when events are coming."""
     content_type = upstream.headers.get("Content-Type", "application/json")
     if content_type.startswith("text/event-stream"):
         return None
     try:
-        return Whole(upstream.status, content_type, await upstream.read())
+        return _Whole(upstream.status, content_type, await upstream.read())
     except aiohttp.ClientError as exc:
         raise stopped(instance.uid, exc) from exc
     finally:

@@ -171,16 +171,12 @@ class SentenceTransformersEngine(Engine):
                 else vector
             )
             data.append({"object": "embedding", "index": index, "embedding": embedding})
-        answer = {
+        return {
             "object": "list",
             "model": self.config.model_uid,
             "data": data,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-        if request.get("usage_per_input"):
-            # A relay that merged several clients' requests into this one splits the answer.
-            answer["usage_per_input"] = [count for _, count in rows]
-        return answer
 
     async def rerank(self, request: Json) -> Json:
         query: str = request["query"]

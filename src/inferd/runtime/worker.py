@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 import uvicorn
-from prometheus_client import REGISTRY, Counter, generate_latest
+from prometheus_client import REGISTRY, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -40,12 +40,6 @@ from inferd.runtime.aborts import ClientLeft, unless_client_leaves
 from inferd.runtime.heap import freeze_startup_heap
 
 log = logging.getLogger("inferd.worker")
-
-# Beside the server's count of its clients' requests, this says how many a relay merged into
-# one before they came here (embeddings: api/merged_embeddings.py).
-RECEIVED = Counter(
-    "inferd_engine_requests", "Requests the model process received, by path", ["path"]
-)
 
 
 def error_body(exc: BaseException) -> tuple[int, bytes]:
@@ -177,7 +171,6 @@ class Worker:
         or arrives before the request does."""
         if self.status != "ready":
             return _error_response(ModelUnavailable(f"model is {self.status}"))
-        RECEIVED.labels(request.scope["path"]).inc()
         payload: Json = orjson.loads(await request.body())
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         if request_id in self.running:

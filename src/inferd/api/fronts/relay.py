@@ -16,16 +16,15 @@ from inferd.api import json_text
 from inferd.api.auth import caller
 from inferd.api.fronts.forward import ToServer
 from inferd.api.fronts.grants import Grants
-from inferd.api.merged_embeddings import EMBEDDINGS
 from inferd.api.proxy import (
     ATTEMPTS,
     CLIENT_LEFT,
     NOT_CONNECTED,
+    post_whole,
     request_id_of,
     stopped,
     timed_out,
 )
-from inferd.api.whole_answers import post_whole
 from inferd.errors import InferdError, ModelUnavailable
 from inferd.runtime.aborts import cancel, unless_client_leaves
 from inferd.runtime.process import answers_session, http_client
@@ -84,12 +83,7 @@ async def relay_whole(
             grants.release(grant, 400, None)
             raise
         session = sockets.session(grant.socket)
-        url = "http://model" + path
-        sending = (
-            EMBEDDINGS.post(session, url, body, content, headers)
-            if path == "/embeddings"
-            else post_whole(session, url, content, headers)
-        )
+        sending = post_whole(session, "http://model" + path, content, headers)
         try:
             status, content_type, data = await unless_client_leaves(sending, None, deadline)
         except NOT_CONNECTED:
