@@ -1,11 +1,12 @@
 """`inferd serve --api-processes 3`: three front processes take the port's connections for the
-server. Real clients on fresh connections spread over them; fronts relay embeddings and rerank
-themselves (counted in /metrics by who relayed them) with the server's errors, keys and queue,
-pass everything else on to the server (streams and hang-ups included), come back when killed
-and leave with the server."""
+server, which deals them out in turn. Real clients on fresh connections spread over them;
+fronts relay embeddings and rerank themselves (counted in /metrics by who relayed them) with
+the server's errors, keys and queue, pass everything else on to the server (streams and
+hang-ups included), come back when killed and leave with the server."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -65,6 +66,23 @@ def fronts(server: InferdServer) -> list[int]:
         if parent == server.proc.pid and b"inferd.api.fronts" in argv:
             found.append(int(entry.name))
     return found
+
+
+def connections(pid: int, port: int) -> int:
+    """The TCP connections to `port` process `pid` holds open (read from /proc)."""
+    held = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd) if fd.is_symlink() else ""
+        if target.startswith("socket:["):
+            held.add(target[len("socket:[") : -1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            established = fields[3] == "01"
+            count += local_port == port and established and fields[9] in held
+    return count
 
 
 def fresh(server: InferdServer, key: str) -> openai.OpenAI:
@@ -224,6 +242,26 @@ def left(server: InferdServer, headers: dict[str, str]) -> float:
         if name == "inferd_requests_total" and ("status", "499") in labels
         and ("model", "gemma") in labels
     )  # fmt: skip
+
+
+def test_a_pool_of_connections_opened_at_once_spreads_evenly(
+    server: InferdServer, keys: dict[str, str]
+) -> None:
+    """Thirty connections a client opens together go ten to each front: the first front to
+    wake no longer takes every connection waiting (it took 17-11-3-1 of 32 over four, or all
+    of them), so one client's pool uses every front."""
+    headers = {"Authorization": f"Bearer {keys['admin']}"}
+
+    async def main() -> list[int]:
+        limits = httpx.Limits(max_connections=30, max_keepalive_connections=30)
+        async with httpx.AsyncClient(limits=limits, headers=headers, timeout=30) as client:
+            answers = await asyncio.gather(
+                *(client.get(f"{server.url}/v1/models") for _ in range(30))
+            )
+            assert {answer.status_code for answer in answers} == {200}
+            return sorted(connections(pid, server.port) for pid in fronts(server))
+
+    assert asyncio.run(main()) == [10, 10, 10]
 
 
 def test_a_killed_front_comes_back_and_all_leave_with_the_server(

@@ -177,7 +177,6 @@ def _serve_with_fronts(
         )
     except OSError as exc:
         _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
-    public.set_inheritable(True)
     folder = Path(tempfile.mkdtemp(prefix="inferd-api-"))  # Unix socket paths are short
     plan = FrontsPlan(
         count=settings.api_processes,

@@ -1,7 +1,8 @@
 """A front process: `python -m inferd.api.fronts FD CONTROL SERVER LOG_LEVEL`.
 
-FD is the server's listening socket, inherited; CONTROL and SERVER its Unix sockets for slots
-and for the requests passed on; INFERD_FRONT_SETTINGS holds the server's settings as JSON."""
+FD is its end of a Unix socket pair on which the server hands it connections to serve
+(`dealer`); CONTROL and SERVER the server's Unix sockets for slots and for the requests passed
+on; INFERD_FRONT_SETTINGS holds the server's settings as JSON."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import uvicorn
 
 from inferd.api.fronts.app import create_front_app
 from inferd.api.fronts.processes import SETTINGS_VARIABLE
+from inferd.api.fronts.taken import TakingServer
 from inferd.settings import Settings
 
 
@@ -24,13 +26,13 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    listening = socket.socket(fileno=int(fd))  # the family and type are read from the socket
+    channel = socket.socket(fileno=int(fd))  # the family and type are read from the socket
     config = uvicorn.Config(
         create_front_app(settings, control, server),
         log_level=log_level.lower(),
         timeout_graceful_shutdown=int(settings.terminate_timeout),
     )
-    uvicorn.Server(config).run(sockets=[listening])
+    TakingServer(config, channel).run(sockets=[])
 
 
 if __name__ == "__main__":

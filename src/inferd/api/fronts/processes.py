@@ -8,10 +8,12 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from inferd.api.fronts.dealer import Dealer
 from inferd.settings import Settings
 
 log = logging.getLogger("inferd.fronts")
@@ -23,8 +25,9 @@ SETTINGS_VARIABLE = "INFERD_FRONT_SETTINGS"
 
 @dataclass(frozen=True)
 class FrontsPlan:
-    """What `inferd serve --api-processes N` set up before the app started: the listening
-    socket the `count` fronts share, and the server's Unix sockets they reach it on."""
+    """What `inferd serve --api-processes N` set up before the app started: the port's
+    listening socket, whose connections the server deals to the `count` fronts, and the
+    server's Unix sockets they reach it on."""
 
     count: int
     listening_fd: int
@@ -46,14 +49,20 @@ class FrontProcesses:
         self._running: list[asyncio.subprocess.Process | None] = [None] * plan.count
         self._keepers: list[asyncio.Task[None]] = []
         self._stopping = False
+        # A descriptor of our own for the port's socket (the command keeps and closes its one).
+        self._listening = socket.socket(fileno=os.dup(plan.listening_fd))
+        self._dealer = Dealer(self._listening, plan.count)
 
     def start(self) -> None:
+        self._dealer.start()
         self._keepers = [asyncio.create_task(self._keep(i)) for i in range(self.plan.count)]
 
     async def stop(self) -> None:
         """Stop them, and remove the server's sockets (uvicorn ends the process with the
         signal it caught, so nothing after the app's shutdown runs)."""
         self._stopping = True
+        self._dealer.stop()  # new connections wait in the port's queue, for nobody
+        self._listening.close()
         for keeper in self._keepers:
             keeper.cancel()
         running = [p for p in self._running if p is not None and p.returncode is None]
@@ -74,7 +83,7 @@ class FrontProcesses:
         while not self._stopping:
             loop = asyncio.get_running_loop()
             began = loop.time()
-            process = self._running[index] = await self._spawn()
+            process = self._running[index] = await self._spawn(index)
             code = await process.wait()
             if self._stopping:
                 return
@@ -89,21 +98,23 @@ class FrontProcesses:
             )
             await asyncio.sleep(delay)
 
-    async def _spawn(self) -> asyncio.subprocess.Process:
+    async def _spawn(self, index: int) -> asyncio.subprocess.Process:
         plan = self.plan
         # The settings travel in the environment, not on a command line anyone can read.
         env = {**os.environ, SETTINGS_VARIABLE: self.settings.model_dump_json()}
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "inferd.api.fronts",
-            str(plan.listening_fd),
-            str(plan.control),
-            str(plan.server),
-            plan.log_level,
-            pass_fds=(plan.listening_fd,),
-            env=env,
-            # Out of the terminal's process group: Ctrl-C stops the server, which stops them
-            # in order, rather than each on its own (and the server starting them again).
-            start_new_session=True,
-        )
+        with self._dealer.channel(index) as theirs:
+            return await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "inferd.api.fronts",
+                str(theirs.fileno()),
+                str(plan.control),
+                str(plan.server),
+                plan.log_level,
+                pass_fds=(theirs.fileno(),),
+                env=env,
+                # Out of the terminal's process group: Ctrl-C stops the server, which stops
+                # them in order, rather than each on its own (and the server starting them
+                # again).
+                start_new_session=True,
+            )
