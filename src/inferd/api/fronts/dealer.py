@@ -11,7 +11,6 @@ requests then go to its front alone, as before."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 
@@ -23,37 +22,63 @@ class Dealer:
         """`listening`: the port's socket; `count`: the fronts there will be."""
         self.listening = listening
         self._channels: list[socket.socket | None] = [None] * count
+        self._ready = [False] * count  # the front said it takes connections
         self._next = 0
         self._reading = False
 
     def channel(self, index: int) -> socket.socket:
         """A new socket pair for front `index` (started, or started again): the server keeps
-        one end, to deal connections on; the other is for the front, which inherits it and
-        which this process closes once the front has started."""
+        one end, to deal connections on once the front says it is ready; the other is for the
+        front (this process closes it once the front has started)."""
+        self._drop(index)
+        # Not marked inheritable: `pass_fds` gives it to the front alone, where uvloop would
+        # also leave an inheritable descriptor to every process started meanwhile (a model's,
+        # another front's), and a front that dies would then never be heard to close its end.
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)
-        old, self._channels[index] = self._channels[index], ours
-        if old is not None:
-            old.close()
-        theirs.set_inheritable(True)
-        self._resume()  # connections that waited for a front to take them
+        self._channels[index] = ours
+        asyncio.get_running_loop().add_reader(ours.fileno(), self._heard, index)
         return theirs
+
+    def gone(self, index: int) -> None:
+        """Front `index` exited: nothing more is dealt to it until it is started again."""
+        self._drop(index)
 
     def start(self) -> None:
         self.listening.setblocking(False)
-        self._resume()
 
     def stop(self) -> None:
         self._pause()
-        for i, channel in enumerate(self._channels):
-            if channel is not None:
-                channel.close()
-                self._channels[i] = None
+        for index in range(len(self._channels)):
+            self._drop(index)
 
-    def _resume(self) -> None:
-        if not self._reading and any(c is not None for c in self._channels):
+    def _heard(self, index: int) -> None:
+        """Front `index` said it is ready, or its end closed (it exited)."""
+        channel = self._channels[index]
+        if channel is None:
+            return
+        try:
+            said = channel.recv(16)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            said = b""
+        if not said:
+            self._drop(index)
+            return
+        self._ready[index] = True
+        if not self._reading:  # connections waiting for a front to be ready
             asyncio.get_running_loop().add_reader(self.listening.fileno(), self._deal)
             self._reading = True
+
+    def _drop(self, index: int) -> None:
+        channel, self._channels[index] = self._channels[index], None
+        self._ready[index] = False
+        if channel is not None:
+            asyncio.get_running_loop().remove_reader(channel.fileno())
+            channel.close()
+        if not any(self._ready):
+            self._pause()  # connections wait in the port's queue until a front is back
 
     def _pause(self) -> None:
         if self._reading:
@@ -61,7 +86,7 @@ class Dealer:
             self._reading = False
 
     def _deal(self) -> None:
-        while True:
+        while self._reading:
             try:
                 connection, _ = self.listening.accept()
             except (BlockingIOError, InterruptedError):
@@ -71,27 +96,21 @@ class Dealer:
                 return
             with connection:  # the front has its own copy once it is sent
                 if not self._hand(connection):
-                    # No front can take it (all starting again): the client is refused, and
-                    # the port's queue keeps the rest until one can.
                     log.warning("no API process could take a connection; it was closed")
-                    self._pause()
-                    return
 
     def _hand(self, connection: socket.socket) -> bool:
         count = len(self._channels)
         for step in range(count):
             index = (self._next + step) % count
             channel = self._channels[index]
-            if channel is None:
+            if channel is None or not self._ready[index]:
                 continue
             try:
                 socket.send_fds(channel, [b"c"], [connection.fileno()])
             except (BlockingIOError, InterruptedError):
                 continue  # that front is not reading: the next one
             except OSError:  # that front is gone; its keeper starts it again
-                with contextlib.suppress(OSError):
-                    channel.close()
-                self._channels[index] = None
+                self._drop(index)
                 continue
             self._next = index + 1
             return True

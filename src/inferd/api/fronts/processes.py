@@ -87,6 +87,7 @@ class FrontProcesses:
             code = await process.wait()
             if self._stopping:
                 return
+            self._dealer.gone(index)
             quick_exits = 0 if loop.time() - began > _STEADY else quick_exits + 1
             delay = _BACKOFF[min(quick_exits, len(_BACKOFF)) - 1] if quick_exits else 0.0
             log.warning(

@@ -27,6 +27,7 @@ class TakingServer(uvicorn.Server):
         self.channel.setblocking(False)
         asyncio.get_running_loop().add_reader(self.channel.fileno(), self._take)
         self._taking = True
+        self.channel.send(b"r")  # ready: the server deals this front connections from now on
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self._stop_taking()  # connections dealt from now on go to the other fronts
