@@ -16,6 +16,8 @@ import socket
 
 log = logging.getLogger("inferd.fronts")
 
+_RETRY = 0.05  # seconds before dealing again when no front could take a connection
+
 
 class Dealer:
     def __init__(self, listening: socket.socket, count: int):
@@ -67,9 +69,7 @@ class Dealer:
             self._drop(index)
             return
         self._ready[index] = True
-        if not self._reading:  # connections waiting for a front to be ready
-            asyncio.get_running_loop().add_reader(self.listening.fileno(), self._deal)
-            self._reading = True
+        self._resume()  # connections waiting for a front to be ready
 
     def _drop(self, index: int) -> None:
         channel, self._channels[index] = self._channels[index], None
@@ -96,7 +96,17 @@ class Dealer:
                 return
             with connection:  # the front has its own copy once it is sent
                 if not self._hand(connection):
+                    # Every front's queue is full (none is reading): this client is refused,
+                    # the next ones wait in the port's queue a moment rather than be refused.
                     log.warning("no API process could take a connection; it was closed")
+                    self._pause()
+                    asyncio.get_running_loop().call_later(_RETRY, self._resume)
+                    return
+
+    def _resume(self) -> None:
+        if not self._reading and any(self._ready):
+            asyncio.get_running_loop().add_reader(self.listening.fileno(), self._deal)
+            self._reading = True
 
     def _hand(self, connection: socket.socket) -> bool:
         count = len(self._channels)
