@@ -36,7 +36,7 @@ class Dealer:
         # Not marked inheritable: `pass_fds` gives it to the front alone, where uvloop would
         # also leave an inheritable descriptor to every process started meanwhile (a model's,
         # another front's), and a front that dies would then never be heard to close its end.
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ours.setblocking(False)
         self._channels[index] = ours
         asyncio.get_running_loop().add_reader(ours.fileno(), self._heard, index)
