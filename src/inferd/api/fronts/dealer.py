@@ -16,7 +16,7 @@ import socket
 
 log = logging.getLogger("inferd.fronts")
 
-_RETRY = 0.05  # seconds before dealing again when no front could take a connection
+_RETRY = 0.05  # seconds before dealing again after a connection could not be dealt
 
 
 class Dealer:
@@ -91,17 +91,23 @@ class Dealer:
                 connection, _ = self.listening.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # out of descriptors, say: the next wake tries again
+            except OSError as exc:  # out of descriptors, say
                 log.warning("accepting a connection failed: %s", exc)
+                self._later()
                 return
             with connection:  # the front has its own copy once it is sent
                 if not self._hand(connection):
                     # Every front's queue is full (none is reading): this client is refused,
                     # the next ones wait in the port's queue a moment rather than be refused.
                     log.warning("no API process could take a connection; it was closed")
-                    self._pause()
-                    asyncio.get_running_loop().call_later(_RETRY, self._resume)
+                    self._later()
                     return
+
+    def _later(self) -> None:
+        """Deal again in a moment (the port's queue holds what comes meanwhile), not at the
+        next wake, which comes at once while connections wait."""
+        self._pause()
+        asyncio.get_running_loop().call_later(_RETRY, self._resume)
 
     def _resume(self) -> None:
         if not self._reading and any(self._ready):
