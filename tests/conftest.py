@@ -165,6 +165,24 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def tcp_sockets(pid: int) -> list[tuple[int, str]]:
+    """The TCP sockets process `pid` holds, as (local port, state) read from /proc: state "0A"
+    is listening, "01" an established connection."""
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # a descriptor closed meanwhile
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                held.add(target[len("socket:[") : -1])
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in held:
+                found.append((int(fields[1].rsplit(":", 1)[1], 16), fields[3]))
+    return found
+
+
 def relayed(server: InferdServer, headers: dict[str, str] | None = None) -> dict[str, float]:
     """Requests relayed so far, by the kind of process that relayed them (`--api-processes`:
     a front, or the server)."""

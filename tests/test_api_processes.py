@@ -19,7 +19,15 @@ import openai
 import pytest
 from xinference_client import RESTfulClient
 
-from tests.conftest import EMBEDDING, LLM, InferdServer, relayed, scrape, wait_gone
+from tests.conftest import (
+    EMBEDDING,
+    LLM,
+    InferdServer,
+    relayed,
+    scrape,
+    tcp_sockets,
+    wait_gone,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -69,20 +77,8 @@ def fronts(server: InferdServer) -> list[int]:
 
 
 def connections(pid: int, port: int) -> int:
-    """The TCP connections to `port` process `pid` holds open (read from /proc)."""
-    held = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd) if fd.is_symlink() else ""
-        if target.startswith("socket:["):
-            held.add(target[len("socket:[") : -1])
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            local_port = int(fields[1].rsplit(":", 1)[1], 16)
-            established = fields[3] == "01"
-            count += local_port == port and established and fields[9] in held
-    return count
+    """The TCP connections to `port` process `pid` holds open."""
+    return sum(1 for local, state in tcp_sockets(pid) if local == port and state == "01")
 
 
 def fresh(server: InferdServer, key: str) -> openai.OpenAI:

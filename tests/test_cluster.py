@@ -3,7 +3,6 @@ a custom resource of its own, and `inferd serve --ray-address` driving it."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
@@ -23,6 +22,7 @@ from tests.conftest import (
     ray_sessions_removed,
     relayed,
     run_together,
+    tcp_sockets,
     wait_ready,
 )
 from tests.gguf_mmproj import IMAGE_EMBEDDINGS, gemma_vision, write_mmproj
@@ -360,17 +360,9 @@ def test_a_model_whose_node_is_gone_for_good_fails_saying_why(
 
 def _listening_port(pid: int) -> int:
     """The TCP port a process listens on (the nodes are this machine here)."""
-    sockets = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(OSError):
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            if target.startswith("socket:["):
-                sockets.add(target[8:-1])
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and fields[9] in sockets:  # 0A: listening
-                return int(fields[1].rsplit(":", 1)[1], 16)
+    for port, state in tcp_sockets(pid):
+        if state == "0A":
+            return port
     raise AssertionError(f"process {pid} listens on no TCP port")
 
 
