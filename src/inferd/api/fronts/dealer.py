@@ -23,6 +23,7 @@ class Dealer:
     def __init__(self, listening: socket.socket, count: int):
         """`listening`: the port's socket; `count`: the fronts there will be."""
         self.listening = listening
+        listening.setblocking(False)  # accepted until none is left at each wake
         self._channels: list[socket.socket | None] = [None] * count
         self._ready = [False] * count  # the front said it takes connections
         self._next = 0
@@ -46,11 +47,8 @@ class Dealer:
         """Front `index` exited: nothing more is dealt to it until it is started again."""
         self._drop(index)
 
-    def start(self) -> None:
-        self.listening.setblocking(False)
-
     def stop(self) -> None:
-        self._pause()
+        """No more dealing: every front's channel closes (the last leaves the port unread)."""
         for index in range(len(self._channels)):
             self._drop(index)
 

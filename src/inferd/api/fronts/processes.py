@@ -54,7 +54,6 @@ class FrontProcesses:
         self._dealer = Dealer(self._listening, plan.count)
 
     def start(self) -> None:
-        self._dealer.start()
         self._keepers = [asyncio.create_task(self._keep(i)) for i in range(self.plan.count)]
 
     async def stop(self) -> None:
