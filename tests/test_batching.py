@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from inferd.engines.batching import DynamicBatcher
+from inferd.engines.batching import DynamicBatcher, ModelThread, at_once
+from inferd.errors import ModelUnavailable
 from tests.conftest import run_together
 
 
@@ -29,7 +30,7 @@ def test_concurrent_requests_share_passes_and_get_their_own_results() -> None:
 
     async def main() -> list[list[str]]:
         batcher: DynamicBatcher[str] = DynamicBatcher(
-            _run_with_log(passes), ThreadPoolExecutor(1), max_items=64
+            ModelThread("t"), at_once(_run_with_log(passes)), max_items=64
         )
         requests = [[f"r{i}a", f"r{i}b"] for i in range(10)]
         return await asyncio.gather(*(batcher.submit(r) for r in requests))
@@ -43,7 +44,7 @@ def test_concurrent_requests_share_passes_and_get_their_own_results() -> None:
 def test_a_lone_request_does_not_wait() -> None:
     async def main() -> float:
         batcher: DynamicBatcher[str] = DynamicBatcher(
-            lambda items: items, ThreadPoolExecutor(1), max_items=64
+            ModelThread("t"), at_once(lambda items: items), max_items=64
         )
         started = time.perf_counter()
         await batcher.submit(["x"])
@@ -57,7 +58,7 @@ def test_a_bad_request_fails_alone() -> None:
 
     async def main() -> list[object]:
         batcher: DynamicBatcher[str] = DynamicBatcher(
-            _run_with_log(passes), ThreadPoolExecutor(1), max_items=64
+            ModelThread("t"), at_once(_run_with_log(passes)), max_items=64
         )
         blocker = asyncio.ensure_future(batcher.submit(["first"]))
         await asyncio.sleep(0.01)  # the others queue behind it and go in one batch
@@ -75,12 +76,150 @@ def test_batches_respect_the_size_cap() -> None:
 
     async def main() -> None:
         batcher: DynamicBatcher[str] = DynamicBatcher(
-            _run_with_log(passes), ThreadPoolExecutor(1), max_items=4
+            ModelThread("t"), at_once(_run_with_log(passes)), max_items=4
         )
         await asyncio.gather(*(batcher.submit([f"{i}"]) for i in range(12)))
 
     asyncio.run(main())
     assert max(len(p) for p in passes) <= 4
+
+
+def _staged(log: list[tuple[str, list[str]]], launching: threading.Event | None = None):  # type: ignore[no-untyped-def]
+    """A pass in stages that logs each one; `bad` fails at the stage it names
+    (`bad-prepare`, `bad-launch`, `bad-collect`)."""
+
+    def prepare(items: list[str]):  # type: ignore[no-untyped-def]
+        log.append(("prepare", items))
+        if "bad-prepare" in items:
+            raise ValueError("bad input")
+
+        def launch():  # type: ignore[no-untyped-def]
+            log.append(("launch", items))
+            if launching is not None:
+                launching.wait(5)  # held, so the test can queue more meanwhile
+            if "bad-launch" in items:
+                raise ValueError("bad input")
+
+            def collect() -> list[str]:
+                log.append(("collect", items))
+                if "bad-collect" in items:
+                    raise ValueError("bad input")
+                return [item.upper() for item in items]
+
+            return collect
+
+        return launch
+
+    return prepare
+
+
+def _held_first_pass(max_items: int, later: list[list[str]]) -> list[tuple[str, list[str]]]:
+    """The stages' log when `later` requests arrive while a first pass (["a"]) is held in its
+    launch."""
+    log: list[tuple[str, list[str]]] = []
+    release = threading.Event()
+
+    async def main() -> list[list[str]]:
+        batcher: DynamicBatcher[str] = DynamicBatcher(
+            ModelThread("t"), _staged(log, release), max_items=max_items
+        )
+        first = asyncio.ensure_future(batcher.submit(["a"]))
+        while ("launch", ["a"]) not in log:
+            await asyncio.sleep(0.001)
+        rest = [asyncio.ensure_future(batcher.submit(items)) for items in later]
+        await asyncio.sleep(0.05)  # queued before the first pass's launch returns
+        release.set()
+        return list(await asyncio.gather(first, *rest))
+
+    assert asyncio.run(main()) == [["A"], *([i.upper() for i in items] for items in later)]
+    return log
+
+
+def test_a_full_pass_is_prepared_while_one_runs() -> None:
+    """The host's part of a full next pass (tokenizing) comes before the running pass is
+    waited for; it starts only once the running one is collected."""
+    assert _held_first_pass(2, [["b", "c"]]) == [
+        ("prepare", ["a"]),
+        ("launch", ["a"]),
+        ("prepare", ["b", "c"]),
+        ("collect", ["a"]),
+        ("launch", ["b", "c"]),
+        ("collect", ["b", "c"]),
+    ]
+
+
+def test_a_pass_with_room_waits_for_what_arrives_while_one_runs() -> None:
+    assert _held_first_pass(64, [["b"], ["c"]]) == [
+        ("prepare", ["a"]),
+        ("launch", ["a"]),
+        ("collect", ["a"]),
+        ("prepare", ["b", "c"]),
+        ("launch", ["b", "c"]),
+        ("collect", ["b", "c"]),
+    ]
+
+
+@pytest.mark.parametrize("stage", ["prepare", "launch", "collect"])
+def test_a_pass_failing_at_any_stage_fails_only_its_request(stage: str) -> None:
+    log: list[tuple[str, list[str]]] = []
+    release = threading.Event()
+
+    async def main() -> list[object]:
+        batcher: DynamicBatcher[str] = DynamicBatcher(
+            ModelThread("t"), _staged(log, release), max_items=64
+        )
+        blocker = asyncio.ensure_future(batcher.submit(["first"]))
+        while ("launch", ["first"]) not in log:
+            await asyncio.sleep(0.001)
+        rest = [
+            asyncio.ensure_future(batcher.submit(items))
+            for items in (["good"], [f"bad-{stage}"], ["fine", "too"])
+        ]
+        await asyncio.sleep(0.05)
+        release.set()
+        return list(await asyncio.gather(blocker, *rest, return_exceptions=True))
+
+    first, good, bad, fine = asyncio.run(main())
+    assert first == ["FIRST"] and good == ["GOOD"] and fine == ["FINE", "TOO"]
+    assert isinstance(bad, ValueError)
+    assert ("prepare", ["good", f"bad-{stage}", "fine", "too"]) in log  # tried together first
+    assert ("collect", ["good"]) in log  # then alone
+
+
+def test_a_request_of_many_inputs_runs_in_passes_longest_first() -> None:
+    passes: list[list[str]] = []
+    items = ["bb", "a", "dddd", "ccc", "eeeee"]
+
+    async def main() -> list[str]:
+        batcher: DynamicBatcher[str] = DynamicBatcher(
+            ModelThread("t"), at_once(_run_with_log(passes)), len, max_items=2
+        )
+        return await batcher.submit(items)
+
+    assert asyncio.run(main()) == [item.upper() for item in items]
+    assert passes == [["eeeee", "dddd"], ["ccc", "bb"], ["a"]]
+
+
+def test_closing_fails_the_requests_still_waiting() -> None:
+    release = threading.Event()
+    log: list[tuple[str, list[str]]] = []
+
+    async def main() -> list[object]:
+        thread = ModelThread("t")
+        batcher: DynamicBatcher[str] = DynamicBatcher(thread, _staged(log, release))
+        running = asyncio.ensure_future(batcher.submit(["running"]))
+        while ("launch", ["running"]) not in log:
+            await asyncio.sleep(0.001)
+        waiting = asyncio.ensure_future(batcher.submit(["waiting"]))
+        await asyncio.sleep(0.01)  # queued: the thread is held in the running pass's launch
+        thread.close()
+        release.set()
+        later = batcher.submit(["later"])
+        return list(await asyncio.gather(running, waiting, later, return_exceptions=True))
+
+    running, waiting, later = asyncio.run(main())
+    assert running == ["RUNNING"]  # the pass under way finishes and answers
+    assert isinstance(waiting, ModelUnavailable) and isinstance(later, ModelUnavailable)
 
 
 @pytest.mark.slow

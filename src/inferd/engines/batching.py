@@ -1,23 +1,46 @@
 """Dynamic batching: concurrent requests to one model share a forward pass.
 
-Nothing waits on a timer. A request that finds the model idle runs at once; requests that arrive
-while a pass runs are queued and go together in the next one, up to `max_items` texts. A failing
-batch is retried request by request, so one bad input fails only its own request.
+Nothing waits on a timer. The model thread takes whatever requests are waiting when it is ready
+for a pass, up to `max_items` inputs (a request alone that finds the model idle runs at once),
+and hands each request its own results back on its event loop.
+
+The thread takes its own work rather than being handed it by the event loop: on a GPU a pass of
+short texts is a millisecond, and a hand-over through the loop (woken, then waking the thread)
+cost the model thread about as long again each pass, as the loop's thread was busy reading
+requests. And a pass is split in three so the host's part of the next pass overlaps the device's
+work on this one: `prepare` (tokenizing, on the host) runs while the previous pass is still on
+the device; `launch` starts the device's work once the previous pass's results are collected
+(the device's buffers are then free for the next); `collect` waits for it. The next pass is
+prepared early only when it is full (a request of many inputs, or `max_items` waiting): a pass
+taken early leaves out whatever arrives while the device works: on a GPU-bound model (H200,
+bge-large, 32 clients of one short text each), passes always taken early held 10.6 texts and
+made 1,100 texts/s, against 16 and 1,357 taken once the device was done.
+
+A batch that fails is tried again request by request, so one bad input fails only its own
+request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import threading
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from prometheus_client import Histogram
 
+from inferd.errors import ModelUnavailable
+
 Item = TypeVar("Item")
-# run(items) -> one result per item, in order
-RunBatch = Callable[[list[Any]], Sequence[Any]]
+# The three stages of one pass: prepare(items) -> launch; launch() -> collect; collect() -> one
+# result per item, in order.
+Collect = Callable[[], Sequence[Any]]
+Launch = Callable[[], Collect]
+Prepare = Callable[[list[Any]], Launch]
 
 # In the model process's own registry, which the server scrapes and labels with the model.
 BATCH_ITEMS = Histogram(
@@ -27,62 +50,250 @@ BATCH_ITEMS = Histogram(
 )
 
 
+def at_once(run: Callable[[list[Any]], Sequence[Any]]) -> Prepare:
+    """A pass with no stages to overlap: all of `run` where the device's work would start."""
+
+    def prepare(items: list[Any]) -> Launch:
+        def launch() -> Collect:
+            results = run(items)
+            return lambda: results
+
+        return launch
+
+    return prepare
+
+
 @dataclass
-class _Pending(Generic[Item]):
-    items: list[Item]
+class _Pending:
+    items: list[Any]
     future: asyncio.Future[list[Any]]
+    loop: asyncio.AbstractEventLoop
+
+
+@dataclass
+class _Lane:
+    """One kind of pass (embedding texts, scoring pairs) and the requests waiting for one."""
+
+    prepare: Prepare
+    size: Callable[[Any], int]
+    max_items: int
+    waiting: deque[_Pending] = field(default_factory=deque)
+    queued: int = 0  # inputs waiting
+
+
+@dataclass(eq=False)
+class _Batch:
+    """Requests taken together: their inputs in passes of at most the lane's `max_items`."""
+
+    lane: _Lane
+    pendings: list[_Pending]
+    items: list[Any]
+    results: list[Any]
+    left: int = 0  # passes not yet collected
+    failed: bool = False
+
+
+@dataclass
+class _Pass:
+    batch: _Batch
+    taken: list[int]  # the batch's inputs this pass computes
+
+
+class ModelThread:
+    """The one thread that runs a model's passes, for every `DynamicBatcher` made on it: torch
+    already spreads one pass over every core, and passes of one model never run side by side."""
+
+    def __init__(self, name: str):
+        self._name = name
+        self._lanes: list[_Lane] = []
+        self._next_lane = 0
+        self._ready = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def lane(self, prepare: Prepare, size: Callable[[Any], int], max_items: int) -> _Lane:
+        lane = _Lane(prepare, size, max_items)
+        self._lanes.append(lane)
+        return lane
+
+    def put(self, lane: _Lane, pending: _Pending) -> None:
+        with self._ready:
+            if self._closed:
+                raise ModelUnavailable("the model is shutting down")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+            lane.waiting.append(pending)
+            lane.queued += len(pending.items)
+            self._ready.notify()
+
+    def close(self) -> None:
+        """Stops taking work; requests still waiting fail."""
+        with self._ready:
+            self._closed = True
+            left = [pending for lane in self._lanes for pending in lane.waiting]
+            for lane in self._lanes:
+                lane.waiting.clear()
+                lane.queued = 0
+            self._ready.notify()
+        _settle([(p, ModelUnavailable("the model is shutting down")) for p in left])
+
+    def _run(self) -> None:
+        todo: deque[_Pass] = deque()
+        flight: tuple[_Pass, Collect] | None = None
+        while True:
+            if not todo:
+                batch = self._take(early=flight is not None)
+                if batch is None and flight is None:
+                    return  # closed
+                if batch is not None:
+                    todo.extend(_passes(batch))
+            following = todo.popleft() if todo else None
+            launch: Launch | None = None
+            if following is not None:
+                # On the host while the device still runs the pass in flight.
+                launch = self._stage(following, todo, functools.partial(_prepare, following))
+            done: list[_Batch] = []
+            if flight is not None:
+                running, collect = flight
+                flight = None
+                results = self._stage(running, todo, collect)
+                if results is not None and not running.batch.failed:
+                    for index, result in zip(running.taken, results, strict=True):
+                        running.batch.results[index] = result
+                    running.batch.left -= 1
+                    if running.batch.left == 0:
+                        done.append(running.batch)
+            if following is not None and launch is not None and not following.batch.failed:
+                collect = self._stage(following, todo, launch)
+                if collect is not None:
+                    flight = (following, collect)
+            for batch in done:  # after the next launch: the device is not kept waiting
+                _settle(list(zip(batch.pendings, _split(batch), strict=True)))
+
+    def _take(self, early: bool) -> _Batch | None:
+        """The next lane's waiting requests, up to its `max_items` inputs (one request at
+        least), waiting for some; `early` (a pass is running): only a full pass's worth, and
+        None rather than wait. None once closed."""
+        with self._ready:
+            while True:
+                if self._closed:
+                    return None
+                for turn in range(len(self._lanes)):
+                    lane = self._lanes[(self._next_lane + turn) % len(self._lanes)]
+                    if early and lane.queued < lane.max_items:
+                        continue
+                    taken = _taken(lane)
+                    if taken:
+                        self._next_lane = (self._next_lane + turn + 1) % len(self._lanes)
+                        items = [item for pending in taken for item in pending.items]
+                        return _Batch(lane, taken, items, [None] * len(items))
+                if early:
+                    return None
+                self._ready.wait()
+
+    def _stage(self, step: _Pass, todo: deque[_Pass], call: Callable[[], Any]) -> Any:
+        """`call`'s value, or None when it raised: then its batch has failed (see `_failed`)."""
+        try:
+            return call()
+        except Exception as exc:
+            _failed(step.batch, exc, todo)
+            return None
+
+
+def _taken(lane: _Lane) -> list[_Pending]:
+    taken: list[_Pending] = []
+    count = 0
+    while lane.waiting and count < lane.max_items:
+        pending = lane.waiting.popleft()
+        lane.queued -= len(pending.items)
+        if pending.future.cancelled():  # the client left
+            continue
+        taken.append(pending)
+        count += len(pending.items)
+    return taken
+
+
+def _passes(batch: _Batch) -> list[_Pass]:
+    """The batch's inputs in passes of the lane's `max_items`, taken longest first: inputs of
+    like length pad little (sentence-transformers' own order)."""
+    size, cap = batch.lane.size, batch.lane.max_items
+    order = sorted(range(len(batch.items)), key=lambda i: size(batch.items[i]), reverse=True)
+    passes = [_Pass(batch, order[start : start + cap]) for start in range(0, len(order), cap)]
+    batch.left = len(passes)
+    return passes
+
+
+def _prepare(step: _Pass) -> Launch:
+    items = [step.batch.items[i] for i in step.taken]
+    BATCH_ITEMS.observe(len(items))
+    return step.batch.lane.prepare(items)
+
+
+def _failed(batch: _Batch, exc: Exception, todo: deque[_Pass]) -> None:
+    """A pass of `batch` raised: its other passes are dropped and each of its requests is
+    tried alone, next, to find the one at fault; a request alone gets the error."""
+    if batch.failed:
+        return
+    batch.failed = True
+    kept = [step for step in todo if step.batch is not batch]
+    todo.clear()
+    if len(batch.pendings) == 1:
+        todo.extend(kept)
+        _settle([(batch.pendings[0], exc)])
+        return
+    for pending in batch.pendings:
+        alone = _Batch(batch.lane, [pending], pending.items, [None] * len(pending.items))
+        todo.extend(_passes(alone))
+    todo.extend(kept)
+
+
+def _split(batch: _Batch) -> list[list[Any]]:
+    """The batch's results, request by request."""
+    out, start = [], 0
+    for pending in batch.pendings:
+        out.append(batch.results[start : start + len(pending.items)])
+        start += len(pending.items)
+    return out
+
+
+def _settle(outcomes: list[tuple[_Pending, Any]]) -> None:
+    """Each request's results (or error) set on its own loop: one wake-up per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Pending, Any]]] = {}
+    for pending, outcome in outcomes:
+        by_loop.setdefault(pending.loop, []).append((pending, outcome))
+    for loop, settled in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+            loop.call_soon_threadsafe(_set, settled)
+
+
+def _set(settled: list[tuple[_Pending, Any]]) -> None:
+    for pending, outcome in settled:
+        if pending.future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            pending.future.set_exception(outcome)
+        else:
+            pending.future.set_result(outcome)
 
 
 class DynamicBatcher(Generic[Item]):
-    def __init__(self, run: RunBatch, executor: Executor, max_items: int = 64):
-        self._run = run
-        self._executor = executor
-        self._max_items = max_items
-        self._queue: asyncio.Queue[_Pending[Item]] | None = None
-        self._worker: asyncio.Task[None] | None = None
+    """Requests of one kind of pass (`prepare`'s) on a model's thread. `size` orders a batch's
+    inputs for passes of like length (a text's length)."""
+
+    def __init__(
+        self,
+        thread: ModelThread,
+        prepare: Prepare,
+        size: Callable[[Item], int] = lambda item: 0,
+        max_items: int = 64,
+    ):
+        self._thread = thread
+        self._lane = thread.lane(prepare, size, max_items)
 
     async def submit(self, items: list[Item]) -> list[Any]:
         """The results for `items`, computed together with whatever else is waiting."""
-        if self._queue is None:
-            self._queue = asyncio.Queue()
-            self._worker = asyncio.create_task(self._serve(self._queue))
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(items, future))
-        return await future
-
-    async def _serve(self, queue: asyncio.Queue[_Pending[Item]]) -> None:
-        while True:
-            batch = [await queue.get()]
-            count = len(batch[0].items)
-            while count < self._max_items and not queue.empty():
-                pending = queue.get_nowait()
-                batch.append(pending)
-                count += len(pending.items)
-            batch = [p for p in batch if not p.future.cancelled()]  # clients that left
-            if batch:
-                await self._run_batch(batch)
-
-    async def _run_batch(self, batch: list[_Pending[Item]]) -> None:
-        items = [item for pending in batch for item in pending.items]
-        BATCH_ITEMS.observe(len(items))
         loop = asyncio.get_running_loop()
-        try:
-            results = await loop.run_in_executor(self._executor, self._run, items)
-        except Exception as exc:
-            if len(batch) == 1:
-                if not batch[0].future.done():
-                    batch[0].future.set_exception(exc)
-                return
-            for pending in batch:  # find the request at fault; the others still succeed
-                await self._run_batch([pending])
-            return
-        start = 0
-        for pending in batch:
-            end = start + len(pending.items)
-            if not pending.future.done():
-                pending.future.set_result(list(results[start:end]))
-            start = end
-
-    def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        self._thread.put(self._lane, _Pending(items, future, loop))
+        return await future

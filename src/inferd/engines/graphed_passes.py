@@ -102,15 +102,22 @@ class _Graph:
     output: np.ndarray  # the pinned float32 output the graph copies into
     stream: torch.cuda.Stream
 
-    def replay(self, features: dict[str, Any]) -> np.ndarray:
-        """The real rows' output for `features` (a tokenizer's rows x tokens tensors on the
-        CPU), padded into the graph's shape as `padded` pads."""
+    def launch(self, features: dict[str, Any]) -> Callable[[], np.ndarray]:
+        """Starts the pass of `features` (a tokenizer's rows x tokens tensors on the CPU),
+        padded into the graph's shape as `padded` pads; the returned call waits for the real
+        rows' output. The buffers are the graph's until then: the next pass refills them."""
         rows = features["attention_mask"].shape[0]
         fill_padded(self.hosts, features, self.pad_id)
         self.graph.replay()
-        # The buffers are the graph's until it is done: the next pass refills them.
-        self.stream.synchronize()
-        return self.output[:rows].copy()
+
+        def collect() -> np.ndarray:
+            self.stream.synchronize()
+            return self.output[:rows].copy()
+
+        return collect
+
+    def replay(self, features: dict[str, Any]) -> np.ndarray:
+        return self.launch(features)()
 
 
 class GraphedPasses:
@@ -119,7 +126,8 @@ class GraphedPasses:
     host, as float32.
 
     Not thread-safe: one thread (the engine's model thread) makes every call, and one shared
-    memory pool serves all graphs because each replay finishes before the next."""
+    memory pool serves all graphs because each pass's output is collected before the next pass
+    starts (`launch`)."""
 
     def __init__(
         self,
@@ -144,14 +152,20 @@ class GraphedPasses:
         return sum(graph is not None for graph in self._graphs.values())
 
     def __call__(self, features: dict[str, Any]) -> np.ndarray:
+        return self.launch(features)()
+
+    def launch(self, features: dict[str, Any]) -> Callable[[], np.ndarray]:
+        """Starts the pass of `features` on the GPU; the returned call waits for its output.
+        The next pass may start only once this one's output was collected (its graph's
+        buffers, and the memory pool all graphs share, are this pass's until then)."""
         # Inference mode throughout: the graphs' input buffers are made and refilled in it.
         with torch.cuda.device(self._device), torch.inference_mode():
-            return self._run(features)
+            return self._launch(features)
 
-    def _run(self, features: dict[str, Any]) -> np.ndarray:
+    def _launch(self, features: dict[str, Any]) -> Callable[[], np.ndarray]:
         shape = bucket(*features["attention_mask"].shape)
         if shape is None:
-            return self._eager(features)
+            return self._eager_launch(features)
         # The features' constants (sentence-transformers' `modality`) are part of what a
         # graph recorded.
         key = (
@@ -161,23 +175,26 @@ class GraphedPasses:
         try:
             hash(key)
         except TypeError:
-            return self._eager(features)
+            return self._eager_launch(features)
         if key not in self._graphs:
             work = self._params * shape[0] * shape[1]
             if work >= self._losing_work:
-                return self._eager(features)
+                return self._eager_launch(features)
             self._graphs[key] = self._captured(features, shape, work)
         graph = self._graphs[key]
         if graph is None:
-            return self._eager(features)
-        return graph.replay(features)
+            return self._eager_launch(features)
+        return graph.launch(features)
 
-    def _eager(self, features: dict[str, Any]) -> np.ndarray:
+    def _eager_launch(self, features: dict[str, Any]) -> Callable[[], np.ndarray]:
         on_device = {
             k: v.to(self._device) if isinstance(v, torch.Tensor) else v for k, v in features.items()
         }
-        output: np.ndarray = self._module(on_device)[self._output].float().cpu().numpy()
-        return output
+        output = self._module(on_device)[self._output].float()
+        return lambda: output.cpu().numpy()
+
+    def _eager(self, features: dict[str, Any]) -> np.ndarray:
+        return self._eager_launch(features)()
 
     def _captured(
         self, features: dict[str, Any], shape: tuple[int, int], work: float

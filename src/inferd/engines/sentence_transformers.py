@@ -9,11 +9,10 @@ from __future__ import annotations
 import base64
 import functools
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from inferd.engines.base import Engine, Json, flag
-from inferd.engines.batching import DynamicBatcher
+from inferd.engines.batching import Collect, DynamicBatcher, Launch, ModelThread, at_once
 from inferd.engines.ranking import rerank_response
 from inferd.errors import InvalidRequest
 
@@ -24,9 +23,6 @@ _BATCH = 64
 # Weights' precision a launch may ask for (`dtype`); the library's default is float32, "auto"
 # takes the checkpoint's own.
 _DTYPES = ("auto", "float32", "float16", "bfloat16")
-
-Item = TypeVar("Item")
-Row = TypeVar("Row")
 
 
 class SentenceTransformersEngine(Engine):
@@ -85,14 +81,15 @@ class SentenceTransformersEngine(Engine):
         self._features = self._tokenizing()
         # One thread runs the model: torch already spreads one forward pass over every core,
         # and concurrent requests are batched into that pass rather than run side by side.
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+        self._thread = ModelThread("embed")
         self._batcher: DynamicBatcher[str] = DynamicBatcher(
-            self._encode, self._pool, max_items=_BATCH
+            self._thread, self._embedding_pass, len, max_items=_BATCH
         )
         # Rerank requests share forward passes too: on a GPU one request's few pairs leave most
         # of a pass idle, and 32 clients ranking 8 documents each fill it.
+        pairs = self._pairs_pass if self._features is not None else at_once(self._predicted)
         self._pairs: DynamicBatcher[tuple[str, str]] = DynamicBatcher(
-            self._score_pairs, self._pool, max_items=_BATCH
+            self._thread, pairs, lambda pair: len(pair[0]) + len(pair[1]), max_items=_BATCH
         )
 
     def _graphed(self) -> GraphedPasses | None:
@@ -131,25 +128,25 @@ class SentenceTransformersEngine(Engine):
         direct = DirectTokenizer.verified(prepare, tokenizer, pairs=self._cross)
         return direct if direct is not None else prepare
 
-    def _forward(self, features: dict[str, Any], output: str) -> Any:
-        """The model's `output` for a pass's features, as float32 on the host (a NumPy array),
-        through CUDA graphs where they are kept."""
+    def _launch(self, features: dict[str, Any], output: str) -> Callable[[], Any]:
+        """Starts the model's pass over a pass's features; the returned call waits for its
+        `output` as float32 on the host (a NumPy array). Through CUDA graphs where they are
+        kept; an eager pass on a GPU also runs on while the host goes on."""
         if self._passes is not None:
-            return self._passes(features)
+            return self._passes.launch(features)
+        import torch
         from sentence_transformers.util import batch_to_device
 
-        return (
-            self._model(batch_to_device(features, self._model.device))[output].float().cpu().numpy()
-        )
+        with torch.inference_mode():
+            result = self._model(batch_to_device(features, self._model.device))[output].float()
+        return lambda: result.cpu().numpy()
 
     def slots(self) -> int:
         # Requests share forward passes of up to _BATCH texts (or query-document pairs).
         return _BATCH
 
     def close(self) -> None:
-        self._batcher.close()
-        self._pairs.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._thread.close()
 
     async def embed(self, request: Json) -> Json:
         texts: list[str] = request["input"]
@@ -200,35 +197,39 @@ class SentenceTransformersEngine(Engine):
         unit = vectors / np.where(norms > 0, norms, 1.0)
         return [float(v) for v in unit[1:] @ unit[0]], sum(count for _, count in rows)
 
-    def _score_pairs(self, pairs: list[tuple[str, str]]) -> list[tuple[float, int]]:
-        """(relevance, token count) per query-document pair, _BATCH pairs to a forward pass.
+    def _pairs_pass(self, pairs: list[tuple[str, str]]) -> Launch:
+        """A pass of query-document pairs (`DynamicBatcher`'s stages), collected as (relevance,
+        token count) per pair.
 
-        As in `_encode`, the model's modules are called directly: `CrossEncoder.predict` moves
-        the model to its device, sorts the pairs and collects the scores one tensor element at
-        a time on every call, most of a short pair's time on a GPU, and the token counts would
-        need a second tokenization."""
-        import torch
-
+        As for embeddings, the model's modules are called directly: `CrossEncoder.predict`
+        moves the model to its device, sorts the pairs and collects the scores one tensor
+        element at a time on every call, most of a short pair's time on a GPU, and the token
+        counts would need a second tokenization."""
         model = self._model
         prepare = self._features
-        if prepare is None:  # sentence-transformers before 6
-            return self._predicted(pairs)
+        assert prepare is not None  # else the pairs go to `_predicted`
         activation = model.activation_fn
+        features = prepare(pairs)
+        # NumPy, not torch: a call into torch gives up the interpreter lock (see graphed_passes).
+        counts = features["attention_mask"].numpy().sum(axis=1).tolist()
 
-        def one_pass(batch: list[tuple[str, str]]) -> list[tuple[float, int]]:
-            features = prepare(batch)
-            # NumPy, not torch: a call into torch gives up the interpreter lock (see
-            # graphed_passes).
-            counts = features["attention_mask"].numpy().sum(axis=1).tolist()
-            with torch.inference_mode():
-                scores = torch.from_numpy(self._forward(features, "scores"))
-                if activation is not None:
-                    scores = activation(scores)  # parameterless (Sigmoid, Identity): on the host
-                if scores.ndim > 1 and model.num_labels == 1:
-                    scores = scores.squeeze(-1)
-            return list(zip(scores.tolist(), counts, strict=True))
+        def launch() -> Collect:
+            scored = self._launch(features, "scores")
 
-        return _in_passes(pairs, [len(query) + len(doc) for query, doc in pairs], one_pass)
+            def collect() -> list[tuple[float, int]]:
+                import torch
+
+                with torch.inference_mode():
+                    scores = torch.from_numpy(scored())
+                    if activation is not None:
+                        scores = activation(scores)  # parameterless (Sigmoid, Identity): host
+                    if scores.ndim > 1 and model.num_labels == 1:
+                        scores = scores.squeeze(-1)
+                return list(zip(scores.tolist(), counts, strict=True))
+
+            return collect
+
+        return launch
 
     def _predicted(self, pairs: list[tuple[str, str]]) -> list[tuple[float, int]]:
         model = self._model
@@ -242,40 +243,24 @@ class SentenceTransformersEngine(Engine):
         counts = [len(ids) for ids in encoded["input_ids"]]
         return [(float(score), count) for score, count in zip(scores, counts, strict=True)]
 
-    def _encode(self, texts: list[str]) -> list[tuple[Any, int]]:
-        """(vector, token count) per text, _BATCH texts to a forward pass.
+    def _embedding_pass(self, texts: list[str]) -> Launch:
+        """A pass of texts (`DynamicBatcher`'s stages), collected as (vector, token count) per
+        text.
 
         The model's own modules are called directly rather than through `encode`, which would
         tokenize a second time and walk the model's modules on every call: a millisecond of
         a single sentence's ten."""
-        import torch
-
-        # The model's truncation holds on every path, so the mask counts the tokens it saw.
         prepare = self._features
         assert prepare is not None  # an embedding model always has one
+        features = prepare(texts)
+        # The model's truncation holds on every path, so the mask counts the tokens it saw.
+        counts = features["attention_mask"].numpy().sum(axis=1).tolist()
 
-        def one_pass(batch: list[str]) -> list[tuple[Any, int]]:
-            features = prepare(batch)
-            counts = features["attention_mask"].numpy().sum(axis=1).tolist()
-            with torch.inference_mode():
-                vectors = self._forward(features, "sentence_embedding")
-            return list(zip(vectors, counts, strict=True))
+        def launch() -> Collect:
+            vectors = self._launch(features, "sentence_embedding")
+            return lambda: list(zip(vectors(), counts, strict=True))
 
-        return _in_passes(texts, [len(text) for text in texts], one_pass)
-
-
-def _in_passes(
-    inputs: list[Item], lengths: list[int], one_pass: Callable[[list[Item]], list[Row]]
-) -> list[Row]:
-    """`one_pass`'s rows for `inputs`, in their order, from passes of _BATCH inputs taken
-    longest first: passes of inputs of like length pad little (sentence-transformers' own
-    order)."""
-    order = sorted(range(len(inputs)), key=lengths.__getitem__, reverse=True)
-    rows: dict[int, Row] = {}
-    for start in range(0, len(inputs), _BATCH):
-        taken = order[start : start + _BATCH]
-        rows.update(zip(taken, one_pass([inputs[i] for i in taken]), strict=True))
-    return [rows[i] for i in range(len(inputs))]
+        return launch
 
 
 def _truncate(vector: Any, dimensions: int) -> Any:
