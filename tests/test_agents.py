@@ -4,9 +4,9 @@ Messages API. Each sends what it sends a hosted model: its whole system prompt a
 (9-12k tokens), streaming, its own headers and fields.
 
 The model is the demo Gemma registered as a tool-calling model (test_tools' template) whose turn
-ends at the end of a line: a base model does not otherwise end a turn, and an agent waits for
-one (and retries an answer cut off by its length). On two CPU cores each prompt takes a minute
-or two to read.
+ends at the end of a line or a sentence: a base model does not otherwise end a turn, and an
+agent waits for one (and retries an answer cut off by its length). On two CPU cores each prompt
+takes a minute or two to read.
 """
 
 from __future__ import annotations
@@ -37,11 +37,13 @@ def agent_model(launched: InferdServer, tmp_path_factory: pytest.TempPathFactory
         TEMPLATE,
         ("tools",),
         context_length=32768,
-        stop=["<end_of_turn>", "\n"],
+        stop=["<end_of_turn>", "\n", "."],
     )
-    # One slot wide enough for an agent's prompt; n_predict caps an answer that never ends a
-    # line.
-    with custom_model(launched, "LLM", definition, n_ctx=16384, n_parallel=1, n_predict=64) as uid:
+    # One slot wide enough for an agent's prompt. n_predict caps an answer that never ends; an
+    # answer cut there is incomplete, which an agent reports as an error, so the turn also
+    # ends at a sentence's end: the model sometimes copies a line of the agent's instructions,
+    # and a paragraph's line runs past 64 tokens (seen once in the suite: Codex's ERROR).
+    with custom_model(launched, "LLM", definition, n_ctx=16384, n_parallel=1, n_predict=128) as uid:
         yield uid
 
 

@@ -124,7 +124,10 @@ def test_concurrent_rerank_requests_share_passes_and_keep_their_own_scores(
 ) -> None:
     import asyncio
 
-    queries = [f"{QUERY} ({i})" for i in range(12)]
+    # Enough that some arrive while a pass runs: a request that finds the model idle runs at
+    # once, and requests trickling in may each find it idle (with twelve, this test failed
+    # once in thirteen runs after the model thread began taking its own work).
+    queries = [f"{QUERY} ({i})" for i in range(32)]
 
     async def rank(client: httpx.AsyncClient, query: str) -> dict[str, Any]:
         body = {"model": cross_encoder, "query": query, "documents": DOCUMENTS}
