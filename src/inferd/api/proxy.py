@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import aiohttp
 import httpx
@@ -37,6 +37,7 @@ from inferd.errors import (
     UpstreamError,
 )
 from inferd.runtime.aborts import ClientLeft, cancel, unless_client_leaves
+from inferd.runtime.frames import FRAMED, ChannelError, ChannelRefused, Whole
 from inferd.runtime.instance import ModelInstance
 from inferd.runtime.manager import ModelManager
 from inferd.runtime.process import ModelProcess
@@ -50,6 +51,7 @@ log = logging.getLogger("inferd.proxy")
 ATTEMPTS = 5
 # No connection to the model process (a sole timeout set on whole answers is the connect's).
 NOT_CONNECTED = (
+    ChannelRefused,
     httpx.ConnectError,
     httpx.ConnectTimeout,
     aiohttp.ClientConnectorError,
@@ -155,14 +157,14 @@ async def relay(
             raise RequestAborted(request_id)
         process = replica.process
         assert process is not None
-        sending: Awaitable[aiohttp.ClientResponse | _Whole] = (
+        sending: Awaitable[aiohttp.ClientResponse | Whole] = (
             _opened(process, path, content, headers)
             if stream
-            else post_whole(process.session(), process.base_url + path, content, headers)
+            else _whole(process, path, content, headers)
         )
         try:
             upstream = await unless_client_leaves(sending, None if stream else client, deadline)
-        except (httpx.HTTPError, aiohttp.ClientError) as exc:
+        except (httpx.HTTPError, aiohttp.ClientError, ChannelError) as exc:
             manager.release(instance, replica)
             await asyncio.sleep(0.05 * (attempt + 1))  # time for the supervisor to notice
             refused = isinstance(exc, NOT_CONNECTED)
@@ -194,9 +196,9 @@ async def relay(
     else:
         raise ModelUnavailable(f"model {instance.uid!r} is not answering", param="model")
 
-    if isinstance(upstream, _Whole):
+    if isinstance(upstream, Whole):
         manager.release(instance, replica, time.perf_counter() - started)
-        whole: _Whole | None = upstream
+        whole: Whole | None = upstream
     else:
         whole = await _refusal(
             instance,
@@ -220,14 +222,6 @@ async def relay(
     )
 
 
-class _Whole(NamedTuple):
-    """A model process's whole answer: status, content type, body."""
-
-    status: int
-    content_type: str
-    body: bytes
-
-
 async def _opened(
     process: ModelProcess, path: str, content: bytes, headers: dict[str, str]
 ) -> aiohttp.ClientResponse:
@@ -241,27 +235,37 @@ async def _opened(
     )
 
 
+async def _whole(
+    process: ModelProcess, path: str, content: bytes, headers: dict[str, str]
+) -> Whole:
+    """A model process's whole answer: in frames where the route and the process take them."""
+    channel = process.frames() if path in FRAMED else None
+    if channel is not None:
+        return await channel.post(path, content, headers["X-Request-Id"])
+    return await post_whole(process.session(), process.base_url + path, content, headers)
+
+
 async def post_whole(
     session: aiohttp.ClientSession, url: str, content: bytes, headers: dict[str, str]
-) -> _Whole:
-    """A model process's whole answer to a JSON body (the server's relay, and a front's)."""
+) -> Whole:
+    """A model process's whole answer to a JSON body, over HTTP."""
     async with session.post(
         url, data=content, headers={**headers, "Content-Type": "application/json"}
     ) as answer:
         body = await answer.read()
-        return _Whole(answer.status, answer.headers.get("Content-Type", "application/json"), body)
+        return Whole(answer.status, answer.headers.get("Content-Type", "application/json"), body)
 
 
 async def _refusal(
     instance: ModelInstance, upstream: aiohttp.ClientResponse, release: Callable[[], None]
-) -> _Whole | None:
+) -> Whole | None:
     """A stream the model process refused before it began (an error body, not events), read
     whole; None when events are coming."""
     content_type = upstream.headers.get("Content-Type", "application/json")
     if content_type.startswith("text/event-stream"):
         return None
     try:
-        return _Whole(upstream.status, content_type, await upstream.read())
+        return Whole(upstream.status, content_type, await upstream.read())
     except aiohttp.ClientError as exc:
         raise stopped(instance.uid, exc) from exc
     finally:

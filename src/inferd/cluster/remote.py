@@ -147,6 +147,9 @@ class RemoteModelProcess(ModelProcess):
     def _connector(self) -> aiohttp.BaseConnector:
         return aiohttp.TCPConnector(limit=0)
 
+    def frames(self) -> None:
+        return None  # the node's process listens on TCP, and speaks HTTP only
+
     @property
     def base_url(self) -> str:
         """Where whole answers are sent; local processes answer on their Unix socket."""

@@ -16,6 +16,7 @@ import httpx
 
 from inferd.engines.base import EngineConfig
 from inferd.errors import LaunchFailed
+from inferd.runtime.frames import FrameChannel, frames_path
 
 _LOG_TAIL_LINES = 25
 _CHUNK = 64 * 1024
@@ -33,6 +34,7 @@ class ModelProcess:
         self.preparing: str | None = None
         self.client = http_client(httpx.AsyncHTTPTransport(uds=str(socket_path)), "http://model")
         self._session: aiohttp.ClientSession | None = None
+        self._frames: FrameChannel | None = None
         self._headers: dict[str, str] = {}
 
     def session(self) -> aiohttp.ClientSession:
@@ -45,6 +47,13 @@ class ModelProcess:
 
     def _connector(self) -> aiohttp.BaseConnector:
         return aiohttp.UnixConnector(path=str(self.socket_path), limit=0)
+
+    def frames(self) -> FrameChannel | None:
+        """Where whole answers of `FRAMED` routes go, in frames rather than HTTP; None where the
+        process speaks HTTP only (on another node)."""
+        if self._frames is None:
+            self._frames = FrameChannel(frames_path(self.socket_path))
+        return self._frames
 
     @property
     def base_url(self) -> str:
@@ -162,9 +171,15 @@ class ModelProcess:
         await self.client.aclose()
         if self._session is not None:
             await self._session.close()
+        if self._frames is not None:
+            self._frames.close()
         if self.proc is not None:
             await end_process(self.proc, timeout)
-        for path in (self.socket_path, self.socket_path.with_suffix(".json")):
+        for path in (
+            self.socket_path,
+            self.socket_path.with_suffix(".json"),
+            Path(frames_path(self.socket_path)),
+        ):
             path.unlink(missing_ok=True)
 
     def _end_group(self) -> None:

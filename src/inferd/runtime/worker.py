@@ -37,6 +37,7 @@ from inferd.engines import ENGINES
 from inferd.engines.base import Engine, EngineConfig, Json, flag
 from inferd.errors import InferdError, InvalidRequest, ModelUnavailable, RequestAborted
 from inferd.runtime.aborts import ClientLeft, unless_client_leaves
+from inferd.runtime.frames import Whole, frames_path, serve_frames
 from inferd.runtime.heap import freeze_startup_heap
 
 log = logging.getLogger("inferd.worker")
@@ -61,8 +62,10 @@ def error_body(exc: BaseException) -> tuple[int, bytes]:
 
 
 class Worker:
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, frames: str | None = None):
+        """`frames`: the Unix socket where whole answers are also taken in frames (`frames`)."""
         self.config = config
+        self.frames = frames
         self.engine: Engine = ENGINES[config.engine](config)
         self.status = "loading"
         self.error: str | None = None
@@ -103,8 +106,11 @@ class Worker:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.loop = asyncio.get_running_loop()
+        framed = await serve_frames(self.frames, self.framed) if self.frames else None
         self.loop_ready.set()
         yield
+        if framed is not None:
+            framed.close()
         if self.status == "ready":
             self.engine.close()
 
@@ -151,6 +157,16 @@ class Worker:
     async def images(self, request: Request) -> Response:
         return await self._serve(request, self.engine.images, None, long=True)
 
+    async def framed(self, path: str, body: bytes, request_id: str) -> Whole:
+        """A whole answer asked for in a frame (`frames`): embeddings and rerank."""
+        calls = {"/embeddings": self.engine.embed, "/rerank": self.engine.rerank}
+        call = calls.get(path)
+        if call is None:  # a relay of another version
+            return _error_whole(InvalidRequest(f"{path} is not answered in frames"))
+        if self.status != "ready":
+            return _error_whole(ModelUnavailable(f"model is {self.status}"))
+        return await self._whole(call, orjson.loads(body), request_id or uuid.uuid4().hex)
+
     async def abort(self, request: Request) -> Response:
         handle = self.running.get(request.path_params["request_id"])
         if isinstance(handle, asyncio.Task):
@@ -183,24 +199,36 @@ class Worker:
             except Exception as exc:
                 return _error_response(exc)
             return await self._serve_stream(chunks, request_id)
+        whole = await self._whole(call, payload, request_id, request if long else None)
+        return Response(whole.body, status_code=whole.status, media_type=whole.content_type)
+
+    async def _whole(
+        self, call: Any, payload: Json, request_id: str, watched: Request | None = None
+    ) -> Whole:
+        """`call`'s whole answer to `payload`, abortable by its id; ended also when `watched`'s
+        connection closes."""
+        if request_id in self.running:
+            return _error_whole(
+                InvalidRequest(f"request id {request_id!r} is already in use", param="request_id")
+            )
         task = asyncio.ensure_future(call(payload))
         self.running[request_id] = task
         try:
-            result = await (unless_client_leaves(task, request, None) if long else task)
+            result = await (unless_client_leaves(task, watched, None) if watched else task)
         except ClientLeft:
-            return _error_response(RequestAborted(request_id))  # to nobody: the server left
+            return _error_whole(RequestAborted(request_id))  # to nobody: the server left
         except asyncio.CancelledError:
             if not task.cancelled():
                 raise  # this handler itself was cancelled, not the request
-            return _error_response(RequestAborted(request_id))
+            return _error_whole(RequestAborted(request_id))
         except Exception as exc:
-            return _error_response(exc)
+            return _error_whole(exc)
         finally:
             self.running.pop(request_id, None)
         if isinstance(result, tuple):  # a file (audio), not JSON
             data, media_type = result
-            return Response(data, media_type=media_type)
-        return Response(_encoded(result), media_type="application/json")
+            return Whole(200, media_type, data)
+        return Whole(200, "application/json", _encoded(result))
 
     async def _serve_stream(self, chunks: AsyncIterator[Json | bytes], request_id: str) -> Response:
         pulled = _Pulled(chunks, request_id)
@@ -242,6 +270,11 @@ def _conforming(call: Any) -> Any:
 def _error_response(exc: BaseException) -> Response:
     status, body = error_body(exc)
     return Response(body, status_code=status, media_type="application/json")
+
+
+def _error_whole(exc: BaseException) -> Whole:
+    status, body = error_body(exc)
+    return Whole(status, "application/json", body)
 
 
 _END = object()
@@ -388,7 +421,9 @@ def main() -> None:
     # passes of ~1 ms graphs 3.9 ms apart. At 0.5 ms: 2,532 -> 3,105 texts/s (MiniLM, four
     # API processes; benchmarks/results/embeddings_h200.txt).
     sys.setswitchinterval(0.0005)
-    worker = Worker(config)
+    # Whole answers also come in frames beside HTTP, where the server reaches the process on
+    # this machine (a cluster node's process is reached over TCP, and speaks HTTP only).
+    worker = Worker(config, None if address.startswith("fd:") else frames_path(address))
     threading.Thread(target=_exit_with_parent, daemon=True).start()
     threading.Thread(target=worker.load, daemon=True, name="load").start()
 

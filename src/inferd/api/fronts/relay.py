@@ -7,7 +7,6 @@ import asyncio
 import time
 from typing import Any
 
-import aiohttp
 import httpx
 from fastapi import Request
 from fastapi.responses import Response
@@ -20,34 +19,33 @@ from inferd.api.proxy import (
     ATTEMPTS,
     CLIENT_LEFT,
     NOT_CONNECTED,
-    post_whole,
     request_id_of,
     stopped,
     timed_out,
 )
 from inferd.errors import InferdError, ModelUnavailable
 from inferd.runtime.aborts import cancel, unless_client_leaves
-from inferd.runtime.process import answers_session, http_client
+from inferd.runtime.frames import ChannelError, FrameChannel, frames_path
+from inferd.runtime.process import http_client
 
 
 class ModelSockets:
-    """One pool of connections per model process's socket (a restarted process listens on
-    the same one)."""
+    """One channel of frames per model process's socket (a restarted process listens on the
+    same one)."""
 
     def __init__(self) -> None:
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._channels: dict[str, FrameChannel] = {}
 
-    def session(self, socket: str) -> aiohttp.ClientSession:
-        session = self._sessions.get(socket)
-        if session is None:
-            connector = aiohttp.UnixConnector(path=socket, limit=0)
-            session = self._sessions[socket] = answers_session(connector)
-        return session
+    def channel(self, socket: str) -> FrameChannel:
+        channel = self._channels.get(socket)
+        if channel is None:
+            channel = self._channels[socket] = FrameChannel(frames_path(socket))
+        return channel
 
     async def close(self) -> None:
-        for session in self._sessions.values():
-            await session.close()
-        self._sessions.clear()
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
 
 
 async def relay_whole(
@@ -68,7 +66,7 @@ async def relay_whole(
     started = time.perf_counter()
     limit = state.settings.request_timeout or None
     deadline = started + limit if limit else None
-    headers = {"X-Request-Id": request_id}
+    headers = {"X-Request-Id": request_id}  # the answer's, as the server's relay sets it
     # As the server's relay does for these short answers, a client that leaves is not watched
     # for (two tasks a request): its answer is dropped when it comes.
     for attempt in range(ATTEMPTS):
@@ -82,15 +80,14 @@ async def relay_whole(
         except InferdError:
             grants.release(grant, 400, None)
             raise
-        session = sockets.session(grant.socket)
-        sending = post_whole(session, "http://model" + path, content, headers)
+        sending = sockets.channel(grant.socket).post(path, content, request_id)
         try:
             status, content_type, data = await unless_client_leaves(sending, None, deadline)
         except NOT_CONNECTED:
             grants.unreachable(grant)
             await asyncio.sleep(0.05 * (attempt + 1))  # time for the supervisor to notice
             continue
-        except aiohttp.ClientError as exc:
+        except ChannelError as exc:
             grants.release(grant, 503, None)
             raise stopped(grant.uid, exc) from exc
         except TimeoutError:
