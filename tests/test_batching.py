@@ -186,6 +186,24 @@ def test_a_pass_failing_at_any_stage_fails_only_its_request(stage: str) -> None:
     assert ("collect", ["good"]) in log  # then alone
 
 
+def test_an_engine_giving_too_few_results_fails_that_request_and_the_thread_goes_on() -> None:
+    def run(items: list[str]) -> list[str]:
+        time.sleep(0.02)
+        return items[:-1] if "short" in items else [item.upper() for item in items]
+
+    async def main() -> list[object]:
+        batcher: DynamicBatcher[str] = DynamicBatcher(ModelThread("t"), at_once(run))
+        first = await asyncio.gather(
+            *(batcher.submit(items) for items in (["a"], ["b"], ["short"])),
+            return_exceptions=True,
+        )
+        return [*first, await batcher.submit(["after"])]
+
+    a, b, short, after = asyncio.run(main())
+    assert a == ["A"] and b == ["B"] and after == ["AFTER"]
+    assert isinstance(short, RuntimeError) and "gave 0 results" in str(short)
+
+
 def test_a_request_of_many_inputs_runs_in_passes_longest_first() -> None:
     passes: list[list[str]] = []
     items = ["bb", "a", "dddd", "ccc", "eeeee"]

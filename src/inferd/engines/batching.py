@@ -157,13 +157,8 @@ class ModelThread:
             if flight is not None:
                 running, collect = flight
                 flight = None
-                results = self._stage(running, todo, collect)
-                if results is not None and not running.batch.failed:
-                    for index, result in zip(running.taken, results, strict=True):
-                        running.batch.results[index] = result
-                    running.batch.left -= 1
-                    if running.batch.left == 0:
-                        done.append(running.batch)
+                if self._stage(running, todo, functools.partial(_collected, running, collect)):
+                    done.append(running.batch)
             if following is not None and launch is not None and not following.batch.failed:
                 collect = self._stage(following, todo, launch)
                 if collect is not None:
@@ -193,7 +188,8 @@ class ModelThread:
                 self._ready.wait()
 
     def _stage(self, step: _Pass, todo: deque[_Pass], call: Callable[[], Any]) -> Any:
-        """`call`'s value, or None when it raised: then its batch has failed (see `_failed`)."""
+        """`call`'s value, or None when it raised: then its batch has failed (see `_failed`).
+        Every call an engine makes goes through here, so nothing it raises ends the thread."""
         try:
             return call()
         except Exception as exc:
@@ -228,6 +224,21 @@ def _prepare(step: _Pass) -> Launch:
     items = [step.batch.items[i] for i in step.taken]
     BATCH_ITEMS.observe(len(items))
     return step.batch.lane.prepare(items)
+
+
+def _collected(step: _Pass, collect: Collect) -> bool:
+    """Waits for a pass and keeps its results in its batch; True when that completes the
+    batch. (The results of a batch that failed meanwhile are waited for, not kept.)"""
+    results = collect()
+    batch = step.batch
+    if batch.failed:
+        return False
+    if len(results) != len(step.taken):  # an engine's bug, failed as its batch's error
+        raise RuntimeError(f"a pass of {len(step.taken)} inputs gave {len(results)} results")
+    for index, result in zip(step.taken, results, strict=True):
+        batch.results[index] = result
+    batch.left -= 1
+    return batch.left == 0
 
 
 def _failed(batch: _Batch, exc: Exception, todo: deque[_Pass]) -> None:

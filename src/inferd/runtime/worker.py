@@ -1,4 +1,5 @@
-"""The model process: loads one engine and serves it over HTTP on a Unix socket.
+"""The model process: loads one engine and serves it over HTTP on a Unix socket, and its whole
+answers of embeddings and rerank also in frames on SOCKET.frames (`runtime/frames.py`).
 
 The server starts it as `python -m inferd.runtime.worker CONFIG_JSON SOCKET`; on a cluster node,
 SOCKET is `fd:N`, a TCP socket already listening, and every request must carry the token in
@@ -63,7 +64,7 @@ def error_body(exc: BaseException) -> tuple[int, bytes]:
 
 class Worker:
     def __init__(self, config: EngineConfig, frames: str | None = None):
-        """`frames`: the Unix socket where whole answers are also taken in frames (`frames`)."""
+        """`frames`: the Unix socket where embeddings and rerank are also taken in frames."""
         self.config = config
         self.frames = frames
         self.engine: Engine = ENGINES[config.engine](config)
@@ -189,11 +190,9 @@ class Worker:
             return _error_response(ModelUnavailable(f"model is {self.status}"))
         payload: Json = orjson.loads(await request.body())
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        if request_id in self.running:
-            return _error_response(
-                InvalidRequest(f"request id {request_id!r} is already in use", param="request_id")
-            )
         if stream is not None and payload.get("stream"):
+            if request_id in self.running:
+                return _error_response(_in_use(request_id))
             try:
                 chunks = stream(payload)  # an engine may refuse the request right here
             except Exception as exc:
@@ -208,9 +207,7 @@ class Worker:
         """`call`'s whole answer to `payload`, abortable by its id; ended also when `watched`'s
         connection closes."""
         if request_id in self.running:
-            return _error_whole(
-                InvalidRequest(f"request id {request_id!r} is already in use", param="request_id")
-            )
+            return _error_whole(_in_use(request_id))
         task = asyncio.ensure_future(call(payload))
         self.running[request_id] = task
         try:
@@ -270,6 +267,10 @@ def _conforming(call: Any) -> Any:
 def _error_response(exc: BaseException) -> Response:
     status, body = error_body(exc)
     return Response(body, status_code=status, media_type="application/json")
+
+
+def _in_use(request_id: str) -> InvalidRequest:
+    return InvalidRequest(f"request id {request_id!r} is already in use", param="request_id")
 
 
 def _error_whole(exc: BaseException) -> Whole:
