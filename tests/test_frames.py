@@ -6,8 +6,10 @@ the restarted process."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -178,3 +180,33 @@ def test_an_answer_that_raises_is_a_500_not_a_hang(tmp_path: Path, run: Runner) 
     whole = run(main())
     assert whole.status == 500
     assert "a bug in the answer" in orjson.loads(whole.body)["error"]["message"]
+
+
+@pytest.mark.slow
+def test_a_model_process_that_cannot_make_its_frames_socket_answers_over_http() -> None:
+    """A socket's path holds at most 107 bytes: under a temporary folder that leaves room for
+    the model process's HTTP socket and not for its frames socket beside it, the model still
+    serves, over HTTP."""
+    import httpx
+
+    from tests.conftest import EMBEDDING, InferdServer
+
+    base = Path(tempfile.mkdtemp(dir="/tmp"))
+    # TMPDIR/inferd-XXXXXXXX/m1.sock is len(TMPDIR) + 24 bytes; the frames socket 7 more.
+    deep = base / ("d" * (80 - len(str(base)) - 1))
+    deep.mkdir()
+    server = InferdServer(base / "home", env={"TMPDIR": str(deep)})
+    try:
+        body = {"model_name": EMBEDDING, "model_type": "embedding", "model_uid": "minilm"}
+        launched = httpx.post(f"{server.url}/v1/models", json=body, timeout=300)
+        assert launched.status_code == 200, launched.text
+        answer = httpx.post(
+            f"{server.url}/v1/embeddings", json={"model": "minilm", "input": "hello"}, timeout=60
+        )
+        assert answer.status_code == 200, answer.text
+        assert len(answer.json()["data"][0]["embedding"]) == 384
+        logs = httpx.get(f"{server.url}/v1/models/minilm/logs", params={"tail": 200}).text
+        assert "whole answers over HTTP" in logs
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)

@@ -35,6 +35,7 @@ class ModelProcess:
         self.client = http_client(httpx.AsyncHTTPTransport(uds=str(socket_path)), "http://model")
         self._session: aiohttp.ClientSession | None = None
         self._frames: FrameChannel | None = None
+        self._frames_path: str | None = None  # where it takes frames, as its health says
         self._headers: dict[str, str] = {}
 
     def session(self) -> aiohttp.ClientSession:
@@ -50,9 +51,10 @@ class ModelProcess:
 
     def frames(self) -> FrameChannel | None:
         """Where whole answers of `FRAMED` routes go, in frames rather than HTTP; None where the
-        process speaks HTTP only (on another node)."""
-        if self._frames is None:
-            self._frames = FrameChannel(frames_path(self.socket_path))
+        process speaks HTTP only (on another node, or where its frames socket could not be
+        made)."""
+        if self._frames is None and self._frames_path is not None:
+            self._frames = FrameChannel(self._frames_path)
         return self._frames
 
     @property
@@ -112,6 +114,10 @@ class ModelProcess:
             if health is not None:
                 if health["status"] == "ready":
                     self.slots = health.get("slots")
+                    self._frames_path = health.get("frames")
+                    if self._frames is not None and self._frames.path != self._frames_path:
+                        self._frames.close()
+                        self._frames = None
                     return
                 if health["status"] == "failed":
                     message = await self._failure(str(health.get("error")))

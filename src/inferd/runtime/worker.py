@@ -107,7 +107,13 @@ class Worker:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.loop = asyncio.get_running_loop()
-        framed = await serve_frames(self.frames, self.framed) if self.frames else None
+        framed = None
+        if self.frames is not None:
+            try:
+                framed = await serve_frames(self.frames, self.framed)
+            except OSError as exc:  # a path too long for a socket: HTTP carries everything
+                log.warning("no frames at %s (%s): whole answers over HTTP", self.frames, exc)
+                self.frames = None
         self.loop_ready.set()
         yield
         if framed is not None:
@@ -123,6 +129,7 @@ class Worker:
             "pid": os.getpid(),
             "load_seconds": self.load_seconds,
             "slots": self.engine.slots() if self.status == "ready" else None,
+            "frames": self.frames,
         }
         return Response(orjson.dumps(body), media_type="application/json")
 

@@ -4,8 +4,11 @@ Each front keeps one connection open; the messages are JSON lines.
 
     front:  {"op": "grant", "id": 7, "route": "embeddings", "model": "m", "dimensions": 256,
              "request_id": "...", "key": ["name", false, ["m"]]}   (key: null without auth)
-    server: {"id": 7, "uid": "m", "socket": "/tmp/.../m1.sock"}    a slot, held for the front
-            {"id": 7, "forward": true}      the model runs on another node: pass the request on
+    server: {"id": 7, "uid": "m", "socket": "/tmp/.../m1.sock", "frames": ".../m1.sock.frames"}
+                                    a slot, held for the front: the request goes in frames
+                                    (runtime/frames), an abort to the HTTP socket
+            {"id": 7, "forward": true}      the model runs on another node, or takes no frames:
+                                            pass the request on
             {"id": 7, "error": {"status": 404, "type": ..., "message": ..., "param": ...,
                                 "code": ..., "retry_after": null}}
     front:  {"op": "release", "id": 7, "status": 200, "seconds": 0.012}
@@ -192,13 +195,22 @@ class _Session:
 
     def _granted(self, n: int, instance: ModelInstance, replica: Replica, path: str) -> None:
         process = replica.process
-        if process is None or process.node is not None:
-            # On another node (a Ray cluster): the server's own relay knows how to reach it.
+        channel = process.frames() if process is not None else None
+        if process is None or process.node is not None or channel is None:
+            # On another node (a Ray cluster), or taking no frames: the server's own relay
+            # knows how to reach it.
             self.manager.release(instance, replica)
             self.send({"id": n, "forward": True})
             return
         self.held[n] = _Slot(instance, replica, path)
-        self.send({"id": n, "uid": instance.uid, "socket": str(process.socket_path)})
+        self.send(
+            {
+                "id": n,
+                "uid": instance.uid,
+                "socket": str(process.socket_path),
+                "frames": channel.path,
+            }
+        )
 
     def _release(self, slot: _Slot, status: int, seconds: float | None) -> None:
         self.manager.release(slot.instance, slot.replica, seconds)

@@ -21,11 +21,13 @@ log = logging.getLogger("inferd.fronts")
 
 
 class Grant(NamedTuple):
-    """A slot the server holds for one request: the model's uid and its process's socket."""
+    """A slot the server holds for one request: the model's uid, its process's HTTP socket and
+    the socket where it takes frames."""
 
     id: int
     uid: str
     socket: str
+    frames: str
 
 
 class Grants:
@@ -79,7 +81,7 @@ class Grants:
             raise _refusal(reply["error"])
         if reply.get("forward"):
             return None
-        return Grant(n, reply["uid"], reply["socket"])
+        return Grant(n, reply["uid"], reply["socket"], reply["frames"])
 
     def release(self, grant: Grant, status: int, seconds: float | None) -> None:
         self._send({"op": "release", "id": grant.id, "status": status, "seconds": seconds})

@@ -25,13 +25,13 @@ from inferd.api.proxy import (
 )
 from inferd.errors import InferdError, ModelUnavailable
 from inferd.runtime.aborts import cancel, unless_client_leaves
-from inferd.runtime.frames import ChannelError, FrameChannel, frames_path
+from inferd.runtime.frames import ChannelError, FrameChannel
 from inferd.runtime.process import http_client
 
 
 class ModelSockets:
-    """One channel of frames per model process's socket (a restarted process listens on the
-    same one)."""
+    """One channel per model process's frames socket (a restarted process listens on the same
+    one)."""
 
     def __init__(self) -> None:
         self._channels: dict[str, FrameChannel] = {}
@@ -39,7 +39,7 @@ class ModelSockets:
     def channel(self, socket: str) -> FrameChannel:
         channel = self._channels.get(socket)
         if channel is None:
-            channel = self._channels[socket] = FrameChannel(frames_path(socket))
+            channel = self._channels[socket] = FrameChannel(socket)
         return channel
 
     async def close(self) -> None:
@@ -80,7 +80,7 @@ async def relay_whole(
         except InferdError:
             grants.release(grant, 400, None)
             raise
-        sending = sockets.channel(grant.socket).post(path, content, request_id)
+        sending = sockets.channel(grant.frames).post(path, content, request_id)
         try:
             status, content_type, data = await unless_client_leaves(sending, None, deadline)
         except NOT_CONNECTED:
