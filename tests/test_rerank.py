@@ -125,8 +125,8 @@ def test_concurrent_rerank_requests_share_passes_and_keep_their_own_scores(
     import asyncio
 
     # Enough that some arrive while a pass runs: a request that finds the model idle runs at
-    # once, and requests trickling in may each find it idle (with twelve, this test failed
-    # once in thirteen runs after the model thread began taking its own work).
+    # once, and requests trickling in may each find it idle (with twelve, a run of this module
+    # stopped at this test once in thirteen after the model thread began taking its own work).
     queries = [f"{QUERY} ({i})" for i in range(32)]
 
     async def rank(client: httpx.AsyncClient, query: str) -> dict[str, Any]:
