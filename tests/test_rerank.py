@@ -124,20 +124,38 @@ def test_concurrent_rerank_requests_share_passes_and_keep_their_own_scores(
 ) -> None:
     import asyncio
 
-    # Enough that some arrive while a pass runs: a request that finds the model idle runs at
-    # once, and requests trickling in may each find it idle (with twelve, a run of this module
-    # stopped at this test once in thirteen after the model thread began taking its own work).
-    queries = [f"{QUERY} ({i})" for i in range(32)]
+    queries = [f"{QUERY} ({i})" for i in range(12)]
+    # Requests share a pass when they wait for one: a request that finds the model idle runs at
+    # once, alone, and a tiny model's passes can end before the relay brings the next request
+    # (in one run all 32 of 32 concurrent requests ran alone). So a long request holds the
+    # model first: 32 passes of 64 pairs, the others queue behind it.
+    holding = [" ".join([DOCUMENTS[i % len(DOCUMENTS)]] * 8) for i in range(2048)]
+    url = f"{launched.url}/v1/rerank"
 
     async def rank(client: httpx.AsyncClient, query: str) -> dict[str, Any]:
         body = {"model": cross_encoder, "query": query, "documents": DOCUMENTS}
-        answer = await client.post(f"{launched.url}/v1/rerank", json=body)
+        answer = await client.post(url, json=body)
         assert answer.status_code == 200, answer.text
         return answer.json()
 
+    async def held() -> None:
+        """Until the server has handed the long request to the model process."""
+        async with httpx.AsyncClient(timeout=10) as client:
+            for _ in range(500):
+                described = (await client.get(f"{launched.url}/v1/models/{cross_encoder}")).json()
+                if described["replicas"][0]["inflight"]:
+                    return
+                await asyncio.sleep(0.002)
+        raise AssertionError("the long request never reached the model")
+
     async def rank_all() -> list[dict[str, Any]]:
-        async with httpx.AsyncClient(timeout=60) as client:
-            return await asyncio.gather(*(rank(client, q) for q in queries))
+        async with httpx.AsyncClient(timeout=120) as client:
+            body = {"model": cross_encoder, "query": QUERY, "documents": holding}
+            long = asyncio.ensure_future(client.post(url, json=body))
+            await held()
+            together = await asyncio.gather(*(rank(client, q) for q in queries))
+            assert (await long).status_code == 200
+            return together
 
     def passes() -> tuple[float, float]:
         text = httpx.get(f"{launched.url}/metrics").text
@@ -156,8 +174,10 @@ def test_concurrent_rerank_requests_share_passes_and_keep_their_own_scores(
     together = asyncio.run(rank_all())
     after = passes()
     pairs, count = after[1] - before[1], after[0] - before[0]
-    assert pairs == len(queries) * len(DOCUMENTS)
-    assert count < len(queries)  # some requests' pairs went through one pass together
+    assert pairs == len(holding) + len(queries) * len(DOCUMENTS)
+    # The long request's 32 passes, and fewer than one a request for the others: some of their
+    # pairs went through one pass together (all twelve's in one, when they all queued in time).
+    assert count < len(holding) // 64 + len(queries)
     with httpx.Client(timeout=60) as client:
         for query, shared in zip(queries, together, strict=True):
             body = {"model": cross_encoder, "query": query, "documents": DOCUMENTS}
