@@ -116,9 +116,6 @@ class _Graph:
 
         return collect
 
-    def replay(self, features: dict[str, Any]) -> np.ndarray:
-        return self.launch(features)()
-
 
 class GraphedPasses:
     """Calls `module(features)[output]` for a tokenizer's features, through a CUDA graph of the
@@ -236,7 +233,7 @@ class GraphedPasses:
             output.numpy(),
             torch.cuda.current_stream(),
         )
-        graph_s = _fastest(lambda: captured.replay(features))
+        graph_s = _fastest(lambda: captured.launch(features)())
         log.info(
             "passes of shape %s: eager %.2f ms, graph %.2f ms%s",
             shape,

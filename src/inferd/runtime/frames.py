@@ -63,9 +63,10 @@ def _frame(head: dict[str, Any], body: bytes) -> bytes:
 class _Frames(asyncio.Protocol):
     """Cuts the bytes received into frames and hands each to `received(head, body)`."""
 
-    def __init__(self) -> None:
+    def __init__(self, received: Callable[[dict[str, Any], bytes], None]) -> None:
         self.transport: asyncio.Transport | None = None
         self._buffer = bytearray()
+        self._received = received
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, though they behave as one.
@@ -84,16 +85,13 @@ class _Frames(asyncio.Protocol):
             head = orjson.loads(buffer[at : at + head_length])
             body = bytes(buffer[at + head_length : end])
             start = end
-            self.received(head, body)
+            self._received(head, body)
         del buffer[:start]
-
-    def received(self, head: dict[str, Any], body: bytes) -> None:
-        raise NotImplementedError
 
 
 class _Asking(_Frames):
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(self._answered)
         self.waiting: dict[int, asyncio.Future[Whole]] = {}
         self.closed = False
         self._ids = 0
@@ -107,7 +105,7 @@ class _Asking(_Frames):
         self.transport.write(_frame(head, content))
         return future
 
-    def received(self, head: dict[str, Any], body: bytes) -> None:
+    def _answered(self, head: dict[str, Any], body: bytes) -> None:
         future = self.waiting.pop(head["id"], None)
         if future is not None and not future.done():  # not given up meanwhile
             future.set_result(Whole(head["status"], head["type"], body))
@@ -127,7 +125,7 @@ class FrameChannel:
     def __init__(self, path: str):
         self.path = path
         self._asking: _Asking | None = None
-        self._opening: asyncio.Lock | None = None
+        self._opening = asyncio.Lock()  # one connection opened at a time
 
     async def post(self, path: str, content: bytes, request_id: str) -> Whole:
         """The model process's whole answer to `content` (a JSON body) on `path`."""
@@ -138,8 +136,6 @@ class FrameChannel:
         return await asking.ask(path, content, request_id)
 
     async def _open(self) -> _Asking:
-        if self._opening is None:
-            self._opening = asyncio.Lock()
         async with self._opening:
             if self._asking is None or self._asking.closed:
                 loop = asyncio.get_running_loop()
@@ -161,11 +157,11 @@ Answer = Callable[[str, bytes, str], Awaitable[Whole]]
 
 class _Answering(_Frames):
     def __init__(self, answer: Answer):
-        super().__init__()
+        super().__init__(self._asked)
         self._answer = answer
         self._running: set[asyncio.Task[None]] = set()  # the loop holds tasks only weakly
 
-    def received(self, head: dict[str, Any], body: bytes) -> None:
+    def _asked(self, head: dict[str, Any], body: bytes) -> None:
         task = asyncio.ensure_future(self._reply(head["id"], head["path"], body, head))
         self._running.add(task)
         task.add_done_callback(self._running.discard)

@@ -196,9 +196,9 @@ class _Session:
     def _granted(self, n: int, instance: ModelInstance, replica: Replica, path: str) -> None:
         process = replica.process
         channel = process.frames() if process is not None else None
-        if process is None or process.node is not None or channel is None:
-            # On another node (a Ray cluster), or taking no frames: the server's own relay
-            # knows how to reach it.
+        if process is None or channel is None:
+            # Taking no frames (on another node of a Ray cluster, or its frames socket could
+            # not be made): the server's own relay knows how to reach it.
             self.manager.release(instance, replica)
             self.send({"id": n, "forward": True})
             return
