@@ -27,8 +27,8 @@ import orjson
 
 log = logging.getLogger("inferd.frames")
 
-# The routes whose whole answers travel in frames.
-FRAMED = frozenset({"/embeddings", "/rerank"})
+# The routes whose whole answers travel in frames, and the engine's call answering each.
+FRAMED = {"/embeddings": "embed", "/rerank": "rerank"}
 
 _LENGTHS = struct.Struct("!II")
 

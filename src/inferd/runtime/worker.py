@@ -38,7 +38,7 @@ from inferd.engines import ENGINES
 from inferd.engines.base import Engine, EngineConfig, Json, flag
 from inferd.errors import InferdError, InvalidRequest, ModelUnavailable, RequestAborted
 from inferd.runtime.aborts import ClientLeft, unless_client_leaves
-from inferd.runtime.frames import Whole, frames_path, serve_frames
+from inferd.runtime.frames import FRAMED, Whole, frames_path, serve_frames
 from inferd.runtime.heap import freeze_startup_heap
 
 log = logging.getLogger("inferd.worker")
@@ -167,12 +167,11 @@ class Worker:
 
     async def framed(self, path: str, body: bytes, request_id: str) -> Whole:
         """A whole answer asked for in a frame (`frames`): embeddings and rerank."""
-        calls = {"/embeddings": self.engine.embed, "/rerank": self.engine.rerank}
-        call = calls.get(path)
-        if call is None:  # a relay of another version
+        if path not in FRAMED:  # a relay of another version
             return _error_whole(InvalidRequest(f"{path} is not answered in frames"))
         if self.status != "ready":
             return _error_whole(ModelUnavailable(f"model is {self.status}"))
+        call = getattr(self.engine, FRAMED[path])
         return await self._whole(call, orjson.loads(body), request_id or uuid.uuid4().hex)
 
     async def abort(self, request: Request) -> Response:
