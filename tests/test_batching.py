@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from inferd.engines.batching import DynamicBatcher, ModelThread, at_once
+from inferd.engines.batching import IN_FLIGHT, DynamicBatcher, ModelThread, Running, at_once
 from inferd.errors import ModelUnavailable
 from tests.conftest import run_together
 
@@ -157,6 +157,93 @@ def test_a_pass_with_room_waits_for_what_arrives_while_one_runs() -> None:
         ("launch", ["b", "c"]),
         ("collect", ["b", "c"]),
     ]
+
+
+def _on_device(log: list[tuple[str, list[str]]], held: dict[str, threading.Event], seconds: float):  # type: ignore[no-untyped-def]
+    """Passes a device runs on its own (`Running`, expected to take `seconds`): each is done
+    once the events `held` names for its inputs are set."""
+
+    def prepare(items: list[str]):  # type: ignore[no-untyped-def]
+        log.append(("prepare", items))
+
+        def launch() -> Running[list[str]]:
+            log.append(("launch", items))
+
+            def wait() -> list[str]:
+                for item in items:
+                    if item in held:
+                        held[item].wait(5)
+                log.append(("collect", items))
+                return [item.upper() for item in items]
+
+            return Running(wait, time.perf_counter() + seconds)
+
+        return launch
+
+    return prepare
+
+
+def _beside(
+    first: list[str], later: list[list[str]], seconds: float
+) -> list[tuple[str, list[str]]]:
+    """The stages' log when `later` requests arrive while a first pass (`first`, expected to
+    take `seconds`) runs on the device, held there until they have all arrived and 0.1 s more."""
+    log: list[tuple[str, list[str]]] = []
+    held = {item: threading.Event() for item in first}
+
+    async def main() -> list[list[str]]:
+        batcher: DynamicBatcher[str] = DynamicBatcher(
+            ModelThread("t"), _on_device(log, held, seconds), max_items=64
+        )
+        running = asyncio.ensure_future(batcher.submit(first))
+        while ("launch", first) not in log:
+            await asyncio.sleep(0.001)
+        rest = []
+        for items in later:
+            rest.append(asyncio.ensure_future(batcher.submit(items)))
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
+        for event in held.values():
+            event.set()
+        return list(await asyncio.gather(running, *rest))
+
+    assert asyncio.run(main()) == [[i.upper() for i in items] for items in [first, *later]]
+    return log
+
+
+def test_a_pass_as_large_as_the_running_one_is_launched_beside_it() -> None:
+    """Two requests of one input each, while a pass of two runs: they wait until together
+    they are as many, then go beside it, before it is collected."""
+    assert _beside(["a1", "a2"], [["b"], ["c"]], seconds=5) == [
+        ("prepare", ["a1", "a2"]),
+        ("launch", ["a1", "a2"]),
+        ("prepare", ["b", "c"]),
+        ("launch", ["b", "c"]),
+        ("collect", ["a1", "a2"]),
+        ("collect", ["b", "c"]),
+    ]
+
+
+def test_a_smaller_pass_waits_until_the_running_one_should_be_done() -> None:
+    """One input while a pass of two runs: not beside it; once it should be done (0.05 s) it
+    is collected, and the next pass follows."""
+    assert _beside(["a1", "a2"], [["b"]], seconds=0.05) == [
+        ("prepare", ["a1", "a2"]),
+        ("launch", ["a1", "a2"]),
+        ("collect", ["a1", "a2"]),
+        ("prepare", ["b"]),
+        ("launch", ["b"]),
+        ("collect", ["b"]),
+    ]
+
+
+def test_no_more_than_in_flight_passes_at_once() -> None:
+    later = [[f"r{i}"] for i in range(IN_FLIGHT)]
+    log = _beside(["a"], later, seconds=5)
+    launched = [entry for entry in log if entry[0] == "launch"]
+    assert launched[:IN_FLIGHT] == [("launch", ["a"]), *(("launch", r) for r in later[:-1])]
+    # The last waits for the first to be collected: the device's buffers are all taken.
+    assert log.index(("collect", ["a"])) < log.index(("launch", later[-1]))
 
 
 @pytest.mark.parametrize("stage", ["prepare", "launch", "collect"])

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from inferd.engines.batching import IN_FLIGHT, Running
 from inferd.engines.graphed_passes import (
     MAX_TOKENS,
     ROWS,
@@ -118,6 +119,32 @@ def test_graphs_answer_as_eager_passes(folders: dict[str, Path], kind: str) -> N
         torch.testing.assert_close(torch.from_numpy(got), expected, atol=1e-4, rtol=1e-4)
     # A 2-layer model's passes are all launches: each shape's graph beat its eager pass.
     assert passes.graphs == 4, passes.graphs
+
+
+@pytest.mark.gpu
+def test_passes_in_flight_at_once_answer_as_eager_ones(folders: dict[str, Path]) -> None:
+    """Passes of one shape launched while the others still run, each on its own set of graphs
+    (its stream, buffers and memory), answer as eager passes; one more than there are sets is
+    refused rather than overwriting a running pass's buffers."""
+    model = load("embedding", folders["embedding"], "cuda")
+    passes = GraphedPasses(model, OUTPUT["embedding"], model.tokenizer.pad_token_id, model.device)
+    # One shape (the same texts in turn), so one graph in each set.
+    given = [features("embedding", model, TEXTS[i:] + TEXTS[:i]) for i in range(IN_FLIGHT)]
+    passes(given[0])  # the shape's graph decided, in the first set
+    running = [passes.launch(g) for g in given]
+    assert all(isinstance(r, Running) for r in running)
+    with pytest.raises(RuntimeError, match="in flight"):
+        passes.launch(given[0])
+    for g, pending in reversed(list(zip(given, running, strict=True))):  # collected in any order
+        expected = eager(model, "embedding", g).float().cpu()
+        torch.testing.assert_close(torch.from_numpy(pending()), expected, atol=1e-4, rtol=1e-4)
+    assert passes.graphs == 1
+    torch.testing.assert_close(  # a set is free again once its pass was collected
+        torch.from_numpy(passes(given[1])),
+        eager(model, "embedding", given[1]).float().cpu(),
+        atol=1e-4,
+        rtol=1e-4,
+    )
 
 
 class _ReadsOnTheHost(torch.nn.Module):

@@ -346,13 +346,14 @@ def served(
             before = passes(base, name)
             with watch.during(32, tag=f"-{words}w") as cores:
                 got["32"] = closed_loop(base, {}, 32, seconds, send)
-            count, items = (a - b for a, b in zip(passes(base, name), before, strict=True))
+            count, items, beside = (a - b for a, b in zip(passes(base, name), before, strict=True))
             per_request = {
                 process: round(used / got["32"].per_second * 1e6) for process, used in cores.items()
             }
             say({"model": name, "words": words, "clients": 32, "cores": cores,
                  "cpu_us_a_request": per_request,
-                 "inputs_a_pass": round(items / count, 1) if count else None})  # fmt: skip
+                 "inputs_a_pass": round(items / count, 1) if count else None,
+                 "passes": count, "beside_another": beside})  # fmt: skip
             if direct:
                 socket = model_socket(watch)
                 own = request(name, words, docs, prefix="")
@@ -388,14 +389,17 @@ def model_socket(watch: Watch) -> str:
     raise RuntimeError("no model process found")
 
 
-def passes(base: str, name: str) -> tuple[float, float]:
-    """The model's forward passes so far and the inputs they held (the batcher's histogram)."""
+def passes(base: str, name: str) -> tuple[float, float, float]:
+    """The model's forward passes so far, the inputs they held (the batcher's histogram) and
+    how many were launched while another was still on the device."""
     found = {}
     for line in httpx.get(f"{base}/metrics").text.splitlines():
-        if line.startswith("inferd_engine_batch_items_") and f'model_uid="{name}"' in line:
+        if line.startswith("inferd_engine_") and f'model_uid="{name}"' in line:
             found[line.split("{")[0]] = float(line.rsplit(" ", 1)[1])
-    return found.get("inferd_engine_batch_items_count", 0), found.get(
-        "inferd_engine_batch_items_sum", 0
+    return (
+        found.get("inferd_engine_batch_items_count", 0),
+        found.get("inferd_engine_batch_items_sum", 0),
+        found.get("inferd_engine_passes_beside_total", 0),
     )
 
 

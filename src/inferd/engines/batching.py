@@ -16,6 +16,15 @@ taken early leaves out whatever arrives while the device works: on a GPU-bound m
 bge-large, 32 clients of one short text each), passes always taken early held 10.6 texts and
 made 1,100 texts/s, against 16 and 1,357 taken once the device was done.
 
+A pass the device runs on its own (`Running`: a CUDA graph replayed on a stream of its own) may
+have a second launched beside it, up to `IN_FLIGHT` at once: 32 clients of a GPU-bound model
+settle into two alternating passes of 16, and a pass of 16 leaves the GPU a quarter idle (H200,
+bge-large's shape: two such passes on two streams at once made 2,496 texts/s, one after the
+other 1,995; `benchmarks/gpu/two_streams_probe.py`). While one runs, the thread waits for either
+as many inputs as it holds (then they go beside it) or the time it is expected to finish (then
+it is collected, and whatever waits goes in one pass): a pass beside a running one is never
+smaller than it, so passes do not crumble into ones of a text or two.
+
 A batch that fails is tried again request by request, so one bad input fails only its own
 request.
 """
@@ -26,27 +35,67 @@ import asyncio
 import contextlib
 import functools
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 
 from inferd.errors import ModelUnavailable
 
 Item = TypeVar("Item")
+T = TypeVar("T")
+U = TypeVar("U")
 # The three stages of one pass: prepare(items) -> launch; launch() -> collect; collect() -> one
 # result per item, in order.
 Collect = Callable[[], Sequence[Any]]
 Launch = Callable[[], Collect]
 Prepare = Callable[[list[Any]], Launch]
 
+# How late a timed wait ends (the kernel's timer slack and the wake-up; 74-101 µs at p50 on a
+# 2-core machine): the model thread stops waiting for work that soon before a running pass should
+# be done, and waits for the device instead, which notices at once (H200, MiniLM, one client:
+# 9% under the version before two passes in flight without this, 2% over with it; two hosts).
+_LATE = 1.5e-4
+
+# Passes of one model on the device at once: each `Running` one holds a set of device buffers
+# until collected (`GraphedPasses` keeps this many sets).
+IN_FLIGHT = 2
+
+
+@dataclass(frozen=True)
+class Running(Generic[T]):
+    """A launched pass the device runs while the host goes on, on device buffers of its own:
+    another pass may be launched beside it. `wait` gives its results; `ready_at` is when it is
+    expected to finish (`time.perf_counter()`), which bounds how long the model thread waits for
+    work to launch beside it."""
+
+    wait: Callable[[], T]
+    ready_at: float
+
+    def __call__(self) -> T:
+        return self.wait()
+
+
+def then(collect: Callable[[], T], finish: Callable[[T], U]) -> Callable[[], U]:
+    """`collect` whose results go through `finish`; still `Running` where `collect` is."""
+    if isinstance(collect, Running):
+        running = collect
+        return Running(lambda: finish(running.wait()), running.ready_at)
+    return lambda: finish(collect())
+
+
 # In the model process's own registry, which the server scrapes and labels with the model.
 BATCH_ITEMS = Histogram(
     "inferd_engine_batch_items",
     "Inputs computed together in one forward pass",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+BESIDE = Counter(
+    "inferd_engine_passes_beside",
+    "Forward passes launched while another of the model's was still on the device",
 )
 
 
@@ -110,6 +159,7 @@ class ModelThread:
         self._ready = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._want: int | None = 1  # the inputs a waiting model thread waits for (see _take)
 
     def lane(self, prepare: Prepare, size: Callable[[Any], int], max_items: int) -> _Lane:
         lane = _Lane(prepare, size, max_items)
@@ -125,7 +175,8 @@ class ModelThread:
                 self._thread.start()
             lane.waiting.append(pending)
             lane.queued += len(pending.items)
-            self._ready.notify()
+            if lane.queued >= _enough(lane, self._want):  # else the thread would wake for naught
+                self._ready.notify()
 
     def close(self) -> None:
         """Stops taking work; requests still waiting fail."""
@@ -140,52 +191,55 @@ class ModelThread:
 
     def _run(self) -> None:
         todo: deque[_Pass] = deque()
-        flight: tuple[_Pass, Collect] | None = None
+        flights: deque[tuple[_Pass, Collect]] = deque()  # launched, oldest first
         while True:
             if not todo:
-                batch = self._take(early=flight is not None)
-                if batch is None and flight is None:
+                batch = self._take(*_wanted(flights))
+                if batch is None and not flights:
                     return  # closed
                 if batch is not None:
                     todo.extend(_passes(batch))
             following = todo.popleft() if todo else None
             launch: Launch | None = None
             if following is not None:
-                # On the host while the device still runs the pass in flight.
+                # On the host while the device still runs the passes in flight.
                 launch = self._stage(following, todo, functools.partial(_prepare, following))
             done: list[_Batch] = []
-            if flight is not None:
-                running, collect = flight
-                flight = None
+            if flights and (launch is None or not _room_beside(flights)):
+                running, collect = flights.popleft()
                 if self._stage(running, todo, functools.partial(_collected, running, collect)):
                     done.append(running.batch)
             if following is not None and launch is not None and not following.batch.failed:
                 collect = self._stage(following, todo, launch)
                 if collect is not None:
-                    flight = (following, collect)
+                    if flights:
+                        BESIDE.inc()
+                    flights.append((following, collect))
             for batch in done:  # after the next launch: the device is not kept waiting
                 _settle(list(zip(batch.pendings, _split(batch), strict=True)))
 
-    def _take(self, early: bool) -> _Batch | None:
+    def _take(self, want: int | None, until: float | None) -> _Batch | None:
         """The next lane's waiting requests, up to its `max_items` inputs (one request at
-        least), waiting for some; `early` (a pass is running): only a full pass's worth, and
-        None rather than wait. None once closed."""
+        least), once a lane has `want` inputs waiting (None: a full pass's worth), waiting for
+        them until `until` (None: for ever). None when the time is up, or once closed."""
         with self._ready:
             while True:
                 if self._closed:
                     return None
                 for turn in range(len(self._lanes)):
                     lane = self._lanes[(self._next_lane + turn) % len(self._lanes)]
-                    if early and lane.queued < lane.max_items:
+                    if lane.queued < _enough(lane, want):
                         continue
                     taken = _taken(lane)
                     if taken:
                         self._next_lane = (self._next_lane + turn + 1) % len(self._lanes)
                         items = [item for pending in taken for item in pending.items]
                         return _Batch(lane, taken, items, [None] * len(items))
-                if early:
+                left = None if until is None else until - time.perf_counter() - _LATE
+                if left is not None and left <= 0:
                     return None
-                self._ready.wait()
+                self._want = want
+                self._ready.wait(left)
 
     def _stage(self, step: _Pass, todo: deque[_Pass], call: Callable[[], Any]) -> Any:
         """`call`'s value, or None when it raised: then its batch has failed (see `_failed`).
@@ -195,6 +249,29 @@ class ModelThread:
         except Exception as exc:
             _failed(step.batch, exc, todo)
             return None
+
+
+def _wanted(flights: deque[tuple[_Pass, Collect]]) -> tuple[int | None, float | None]:
+    """What the model thread waits for before its next pass (`_take`'s arguments): with nothing
+    in flight, any request, for as long as it takes; with room for a pass beside those running,
+    as many inputs as the oldest holds, until it should be done; else a full pass already
+    waiting (prepared while the device works), not waiting for one."""
+    if not flights:
+        return 1, None
+    oldest, collect = flights[0]
+    if _room_beside(flights):
+        assert isinstance(collect, Running)
+        return len(oldest.taken), collect.ready_at
+    return None, time.perf_counter()
+
+
+def _room_beside(flights: deque[tuple[_Pass, Collect]]) -> bool:
+    """Whether another pass may be launched before the oldest in flight is collected."""
+    return len(flights) < IN_FLIGHT and all(isinstance(c, Running) for _, c in flights)
+
+
+def _enough(lane: _Lane, want: int | None) -> int:
+    return lane.max_items if want is None else min(want, lane.max_items)
 
 
 def _taken(lane: _Lane) -> list[_Pending]:

@@ -19,6 +19,11 @@ reads: a pass then calls into torch twice (replay, synchronize), not ~15 times. 
 up the interpreter lock and waits up to a switch interval to get it back while the model
 process's event loop parses requests; on the H200 that made a MiniLM-sized pass cost 6.0 ms
 beside a busy thread against 1.8 ms this way (`benchmarks/gpu/graph_io_probe.py`).
+
+Graphs come in sets, one per pass that may be in flight at once (`batching.IN_FLIGHT`): each
+set replays on a stream of its own from a memory pool of its own, and its graphs share that
+pool because a set's passes run one after another. A shape's graphs in every set are captured
+when it is first seen, and timed once.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from inferd.engines.batching import IN_FLIGHT, Running
 
 log = logging.getLogger(__name__)
 
@@ -95,26 +102,62 @@ def fill_padded(hosts: dict[str, np.ndarray], features: dict[str, Any], pad_id: 
 
 
 @dataclass
+class _Set:
+    """The graphs of one pass in flight: their stream, their memory pool, and whether a pass
+    launched on them is not collected yet."""
+
+    stream: torch.cuda.Stream
+    pool: Any
+    busy: bool = False
+
+
+@dataclass
 class _Graph:
     graph: torch.cuda.CUDAGraph
     hosts: dict[str, np.ndarray]  # the pinned inputs the graph copies from, as NumPy sees them
     pad_id: int
     output: np.ndarray  # the pinned float32 output the graph copies into
-    stream: torch.cuda.Stream
+    set: _Set
+    # The device copies of the inputs the graph reads: made outside the capture, so not in the
+    # set's pool, and freed for other tensors (another set's graph, an eager pass) unless kept.
+    inputs: dict[str, torch.Tensor]
 
-    def launch(self, features: dict[str, Any]) -> Callable[[], np.ndarray]:
+    def launch(self, features: dict[str, Any], seconds: float) -> Running[np.ndarray]:
         """Starts the pass of `features` (a tokenizer's rows x tokens tensors on the CPU),
-        padded into the graph's shape as `padded` pads; the returned call waits for the real
-        rows' output. The buffers are the graph's until then: the next pass refills them."""
+        padded into the graph's shape as `padded` pads, expected to take `seconds`; the
+        returned call waits for the real rows' output. The graph's set is busy until then: the
+        next pass on it refills its buffers."""
         rows = features["attention_mask"].shape[0]
         fill_padded(self.hosts, features, self.pad_id)
-        self.graph.replay()
+        started = time.perf_counter()
+        with torch.cuda.stream(self.set.stream):
+            self.graph.replay()
+        self.set.busy = True
 
         def collect() -> np.ndarray:
-            self.stream.synchronize()
-            return self.output[:rows].copy()
+            try:
+                self.set.stream.synchronize()
+                return self.output[:rows].copy()
+            finally:
+                self.set.busy = False
 
-        return collect
+        return Running(collect, started + seconds)
+
+    def device_seconds(self, times: int = 3) -> float:
+        """The shortest of `times` replays as the GPU timed them, from the replay's start to
+        its last copy out: when a launched pass should be done. (A host's clock around the
+        call would count filling the buffers and waking from the wait as well: a pass of a
+        MiniLM-sized model takes about as long to launch as to run.)"""
+        best = float("inf")
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        for _ in range(times):
+            with torch.cuda.stream(self.set.stream):
+                start.record()
+                self.graph.replay()
+                end.record()
+            end.synchronize()
+            best = min(best, start.elapsed_time(end) / 1e3)
+        return best
 
 
 class GraphedPasses:
@@ -122,9 +165,8 @@ class GraphedPasses:
     padded shape where one is kept, eagerly otherwise; returns the real rows' outputs on the
     host, as float32.
 
-    Not thread-safe: one thread (the engine's model thread) makes every call, and one shared
-    memory pool serves all graphs because each pass's output is collected before the next pass
-    starts (`launch`)."""
+    Not thread-safe: one thread (the engine's model thread) makes every call. Up to `sets`
+    graphed passes may be in flight at once, each on a set of graphs of its own (`launch`)."""
 
     def __init__(
         self,
@@ -132,6 +174,7 @@ class GraphedPasses:
         output: str,
         pad_id: int,
         device: torch.device,
+        sets: int = IN_FLIGHT,
     ) -> None:
         self._module = module
         self._params = sum(p.numel() for p in module.parameters())
@@ -139,22 +182,27 @@ class GraphedPasses:
         self._pad_id = pad_id
         self._device = device
         with torch.cuda.device(device):
-            self._pool = torch.cuda.graph_pool_handle()
-        self._graphs: dict[Hashable, _Graph | None] = {}  # None: this shape runs eagerly
+            self._sets = [
+                _Set(torch.cuda.Stream(), torch.cuda.graph_pool_handle()) for _ in range(sets)
+            ]
+        # How long a shape's graphed pass takes on the GPU (seconds), or None where it runs
+        # eagerly.
+        self._kept: dict[Hashable, float | None] = {}
+        self._graphs: dict[tuple[Hashable, int], _Graph] = {}  # by shape and set
         self._losing_work = MAX_WORK  # the least work a graph lost at: not tried from there
 
     @property
     def graphs(self) -> int:
-        """Graphs kept so far."""
-        return sum(graph is not None for graph in self._graphs.values())
+        """Shapes whose passes are graphed so far."""
+        return sum(seconds is not None for seconds in self._kept.values())
 
     def __call__(self, features: dict[str, Any]) -> np.ndarray:
         return self.launch(features)()
 
     def launch(self, features: dict[str, Any]) -> Callable[[], np.ndarray]:
-        """Starts the pass of `features` on the GPU; the returned call waits for its output.
-        The next pass may start only once this one's output was collected (its graph's
-        buffers, and the memory pool all graphs share, are this pass's until then)."""
+        """Starts the pass of `features` on the GPU; the returned call waits for its output
+        (`Running` where a graph runs it: a set of graphs is this pass's until collected, and
+        another graphed pass may be launched meanwhile while a set is free)."""
         # Inference mode throughout: the graphs' input buffers are made and refilled in it.
         with torch.cuda.device(self._device), torch.inference_mode():
             return self._launch(features)
@@ -173,15 +221,28 @@ class GraphedPasses:
             hash(key)
         except TypeError:
             return self._eager_launch(features)
-        if key not in self._graphs:
-            work = self._params * shape[0] * shape[1]
-            if work >= self._losing_work:
-                return self._eager_launch(features)
-            self._graphs[key] = self._captured(features, shape, work)
-        graph = self._graphs[key]
-        if graph is None:
+        if key not in self._kept and self._params * shape[0] * shape[1] >= self._losing_work:
             return self._eager_launch(features)
-        return graph.launch(features)
+        if self._kept.get(key, 0.0) is None:
+            return self._eager_launch(features)
+        index = self._free_set()
+        if key not in self._kept:
+            self._kept[key] = self._decided(features, shape, key, index)
+        seconds = self._kept[key]
+        if seconds is None:
+            return self._eager_launch(features)
+        graph = self._graphs.get((key, index))
+        if graph is None:  # captured in another set but not in this one: a broken model
+            return self._eager_launch(features)
+        return graph.launch(features, seconds)
+
+    def _free_set(self) -> int:
+        for index, graphs in enumerate(self._sets):
+            if not graphs.busy:
+                return index
+        raise RuntimeError(
+            f"{len(self._sets)} graphed passes are in flight already: collect one first"
+        )
 
     def _eager_launch(self, features: dict[str, Any]) -> Callable[[], np.ndarray]:
         on_device = {
@@ -193,47 +254,18 @@ class GraphedPasses:
     def _eager(self, features: dict[str, Any]) -> np.ndarray:
         return self._eager_launch(features)()
 
-    def _captured(
-        self, features: dict[str, Any], shape: tuple[int, int], work: float
-    ) -> _Graph | None:
-        """The padded shape's graph, or None where the eager pass was as fast (then no pass of
-        `work` or more is tried again), the features cannot be padded, or capture failed (the
-        model synchronises with the host inside its pass)."""
-        grown = padded(features, shape, self._pad_id)
-        if grown is None:
-            return None
+    def _decided(
+        self, features: dict[str, Any], shape: tuple[int, int], key: Hashable, index: int
+    ) -> float | None:
+        """How long the padded shape's pass takes on the GPU (`_Graph.device_seconds`), its
+        graph timed in set `index` and captured in every set; None where the eager pass was as
+        fast (then no pass of as much work or more is tried again) or it cannot be graphed
+        (see `_captured`)."""
         eager_s = _fastest(lambda: self._eager(features))
-        tensors = {k: v for k, v in grown.items() if isinstance(v, torch.Tensor)}
-        hosts = {k: v.pin_memory() for k, v in tensors.items()}
-        inputs = {k: v.to(self._device) for k, v in tensors.items()}
-        constants = {k: v for k, v in grown.items() if not isinstance(v, torch.Tensor)}
-        # Lazy initialisations (cuBLAS handles, kernel choices) happen outside the capture,
-        # and give the output's shape for its pinned buffer.
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            shaped = self._module({**inputs, **constants})[self._output]
-        torch.cuda.current_stream().wait_stream(side)
-        output = torch.empty(shaped.shape, dtype=torch.float32).pin_memory()
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-                for name, host in hosts.items():
-                    inputs[name].copy_(host, non_blocking=True)
-                result = self._module({**inputs, **constants})[self._output]
-                output.copy_(result.float(), non_blocking=True)
-        except Exception as error:  # the eager pass of these inputs worked: serve it that way
-            torch.cuda.synchronize()  # a broken context raises here, and is not hidden
-            log.info("passes of shape %s stay eager: capture failed (%s)", shape, error)
+        graph = self._captured(features, shape, self._sets[index])
+        if graph is None:
             return None
-        captured = _Graph(
-            graph,
-            {k: v.numpy() for k, v in hosts.items()},
-            self._pad_id,
-            output.numpy(),
-            torch.cuda.current_stream(),
-        )
-        graph_s = _fastest(lambda: captured.launch(features)())
+        graph_s = _fastest(lambda: graph.launch(features, 0.0)())
         log.info(
             "passes of shape %s: eager %.2f ms, graph %.2f ms%s",
             shape,
@@ -242,9 +274,51 @@ class GraphedPasses:
             "" if graph_s < eager_s else " (eager kept)",
         )
         if graph_s >= eager_s:
-            self._losing_work = min(self._losing_work, work)
+            self._losing_work = min(self._losing_work, self._params * shape[0] * shape[1])
             return None
-        return captured
+        self._graphs[(key, index)] = graph
+        for other, into in enumerate(self._sets):
+            # Now rather than when two passes of the shape first overlap: a capture stalls the
+            # model's queue (H200, bge-large, 200-word texts, two-second loads: captured at a
+            # shape's first overlap, 182 texts/s against 273 before; now 244 against 233).
+            if other != index and (also := self._captured(features, shape, into)) is not None:
+                self._graphs[(key, other)] = also
+        return graph.device_seconds()
+
+    def _captured(
+        self, features: dict[str, Any], shape: tuple[int, int], into: _Set
+    ) -> _Graph | None:
+        """The padded shape's graph in set `into`, or None where the features cannot be padded
+        or capture failed (the model synchronises with the host inside its pass)."""
+        grown = padded(features, shape, self._pad_id)
+        if grown is None:
+            return None
+        tensors = {k: v for k, v in grown.items() if isinstance(v, torch.Tensor)}
+        hosts = {k: v.pin_memory() for k, v in tensors.items()}
+        inputs = {k: v.to(self._device) for k, v in tensors.items()}
+        constants = {k: v for k, v in grown.items() if not isinstance(v, torch.Tensor)}
+        # Lazy initialisations (cuBLAS handles, kernel choices) happen outside the capture,
+        # and give the output's shape for its pinned buffer.
+        into.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(into.stream):
+            shaped = self._module({**inputs, **constants})[self._output]
+        torch.cuda.current_stream().wait_stream(into.stream)
+        output = torch.empty(shaped.shape, dtype=torch.float32).pin_memory()
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(
+                graph, pool=into.pool, stream=into.stream, capture_error_mode="thread_local"
+            ):
+                for name, host in hosts.items():
+                    inputs[name].copy_(host, non_blocking=True)
+                result = self._module({**inputs, **constants})[self._output]
+                output.copy_(result.float(), non_blocking=True)
+        except Exception as error:  # the eager pass of these inputs worked: serve it that way
+            torch.cuda.synchronize()  # a broken context raises here, and is not hidden
+            log.info("passes of shape %s stay eager: capture failed (%s)", shape, error)
+            return None
+        hosted = {k: v.numpy() for k, v in hosts.items()}
+        return _Graph(graph, hosted, self._pad_id, output.numpy(), into, inputs)
 
 
 def _fastest(run: Callable[[], Any], times: int = 3) -> float:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from inferd.engines.base import Engine, Json, flag
-from inferd.engines.batching import Collect, DynamicBatcher, Launch, ModelThread, at_once
+from inferd.engines.batching import Collect, DynamicBatcher, Launch, ModelThread, at_once, then
 from inferd.engines.ranking import rerank_response
 from inferd.errors import InvalidRequest
 
@@ -131,7 +131,8 @@ class SentenceTransformersEngine(Engine):
     def _launch(self, features: dict[str, Any], output: str) -> Callable[[], Any]:
         """Starts the model's pass over a pass's features; the returned call waits for its
         `output` as float32 on the host (a NumPy array). Through CUDA graphs where they are
-        kept; an eager pass on a GPU also runs on while the host goes on."""
+        kept (`Running`: another pass may start beside it); an eager pass on a GPU also runs on
+        while the host goes on."""
         if self._passes is not None:
             return self._passes.launch(features)
         import torch
@@ -213,21 +214,19 @@ class SentenceTransformersEngine(Engine):
         # NumPy, not torch: a call into torch gives up the interpreter lock (see graphed_passes).
         counts = features["attention_mask"].numpy().sum(axis=1).tolist()
 
+        def finish(scored: Any) -> list[tuple[float, int]]:
+            import torch
+
+            with torch.inference_mode():
+                scores = torch.from_numpy(scored)
+                if activation is not None:
+                    scores = activation(scores)  # parameterless (Sigmoid, Identity): host
+                if scores.ndim > 1 and model.num_labels == 1:
+                    scores = scores.squeeze(-1)
+            return list(zip(scores.tolist(), counts, strict=True))
+
         def launch() -> Collect:
-            scored = self._launch(features, "scores")
-
-            def collect() -> list[tuple[float, int]]:
-                import torch
-
-                with torch.inference_mode():
-                    scores = torch.from_numpy(scored())
-                    if activation is not None:
-                        scores = activation(scores)  # parameterless (Sigmoid, Identity): host
-                    if scores.ndim > 1 and model.num_labels == 1:
-                        scores = scores.squeeze(-1)
-                return list(zip(scores.tolist(), counts, strict=True))
-
-            return collect
+            return then(self._launch(features, "scores"), finish)
 
         return launch
 
@@ -258,7 +257,7 @@ class SentenceTransformersEngine(Engine):
 
         def launch() -> Collect:
             vectors = self._launch(features, "sentence_embedding")
-            return lambda: list(zip(vectors(), counts, strict=True))
+            return then(vectors, lambda got: list(zip(got, counts, strict=True)))
 
         return launch
 
