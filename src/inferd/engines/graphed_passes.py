@@ -221,9 +221,10 @@ class GraphedPasses:
             hash(key)
         except TypeError:
             return self._eager_launch(features)
-        if key not in self._kept and self._params * shape[0] * shape[1] >= self._losing_work:
-            return self._eager_launch(features)
-        if self._kept.get(key, 0.0) is None:
+        if key in self._kept:
+            if self._kept[key] is None:
+                return self._eager_launch(features)
+        elif self._params * shape[0] * shape[1] >= self._losing_work:
             return self._eager_launch(features)
         index = self._free_set()
         if key not in self._kept:
