@@ -256,7 +256,9 @@ def gguf_reranker(
         "max_tokens": 512,
         "model_uri": str(path),
     }
-    with custom_model(launched, "rerank", definition) as uid:
+    # Placed on a GPU by the user, as on a GPU machine (llama.cpp's CPU build here: the log
+    # says the GPU goes unused, and the model serves on the CPU).
+    with custom_model(launched, "rerank", definition, envs={"CUDA_VISIBLE_DEVICES": "0"}) as uid:
         yield uid, model, tokenizer
 
 
@@ -286,3 +288,5 @@ def test_gguf_reranker_on_llama_cpp(
     by_index = {r["index"]: r["relevance_score"] for r in results}
     for i, value in enumerate(expected):
         assert by_index[i] == pytest.approx(value, abs=0.05 * max(abs(value), 0.01))
+    logs = httpx.get(f"{launched.url}/v1/models/{uid}/logs", params={"tail": 5000}).text
+    assert "given GPU 0, but this llama.cpp build" in logs and "no GPU backend" in logs

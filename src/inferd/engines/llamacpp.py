@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import threading
@@ -20,6 +21,8 @@ from inferd.engines.ranking import rerank_response
 from inferd.engines.thread_stream import Put, from_thread
 from inferd.errors import InferdError, InvalidRequest, UnsupportedOperation
 
+log = logging.getLogger(__name__)
+
 # Per-slot context when the launch names none: the catalogue's context length can be 128k,
 # whose KV cache would not fit in a small machine's memory for every slot.
 _DEFAULT_SLOT_CONTEXT = 8192
@@ -29,6 +32,27 @@ _DEFAULT_SLOTS = 4
 def _prompt_cache_mib() -> int:
     total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     return max(256, min(8192, total // 16 >> 20))
+
+
+def _say_if_the_gpu_goes_unused(devices: list[dict[str, Any]]) -> None:
+    """Warns, in the model's log, where this process was given GPUs but llama.cpp sees none
+    (`devices`, its backends' devices): its build has no GPU backend (xllamacpp's wheels on PyPI
+    are CPU builds), so the layers asked of a GPU stay on the CPU, slowly, while the GPU is
+    counted as this model's."""
+    given = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if not given or given == "-1":
+        return
+    if any(device["type"].name.endswith(("_GPU", "_IGPU")) for device in devices):
+        return
+    from importlib.metadata import version
+
+    log.warning(
+        "given GPU %s, but this llama.cpp build (xllamacpp %s) has no GPU backend: the model "
+        "runs on the CPU. Install xllamacpp's CUDA build (from its own wheel index) to use the "
+        "GPU, or launch with --n-gpu 0 to leave the GPU to other models",
+        given,
+        version("xllamacpp"),
+    )
 
 
 class LlamaCppEngine(Engine):
@@ -63,6 +87,8 @@ class LlamaCppEngine(Engine):
         params.cpuparams.n_threads = int(options.pop("n_threads", os.cpu_count() or 1))
         thinking = options.pop("enable_thinking", None)
         params.n_gpu_layers = int(options.pop("n_gpu_layers", -1))
+        if params.n_gpu_layers != 0:
+            _say_if_the_gpu_goes_unused(xllamacpp.get_device_info())
         params.endpoint_metrics = True
         # llama.cpp keeps finished prompts' states in RAM to reuse them (8 GiB by default);
         # a sixteenth of the machine's memory keeps that from surprising a small machine.
