@@ -5,6 +5,7 @@ on a GPU the graphs answer as the eager passes do (`pytest -m gpu`)."""
 
 from __future__ import annotations
 
+import asyncio
 from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from inferd.engines.batching import IN_FLIGHT, Running
+from inferd.engines.batching import IN_FLIGHT, DynamicBatcher, ModelThread, Running
 from inferd.engines.graphed_passes import (
     MAX_TOKENS,
     ROWS,
@@ -145,6 +146,38 @@ def test_passes_in_flight_at_once_answer_as_eager_ones(folders: dict[str, Path])
         atol=1e-4,
         rtol=1e-4,
     )
+
+
+@pytest.mark.gpu
+def test_requests_at_once_through_the_model_thread_get_their_own_answers(
+    folders: dict[str, Path],
+) -> None:
+    """Many requests at once through the model thread, passes launched beside others on the
+    sets of graphs: each request gets its own text's embedding, as an eager pass gives it."""
+    from prometheus_client import REGISTRY
+
+    model = load("embedding", folders["embedding"], "cuda")
+    passes = GraphedPasses(model, OUTPUT["embedding"], model.tokenizer.pad_token_id, model.device)
+
+    def prepare(texts: list[str]) -> Any:
+        given = features("embedding", model, texts)
+        return lambda: passes.launch(given)
+
+    texts = [" ".join(islice(cycle(WORDS), 1 + i % 7)) + f" {i}" for i in range(96)]
+    beside = "inferd_engine_passes_beside_total"
+    before = REGISTRY.get_sample_value(beside) or 0.0
+
+    async def main() -> list[list[Any]]:
+        batcher: DynamicBatcher[str] = DynamicBatcher(ModelThread("t"), prepare, len, max_items=8)
+        return list(await asyncio.gather(*(batcher.submit([text]) for text in texts)))
+
+    got = asyncio.run(main())
+    assert (REGISTRY.get_sample_value(beside) or 0.0) > before  # passes did overlap
+    for text, (vector,) in zip(texts, got, strict=True):
+        expected = eager(model, "embedding", features("embedding", model, [text]))[0]
+        torch.testing.assert_close(
+            torch.from_numpy(vector), expected.float().cpu(), atol=1e-4, rtol=1e-4
+        )
 
 
 class _ReadsOnTheHost(torch.nn.Module):
