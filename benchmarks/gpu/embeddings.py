@@ -25,6 +25,9 @@ query. Texts are `--words` words long (a query-sized and a chunk-sized length by
         [--lists 32] [--dtype float16] [--spy-dir DIR] [--src before=DIR --src after=DIR]
         [--api-processes 1,4] [--replicas 1,2] [--direct]
 
+Answers are checked against sentence-transformers' before the loads (one request at a time)
+and after them (many at once, so passes overlap): `max_abs_diff_from_st[_at_once]`.
+
 Prints one JSON line per measurement and a table at the end.
 """
 
@@ -40,6 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
@@ -229,14 +233,35 @@ def answers(base: str, name: str) -> list[Any]:
     return [r["relevance_score"] for r in sorted(ranked, key=lambda r: r["index"])]
 
 
+def answers_at_once(base: str, name: str, copies: int = 8) -> list[Any]:
+    """`answers`' one-text requests (the rerank request), `copies` of each sent at once, in
+    that order: passes that overlap on the GPU must still give each request its own answer."""
+    texts = checked_texts()
+    embedding = SHAPES[name][0] == "embedding"
+
+    def one(text: str) -> Any:
+        if embedding:
+            body = {"model": name, "input": text}
+            answer = httpx.post(f"{base}/v1/embeddings", json=body, timeout=120).json()
+            return answer["data"][0]["embedding"]
+        body = {"model": name, "query": texts[0], "documents": texts}
+        ranked = httpx.post(f"{base}/v1/rerank", json=body, timeout=120).json()["results"]
+        return [r["relevance_score"] for r in sorted(ranked, key=lambda r: r["index"])]
+
+    asked = texts * copies if embedding else texts[:1] * copies * len(texts)
+    with ThreadPoolExecutor(len(asked)) as pool:
+        got = list(pool.map(one, asked))
+    return got if embedding else [score for scores in got for score in scores]
+
+
 def deviation(got: list[Any], expected: list[Any]) -> float:
     """The largest absolute difference between inferd's numbers and sentence-transformers'."""
     import numpy as np
 
     want = np.asarray(expected, dtype=np.float64)
     have = np.asarray(got, dtype=np.float64)
-    if have.shape != want.shape:  # the embeddings: each alone, then the list
-        want = np.concatenate([want, want])
+    if have.shape != want.shape:  # copies of the answers (each alone, then the list; at once)
+        want = np.concatenate([want] * (have.shape[0] // want.shape[0]))
     return float(np.abs(have - want).max())
 
 
@@ -370,6 +395,10 @@ def served(
                 say({"server": "inferd", "model": name, "words": words, "load": load,
                      "per_s": round(r.per_second, 1), "p50_ms": round(r.p50 * 1e3, 2),
                      "p99_ms": round(r.p99 * 1e3, 2), "errors": r.errors})  # fmt: skip
+        # After the loads, every shape's graphs captured: requests at once share passes and
+        # passes overlap, and each must still get its own answer.
+        at_once = deviation(answers_at_once(base, name), expected)
+        say({"model": name, "max_abs_diff_from_st_at_once": at_once})
     finally:
         logs = httpx.get(f"{base}/v1/models/{name}/logs", params={"tail": 400}).text
         lines = logs.splitlines()
