@@ -221,18 +221,14 @@ class GraphedPasses:
             hash(key)
         except TypeError:
             return self._eager_launch(features)
-        if key in self._kept:
-            if self._kept[key] is None:
-                return self._eager_launch(features)
-        elif self._params * shape[0] * shape[1] >= self._losing_work:
-            return self._eager_launch(features)
-        index = self._free_set()
         if key not in self._kept:
-            self._kept[key] = self._decided(features, shape, key, index)
+            if self._params * shape[0] * shape[1] >= self._losing_work:
+                return self._eager_launch(features)
+            self._kept[key] = self._decided(features, shape, key, self._free_set())
         seconds = self._kept[key]
         if seconds is None:
             return self._eager_launch(features)
-        graph = self._graphs.get((key, index))
+        graph = self._graphs.get((key, self._free_set()))
         if graph is None:  # captured in another set but not in this one: a broken model
             return self._eager_launch(features)
         return graph.launch(features, seconds)
