@@ -214,44 +214,41 @@ def checked_texts() -> list[str]:
 # -- inferd -------------------------------------------------------------------------------
 
 
+def answer(base: str, name: str, text: str) -> Any:
+    """inferd's answer for one of `checked_texts`, as `reference` gives it: the text's
+    embedding; for a reranker (whatever `text`) the relevance of each checked text to the
+    first."""
+    if SHAPES[name][0] == "embedding":
+        body = {"model": name, "input": text}
+        embedded = httpx.post(f"{base}/v1/embeddings", json=body, timeout=120).json()
+        return embedded["data"][0]["embedding"]
+    texts = checked_texts()
+    body = {"model": name, "query": texts[0], "documents": texts}
+    ranked = httpx.post(f"{base}/v1/rerank", json=body, timeout=120).json()["results"]
+    return [r["relevance_score"] for r in sorted(ranked, key=lambda r: r["index"])]
+
+
 def answers(base: str, name: str) -> list[Any]:
     """inferd's answers for `checked_texts`, as `reference` gives them: each text in a request
     of its own (each a different padded shape), and all of them in one."""
     texts = checked_texts()
-    if SHAPES[name][0] == "embedding":
-        alone = [
-            httpx.post(f"{base}/v1/embeddings", json={"model": name, "input": t}).json()
-            for t in texts
-        ]
-        together = httpx.post(f"{base}/v1/embeddings", json={"model": name, "input": texts})
-        return [a["data"][0]["embedding"] for a in alone] + [
-            d["embedding"] for d in together.json()["data"]
-        ]
-    ranked = httpx.post(
-        f"{base}/v1/rerank", json={"model": name, "query": texts[0], "documents": texts}
-    ).json()["results"]
-    return [r["relevance_score"] for r in sorted(ranked, key=lambda r: r["index"])]
+    if SHAPES[name][0] != "embedding":
+        return answer(base, name, texts[0])
+    together = httpx.post(f"{base}/v1/embeddings", json={"model": name, "input": texts})
+    return [answer(base, name, t) for t in texts] + [
+        d["embedding"] for d in together.json()["data"]
+    ]
 
 
 def answers_at_once(base: str, name: str, copies: int = 8) -> list[Any]:
     """`answers`' one-text requests (the rerank request), `copies` of each sent at once, in
     that order: passes that overlap on the GPU must still give each request its own answer."""
     texts = checked_texts()
-    embedding = SHAPES[name][0] == "embedding"
-
-    def one(text: str) -> Any:
-        if embedding:
-            body = {"model": name, "input": text}
-            answer = httpx.post(f"{base}/v1/embeddings", json=body, timeout=120).json()
-            return answer["data"][0]["embedding"]
-        body = {"model": name, "query": texts[0], "documents": texts}
-        ranked = httpx.post(f"{base}/v1/rerank", json=body, timeout=120).json()["results"]
-        return [r["relevance_score"] for r in sorted(ranked, key=lambda r: r["index"])]
-
-    asked = texts * copies if embedding else texts[:1] * copies * len(texts)
-    with ThreadPoolExecutor(len(asked)) as pool:
-        got = list(pool.map(one, asked))
-    return got if embedding else [score for scores in got for score in scores]
+    if SHAPES[name][0] != "embedding":
+        texts = texts[:1] * len(texts)  # as many rerank requests, each answering them all
+    with ThreadPoolExecutor(len(texts) * copies) as pool:
+        got = list(pool.map(lambda text: answer(base, name, text), texts * copies))
+    return got if SHAPES[name][0] == "embedding" else [s for scores in got for s in scores]
 
 
 def deviation(got: list[Any], expected: list[Any]) -> float:
