@@ -19,6 +19,7 @@ from tests.conftest import (
     custom_model,
     local_llm,
     run_together,
+    scrape,
     weather_called,
     weather_tool,
 )
@@ -60,6 +61,51 @@ def test_chat_counts_and_stops_at_max_tokens(launched: InferdServer, llama: str)
     )
     assert again.choices[0].message.content == reply.choices[0].message.content  # greedy
     assert launched.models()[llama]["model_engine"] == "transformers"
+
+
+def test_a_long_system_prompt_is_tokenized_once(launched: InferdServer, tiny_llama: Path) -> None:
+    """Under a template that closes each message with a special token (as real ones do), the
+    second and later prompts opening with the same system prompt take its tokens from the
+    first's tokenization (`engines/prompt_prefixes.py`) and count as many as a whole
+    tokenization of each gives."""
+    from transformers import AutoTokenizer
+
+    template = (
+        "{% for m in messages %}[CLS] {{ m['role'] }}: {{ m['content'] }} [SEP]{% endfor %}"
+        "{% if add_generation_prompt %}[CLS] assistant:{% endif %}"
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    system = "You answer about the sea, its tides, its salt and its depths. " * 40
+    definition = local_llm("tiny-llama-turns", tiny_llama, template)
+    with custom_model(launched, "LLM", definition, model_engine="transformers") as uid:
+
+        def reused() -> float:
+            return sum(
+                value
+                for (name, labels), value in scrape(launched).items()
+                if name == "inferd_engine_prompt_tokens_reused_total"
+                and ("model_uid", uid) in labels
+            )
+
+        client = launched.openai()
+        for question in ("What is a tide?", "Why is the sea salty?", "How deep is it?"):
+            messages = [
+                {"role": "system", "content": system},
+                {"role": "user", "content": question},
+            ]
+            answer = client.chat.completions.create(
+                model=uid,
+                messages=messages,  # type: ignore[arg-type]
+                max_tokens=2,
+            )
+            text = tokenizer.apply_chat_template(
+                messages, chat_template=template, tokenize=False, add_generation_prompt=True
+            )
+            whole = tokenizer(text, add_special_tokens=False)["input_ids"]
+            assert answer.usage is not None
+            assert answer.usage.prompt_tokens == len(whole) > 500
+        # The system prompt's tokens, twice.
+        assert reused() >= 2 * len(tokenizer(system, add_special_tokens=False)["input_ids"])
 
 
 def test_streamed_chat_matches_the_whole_answer(launched: InferdServer, llama: str) -> None:

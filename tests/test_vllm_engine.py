@@ -19,11 +19,12 @@ from tests.conftest import InferdServer, custom_model, local_llm, run_together, 
 pytestmark = pytest.mark.slow
 
 NAME = "tiny-llama-vllm"
-# Renders tools and calls Hermes-style, so vLLM's `hermes` parser reads what the model writes.
+# Renders tools and calls Hermes-style, so vLLM's `hermes` parser reads what the model writes;
+# a special token ends each message, as real templates do.
 TEMPLATE = (
     "{% if tools %}<tools>{% for t in tools %}{{ t | tojson }}{% endfor %}</tools>{% endif %}"
     "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] or '' }}</{{ m['role'] }}>"
-    "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    "<|endoftext|>{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
 )
 ASK = [{"role": "user", "content": "Tell me about the sea."}]
 WEATHER = {
@@ -172,6 +173,31 @@ def test_shared_system_prompt_hits_the_prefix_cache(launched: InferdServer, llam
     assert _metric(launched, "vllm:prefix_cache_hits_total", llama) > before
     assert _metric(launched, "vllm:prompt_tokens_total", llama) > 0
     assert _metric(launched, "vllm:time_to_first_token_seconds_count", llama) >= 3
+
+
+def test_a_long_system_prompt_is_tokenized_once(
+    launched: InferdServer, llama: str, tiny_bpe_llama: Path
+) -> None:
+    """The second and later prompts opening with the same system prompt take its tokens from
+    the first's tokenization (`engines/prompt_prefixes.py`), and count as many as a whole
+    tokenization of each gives."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bpe_llama)
+    client = launched.openai()
+    system = "You answer about the sea, its tides, its salt and its depths. " * 40
+    before = _metric(launched, "inferd_engine_prompt_tokens_reused_total", llama)
+    for question in ("What is a tide?", "Why is the sea salty?", "How deep is it?"):
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+        answer = client.chat.completions.create(model=llama, messages=messages, max_tokens=2)
+        text = tokenizer.apply_chat_template(
+            messages, chat_template=TEMPLATE, tokenize=False, add_generation_prompt=True
+        )
+        whole = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert answer.usage.prompt_tokens == len(whole) > 500
+    reused = _metric(launched, "inferd_engine_prompt_tokens_reused_total", llama) - before
+    # The system prompt's tokens, twice.
+    assert reused >= 2 * len(tokenizer(system, add_special_tokens=False)["input_ids"])
 
 
 def test_guided_json_and_tool_calls_parse(launched: InferdServer, llama: str) -> None:

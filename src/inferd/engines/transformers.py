@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from inferd.engines import forced_calls, hf_vision, reasoning, tool_formats
+from inferd.engines import forced_calls, hf_vision, prompt_prefixes, reasoning, tool_formats
 from inferd.engines.base import Engine, Json, flag, json_output
 from inferd.engines.decoding import Decoder, Output, Request, Sampling
 from inferd.errors import InvalidRequest, UnsupportedOperation
@@ -131,6 +131,8 @@ class TransformersEngine(Engine):
             self._tokenizer = AutoTokenizer.from_pretrained(path, **loading)
             if family.get("chat_template"):
                 self._tokenizer.chat_template = family["chat_template"]
+            # A chat's turns resend the conversation: tokenized only past what was seen.
+            prompt_prefixes.reuse_in(self._tokenizer)
             model_class = AutoModelForCausalLM
         self._model = model_class.from_pretrained(
             path, dtype=dtype, device_map=device, **loading

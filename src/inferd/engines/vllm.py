@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from inferd.engines import reasoning, tool_formats
+from inferd.engines import prompt_prefixes, reasoning, tool_formats
 from inferd.engines.base import Engine, Json, by_prefix, flag, with_stops
 from inferd.errors import InferdError, InvalidRequest, ModelUnavailable, UnsupportedOperation
 from inferd.runtime.gpus import Need, has_nvidia_gpu
@@ -170,6 +170,10 @@ class VLLMEngine(Engine):
         from vllm import envs
 
         envs.enable_envs_cache()
+        # Long prompts that open as an earlier one did are tokenized only past that part.
+        tokenizer = getattr(getattr(self._llm, "renderer", None), "tokenizer", None)
+        if tokenizer is not None:
+            prompt_prefixes.reuse_in(tokenizer)
         if self._chat is None or self._completion is None:
             raise InvalidRequest(
                 f"vLLM loaded {self.config.model_name} without text generation "
