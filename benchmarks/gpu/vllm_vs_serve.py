@@ -4,7 +4,8 @@ Each server is started as its users start it (`vllm serve MODEL ...`; `inferd se
 registered and launched with `model_engine="vllm"` and the same engine arguments), then gets the
 same load: streamed chat completions at each concurrency (every stream runs `--rounds` requests
 back to back, EOS ignored), output tokens/s and the median time to first token; then a 4k-token
-system prompt sent twice (the second answer's first token should come from vLLM's prefix cache).
+system prompt sent twice, with another question the second time (its first token should come from
+vLLM's prefix cache).
 On inferd, after that: a launch with `model_quantization=fp8` (vLLM quantizes at load), and the
 launches the server must refuse with a 400 naming the field (more GPU memory than is free, more
 GPUs than exist).
@@ -160,22 +161,26 @@ def load(
 
 
 async def prefix(base: str, prompts: list[list[str]]) -> dict[str, Any]:
-    """Each long system prompt twice: the first pays for prefill, the second should not. The
+    """Each long system prompt twice, with another question the second time (as a chat's or
+    an agent's instructions come back): the first pays for prefill, the second should not. The
     medians over the prompts are reported (one pair alone varies by several ms)."""
     firsts, seconds, cached = [], [], []
     async with httpx.AsyncClient(timeout=600) as c:
         for words in prompts:
-            body = {
-                "messages": [
-                    {"role": "system", "content": " ".join(words)},
-                    {"role": "user", "content": "word7 the"},
-                ],
-                "max_tokens": 4,
-                "ignore_eos": True,
-                "temperature": 0,
-            }
-            first = await one(c, base, body)
-            second = await one(c, base, body)
+
+            def body(question: str, words: list[str] = words) -> dict[str, Any]:
+                return {
+                    "messages": [
+                        {"role": "system", "content": " ".join(words)},
+                        {"role": "user", "content": question},
+                    ],
+                    "max_tokens": 4,
+                    "ignore_eos": True,
+                    "temperature": 0,
+                }
+
+            first = await one(c, base, body("word7 the"))
+            second = await one(c, base, body("word8 of and"))
             firsts.append(first["ttft"])
             seconds.append(second["ttft"])
             cached.append(second["cached_tokens"])
@@ -253,6 +258,12 @@ def measure(name: str, base: str, args: argparse.Namespace, results: dict, root:
     # The same prompts on every server; each server starts with an empty cache.
     prompts = [long_prompt(args.prefix_words, seed) for seed in range(7, 7 + args.prefix_repeats)]
     record = asyncio.run(prefix(base, prompts))
+    # inferd's count of prompt tokens it took from an earlier prompt rather than tokenizing.
+    metrics = httpx.get(f"{base}/metrics", timeout=30).text.splitlines()
+    reused = [
+        line for line in metrics if line.startswith("inferd_engine_prompt_tokens_reused_total")
+    ]
+    record["tokens_reused"] = sum(float(line.rsplit(" ", 1)[1]) for line in reused) or None
     results.setdefault(name, {})["prefix"] = record
     say({"server": name, "prefix_cache": record})
 
