@@ -19,34 +19,12 @@ from inferd.engines.prompt_prefixes import PromptPrefixes, reuse_in
 from tests.conftest import _bpe_tokenizer
 from tests.tiny_bert import tokenizer_folder
 
-WORDS = [
-    "the",
-    "river",
-    "runs",
-    "past",
-    "old",
-    "mill",
-    "where",
-    "its",
-    "grain",
-    "was",
-    "ground",
-    "Model",
-    "SERVER",
-    "memory",
-    "Café",
-    "naïve",
-    "数据",
-    "中心",
-    "エンベディング",
-    "🙂",
-    "don't",
-    "e-mail",
-    "3.14",
-    "#tag",
-    "word7",
-    "of",
-]
+# Words of several scripts, cases and punctuation.
+TEXT = (
+    "the river runs past old mill where its grain was ground Model SERVER memory Café naïve "
+    "数据 中心 エンベディング 🙂 don't e-mail 3.14 #tag word7 of"
+)
+WORDS = TEXT.split(" ")
 GAPS = (" ", " ", " ", "  ", "\n", "\n\n", "\t", "")
 
 
