@@ -17,6 +17,7 @@ def value(samples: dict, name: str, **labels: str) -> float:
 
 
 def test_requests_tokens_and_processes_are_counted(launched: InferdServer) -> None:
+    started = time.monotonic()
     before = scrape(launched)
     client = launched.openai()
     reply = client.chat.completions.create(
@@ -74,6 +75,11 @@ def test_requests_tokens_and_processes_are_counted(launched: InferdServer) -> No
     batches = {"model_uid": EMBEDDING, "replica": "0"}
     assert value(after, "inferd_engine_batch_items_count", **batches) >= 1
     assert value(after, "inferd_engine_batch_items_sum", **batches) >= 2
+    # The embedding's pass computed for a while, and not for longer than the test took.
+    busy = value(after, "inferd_engine_busy_seconds_total", **batches) - value(
+        before, "inferd_engine_busy_seconds_total", **batches
+    )
+    assert 0 < busy < time.monotonic() - started
     assert value(after, "inferd_model_process_resident_memory_bytes", model=LLM, replica="0") > 50e6
 
 

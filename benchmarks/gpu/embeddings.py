@@ -14,16 +14,19 @@ query. Texts are `--words` words long (a query-sized and a chunk-sized length by
 - inferd: `inferd serve`, each folder registered as Xinference users do, launched on the GPU,
   then 1 and 32 clients in a closed loop (clients spread over processes), and 32 clients sending
   `--lists` texts a request, one model at a time. At 32 clients it also reports the cores each
-  of the server's processes kept busy, the CPU a request cost each, and the inputs the model's
-  passes held (py-spy's stacks too, with `--spy-dir`). `--src LABEL=DIR`, repeated, measures
+  of the server's processes kept busy, the CPU a request cost each, the inputs the model's
+  passes held and the share of the load's time a pass was in flight (`busy`; py-spy's stacks
+  too, with `--spy-dir`). `--src LABEL=DIR`, repeated, measures
   several sources of inferd one after another on the same machine; `--api-processes 1,4` each
   with one and with four API processes (`inferd serve --api-processes`); `--direct` adds 32
   clients sending straight to the model process's socket (what it takes without the server);
-  `--replicas 1,2` each with that many model processes behind the model's uid, on the one GPU.
+  `--replicas 1,2` each with that many model processes behind the model's uid, on the one GPU;
+  `--loads 3` runs the 32-client load three times in each server (each reported, with the cores
+  each thread of each process kept busy; the median in the table).
 
     python benchmarks/gpu/embeddings.py [--seconds 8] [--words 12,200] [--docs 8] [--models ...]
         [--lists 32] [--dtype float16] [--spy-dir DIR] [--src before=DIR --src after=DIR]
-        [--api-processes 1,4] [--replicas 1,2] [--direct]
+        [--api-processes 1,4] [--replicas 1,2] [--direct] [--loads 3]
 
 Answers are checked against sentence-transformers' before the loads (one request at a time)
 and after them (many at once, so passes overlap): `max_abs_diff_from_st[_at_once]`.
@@ -334,13 +337,14 @@ def served(
     dtype: str | None,
     direct: bool = False,
     replicas: int = 1,
+    loads: int = 1,
 ) -> dict[int, dict[str, Rate]]:
     """Rates at 1 and 32 clients sending one text (or rerank request) each, and, for embedding
     models, 32 clients sending `lists` texts a request (counted in texts); the cores each of the
     server's processes kept busy at 32 clients, and what one request cost each of them.
     `direct`: also 32 clients sending to the model process's socket themselves, the server left
     out (what the model process alone can take). `replicas`: model processes behind the uid,
-    on the one GPU."""
+    on the one GPU. `loads`: 32-client loads one after another, the median reported."""
     kind = SHAPES[name][0]
     started = time.time()
     answer = httpx.post(
@@ -365,17 +369,29 @@ def served(
             # Warm-up at full load: the first pass of each shape records its CUDA graph.
             closed_loop(base, {}, 32, 3, send)
             got = out[words] = {"1": closed_loop(base, {}, 1, seconds, send)}
-            before = passes(base, name)
-            with watch.during(32, tag=f"-{words}w") as cores:
-                got["32"] = closed_loop(base, {}, 32, seconds, send)
-            count, items, beside = (a - b for a, b in zip(passes(base, name), before, strict=True))
-            per_request = {
-                process: round(used / got["32"].per_second * 1e6) for process, used in cores.items()
-            }
-            say({"model": name, "words": words, "clients": 32, "cores": cores,
-                 "cpu_us_a_request": per_request,
-                 "inputs_a_pass": round(items / count, 1) if count else None,
-                 "passes": count, "beside_another": beside})  # fmt: skip
+            rates = []
+            for load in range(loads):
+                before = passes(base, name)
+                took = time.perf_counter()
+                with watch.during(32, tag=f"-{words}w", threads=True) as cores:
+                    rates.append(closed_loop(base, {}, 32, seconds, send))
+                took = time.perf_counter() - took
+                count, items, beside, busy = (
+                    a - b for a, b in zip(passes(base, name), before, strict=True)
+                )
+                per_request = {
+                    process: round(used / rates[-1].per_second * 1e6)
+                    for process, used in cores.items()
+                }
+                say({"model": name, "words": words, "clients": 32, "load": load,
+                     "per_s": round(rates[-1].per_second, 1), "cores": cores,
+                     "cpu_us_a_request": per_request,
+                     "inputs_a_pass": round(items / count, 1) if count else None,
+                     "passes": count, "beside_another": beside,
+                     "busy": round(busy / took, 3)})  # fmt: skip
+            # The median load: the same server settles at different rates from one load to
+            # the next (`--loads`).
+            got["32"] = sorted(rates, key=lambda r: r.per_second)[len(rates) // 2]
             if direct:
                 socket = model_socket(watch)
                 own = request(name, words, docs, prefix="")
@@ -415,9 +431,10 @@ def model_socket(watch: Watch) -> str:
     raise RuntimeError("no model process found")
 
 
-def passes(base: str, name: str) -> tuple[float, float, float]:
-    """The model's forward passes so far, the inputs they held (the batcher's histogram) and
-    how many were launched while another was still on the device."""
+def passes(base: str, name: str) -> tuple[float, float, float, float]:
+    """The model's forward passes so far, the inputs they held (the batcher's histogram), how
+    many were launched while another was still on the device, and the seconds with one in
+    flight."""
     found = {}
     for line in httpx.get(f"{base}/metrics").text.splitlines():
         if line.startswith("inferd_engine_") and f'model_uid="{name}"' in line:
@@ -426,6 +443,7 @@ def passes(base: str, name: str) -> tuple[float, float, float]:
         found.get("inferd_engine_batch_items_count", 0),
         found.get("inferd_engine_batch_items_sum", 0),
         found.get("inferd_engine_passes_beside_total", 0),
+        found.get("inferd_engine_busy_seconds_total", 0),
     )
 
 
@@ -462,6 +480,9 @@ def main() -> None:
     parser.add_argument("--lists", type=int, default=32, help="texts a request in the list load")
     parser.add_argument("--dtype", help="weights' precision, both sides (float16, bfloat16)")
     parser.add_argument("--spy-dir", type=Path, help="py-spy's stacks at 32 clients go here")
+    parser.add_argument(
+        "--loads", type=int, default=1, help="32-client loads a server, one after another"
+    )
     parser.add_argument(
         "--direct", action="store_true", help="also load the model process's socket alone"
     )
@@ -588,6 +609,7 @@ def measure_inferd(
                     args.dtype,
                     args.direct,
                     replicas,
+                    args.loads,
                 )
             except RuntimeError as exc:
                 say({"model": name, "error": str(exc)})

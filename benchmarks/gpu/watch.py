@@ -16,6 +16,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: sha
 from inferd_server import cpu_seconds, proc_stat
 
 
+def _tasks(pid: int) -> list[tuple[int, int]]:
+    with suppress(OSError):
+        return [(pid, int(task.name)) for task in Path(f"/proc/{pid}/task").iterdir()]
+    return []
+
+
+def _task_seconds(pid: int, tid: int) -> float:
+    """A thread's CPU time so far (user and system, seconds)."""
+    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _name(pid: int) -> str:
     return Path(f"/proc/{pid}/comm").read_text().strip()
 
@@ -49,10 +61,19 @@ class Watch:
         return names
 
     @contextmanager
-    def during(self, streams: int, tag: str = "") -> Iterator[dict[str, float]]:
-        """`tag` tells apart the stacks of loads of one size (a text length)."""
+    def during(
+        self, streams: int, tag: str = "", threads: bool = False
+    ) -> Iterator[dict[str, float]]:
+        """`tag` tells apart the stacks of loads of one size (a text length). `threads`: also
+        each thread that kept a twentieth of a core busy, as `PROCESS/main` (the process's first
+        thread: an event loop) or `PROCESS/TID`."""
         names = self.tree()
         before = {pid: cpu_seconds(pid) for pid in names}
+        tasks: dict[tuple[int, int], float] = {}
+        for pid in names if threads else []:
+            for task in _tasks(pid):
+                with suppress(OSError):
+                    tasks[task] = _task_seconds(*task)
         spies = self._spy(names, streams, tag)
         started = time.time()
         cores: dict[str, float] = {}
@@ -65,6 +86,11 @@ class Watch:
                     used = (cpu_seconds(pid) - before[pid]) / seconds
                     if used >= 0.01:
                         cores[name] = round(used, 2)
+            for (pid, tid), used_before in tasks.items():
+                with suppress(OSError):
+                    used = (_task_seconds(pid, tid) - used_before) / seconds
+                    if used >= 0.05:
+                        cores[f"{names[pid]}/{'main' if tid == pid else tid}"] = round(used, 2)
             for spy in spies:
                 spy.send_signal(signal.SIGINT)  # py-spy writes what it has on SIGINT
             for spy in spies:

@@ -97,6 +97,11 @@ BESIDE = Counter(
     "inferd_engine_passes_beside",
     "Forward passes launched while another of the model's was still on the device",
 )
+BUSY = Counter(
+    "inferd_engine_busy_seconds",
+    "Seconds with at least one of the model's forward passes launched and not yet collected "
+    "(its rate is the share of the time the model computes)",
+)
 
 
 def at_once(run: Callable[[list[Any]], Sequence[Any]]) -> Prepare:
@@ -192,6 +197,7 @@ class ModelThread:
     def _run(self) -> None:
         todo: deque[_Pass] = deque()
         flights: deque[tuple[_Pass, Collect]] = deque()  # launched, oldest first
+        busy_since = 0.0  # when the passes in flight began to be
         while True:
             if not todo:
                 batch = self._take(*_wanted(flights))
@@ -209,11 +215,16 @@ class ModelThread:
                 running, collect = flights.popleft()
                 if self._stage(running, todo, functools.partial(_collected, running, collect)):
                     done.append(running.batch)
+                if not flights:
+                    BUSY.inc(time.perf_counter() - busy_since)
             if following is not None and launch is not None and not following.batch.failed:
+                started = time.perf_counter()
                 collect = self._stage(following, todo, launch)
                 if collect is not None:
                     if flights:
                         BESIDE.inc()
+                    else:
+                        busy_since = started
                     flights.append((following, collect))
             for batch in done:  # after the next launch: the device is not kept waiting
                 _settle(list(zip(batch.pendings, _split(batch), strict=True)))
