@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from inferd.engines import batching
 from inferd.engines.batching import IN_FLIGHT, DynamicBatcher, ModelThread, Running, at_once
 from inferd.errors import ModelUnavailable
 from tests.conftest import run_together
@@ -245,104 +244,6 @@ def test_no_more_than_in_flight_passes_at_once() -> None:
     assert launched[:IN_FLIGHT] == [("launch", ["a"]), *(("launch", r) for r in later[:-1])]
     # The last waits for the first to be collected: the device's buffers are all taken.
     assert log.index(("collect", ["a"])) < log.index(("launch", later[-1]))
-
-
-def _rounds(
-    sends: list[list[tuple[float, list[str]]]], seconds: float
-) -> list[tuple[float, str, list[str]]]:
-    """The stages' log, timed, of device passes (`Running`, done at once, expected to take
-    `seconds`): a first request of `a1` and `a2`, then, after each round's answers, the next
-    round of `sends`, each request that many seconds after the round starts."""
-    log: list[tuple[float, str, list[str]]] = []
-
-    def prepare(items: list[str]):  # type: ignore[no-untyped-def]
-        log.append((time.perf_counter(), "prepare", items))
-
-        def launch() -> Running[list[str]]:
-            log.append((time.perf_counter(), "launch", items))
-
-            def wait() -> list[str]:
-                log.append((time.perf_counter(), "collect", items))
-                return [item.upper() for item in items]
-
-            return Running(wait, time.perf_counter() + seconds / 10, seconds)
-
-        return launch
-
-    async def main() -> None:
-        batcher: DynamicBatcher[str] = DynamicBatcher(ModelThread("t"), prepare, max_items=64)
-
-        async def later(delay: float, items: list[str]) -> list[str]:
-            await asyncio.sleep(delay)
-            return await batcher.submit(items)
-
-        assert await batcher.submit(["a1", "a2"]) == ["A1", "A2"]
-        for sending in sends:
-            answers = await asyncio.gather(*(later(delay, items) for delay, items in sending))
-            assert answers == [[item.upper() for item in items] for _, items in sending]
-
-    asyncio.run(main())
-    return log
-
-
-def _launched(log: list[tuple[float, str, list[str]]]) -> list[list[str]]:
-    return [items for _, stage, items in log if stage == "launch"]
-
-
-def test_after_a_device_pass_the_next_waits_for_the_clients_it_answered(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """A pass of two collected: the next waits for two inputs (its clients sending again), so
-    `c` and `d`, 0.05 s apart, go together; the wait is half the collected pass's time."""
-    monkeypatch.setattr(batching, "GATHER_CAP", 10.0)
-    log = _rounds([[(0.0, ["c"]), (0.05, ["d"])]], seconds=0.6)
-    assert _launched(log) == [["a1", "a2"], ["c", "d"]]
-
-
-def test_a_wait_that_ends_unfilled_is_passed_up_next_time(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """`d` comes after the wait for two inputs ended (0.3 s into it, the wait 0.2 s): `c` went
-    alone at its end. The next chance to wait (a pass of two collected) is passed up, so `f`
-    and `g`, 0.05 s apart, go in passes of their own; the one after that waits again."""
-    monkeypatch.setattr(batching, "GATHER_CAP", 10.0)
-    rounds = [
-        [(0.0, ["c"]), (0.3, ["d"])],
-        [(0.0, ["e1", "e2"])],
-        [(0.0, ["f"]), (0.05, ["g"])],
-        [(0.0, ["h1", "h2"])],
-        [(0.0, ["i"]), (0.05, ["j"])],
-    ]
-    log = _rounds(rounds, seconds=0.4)
-    assert _launched(log) == [
-        ["a1", "a2"],
-        ["c"],
-        ["d"],
-        ["e1", "e2"],
-        ["f"],
-        ["g"],
-        ["h1", "h2"],
-        ["i", "j"],
-    ]
-    collected = next(at for at, stage, items in log if stage == "collect" and items == ["a1", "a2"])
-    c_at = next(at for at, stage, items in log if stage == "launch" and items == ["c"])
-    assert 0.15 < c_at - collected < 0.3  # it waited, up to half the pass's 0.4 s
-
-
-def test_eager_passes_do_not_wait_to_be_filled() -> None:
-    """Passes that are not `Running` (a CPU's, an eager GPU pass) take what is there."""
-    passes: list[list[str]] = []
-
-    async def main() -> None:
-        batcher: DynamicBatcher[str] = DynamicBatcher(
-            ModelThread("t"), at_once(_run_with_log(passes))
-        )
-        await batcher.submit(["a1", "a2"])
-
-        async def later(delay: float, item: str) -> list[str]:
-            await asyncio.sleep(delay)
-            return await batcher.submit([item])
-
-        await asyncio.gather(later(0.0, "c"), later(0.1, "d"))
-
-    asyncio.run(main())
-    assert passes == [["a1", "a2"], ["c"], ["d"]]
 
 
 @pytest.mark.parametrize("stage", ["prepare", "launch", "collect"])

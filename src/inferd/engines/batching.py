@@ -64,30 +64,16 @@ _LATE = 1.5e-4
 # until collected (`GraphedPasses` keeps this many sets).
 IN_FLIGHT = 2
 
-# A pass the device runs in about the same time whatever it holds (a CUDA graph of short texts:
-# H200, bge-large, 16 x 16 tokens 8.1 ms, 32 x 16 12.4 ms) is worth filling. Once such a pass is
-# collected with no other in flight, the clients it answered are likely to send again soon: the
-# next pass waits for as many inputs as were around (the collected pass's and those waiting
-# then), until GATHER_SHARE of the collected pass's time has gone by (GATHER_CAP at most).
-# Without it 32 clients settle into two halves that take turns, one in a pass while the other
-# waits. A wait that ends unfilled skips the next 1, 2, 4 ... BACKOFF_MAX chances to wait:
-# clients that take longer than that to come back, or a load that has gone, cost little.
-GATHER_SHARE = 0.5
-GATHER_CAP = 0.010
-BACKOFF_MAX = 64
-
 
 @dataclass(frozen=True)
 class Running(Generic[T]):
     """A launched pass the device runs while the host goes on, on device buffers of its own:
     another pass may be launched beside it. `wait` gives its results; `ready_at` is when it is
     expected to finish (`time.perf_counter()`), which bounds how long the model thread waits for
-    work to launch beside it; `seconds`, how long the device takes for it alone, bounds how
-    long the next pass waits to be filled once it is collected (`GATHER_SHARE`)."""
+    work to launch beside it."""
 
     wait: Callable[[], T]
     ready_at: float
-    seconds: float = 0.0
 
     def __call__(self) -> T:
         return self.wait()
@@ -97,7 +83,7 @@ def then(collect: Callable[[], T], finish: Callable[[T], U]) -> Callable[[], U]:
     """`collect` whose results go through `finish`; still `Running` where `collect` is."""
     if isinstance(collect, Running):
         running = collect
-        return Running(lambda: finish(running.wait()), running.ready_at, running.seconds)
+        return Running(lambda: finish(running.wait()), running.ready_at)
     return lambda: finish(collect())
 
 
@@ -167,41 +153,6 @@ class _Pass:
     taken: list[int]  # the batch's inputs this pass computes
 
 
-@dataclass
-class _Gather:
-    """What the next pass waits for after a device's pass is collected with none other in
-    flight (see GATHER_SHARE)."""
-
-    crowd: int = 0  # inputs to wait for; 0: none
-    until: float = 0.0
-    skip: int = 0  # chances to wait still to be passed up
-    backoff: int = 1  # chances passed up after the next wait that ends unfilled
-
-    def collected(self, crowd: int, seconds: float) -> None:
-        if crowd <= 1:  # nothing to wait for
-            return
-        if self.skip:
-            self.skip -= 1
-            return
-        self.crowd = crowd
-        self.until = time.perf_counter() + min(GATHER_SHARE * seconds, GATHER_CAP)
-
-    def wanted(self) -> tuple[int, float | None]:
-        """`_take`'s arguments with nothing in flight."""
-        if self.crowd > 1 and time.perf_counter() < self.until:
-            return self.crowd, self.until
-        self.crowd = 0  # the thread came too late to wait: not a wait that failed
-        return 1, None
-
-    def ended(self, filled: bool) -> None:
-        self.crowd = 0
-        if filled:
-            self.backoff = 1
-        else:
-            self.skip = self.backoff
-            self.backoff = min(self.backoff * 2, BACKOFF_MAX)
-
-
 class ModelThread:
     """The one thread that runs a model's passes, for every `DynamicBatcher` made on it: torch
     already spreads one pass over every core, and passes of one model never run side by side."""
@@ -247,20 +198,11 @@ class ModelThread:
         todo: deque[_Pass] = deque()
         flights: deque[tuple[_Pass, Collect]] = deque()  # launched, oldest first
         busy_since = 0.0  # when the passes in flight began to be
-        gather = _Gather()
         while True:
             if not todo:
-                if flights:
-                    batch = self._take(*_wanted(flights))
-                else:
-                    crowd, until = gather.wanted()
-                    batch = self._take(crowd, until)
-                    if crowd > 1:
-                        gather.ended(filled=batch is not None)
+                batch = self._take(*_wanted(flights))
                 if batch is None and not flights:
-                    if self._closed:
-                        return
-                    continue  # the wait to fill a pass ended: take what there is
+                    return  # closed
                 if batch is not None:
                     todo.extend(_passes(batch))
             following = todo.popleft() if todo else None
@@ -275,10 +217,6 @@ class ModelThread:
                     done.append(running.batch)
                 if not flights:
                     BUSY.inc(time.perf_counter() - busy_since)
-                    if isinstance(collect, Running) and not todo:
-                        gather.collected(
-                            len(running.taken) + running.batch.lane.queued, collect.seconds
-                        )
             if following is not None and launch is not None and not following.batch.failed:
                 started = time.perf_counter()
                 collect = self._stage(following, todo, launch)

@@ -148,7 +148,7 @@ class _Graph:
             finally:
                 self.set.busy = False
 
-        return Running(collect, started + seconds, seconds)
+        return Running(collect, started + seconds)
 
     def device_seconds(self, times: int = 3) -> float:
         """The shortest of `times` replays as the GPU timed them, from the replay's start to
