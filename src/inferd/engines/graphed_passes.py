@@ -9,10 +9,10 @@ with one call.
 A graph has fixed shapes, so a pass is padded up to a bucket of rows and tokens: the extra
 token columns are masked out (attention mask 0) and the extra rows repeat the first row and are
 dropped, so the real rows' results are those of the unpadded pass. A bucket's graph is captured
-the first time a pass needs it and kept only if it replayed faster than the eager pass it
-would replace, both timed then: for long texts on a large model the GPU's arithmetic is the
-limit, and padding would cost more than the launches it saves. A model whose pass reads its
-inputs on the host (a synchronisation, which capture refuses) stays eager.
+the first time a pass needs it and kept unless it replayed clearly slower than the eager pass
+it would replace (`CLEAR_LOSS`), both timed then: for long texts on a large model the GPU's
+arithmetic is the limit, and padding would cost more than the launches it saves. A model whose
+pass reads its inputs on the host (a synchronisation, which capture refuses) stays eager.
 
 A graph also holds its copies in and out, from and to pinned host buffers that NumPy fills and
 reads: a pass then calls into torch twice (replay, synchronize), not ~15 times. Each call gives
