@@ -22,11 +22,12 @@ query. Texts are `--words` words long (a query-sized and a chunk-sized length by
   clients sending straight to the model process's socket (what it takes without the server);
   `--replicas 1,2` each with that many model processes behind the model's uid, on the one GPU;
   `--loads 3` runs the 32-client load three times in each server (each reported, with the cores
-  each thread of each process kept busy; the median in the table).
+  each thread of each process kept busy; the median in the table); `--rounds 2` starts two
+  servers of each source, in turns (a, b, a, b), and adds each source's median over them.
 
     python benchmarks/gpu/embeddings.py [--seconds 8] [--words 12,200] [--docs 8] [--models ...]
         [--lists 32] [--dtype float16] [--spy-dir DIR] [--src before=DIR --src after=DIR]
-        [--api-processes 1,4] [--replicas 1,2] [--direct] [--loads 3]
+        [--api-processes 1,4] [--replicas 1,2] [--direct] [--loads 3] [--rounds 2]
 
 Answers are checked against sentence-transformers' before the loads (one request at a time)
 and after them (many at once, so passes overlap): `max_abs_diff_from_st[_at_once]`.
@@ -41,6 +42,7 @@ import json
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -484,6 +486,9 @@ def main() -> None:
         "--loads", type=int, default=1, help="32-client loads a server, one after another"
     )
     parser.add_argument(
+        "--rounds", type=int, default=1, help="servers of each source, in turns (a, b, a, b)"
+    )
+    parser.add_argument(
         "--direct", action="store_true", help="also load the model process's socket alone"
     )
     parser.add_argument(
@@ -530,13 +535,18 @@ def main() -> None:
     given = [tuple(given.split("=", 1)) for given in args.src] or [("inferd", str(ROOT / "src"))]
     counts = [int(n) for n in args.api_processes.split(",")]
     replicas = [int(n) for n in args.replicas.split(",")]
+    # Rounds in turn (a, b, a, b): servers of one source differ by up to 60% on one machine.
     runs = [
         (
-            label + ("" if counts == [1] else f"-x{n}") + ("" if replicas == [1] else f"-r{r}"),
+            label
+            + ("" if counts == [1] else f"-x{n}")
+            + ("" if replicas == [1] else f"-r{r}")
+            + ("" if turn == 0 else f"#{turn + 1}"),
             Path(src),
             n,
             r,
         )
+        for turn in range(args.rounds)
         for label, src in given
         for n in counts
         for r in replicas
@@ -572,6 +582,22 @@ def main() -> None:
                     f"| {batched:,.0f} | {label} | {one:,.0f} | {one / st['single']:.2f} "
                     f"| {many:,.0f} | {many / batched:.2f} | {listed} |"
                 )
+            if args.rounds > 1:
+                for source in dict.fromkeys(run.split("#")[0] for run, _ in sources):
+                    servers = [ours[run].get(name, {}).get(words) for run, _ in sources]
+                    rates = sorted(
+                        measured["32"].per_second
+                        for (run, _), measured in zip(sources, servers, strict=True)
+                        if run.split("#")[0] == source and measured is not None
+                    )
+                    if rates:
+                        middle = statistics.median(rates)
+                        spread = f"{rates[0]:,.0f}-{rates[-1]:,.0f}"
+                        print(
+                            f"| {name} | {words} | | | {batched:,.0f} | {source}, median of "
+                            f"{len(rates)} servers ({spread}) | | | {middle:,.0f} "
+                            f"| {middle / batched:.2f} | | |"
+                        )
 
 
 def measure_inferd(
