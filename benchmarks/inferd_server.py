@@ -14,14 +14,16 @@ from pathlib import Path
 import httpx
 
 
-def proc_stat(pid: int) -> tuple[int, float]:
-    """A process's parent and the CPU time it has used so far (user and system, seconds)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def proc_stat(pid: int, tid: int | None = None) -> tuple[int, float]:
+    """A process's parent and the CPU time it has used so far (user and system, seconds); with
+    `tid`, that thread's of the process alone."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    return proc_stat(pid)[1]
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    return proc_stat(pid, tid)[1]
 
 
 class BenchServer:

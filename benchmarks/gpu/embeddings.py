@@ -583,8 +583,8 @@ def main() -> None:
                     f"| {many:,.0f} | {many / batched:.2f} | {listed} |"
                 )
             if args.rounds > 1:
+                servers = [ours[run].get(name, {}).get(words) for run, _ in sources]
                 for source in dict.fromkeys(run.split("#")[0] for run, _ in sources):
-                    servers = [ours[run].get(name, {}).get(words) for run, _ in sources]
                     rates = sorted(
                         measured["32"].per_second
                         for (run, _), measured in zip(sources, servers, strict=True)

@@ -22,12 +22,6 @@ def _tasks(pid: int) -> list[tuple[int, int]]:
     return []
 
 
-def _task_seconds(pid: int, tid: int) -> float:
-    """A thread's CPU time so far (user and system, seconds)."""
-    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _name(pid: int) -> str:
     return Path(f"/proc/{pid}/comm").read_text().strip()
 
@@ -73,7 +67,7 @@ class Watch:
         for pid in names if threads else []:
             for task in _tasks(pid):
                 with suppress(OSError):
-                    tasks[task] = _task_seconds(*task)
+                    tasks[task] = cpu_seconds(*task)
         spies = self._spy(names, streams, tag)
         started = time.time()
         cores: dict[str, float] = {}
@@ -88,7 +82,7 @@ class Watch:
                         cores[name] = round(used, 2)
             for (pid, tid), used_before in tasks.items():
                 with suppress(OSError):
-                    used = (_task_seconds(pid, tid) - used_before) / seconds
+                    used = (cpu_seconds(pid, tid) - used_before) / seconds
                     if used >= 0.05:
                         cores[f"{names[pid]}/{'main' if tid == pid else tid}"] = round(used, 2)
             for spy in spies:

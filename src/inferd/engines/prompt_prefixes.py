@@ -104,8 +104,7 @@ class PromptPrefixes:
             return all(self._answer(text, False) == list(check(text)) for text in texts)
         finally:
             with self._lock:
-                self._kept.clear()
-                self._kept_chars = 0
+                self._forget()
 
     def _answer(self, text: str, counted: bool = True) -> list[int]:
         if self.off or len(text) < MIN_CHARS:
@@ -201,14 +200,17 @@ class PromptPrefixes:
             return
         with self._lock:
             self.off = True
-            self._kept.clear()
-            self._kept_chars = 0
+            self._forget()
         log.warning(
             "prompt tokens reused from an earlier prompt differed from the whole prompt's "
             "tokenization (%d tokens against %d): reuse is off for this model",
             len(ids),
             len(whole),
         )
+
+    def _forget(self) -> None:
+        self._kept.clear()
+        self._kept_chars = 0
 
     def _keep(self, text: str, kept: _Kept) -> None:
         if self.off or not kept.cuts:
