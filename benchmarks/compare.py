@@ -91,10 +91,13 @@ def closed_loop(
     seconds: float,
     request: Request,
     unix: str | None = None,
+    frames: str | None = None,
 ) -> Rate:
     """`clients` clients each sending one request after another until the time is up, spread
     over processes of CLIENTS_PER_PROCESS; every request that started is waited for and
-    counted. `unix`: a Unix socket the requests go to (`url`'s host is then unused)."""
+    counted. `unix`: a Unix socket the requests go to (`url`'s host is then unused). `frames`:
+    a model process's frames socket instead, each process's clients sharing one connection to
+    it as a front's do (`request` is then given an `inferd.runtime.frames.FrameChannel`)."""
     import multiprocessing
 
     shares = [CLIENTS_PER_PROCESS] * (clients // CLIENTS_PER_PROCESS)
@@ -107,7 +110,7 @@ def closed_loop(
     processes = [
         context.Process(
             target=_load_process,
-            args=(url, headers, share, seconds, request, start, results, unix),
+            args=(url, headers, share, seconds, request, start, results, unix, frames),
         )
         for share in shares
     ]
@@ -133,9 +136,10 @@ def _load_process(
     start: Any,
     results: Any,
     unix: str | None = None,
+    frames: str | None = None,
 ) -> None:
     start.wait()
-    results.put(asyncio.run(_clients(url, headers, clients, seconds, request, unix)))
+    results.put(asyncio.run(_clients(url, headers, clients, seconds, request, unix, frames)))
 
 
 async def _clients(
@@ -145,9 +149,16 @@ async def _clients(
     seconds: float,
     request: Request,
     unix: str | None = None,
+    frames: str | None = None,
 ) -> tuple[list[float], float, int, int]:
-    latencies: list[float] = []
-    errors = tokens = 0
+    if frames is not None:
+        from inferd.runtime.frames import FrameChannel
+
+        channel = FrameChannel(frames)
+        try:
+            return await _closed(clients, seconds, request, channel)
+        finally:
+            channel.close()
     async with aiohttp.ClientSession(
         base_url=url,
         headers=headers,
@@ -156,24 +167,33 @@ async def _clients(
         if unix
         else aiohttp.TCPConnector(limit=clients),
     ) as client:
-        deadline = time.perf_counter() + seconds
+        return await _closed(clients, seconds, request, client)
 
-        async def one_client() -> None:
-            nonlocal errors, tokens
-            while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                try:
-                    ok, produced = await request(client)
-                except aiohttp.ClientError:
-                    ok, produced = False, 0
-                latencies.append(time.perf_counter() - started)
-                errors += not ok
-                tokens += produced
 
-        started = time.perf_counter()
-        await asyncio.gather(*(one_client() for _ in range(clients)))
-        elapsed = time.perf_counter() - started
-    return latencies, elapsed, errors, tokens
+async def _closed(
+    clients: int, seconds: float, request: Request, client: Any
+) -> tuple[list[float], float, int, int]:
+    """`clients` closed loops of `request` on one `client` until `seconds` are up: each
+    request's latency, the time taken, the errors and the tokens produced."""
+    latencies: list[float] = []
+    errors = tokens = 0
+    deadline = time.perf_counter() + seconds
+
+    async def one_client() -> None:
+        nonlocal errors, tokens
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            try:
+                ok, produced = await request(client)
+            except (aiohttp.ClientError, ConnectionError):
+                ok, produced = False, 0
+            latencies.append(time.perf_counter() - started)
+            errors += not ok
+            tokens += produced
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one_client() for _ in range(clients)))
+    return latencies, time.perf_counter() - started, errors, tokens
 
 
 JSON = {"Content-Type": "application/json"}

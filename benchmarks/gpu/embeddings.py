@@ -19,15 +19,18 @@ query. Texts are `--words` words long (a query-sized and a chunk-sized length by
   too, with `--spy-dir`). `--src LABEL=DIR`, repeated, measures
   several sources of inferd one after another on the same machine; `--api-processes 1,4` each
   with one and with four API processes (`inferd serve --api-processes`); `--direct` adds 32
-  clients sending straight to the model process's socket (what it takes without the server);
+  clients sending straight to the model process in frames, as the fronts do (what the model
+  process takes without the server, the fronts and HTTP);
   `--replicas 1,2` each with that many model processes behind the model's uid, on the one GPU;
   `--loads 3` runs the 32-client load three times in each server (each reported, with the cores
   each thread of each process kept busy; the median in the table); `--rounds 2` starts two
   servers of each source, in turns (a, b, a, b), and adds each source's median over them.
+  `--trace DIR` records each model process's timeline (frames in and out, the model thread's
+  stages: `trace/sitecustomize.py`), which `trace_report.py` breaks down load by load.
 
     python benchmarks/gpu/embeddings.py [--seconds 8] [--words 12,200] [--docs 8] [--models ...]
         [--lists 32] [--dtype float16] [--spy-dir DIR] [--src before=DIR --src after=DIR]
-        [--api-processes 1,4] [--replicas 1,2] [--direct] [--loads 3] [--rounds 2]
+        [--api-processes 1,4] [--replicas 1,2] [--direct] [--loads 3] [--rounds 2] [--trace DIR]
 
 Answers are checked against sentence-transformers' before the loads (one request at a time)
 and after them (many at once, so passes overlap): `max_abs_diff_from_st[_at_once]`.
@@ -60,8 +63,12 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(1, str(ROOT / "benchmarks" / "gpu"))
+# This checkout's frames (`--direct` speaks them as a front does), whichever `--src` is served.
+sys.path.insert(2, str(ROOT / "src"))
 from compare import Rate, closed_loop  # noqa: E402
 from watch import Watch  # noqa: E402
+
+from inferd.runtime.frames import frames_path  # noqa: E402
 
 # name: (kind, layers, hidden, heads, intermediate, max tokens)
 SHAPES = {
@@ -268,10 +275,11 @@ def deviation(got: list[Any], expected: list[Any]) -> float:
 
 
 def request(
-    name: str, words: int, docs: int, texts: int = 0, prefix: str = "/v1"
-) -> Callable[[aiohttp.ClientSession], Any]:
+    name: str, words: int, docs: int, texts: int = 0, frames: bool = False
+) -> Callable[[Any], Any]:
     """A client's next request: one text to embed (or `texts` of them in a list), or one query
-    and `docs` documents to rank; `prefix=""` for the model process's own routes."""
+    and `docs` documents to rank; `frames`: sent in frames to the model process (on an
+    `inferd.runtime.frames.FrameChannel`, as a front sends it), not to the server over HTTP."""
     rng = random.Random(2)
     if SHAPES[name][0] == "embedding":
         bodies = [
@@ -280,13 +288,13 @@ def request(
                     "model": name,
                     # The model process takes the server's validated body: a list.
                     "input": [text(rng, words) for _ in range(texts or 1)]
-                    if texts or not prefix
+                    if texts or frames
                     else text(rng, words),
                 }
             ).encode()
             for _ in range(64)
         ]
-        path = f"{prefix}/embeddings"
+        path = "/embeddings" if frames else "/v1/embeddings"
     else:
         bodies = [
             json.dumps(
@@ -298,7 +306,7 @@ def request(
             ).encode()
             for _ in range(64)
         ]
-        path = f"{prefix}/rerank"
+        path = "/rerank" if frames else "/v1/rerank"
     turn = iter(range(1 << 62))
 
     async def send(client: aiohttp.ClientSession) -> tuple[bool, int]:
@@ -306,7 +314,11 @@ def request(
             await response.read()
             return response.status == 200, 0
 
-    return send
+    async def framed(channel: Any) -> tuple[bool, int]:
+        answer = await channel.post(path, bodies[next(turn) % 64], "")
+        return answer.status == 200, 0
+
+    return framed if frames else send
 
 
 def register(base: str, name: str, folder: Path) -> None:
@@ -344,9 +356,10 @@ def served(
     """Rates at 1 and 32 clients sending one text (or rerank request) each, and, for embedding
     models, 32 clients sending `lists` texts a request (counted in texts); the cores each of the
     server's processes kept busy at 32 clients, and what one request cost each of them.
-    `direct`: also 32 clients sending to the model process's socket themselves, the server left
-    out (what the model process alone can take). `replicas`: model processes behind the uid,
-    on the one GPU. `loads`: 32-client loads one after another, the median reported."""
+    `direct`: also 32 clients sending to the model process in frames themselves, the server,
+    the fronts and HTTP left out (what the model process alone can take). `replicas`: model
+    processes behind the uid, on the one GPU. `loads`: 32-client loads one after another, the
+    median reported."""
     kind = SHAPES[name][0]
     started = time.time()
     answer = httpx.post(
@@ -374,10 +387,10 @@ def served(
             rates = []
             for load in range(loads):
                 before = passes(base, name)
-                took = time.perf_counter()
+                began = time.perf_counter()
                 with watch.during(32, tag=f"-{words}w", threads=True) as cores:
                     rates.append(closed_loop(base, {}, 32, seconds, send))
-                took = time.perf_counter() - took
+                took = time.perf_counter() - began
                 count, items, beside, busy = (
                     a - b for a, b in zip(passes(base, name), before, strict=True)
                 )
@@ -390,17 +403,20 @@ def served(
                      "cpu_us_a_request": per_request,
                      "inputs_a_pass": round(items / count, 1) if count else None,
                      "passes": count, "beside_another": beside,
-                     "busy": round(busy / took, 3)})  # fmt: skip
+                     "busy": round(busy / took, 3),
+                     "window": [began, began + took]})  # fmt: skip
             # The median load: the same server settles at different rates from one load to
             # the next (`--loads`).
             got["32"] = sorted(rates, key=lambda r: r.per_second)[len(rates) // 2]
             if direct:
-                socket = model_socket(watch)
-                own = request(name, words, docs, prefix="")
-                with watch.during(32, tag=f"-{words}w-direct") as cores:
-                    got["direct"] = closed_loop(base, {}, 32, seconds, own, unix=socket)
+                socket = frames_path(model_socket(watch))
+                own = request(name, words, docs, frames=True)
+                began = time.perf_counter()
+                with watch.during(32, tag=f"-{words}w-direct", threads=True) as cores:
+                    got["direct"] = closed_loop(base, {}, 32, seconds, own, frames=socket)
                 say({"model": name, "words": words, "clients": 32, "direct": True,
-                     "cores": cores})  # fmt: skip
+                     "cores": cores,
+                     "window": [began, time.perf_counter()]})  # fmt: skip
             if kind == "embedding" and lists:
                 many = request(name, words, docs, texts=lists)
                 closed_loop(base, {}, 32, 2, many)
@@ -449,12 +465,18 @@ def passes(base: str, name: str) -> tuple[float, float, float, float]:
     )
 
 
-def start_server(home: Path, log: Path, src: Path, api_processes: int = 1) -> subprocess.Popen:
+def start_server(
+    home: Path, log: Path, src: Path, api_processes: int = 1, trace: Path | None = None
+) -> subprocess.Popen:
     env = {
         **os.environ,
         "INFERD_HOME": str(home),
         "PYTHONPATH": f"{src}:{os.environ.get('PYTHONPATH', '')}",
     }
+    if trace is not None:  # the model processes' timelines (trace/sitecustomize.py)
+        trace.mkdir(parents=True, exist_ok=True)
+        env["INFERD_BENCH_TRACE"] = str(trace)
+        env["PYTHONPATH"] = f"{ROOT / 'benchmarks' / 'gpu' / 'trace'}:{env['PYTHONPATH']}"
     argv = [sys.executable, "-m", "inferd", "serve", "--port", "9997", "--log-level", "warning"]
     if api_processes > 1:
         argv += ["--api-processes", str(api_processes)]
@@ -482,6 +504,11 @@ def main() -> None:
     parser.add_argument("--lists", type=int, default=32, help="texts a request in the list load")
     parser.add_argument("--dtype", help="weights' precision, both sides (float16, bfloat16)")
     parser.add_argument("--spy-dir", type=Path, help="py-spy's stacks at 32 clients go here")
+    parser.add_argument(
+        "--trace",
+        type=Path,
+        help="the model processes' timelines go here (trace/sitecustomize.py; trace_report.py)",
+    )
     parser.add_argument(
         "--loads", type=int, default=1, help="32-client loads a server, one after another"
     )
@@ -582,6 +609,12 @@ def main() -> None:
                     f"| {batched:,.0f} | {label} | {one:,.0f} | {one / st['single']:.2f} "
                     f"| {many:,.0f} | {many / batched:.2f} | {listed} |"
                 )
+                if "direct" in got:
+                    straight = got["direct"].per_second
+                    print(
+                        f"| {name} | {words} | | | {batched:,.0f} | {label}, in frames to the "
+                        f"model process | | | {straight:,.0f} | {straight / batched:.2f} | | |"
+                    )
             if args.rounds > 1:
                 servers = [ours[run].get(name, {}).get(words) for run, _ in sources]
                 for source in dict.fromkeys(run.split("#")[0] for run, _ in sources):
@@ -615,7 +648,8 @@ def measure_inferd(
     root.mkdir(parents=True)
     say({"inferd": root.name, "src": str(src)})
     log = root / "inferd.log"
-    server = start_server(root / "home", log, src, api_processes)
+    trace = args.trace / root.name if args.trace else None
+    server = start_server(root / "home", log, src, api_processes, trace)
     ours: dict[str, dict[int, dict[str, Rate]]] = {}
     try:
         for name, folder in folders.items():

@@ -422,12 +422,17 @@ def main() -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     config = EngineConfig.model_validate_json(Path(config_path).read_bytes())
-    # The model thread gives up the interpreter lock in every wait on the GPU and must win it
-    # back from the event loop thread, which keeps it up to the switch interval (5 ms by
-    # default) while it parses requests: on an H200, short embeddings at 32 clients made
-    # passes of ~1 ms graphs 3.9 ms apart. At 0.5 ms: 2,532 -> 3,105 texts/s (MiniLM, four
-    # API processes; benchmarks/results/embeddings_h200.txt).
-    sys.setswitchinterval(0.0005)
+    # The model thread gives up the interpreter lock in every wait on the GPU (and in the
+    # tokenizer, and in a graph's launch) and must win it back from the event loop thread,
+    # which keeps it up to the switch interval (5 ms by default) while it reads requests and
+    # writes answers: on an H200, short embeddings at 32 clients made passes of ~1 ms graphs
+    # 3.9 ms apart. At 0.5 ms: 2,532 -> 3,105 texts/s (MiniLM, four API processes). At 0.2 ms
+    # the way from a pass taken to its launch fell from 1.5-4.3 ms to 1.3-1.9 and the medians
+    # of five servers each rose from 1,602 to 1,657 texts/s (bge-large) and 4,294 to 4,883
+    # (MiniLM); 0.1 ms did about as well for bge-large (1,684) and worse for MiniLM (4,369),
+    # probably as its model thread, busy on the host, is then made to give the lock up as
+    # often (benchmarks/results/embeddings_h200.txt, runs 26-30).
+    sys.setswitchinterval(0.0002)
     # Whole answers also come in frames beside HTTP, where the server reaches the process on
     # this machine (a cluster node's process is reached over TCP, and speaks HTTP only).
     worker = Worker(config, None if address.startswith("fd:") else frames_path(address))
