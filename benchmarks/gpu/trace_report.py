@@ -17,7 +17,8 @@ of each step of a request's way through the model process, in milliseconds:
   inside): the way to the client and back, and the client itself.
 
 and the passes: how many, their inputs, the share of the load's time with none on the device
-(`idle`) and with two at once (`both`).
+(`idle`) and with two at once (`both`); then a second table of each pass's stages on the model
+thread (`PASS`): tokenizing (`prepare`), launching, collecting.
 """
 
 from __future__ import annotations
@@ -36,20 +37,33 @@ STEPS = (
     ("collected -> settled", "collected", "settled"),
     ("settled -> written", "settled", "out"),
 )
+# A pass's stages on the model thread, in seconds: from its batch taken to its tokenizing,
+# tokenizing, from then to its launch (a pass in flight collected first where there was no
+# room beside it), the launch, and collecting it (waiting for the device included).
+PASS = (
+    ("taken -> prepare", lambda p: p["prepare"][0] - p["taken"]),
+    ("prepare", lambda p: p["prepare"][1] - p["prepare"][0]),
+    ("prepared -> launch", lambda p: p["launch"][0] - p["prepare"][1]),
+    ("launch", lambda p: p["launch"][1] - p["launch"][0]),
+    ("collect", lambda p: p["collected"][1] - p["collected"][0]),
+)
 
 # The records of a span of time: (kind, start, end, ...); the others are (kind, time, ...).
 _SPANS = frozenset(("take", "prepare", "launch", "collected"))
 
 
 def requests(events: list[list[Any]]) -> tuple[list[dict[str, float]], list[dict[str, Any]]]:
-    """Each request's times (keys: the STEPS' ends) and each pass's (launch and collected
-    start and end, inputs), rebuilt from one model process's records in time order."""
+    """Each request's times (keys: the STEPS' ends) and each pass's (when taken; prepare,
+    launch and collected start and end; inputs), rebuilt from one model process's records in
+    time order."""
     # In the order they ended: a wait for work starts before the requests it takes arrive.
     events = sorted(events, key=lambda e: e[2] if e[0] in _SPANS else e[1])
     arrived: dict[tuple[int, int], float] = {}
     by_future: dict[int, dict[str, float]] = {}
     by_frame: dict[tuple[int, int], dict[str, float]] = {}
     by_batch: dict[int, list[dict[str, float]]] = {}
+    taken: dict[int, float] = {}  # when each batch was taken, and tokenized
+    prepared: dict[int, tuple[float, float]] = {}
     passes: dict[int, dict[str, Any]] = {}
     done: list[dict[str, float]] = []
     every_pass: list[dict[str, Any]] = []
@@ -66,12 +80,20 @@ def requests(events: list[list[Any]]) -> tuple[list[dict[str, float]], list[dict
             for times in members:
                 times["taken"] = event[2]
             by_batch[event[4]] = members
+            taken[event[4]] = event[2]
+        elif kind == "prepare":
+            prepared[event[3]] = (event[1], event[2])
         elif kind in ("launch", "collected"):
             _, start, end, batch, inputs = event
             for times in by_batch.get(batch, []):
                 times["launched" if kind == "launch" else "collected"] = end
             if kind == "launch":
-                passes[batch] = {"launch": (start, end), "inputs": inputs}
+                passes[batch] = {
+                    "taken": taken.pop(batch, start),
+                    "prepare": prepared.pop(batch, (start, start)),
+                    "launch": (start, end),
+                    "inputs": inputs,
+                }
             elif batch in passes:
                 passes[batch]["collected"] = (start, end)
                 every_pass.append(passes.pop(batch))
@@ -123,6 +145,7 @@ def report(log: Path, traces: Path) -> None:
         + " | inside | outside |"
     )
     print("|---" * (7 + len(STEPS)) + "|")
+    stages: list[tuple[str, list[float]]] = []
     for line in log.read_text().splitlines():
         if not line.startswith("{") or '"window"' not in line:
             continue
@@ -148,6 +171,12 @@ def report(log: Path, traces: Path) -> None:
             + " | ".join(f"{s:.2f}" for s in steps)
             + f" | {inside:.2f} | {outside:.2f} |"
         )
+        if held:
+            stages.append((label, [statistics.mean(f(p) for p in held) * 1e3 for _, f in PASS]))
+    print("\n| load | " + " | ".join(name for name, _ in PASS) + " |")
+    print("|---" * (1 + len(PASS)) + "|")
+    for label, means in stages:
+        print(f"| {label} | " + " | ".join(f"{m:.3f}" for m in means) + " |")
 
 
 def main() -> None:
