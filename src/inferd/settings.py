@@ -35,6 +35,15 @@ class Settings(BaseSettings):
     send_timeout: float = Field(
         default=60.0, gt=0, description="Seconds a streamed answer waits for a stalled client"
     )
+    # Longer than clients keep an idle connection (httpx and the SDKs built on it 5 s, aiohttp
+    # 15 s) and than proxies in front do (nginx, load balancers: 60 s), so the client is the
+    # one that closes it: a server closing first races the client's next request on it, which
+    # then fails with "server disconnected without sending a response" (most likely what
+    # failed one of eight concurrent requests in a test run: uvicorn's own 5 s against the
+    # openai SDK's 5 s).
+    keep_alive_timeout: int = Field(
+        default=75, ge=1, description="Seconds an idle client connection is kept open"
+    )
     allowed_paths: Annotated[list[Path] | None, NoDecode] = Field(
         default=None,
         description="Folders local weights may come from (registrations, model_path, LoRA), "

@@ -149,6 +149,7 @@ def serve(
             port=settings.port,
             log_level=log_level.lower(),
             timeout_graceful_shutdown=int(settings.terminate_timeout),
+            timeout_keep_alive=settings.keep_alive_timeout,
         )
         return
     _serve_with_fronts(settings, launch, not no_restore, log_level)
@@ -191,6 +192,7 @@ def _serve_with_fronts(
         create_app(settings, launch, restore=restore, fronts=plan),
         log_level=log_level.lower(),
         timeout_graceful_shutdown=int(settings.terminate_timeout),
+        timeout_keep_alive=settings.keep_alive_timeout,  # the fronts' connections to it too
     )
     logging.getLogger("uvicorn.access").addFilter(NotPassedOn())
     try:

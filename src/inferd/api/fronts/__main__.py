@@ -31,6 +31,7 @@ def main(argv: list[str]) -> None:
         create_front_app(settings, control, server),
         log_level=log_level.lower(),
         timeout_graceful_shutdown=int(settings.terminate_timeout),
+        timeout_keep_alive=settings.keep_alive_timeout,
     )
     TakingServer(config, channel).run(sockets=[])
 
