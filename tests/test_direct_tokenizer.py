@@ -102,3 +102,41 @@ def test_what_the_backend_cannot_give_keeps_the_models_own_call(minilm: Any) -> 
     assert DirectTokenizer.verified(with_prompt_length, minilm.tokenizer) is None
     assert DirectTokenizer.verified(other_texts, minilm.tokenizer) is None
     assert DirectTokenizer.verified(minilm.preprocess, object()) is None
+
+
+def test_short_passes_tokenized_one_text_at_a_time_are_the_same(minilm: Any, cross: Any) -> None:
+    """A pass of few characters is tokenized text by text in the calling thread (the batch call
+    gives up the interpreter lock to a pool of threads) and padded together as the batch call
+    pads: texts, pairs, and padding to a multiple of 8."""
+    from inferd.engines.direct_tokenizer import ONE_BY_ONE_CHARS
+
+    def multiple_of_8(batch: list[str]) -> dict[str, Any]:
+        return dict(
+            minilm.tokenizer(
+                batch, padding=True, pad_to_multiple_of=8, truncation=True, return_tensors="pt"
+            )
+        )
+
+    rng = random.Random(3)
+    vocabulary = WORDS.split(" ")
+    for prepare, tokenizer, pairs in (
+        (minilm.preprocess, minilm.tokenizer, False),
+        (multiple_of_8, minilm.tokenizer, False),
+        (cross.preprocess, cross.tokenizer, True),
+    ):
+        direct = DirectTokenizer.verified(prepare, tokenizer, pairs=pairs)
+        assert direct is not None
+        for size in (1, 3, 8, 12):
+            short = [
+                " ".join(rng.choice(vocabulary) for _ in range(rng.randint(0, 8)))
+                for _ in range(size)
+            ]
+            batch: list[Any] = list(zip(short, reversed(short), strict=True)) if pairs else short
+            assert sum(len(str(text)) for text in batch) <= ONE_BY_ONE_CHARS
+            want = prepare(batch)
+            one_by_one = direct._features(direct._one_by_one(batch))
+            for got in (direct(batch), one_by_one, direct._features(direct._encode(batch))):
+                assert got.keys() == want.keys()
+                for key, value in want.items():
+                    if isinstance(value, torch.Tensor):
+                        assert torch.equal(got[key], value), (key, batch)

@@ -1,0 +1,104 @@
+"""How long the model thread takes to tokenize a pass, alone and beside a busy event loop.
+
+    python benchmarks/tokenize_probe.py [--seconds 2] [--texts 1,4,10,16,32] [--words 12]
+
+An embedding model's process has two threads that share the interpreter lock: the model
+thread, which tokenizes each pass (`engines/direct_tokenizer.py`), and the event loop's, which
+reads requests and writes answers. The tokenizer's batch call gives up the lock and spreads
+the texts over a pool of threads; the calling thread then waits to win the lock back, which a
+busy loop holds for up to a switch interval (the model process's: 0.2 ms). Tokenized one text
+at a time (`encode` keeps the lock), a small pass pays neither. This times both ways over
+passes of N texts, with the model process's switch interval, alone and beside a thread that
+runs Python 60% of the time in bursts of 0.5 ms (a loop busy with a burst of answers), and
+prints microseconds a pass and the ratio batch / one by one (above 1: one by one is quicker).
+The tokenizer is MiniLM-L6's (INFERD_TEST_TOKENIZER, or the package the tests use).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "src"))
+
+from inferd.engines.direct_tokenizer import DirectTokenizer  # noqa: E402
+from tests.tiny_bert import tokenizer_folder  # noqa: E402
+
+WORDS = " ".join(
+    (
+        "the of and to in is that for it as with was on be by at this from or an are which have",
+        "model server memory request answer engine token batch query document river city water",
+    )
+).split(" ")
+
+
+def busy_loop(stop: threading.Event, share: float = 0.6, burst: float = 5e-4) -> None:
+    """Python work `share` of the time in bursts of `burst` seconds, sleeping between."""
+    while not stop.is_set():
+        until = time.perf_counter() + burst
+        x = 0
+        while time.perf_counter() < until:
+            x += 1
+        time.sleep(burst * (1 - share) / share)
+
+
+def timed(call: object, seconds: float) -> float:
+    """The median microseconds of `call()` over `seconds`."""
+    assert callable(call)
+    call()
+    times = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--texts", default="1,4,10,16,32")
+    parser.add_argument("--words", type=int, default=12)
+    args = parser.parse_args()
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(tokenizer_folder(), device="cpu")
+    direct = DirectTokenizer.verified(model.preprocess, model.tokenizer)
+    assert direct is not None, "MiniLM's tokenizer gives its own features from the backend"
+    sys.setswitchinterval(0.0002)  # the model process's (runtime/worker.py)
+    rng = random.Random(0)
+    print("| texts | chars | beside | batch call, µs | one by one, µs | batch / one by one |")
+    print("|---|---|---|---|---|---|")
+    for count in (int(n) for n in args.texts.split(",")):
+        batch = [" ".join(rng.choice(WORDS) for _ in range(args.words)) + "." for _ in range(count)]
+        chars = sum(map(len, batch))
+        for beside in ("nothing", "a busy loop"):
+            stop = threading.Event()
+            if beside != "nothing":
+                threading.Thread(target=busy_loop, args=(stop,), daemon=True).start()
+                time.sleep(0.05)
+            try:
+                whole = timed(
+                    lambda batch=batch: direct._features(direct._encode(batch)), args.seconds
+                )
+                single = timed(
+                    lambda batch=batch: direct._features(direct._one_by_one(batch)), args.seconds
+                )
+            finally:
+                stop.set()
+            print(
+                f"| {count} | {chars} | {beside} | {whole:,.0f} | {single:,.0f} "
+                f"| {whole / single:.2f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
