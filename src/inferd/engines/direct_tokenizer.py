@@ -31,9 +31,9 @@ _FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_i
 # interpreter lock meanwhile, which the model thread then waits to win back from the event
 # loop: on an H200 host at 32 clients a pass of ~10 short texts took ~1 ms of the model thread
 # that way (benchmarks/results/embeddings_h200.txt, run 31). Beside a busy loop, one by one was
-# 1.2-1.6x quicker for 4-16 short texts (up to ~900 characters) and 0.8x for 32, on a 2-core
-# machine (`benchmarks/tokenize_probe.py`); longer passes keep the pool (lists of texts lost
-# 42-65% on the H200 without it).
+# 1.4-1.7x quicker for 4-10 short texts, 0.8-1.15x for 16 (~900 characters) and 0.65-0.8x for
+# 32 on a 2-core machine (`benchmarks/tokenize_probe.py`); longer passes keep the pool (lists
+# of texts lost 42-65% on the H200 without it).
 ONE_BY_ONE_CHARS = 1024
 
 Text = str | tuple[str, str]
