@@ -90,14 +90,13 @@ def closed_loop(
     clients: int,
     seconds: float,
     request: Request,
-    unix: str | None = None,
     frames: str | None = None,
 ) -> Rate:
     """`clients` clients each sending one request after another until the time is up, spread
     over processes of CLIENTS_PER_PROCESS; every request that started is waited for and
-    counted. `unix`: a Unix socket the requests go to (`url`'s host is then unused). `frames`:
-    a model process's frames socket instead, each process's clients sharing one connection to
-    it as a front's do (`request` is then given an `inferd.runtime.frames.FrameChannel`)."""
+    counted. `frames`: a model process's frames socket instead of `url`, each process's
+    clients sharing one connection to it as a front's do (`request` is then given an
+    `inferd.runtime.frames.FrameChannel`)."""
     import multiprocessing
 
     shares = [CLIENTS_PER_PROCESS] * (clients // CLIENTS_PER_PROCESS)
@@ -110,7 +109,7 @@ def closed_loop(
     processes = [
         context.Process(
             target=_load_process,
-            args=(url, headers, share, seconds, request, start, results, unix, frames),
+            args=(url, headers, share, seconds, request, start, results, frames),
         )
         for share in shares
     ]
@@ -135,11 +134,10 @@ def _load_process(
     request: Request,
     start: Any,
     results: Any,
-    unix: str | None = None,
     frames: str | None = None,
 ) -> None:
     start.wait()
-    results.put(asyncio.run(_clients(url, headers, clients, seconds, request, unix, frames)))
+    results.put(asyncio.run(_clients(url, headers, clients, seconds, request, frames)))
 
 
 async def _clients(
@@ -148,7 +146,6 @@ async def _clients(
     clients: int,
     seconds: float,
     request: Request,
-    unix: str | None = None,
     frames: str | None = None,
 ) -> tuple[list[float], float, int, int]:
     if frames is not None:
@@ -163,9 +160,7 @@ async def _clients(
         base_url=url,
         headers=headers,
         timeout=aiohttp.ClientTimeout(total=600),
-        connector=aiohttp.UnixConnector(unix, limit=clients)
-        if unix
-        else aiohttp.TCPConnector(limit=clients),
+        connector=aiohttp.TCPConnector(limit=clients),
     ) as client:
         return await _closed(clients, seconds, request, client)
 
