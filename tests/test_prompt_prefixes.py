@@ -166,6 +166,33 @@ def test_random_texts_with_tokens_anywhere_match(tokenizer: tuple[str, Any]) -> 
         assert prefixes.ids(text) == _whole(tok, text), repr(text)
 
 
+def test_a_prompt_asked_again_is_kept_longer_than_those_since(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What is kept is the most recently asked: a prompt asked again, exactly, outlives prompts
+    first asked after it, once the room runs out."""
+    from inferd.engines import prompt_prefixes
+
+    tok = _chatml()
+    prefixes = PromptPrefixes(tok.backend_tokenizer)
+    rng = random.Random(4)
+    texts = [_render("chatml", [("system", _words(rng, 600))]) for _ in range(4)]
+    # Room for three of them.
+    monkeypatch.setattr(prompt_prefixes, "KEPT_CHARS", sum(map(len, texts[:3])) + 10)
+    for text in texts[:3]:
+        prefixes.ids(text)
+    before = _reused()
+    prefixes.ids(texts[0])  # asked again: now the most recent
+    assert _reused() - before == len(_whole(tok, texts[0]))
+    prefixes.ids(texts[3])  # no room left: the least recent goes, texts[1]
+    before = _reused()
+    assert prefixes.ids(texts[0]) == _whole(tok, texts[0])
+    assert _reused() - before == len(_whole(tok, texts[0]))  # still kept whole
+    before = _reused()
+    assert prefixes.ids(texts[1]) == _whole(tok, texts[1])
+    assert _reused() - before == 0  # forgotten, tokenized afresh
+
+
 def test_the_tokenizer_call_reuses_and_other_calls_are_untouched() -> None:
     from transformers import PreTrainedTokenizerFast
 

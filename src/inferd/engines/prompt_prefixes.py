@@ -111,6 +111,8 @@ class PromptPrefixes:
             return self._backend.encode(text, add_special_tokens=False).ids
         with self._lock:
             same = self._kept.get(text)
+            if same is not None:  # seen again: the last to be forgotten
+                self._kept.move_to_end(text)
             found = None if same is not None else self._longest(text)
         if same is not None:
             if counted:
