@@ -4,6 +4,9 @@ weights), passes of 16 short texts, against one pass of 32.
 
     python3 benchmarks/gpu/two_streams_probe.py [--seconds 3] [--rows 16] [--tokens 16]
 
+It also prints how long the host's `replay()` call takes with the GPU idle and beside another
+stream's running pass (a launch that waits there holds up the model thread's collecting).
+
 What it asks: where a pass of a few short texts leaves the GPU underused (bge-large, 16 x 16
 tokens: 8 ms, 32 x 16: 12 ms on an H200), could two passes in flight at once, each with its own
 graph and memory, take the alternating halves of 32 clients together?
@@ -12,6 +15,7 @@ graph and memory, take the alternating halves of 32 clients together?
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -64,10 +68,16 @@ def main() -> None:
                 graph.replay()
             stream.synchronize()
 
+    launches: list[tuple[float, float]] = []  # host seconds of each replay call: idle, beside
+
     def together() -> None:
+        took = []
         for graph, stream in ((a, sa), (b, sb)):
             with torch.cuda.stream(stream):
+                started = time.perf_counter()
                 graph.replay()
+                took.append(time.perf_counter() - started)
+        launches.append((took[0], took[1]))
         sa.synchronize()
         sb.synchronize()
 
@@ -84,6 +94,10 @@ def main() -> None:
         (f"one pass of {2 * rows}", one_of_double, 2 * rows),
     ):
         print(f"{label}: {rate(run, texts):,.0f} texts/s")
+    # Whether launching a graph waits on the host while another stream's graph runs (the
+    # embedding engine's second pass in flight is launched so): the replay call's own time.
+    idle, beside = (statistics.median(times) * 1e3 for times in zip(*launches, strict=True))
+    print(f"replay call on the host: {idle:.3f} ms, GPU idle; {beside:.3f} ms beside a pass")
 
 
 if __name__ == "__main__":
