@@ -516,7 +516,9 @@ def main() -> None:
         "--rounds", type=int, default=1, help="servers of each source, in turns (a, b, a, b)"
     )
     parser.add_argument(
-        "--direct", action="store_true", help="also load the model process's socket alone"
+        "--direct",
+        action="store_true",
+        help="also load the model process alone, in frames as a front sends them",
     )
     parser.add_argument(
         "--api-processes",

@@ -24,9 +24,9 @@ class Coalesced:
     """Stands for `transport.write` (an asyncio transport or stream writer): every write to it
     goes through here, so they stay in order."""
 
-    def __init__(self, transport: _Writable, loop: asyncio.AbstractEventLoop | None = None):
+    def __init__(self, transport: _Writable):
         self._transport = transport
-        self._loop = loop or asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()  # made on the loop that writes to it
         self._parts: list[bytes] = []
 
     def write(self, data: bytes) -> None:
