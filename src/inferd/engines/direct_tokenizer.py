@@ -26,16 +26,6 @@ log = logging.getLogger(__name__)
 # What a Rust `Encoding` holds for each tensor key transformers' tokenizer call returns.
 _FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
 
-# A pass of at most this many characters is tokenized one text after another in the calling
-# thread. The backend's batch call hands its texts to a pool of threads and gives up the
-# interpreter lock meanwhile, which the model thread then waits to win back from the event
-# loop: on an H200 host at 32 clients a pass of ~10 short texts took ~1 ms of the model thread
-# that way (benchmarks/results/embeddings_h200.txt, run 31). Beside a busy loop, one by one was
-# 1.4-1.7x quicker for 4-10 short texts, 0.8-1.15x for 16 (~900 characters) and 0.65-0.8x for
-# 32 on a 2-core machine (`benchmarks/tokenize_probe.py`); longer passes keep the pool (lists
-# of texts lost 42-65% on the H200 without it).
-ONE_BY_ONE_CHARS = 1024
-
 Text = str | tuple[str, str]
 
 
@@ -47,11 +37,8 @@ class DirectTokenizer:
     def __init__(self, backend: Any, tensors: dict[str, torch.dtype], constants: dict[str, Any]):
         # `encode_batch_fast` (tokenizers 0.21+) skips the character offsets nobody reads here.
         self._encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
-        self._encode_one = backend.encode
-        self._padding: dict[str, Any] | None = backend.padding
         self._tensors = tensors
         self._constants = constants
-        self._one_by_one_chars = ONE_BY_ONE_CHARS
 
     @classmethod
     def verified(
@@ -84,44 +71,15 @@ class DirectTokenizer:
             return None
         direct = cls(backend, tensors, constants)
         for batch, want in zip(probes, expected, strict=True):
-            if not _same(direct._features(direct._encode(list(batch))), want):
+            got = direct(list(batch))
+            if not _same(got, want):
                 log.info("tokenizing through the model's own call: the backend's features differ")
                 return None
-        if not all(
-            _same(direct._features(direct._one_by_one(list(batch))), want)
-            for batch, want in zip(probes, expected, strict=True)
-        ):
-            log.info("tokenizing every pass in one batch call: one text at a time differs")
-            direct._one_by_one_chars = -1
         log.info("tokenizing with the tokenizer's Rust backend (it gives the model's own features)")
         return direct
 
     def __call__(self, batch: Sequence[Text]) -> dict[str, Any]:
-        if sum(_chars(text) for text in batch) <= self._one_by_one_chars:
-            return self._features(self._one_by_one(batch))
-        return self._features(self._encode(batch))
-
-    def _one_by_one(self, batch: Sequence[Text]) -> list[Any]:
-        """The batch call's encodings made one text at a time (each holds the interpreter lock
-        throughout), then padded together as the batch call pads them."""
-        encode = self._encode_one
-        encodings = [encode(*text) if isinstance(text, tuple) else encode(text) for text in batch]
-        padding = self._padding
-        if padding is not None and encodings:
-            # Each call padded its text alone (to a fixed length, or its own rounded up to a
-            # multiple): the longest of them is the batch's.
-            length = max(len(encoding) for encoding in encodings)
-            for encoding in encodings:
-                encoding.pad(
-                    length,
-                    direction=padding["direction"],
-                    pad_id=padding["pad_id"],
-                    pad_type_id=padding["pad_type_id"],
-                    pad_token=padding["pad_token"],
-                )
-        return encodings
-
-    def _features(self, encodings: list[Any]) -> dict[str, Any]:
+        encodings = self._encode(batch)
         features: dict[str, Any] = {}
         for key, dtype in self._tensors.items():
             field = _FIELDS[key]
@@ -129,10 +87,6 @@ class DirectTokenizer:
             features[key] = torch.from_numpy(rows).to(dtype)
         features.update(self._constants)
         return features
-
-
-def _chars(text: Text) -> int:
-    return len(text) if isinstance(text, str) else sum(len(part) for part in text)
 
 
 def _same(got: dict[str, Any], want: dict[str, Any]) -> bool:
