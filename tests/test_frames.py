@@ -1,7 +1,7 @@
 """Whole answers in frames between a relay and a model process (`runtime/frames.py`): many
 requests on one connection, each answer to its own request, whatever the order or size; a
 process that is not there, or goes away, is an error the relay can act on, and a channel finds
-the restarted process. Writes made in one turn of the loop leave as one (`runtime/coalesced.py`)."""
+the restarted process."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from typing import Any
 import orjson
 import pytest
 
-from inferd.runtime.coalesced import Coalesced
 from inferd.runtime.frames import (
     ChannelError,
     ChannelRefused,
@@ -211,41 +210,3 @@ def test_a_model_process_that_cannot_make_its_frames_socket_answers_over_http() 
     finally:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
-
-
-def test_writes_made_in_one_turn_of_the_loop_leave_as_one(run: Runner) -> None:
-    """A pass's answers, each written as its request's task finishes, reach the transport as
-    one write at the end of the loop's turn, in order; a lone write goes at the end of its own
-    turn; a closing transport gets nothing."""
-
-    class Transport:  # what Coalesced asks of a transport, and what it was given
-        def __init__(self) -> None:
-            self.writes: list[bytes] = []
-            self.closing = False
-
-        def write(self, data: bytes) -> None:
-            self.writes.append(data)
-
-        def is_closing(self) -> bool:
-            return self.closing
-
-    async def main() -> None:
-        transport = Transport()
-        out = Coalesced(transport)
-
-        async def answer(n: int) -> None:
-            out.write(b"%d," % n)
-
-        await asyncio.gather(*(answer(n) for n in range(5)))
-        await asyncio.sleep(0)
-        assert transport.writes == [b"0,1,2,3,4,"]
-        out.write(b"5,")
-        assert transport.writes == [b"0,1,2,3,4,"]  # not before the turn ends
-        await asyncio.sleep(0)
-        assert transport.writes == [b"0,1,2,3,4,", b"5,"]
-        transport.closing = True
-        out.write(b"6,")
-        await asyncio.sleep(0)
-        assert transport.writes == [b"0,1,2,3,4,", b"5,"]
-
-    run(main())

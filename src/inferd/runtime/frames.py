@@ -25,8 +25,6 @@ from typing import Any, NamedTuple, cast
 
 import orjson
 
-from inferd.runtime.coalesced import Coalesced
-
 log = logging.getLogger("inferd.frames")
 
 # The routes whose whole answers travel in frames, and the engine's call answering each.
@@ -65,8 +63,6 @@ def _frame(head: dict[str, Any], body: bytes) -> bytes:
 class _Frames(asyncio.Protocol):
     """Cuts the bytes received into frames and hands each to `received(head, body)`."""
 
-    out: Coalesced  # every write to the transport, once connected
-
     def __init__(self, received: Callable[[dict[str, Any], bytes], None]) -> None:
         self.transport: asyncio.Transport | None = None
         self._buffer = bytearray()
@@ -75,7 +71,6 @@ class _Frames(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, though they behave as one.
         self.transport = cast(asyncio.Transport, transport)
-        self.out = Coalesced(self.transport)
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
@@ -107,7 +102,7 @@ class _Asking(_Frames):
         future: asyncio.Future[Whole] = asyncio.get_running_loop().create_future()
         self.waiting[self._ids] = future
         head = {"id": self._ids, "path": path, "request_id": request_id}
-        self.out.write(_frame(head, content))
+        self.transport.write(_frame(head, content))
         return future
 
     def _answered(self, head: dict[str, Any], body: bytes) -> None:
@@ -180,7 +175,7 @@ class _Answering(_Frames):
             whole = Whole(500, "application/json", orjson.dumps({"error": error}))
         if self.transport is not None and not self.transport.is_closing():
             reply = {"id": n, "status": whole.status, "type": whole.content_type}
-            self.out.write(_frame(reply, whole.body))
+            self.transport.write(_frame(reply, whole.body))
 
 
 async def serve_frames(path: str, answer: Answer) -> asyncio.Server:

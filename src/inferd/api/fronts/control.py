@@ -40,7 +40,6 @@ from inferd.api.proxy import count
 from inferd.api.rerank import rerank_model
 from inferd.api.wrong_keys import WrongKeys
 from inferd.errors import InferdError, InvalidRequest, RequestAborted, TooManyRequests
-from inferd.runtime.coalesced import Coalesced
 from inferd.runtime.instance import ModelInstance
 from inferd.runtime.manager import ModelManager
 from inferd.runtime.replica import Replica
@@ -105,7 +104,6 @@ class _Session:
     def __init__(self, manager: ModelManager, writer: asyncio.StreamWriter, wrong_keys: WrongKeys):
         self.manager = manager
         self.writer = writer
-        self._out = Coalesced(writer)  # every write to `writer`
         self.wrong_keys = wrong_keys
         self.held: dict[int, _Slot] = {}
         self.waiting: dict[int, asyncio.Task[None]] = {}
@@ -232,4 +230,4 @@ class _Session:
     def send(self, message: dict[str, Any]) -> None:
         if not self.ended:
             with contextlib.suppress(ConnectionError, RuntimeError):
-                self._out.write(orjson.dumps(message) + b"\n")
+                self.writer.write(orjson.dumps(message) + b"\n")

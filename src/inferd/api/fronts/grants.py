@@ -16,7 +16,6 @@ import orjson
 
 from inferd.api.wrong_keys import WrongKeys
 from inferd.errors import InferdError, ModelUnavailable, TooManyRequests, UpstreamError
-from inferd.runtime.coalesced import Coalesced
 
 log = logging.getLogger("inferd.fronts")
 
@@ -37,7 +36,6 @@ class Grants:
         self.path = path
         self.wrong_keys = wrong_keys
         self._writer: asyncio.StreamWriter | None = None
-        self._out: Coalesced | None = None  # every write to `_writer`
         self._reading: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
@@ -47,7 +45,6 @@ class Grants:
         while True:
             try:
                 reader, self._writer = await asyncio.open_unix_connection(self.path)
-                self._out = Coalesced(self._writer)
                 break
             except (FileNotFoundError, ConnectionRefusedError):
                 if time.monotonic() > deadline:
@@ -98,9 +95,9 @@ class Grants:
             self._send({"op": "wrong_key", "client": client})
 
     def _send(self, message: dict[str, Any]) -> None:
-        if self._writer is None or self._out is None or self._writer.is_closing():
+        if self._writer is None or self._writer.is_closing():
             raise ModelUnavailable("the server is not reachable from this API process")
-        self._out.write(orjson.dumps(message) + b"\n")
+        self._writer.write(orjson.dumps(message) + b"\n")
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
