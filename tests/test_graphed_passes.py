@@ -123,6 +123,33 @@ def test_graphs_answer_as_eager_passes(folders: dict[str, Path], kind: str) -> N
 
 
 @pytest.mark.gpu
+def test_a_graph_is_weighed_against_the_eager_pass_of_its_own_shape(
+    folders: dict[str, Path],
+) -> None:
+    """The first pass of a shape holds fewer rows than the graph's: the eager pass the graph is
+    timed against has as many rows as the graph (the first pass's rows are however many
+    happened to wait, which made keeping a graph a toss-up) and the texts' own tokens (padding
+    those is what a graph of long texts costs)."""
+    model = load("embedding", folders["embedding"], "cuda")
+    passes = GraphedPasses(model, OUTPUT["embedding"], model.tokenizer.pad_token_id, model.device)
+    timed: list[tuple[int, int]] = []
+    eager_pass = passes._eager
+
+    def recorded(given: dict[str, Any]) -> np.ndarray:
+        timed.append(tuple(given["attention_mask"].shape))
+        return eager_pass(given)
+
+    passes._eager = recorded  # type: ignore[method-assign]
+    given = features("embedding", model, TEXTS[:3])
+    shape = bucket(*given["attention_mask"].shape)
+    rows, tokens = given["attention_mask"].shape
+    assert shape is not None and shape[0] > rows and shape[1] > tokens
+    with torch.inference_mode():
+        passes(given)
+    assert timed and set(timed) == {(shape[0], tokens)}, (timed, shape)
+
+
+@pytest.mark.gpu
 def test_passes_in_flight_at_once_answer_as_eager_ones(folders: dict[str, Path]) -> None:
     """Passes of one shape launched while the others still run, each on its own set of graphs
     (its stream, buffers and memory), answer as eager passes; one more than there are sets is

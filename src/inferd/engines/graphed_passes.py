@@ -10,7 +10,7 @@ A graph has fixed shapes, so a pass is padded up to a bucket of rows and tokens:
 token columns are masked out (attention mask 0) and the extra rows repeat the first row and are
 dropped, so the real rows' results are those of the unpadded pass. A bucket's graph is captured
 the first time a pass needs it and kept unless it replayed clearly slower than the eager pass
-it would replace (`CLEAR_LOSS`), both timed then: for long texts on a large model the GPU's
+of as many rows would (`CLEAR_LOSS`), both timed then: for long texts on a large model the GPU's
 arithmetic is the limit, and padding would cost more than the launches it saves. A model whose
 pass reads its inputs on the host (a synchronisation, which capture refuses) stays eager.
 
@@ -263,9 +263,16 @@ class GraphedPasses:
     ) -> float | None:
         """How long the padded shape's pass takes on the GPU (`_Graph.device_seconds`), its
         graph timed in set `index` and captured in every set; None where the graph clearly loses
-        to the eager pass (`CLEAR_LOSS`: then no pass of as much work or more is tried again) or
-        it cannot be graphed (see `_captured`)."""
-        eager_s = _fastest(lambda: self._eager(features))
+        to the eager pass of as many rows (`CLEAR_LOSS`: then no pass of as much work or more is
+        tried again) or it cannot be graphed (see `_captured`)."""
+        # The eager pass of as many rows as the graph's: the first pass of a shape holds as
+        # many as happened to wait, and timed on those the choice was a toss (H200, bge-large:
+        # 24 x 16 timed 9.04 ms eager on a first pass of fewer rows, 11.43 graphed, and on that
+        # server every pass of 24 rows or more then ran eagerly, each launch holding the model
+        # thread 2-3 ms; 10.6-13.0 eager on the other servers). Its tokens stay the texts' own:
+        # padding them is what a graph of long texts costs for real.
+        rows_only = padded(features, (shape[0], features["attention_mask"].shape[1]), self._pad_id)
+        eager_s = _fastest(lambda: self._eager(rows_only if rows_only is not None else features))
         graph = self._captured(features, shape, self._sets[index])
         if graph is None:
             return None
