@@ -27,10 +27,14 @@ query. Texts are `--words` words long (a query-sized and a chunk-sized length by
   servers of each source, in turns (a, b, a, b), and adds each source's median over them.
   `--trace DIR` records each model process's timeline (frames in and out, the model thread's
   stages: `trace/sitecustomize.py`), which `trace_report.py` breaks down load by load.
+  `--clients 64,128` adds a load of that many clients (one text a request) after the 32-client
+  ones, and a table of them: at 32 clients of one text each the rate is 32 over a request's
+  round trip, and more clients say how near the model's own ceiling a server gets.
 
     python benchmarks/gpu/embeddings.py [--seconds 8] [--words 12,200] [--docs 8] [--models ...]
         [--lists 32] [--dtype float16] [--spy-dir DIR] [--src before=DIR --src after=DIR]
         [--api-processes 1,4] [--replicas 1,2] [--direct] [--loads 3] [--rounds 2] [--trace DIR]
+        [--clients 64,128]
 
 Answers are checked against sentence-transformers' before the loads (one request at a time)
 and after them (many at once, so passes overlap): `max_abs_diff_from_st[_at_once]`.
@@ -352,6 +356,7 @@ def served(
     direct: bool = False,
     replicas: int = 1,
     loads: int = 1,
+    clients: tuple[int, ...] = (),
 ) -> dict[int, dict[str, Rate]]:
     """Rates at 1 and 32 clients sending one text (or rerank request) each, and, for embedding
     models, 32 clients sending `lists` texts a request (counted in texts); the cores each of the
@@ -359,7 +364,7 @@ def served(
     `direct`: also 32 clients sending to the model process in frames themselves, the server,
     the fronts and HTTP left out (what the model process alone can take). `replicas`: model
     processes behind the uid, on the one GPU. `loads`: 32-client loads one after another, the
-    median reported."""
+    median reported. `clients`: a load of each of these many clients too (one text each)."""
     kind = SHAPES[name][0]
     started = time.time()
     answer = httpx.post(
@@ -417,6 +422,9 @@ def served(
                 say({"model": name, "words": words, "clients": 32, "direct": True,
                      "cores": cores,
                      "window": [began, time.perf_counter()]})  # fmt: skip
+            for count in clients:
+                closed_loop(base, {}, count, 2, send)  # the shapes of larger passes, captured
+                got[f"{count} clients"] = closed_loop(base, {}, count, seconds, send)
             if kind == "embedding" and lists:
                 many = request(name, words, docs, texts=lists)
                 closed_loop(base, {}, 32, 2, many)
@@ -531,6 +539,11 @@ def main() -> None:
         help="model processes a launch runs on the one GPU, each of these counts in turn",
     )
     parser.add_argument(
+        "--clients",
+        default="",
+        help="more loads of this many clients, one text a request, each in turn (e.g. 64,128)",
+    )
+    parser.add_argument(
         "--src",
         action="append",
         default=[],
@@ -633,6 +646,25 @@ def main() -> None:
                             f"{len(rates)} servers ({spread}) | | | {middle:,.0f} "
                             f"| {middle / batched:.2f} | | |"
                         )
+    more = [int(n) for n in args.clients.split(",") if n]
+    if more:
+        print(
+            "\n| model | words | ST batched (best of 32, 64) | inferd | 32 clients | ratio | "
+            + " | ".join(f"{n} clients | ratio" for n in more)
+            + " |"
+        )
+        print("|---|---|---|---|---|---|" + "---|---|" * len(more))
+        for name in names:
+            for words in words_list:
+                st = engine[name][words]
+                batched = max(st["batch32"], st["batch64"])
+                for label, _ in sources:
+                    got = ours[label].get(name, {}).get(words)
+                    if got is None:
+                        continue
+                    rates = [got["32"].per_second] + [got[f"{n} clients"].per_second for n in more]
+                    cells = " | ".join(f"{rate:,.0f} | {rate / batched:.2f}" for rate in rates)
+                    print(f"| {name} | {words} | {batched:,.0f} | {label} | {cells} |")
 
 
 def measure_inferd(
@@ -672,6 +704,7 @@ def measure_inferd(
                     args.direct,
                     replicas,
                     args.loads,
+                    tuple(int(n) for n in args.clients.split(",") if n),
                 )
             except RuntimeError as exc:
                 say({"model": name, "error": str(exc)})
