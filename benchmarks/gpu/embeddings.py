@@ -609,10 +609,7 @@ def main() -> None:
         for words in words_list:
             st = engine[name][words]
             batched = max(st["batch32"], st["batch64"])
-            for label, _ in sources:
-                got = ours[label].get(name, {}).get(words)
-                if got is None:
-                    continue
+            for label, got in _servers(ours, sources, name, words):
                 one, many = got["1"].per_second, got["32"].per_second
                 listed = (
                     f"{got['lists'].per_second:,.0f} | {got['lists'].per_second / batched:.2f}"
@@ -656,15 +653,22 @@ def main() -> None:
         print("|---|---|---|---|---|---|" + "---|---|" * len(more))
         for name in names:
             for words in words_list:
-                st = engine[name][words]
-                batched = max(st["batch32"], st["batch64"])
-                for label, _ in sources:
-                    got = ours[label].get(name, {}).get(words)
-                    if got is None:
-                        continue
+                batched = max(engine[name][words]["batch32"], engine[name][words]["batch64"])
+                for label, got in _servers(ours, sources, name, words):
                     rates = [got["32"].per_second] + [got[f"{n} clients"].per_second for n in more]
                     cells = " | ".join(f"{rate:,.0f} | {rate / batched:.2f}" for rate in rates)
                     print(f"| {name} | {words} | {batched:,.0f} | {label} | {cells} |")
+
+
+def _servers(
+    ours: dict[str, dict[str, dict[int, dict[str, Rate]]]],
+    sources: list[tuple[str, Path]],
+    name: str,
+    words: int,
+) -> list[tuple[str, dict[str, Rate]]]:
+    """Each server's rates for `name` at `words`, in the order they ran (those it measured)."""
+    found = [(label, ours[label].get(name, {}).get(words)) for label, _ in sources]
+    return [(label, got) for label, got in found if got is not None]
 
 
 def measure_inferd(
