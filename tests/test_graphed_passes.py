@@ -123,7 +123,7 @@ def test_graphs_answer_as_eager_passes(folders: dict[str, Path], kind: str) -> N
 
 
 @pytest.mark.gpu
-def test_a_graph_is_weighed_against_the_eager_pass_of_its_own_shape(
+def test_a_graph_is_weighed_against_an_eager_pass_of_as_many_rows(
     folders: dict[str, Path],
 ) -> None:
     """The first pass of a shape holds fewer rows than the graph's: the eager pass the graph is

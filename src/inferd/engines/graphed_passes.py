@@ -269,8 +269,8 @@ class GraphedPasses:
         # many as happened to wait, and timed on those the choice was a toss (H200, bge-large:
         # 24 x 16 timed 9.04 ms eager on a first pass of fewer rows, 11.43 graphed, and on that
         # server every pass of 24 rows or more then ran eagerly, each launch holding the model
-        # thread 2-3 ms; 10.6-13.0 eager on the other servers). Its tokens stay the texts' own:
-        # padding them is what a graph of long texts costs for real.
+        # thread 2-3 ms; 10.6-12.6 eager on the other 11 servers). Its tokens stay the texts'
+        # own: padding them is what a graph of long texts costs for real.
         rows_only = padded(features, (shape[0], features["attention_mask"].shape[1]), self._pad_id)
         eager_s = _fastest(lambda: self._eager(rows_only if rows_only is not None else features))
         graph = self._captured(features, shape, self._sets[index])
