@@ -5,8 +5,8 @@ processes alike."""
 
 from __future__ import annotations
 
+import http.client
 import json
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,44 +57,38 @@ def test_bodies_under_the_limit_go_through(small: InferdServer) -> None:
     assert httpx.get(f"{small.url}/health", timeout=5).status_code == 200
 
 
-def health_on(connection: socket.socket) -> bytes:
-    """`GET /health` on an open connection; its whole answer, or b"" where the server had
-    closed the connection."""
-    connection.sendall(b"GET /health HTTP/1.1\r\nHost: inferd\r\n\r\n")
-    answer = b""
-    while b"\r\n\r\n" not in answer or len(answer) < _answer_length(answer):
-        chunk = connection.recv(65536)
-        if not chunk:
-            break
-        answer += chunk
-    return answer
-
-
-def _answer_length(answer: bytes) -> int:
-    head, _, _ = answer.partition(b"\r\n\r\n")
-    for line in head.split(b"\r\n"):
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return len(head) + 4 + int(value)
-    return len(answer) + 1  # no length yet: read on
+def health_on(connection: http.client.HTTPConnection) -> int:
+    """`GET /health` on an open connection (http.client reuses it and never opens another:
+    one the server closed fails here): its status."""
+    connection.request("GET", "/health")
+    answer = connection.getresponse()
+    answer.read()
+    return answer.status
 
 
 def test_an_idle_connection_outlives_the_clients_keep_alive(small: InferdServer) -> None:
     """httpx (the openai SDK's) keeps an idle connection 5 s, aiohttp 15 s: the server keeps it
     longer, so a request sent on it as the client's time runs out is never cut off."""
-    with socket.create_connection(("127.0.0.1", small.port)) as connection:
-        assert health_on(connection).startswith(b"HTTP/1.1 200")
+    connection = http.client.HTTPConnection("127.0.0.1", small.port, timeout=30)
+    try:
+        assert health_on(connection) == 200
         time.sleep(6)
-        assert health_on(connection).startswith(b"HTTP/1.1 200")
+        assert health_on(connection) == 200
+    finally:
+        connection.close()
 
 
 def test_the_keep_alive_is_the_settings_in_front_processes_too(tmp_path: Path) -> None:
     srv = InferdServer(tmp_path, "--api-processes", "2", env={"INFERD_KEEP_ALIVE_TIMEOUT": "1"})
     try:
-        with socket.create_connection(("127.0.0.1", srv.port)) as connection:
-            assert health_on(connection).startswith(b"HTTP/1.1 200")
+        connection = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+        try:
+            assert health_on(connection) == 200
             time.sleep(2.5)
-            connection.settimeout(1)  # closed by now: an open one times out here
-            assert connection.recv(1) == b""
+            assert connection.sock is not None
+            connection.sock.settimeout(1)  # closed by now: an open one times out here
+            assert connection.sock.recv(1) == b""
+        finally:
+            connection.close()
     finally:
         srv.stop()

@@ -540,7 +540,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--clients",
-        default="",
+        type=lambda given: [int(n) for n in given.split(",") if n],
+        default=[],
         help="more loads of this many clients, one text a request, each in turn (e.g. 64,128)",
     )
     parser.add_argument(
@@ -643,7 +644,7 @@ def main() -> None:
                             f"{len(rates)} servers ({spread}) | | | {middle:,.0f} "
                             f"| {middle / batched:.2f} | | |"
                         )
-    more = [int(n) for n in args.clients.split(",") if n]
+    more = args.clients
     if more:
         print(
             "\n| model | words | ST batched (best of 32, 64) | inferd | 32 clients | ratio | "
@@ -708,7 +709,7 @@ def measure_inferd(
                     args.direct,
                     replicas,
                     args.loads,
-                    tuple(int(n) for n in args.clients.split(",") if n),
+                    tuple(args.clients),
                 )
             except RuntimeError as exc:
                 say({"model": name, "error": str(exc)})
