@@ -123,6 +123,31 @@ def test_graphs_answer_as_eager_passes(folders: dict[str, Path], kind: str) -> N
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["embedding", "rerank"])
+def test_a_compiled_models_graphs_answer_as_eager_passes(
+    folders: dict[str, Path], kind: str
+) -> None:
+    """The model compiled (`compiled_encoder`) once, at its two warm-up passes: passes of other
+    rows and tokens compile nothing more, and its graphs answer as the eager model does."""
+    from torch._dynamo.utils import counters
+
+    from inferd.engines.compiled_encoder import compiled
+
+    model = load(kind, folders[kind], "cuda")
+    fast = compiled(model, [features(kind, model, TEXTS[:1]), features(kind, model, TEXTS[:2])])
+    frames = counters["frames"]["ok"]
+    passes = GraphedPasses(fast, OUTPUT[kind], model.tokenizer.pad_token_id, model.device)
+    for texts in (TEXTS[:3], TEXTS, TEXTS * 5, TEXTS[2:5]):
+        given = features(kind, model, texts)
+        with torch.inference_mode():
+            got = passes(given)
+        expected = eager(model, kind, given).float().cpu()
+        torch.testing.assert_close(torch.from_numpy(got), expected, atol=1e-4, rtol=1e-4)
+    assert counters["frames"]["ok"] == frames, "a pass compiled again"
+    assert passes.graphs > 0
+
+
+@pytest.mark.gpu
 def test_a_graph_is_weighed_against_an_eager_pass_of_as_many_rows(
     folders: dict[str, Path],
 ) -> None:

@@ -209,6 +209,10 @@ def test_an_embedding_model_in_half_precision(launched) -> None:  # type: ignore
         model_name=EMBEDDING, model_type="embedding", model_uid="minilm-f8", dtype="float8"
     )
     assert error["param"] == "dtype" and "bfloat16" in error["message"], error
+    error = launched.refused_launch(
+        model_name=EMBEDDING, model_type="embedding", model_uid="minilm-compiled", compile=True
+    )
+    assert error["param"] == "compile" and "GPU" in error["message"], error
 
 
 def test_json_schema_output_parses(client: openai.OpenAI) -> None:

@@ -30,11 +30,12 @@ query. Texts are `--words` words long (a query-sized and a chunk-sized length by
   `--clients 64,128` adds a load of that many clients (one text a request) after the 32-client
   ones, and a table of them: at 32 clients of one text each the rate is 32 over a request's
   round trip, and more clients say how near the model's own ceiling a server gets.
+  `--compile 0,1` launches each model without and with `compile` (TorchInductor) in turn.
 
     python benchmarks/gpu/embeddings.py [--seconds 8] [--words 12,200] [--docs 8] [--models ...]
         [--lists 32] [--dtype float16] [--spy-dir DIR] [--src before=DIR --src after=DIR]
         [--api-processes 1,4] [--replicas 1,2] [--direct] [--loads 3] [--rounds 2] [--trace DIR]
-        [--clients 64,128]
+        [--clients 64,128] [--compile 0,1]
 
 Answers are checked against sentence-transformers' before the loads (one request at a time)
 and after them (many at once, so passes overlap): `max_abs_diff_from_st[_at_once]`.
@@ -357,6 +358,7 @@ def served(
     replicas: int = 1,
     loads: int = 1,
     clients: tuple[int, ...] = (),
+    compile_: bool = False,
 ) -> dict[int, dict[str, Rate]]:
     """Rates at 1 and 32 clients sending one text (or rerank request) each, and, for embedding
     models, 32 clients sending `lists` texts a request (counted in texts); the cores each of the
@@ -364,7 +366,8 @@ def served(
     `direct`: also 32 clients sending to the model process in frames themselves, the server,
     the fronts and HTTP left out (what the model process alone can take). `replicas`: model
     processes behind the uid, on the one GPU. `loads`: 32-client loads one after another, the
-    median reported. `clients`: a load of each of these many clients too (one text each)."""
+    median reported. `clients`: a load of each of these many clients too (one text each).
+    `compile_`: launched with `compile` (the model compiled by TorchInductor)."""
     kind = SHAPES[name][0]
     started = time.time()
     answer = httpx.post(
@@ -374,6 +377,7 @@ def served(
             "model_type": kind,
             "replica": replicas,
             **({"dtype": dtype} if dtype else {}),
+            **({"compile": True} if compile_ else {}),
         },
         timeout=600,
     )
@@ -442,6 +446,7 @@ def served(
         logs = httpx.get(f"{base}/v1/models/{name}/logs", params={"tail": 400}).text
         lines = logs.splitlines()
         say({"model": name, "graphs": [line for line in lines if "passes of" in line],
+             "compiled": [line for line in lines if "compiled for" in line],
              "tokenizing": [line for line in lines if "tokenizing " in line]})  # fmt: skip
         httpx.delete(f"{base}/v1/models/{name}", timeout=120)
     return out
@@ -539,6 +544,11 @@ def main() -> None:
         help="model processes a launch runs on the one GPU, each of these counts in turn",
     )
     parser.add_argument(
+        "--compile",
+        default="0",
+        help="1: launch with compile (the model compiled by TorchInductor); 0,1: each in turn",
+    )
+    parser.add_argument(
         "--clients",
         type=lambda given: [int(n) for n in given.split(",") if n],
         default=[],
@@ -578,26 +588,32 @@ def main() -> None:
     given = [tuple(given.split("=", 1)) for given in args.src] or [("inferd", str(ROOT / "src"))]
     counts = [int(n) for n in args.api_processes.split(",")]
     replicas = [int(n) for n in args.replicas.split(",")]
+    compiles = [bool(int(n)) for n in args.compile.split(",")]
     # Rounds in turn (a, b, a, b): servers of one source differ by up to 60% on one machine.
     runs = [
         (
             label
             + ("" if counts == [1] else f"-x{n}")
             + ("" if replicas == [1] else f"-r{r}")
+            + ("-compiled" if c and compiles != [True] else "")
             + ("" if turn == 0 else f"#{turn + 1}"),
             Path(src),
             n,
             r,
+            c,
         )
         for turn in range(args.rounds)
         for label, src in given
         for n in counts
         for r in replicas
+        for c in compiles
     ]
     ours: dict[str, dict[str, dict[int, dict[str, Rate]]]] = {}
-    for label, src, n, r in runs:
-        ours[label] = measure_inferd(root / label, src, folders, expected, words_list, args, n, r)
-    sources = [(label, src) for label, src, _, _ in runs]
+    for label, src, n, r, c in runs:
+        ours[label] = measure_inferd(
+            root / label, src, folders, expected, words_list, args, n, r, c
+        )
+    sources = [(label, src) for label, src, *_ in runs]
 
     unit = {"embedding": "texts/s", "rerank": f"requests/s ({args.docs} docs each)"}
     print(
@@ -681,9 +697,10 @@ def measure_inferd(
     args: argparse.Namespace,
     api_processes: int = 1,
     replicas: int = 1,
+    compile_: bool = False,
 ) -> dict[str, dict[int, dict[str, Rate]]]:
     """One server started from `src` (with `api_processes`): each model registered,
-    launched (with `replicas` processes), measured, terminated."""
+    launched (with `replicas` processes, compiled where `compile_`), measured, terminated."""
     root.mkdir(parents=True)
     say({"inferd": root.name, "src": str(src)})
     log = root / "inferd.log"
@@ -710,6 +727,7 @@ def measure_inferd(
                     replicas,
                     args.loads,
                     tuple(args.clients),
+                    compile_,
                 )
             except RuntimeError as exc:
                 say({"model": name, "error": str(exc)})

@@ -40,6 +40,7 @@ class SentenceTransformersEngine(Engine):
         device = options.pop("device", None)
         trust_remote_code = flag(options, "trust_remote_code")
         eager = flag(options, "enforce_eager")  # vLLM's name for "no CUDA graphs"
+        compile_ = flag(options, "compile")  # Infinity's name for `torch.compile` (on a GPU)
         dtype = options.pop("dtype", None)
         if dtype is not None and dtype not in _DTYPES:
             raise InvalidRequest(
@@ -77,8 +78,9 @@ class SentenceTransformersEngine(Engine):
                 local_files_only=True,
                 model_kwargs=weights,
             )
-        self._passes = None if eager else self._graphed()
         self._features = self._tokenizing()
+        self._module: Any = self._compiled() if compile_ else self._model
+        self._passes = None if eager else self._graphed()
         # One thread runs the model: torch already spreads one forward pass over every core,
         # and concurrent requests are batched into that pass rather than run side by side.
         self._thread = ModelThread("embed")
@@ -93,8 +95,9 @@ class SentenceTransformersEngine(Engine):
         )
 
     def _graphed(self) -> GraphedPasses | None:
-        """The model's passes replayed as CUDA graphs (`GraphedPasses`) where it runs on a GPU
-        and its tokenizer pads on the right (the side the graphs pad), else None (eager)."""
+        """The model's passes (the compiled model's, launched with `compile`) replayed as CUDA
+        graphs (`GraphedPasses`) where it runs on a GPU and its tokenizer pads on the right (the
+        side the graphs pad), else None (eager)."""
         model = self._model
         tokenizer = getattr(model, "tokenizer", None)
         if tokenizer is None or model.device.type != "cuda" or tokenizer.padding_side != "right":
@@ -104,7 +107,38 @@ class SentenceTransformersEngine(Engine):
         from inferd.engines.graphed_passes import GraphedPasses
 
         output = "scores" if self._cross else "sentence_embedding"
-        return GraphedPasses(model, output, tokenizer.pad_token_id or 0, model.device)
+        return GraphedPasses(self._module, output, tokenizer.pad_token_id or 0, model.device)
+
+    def _compiled(self) -> Any:
+        """The model compiled (`compiled_encoder`), its compiles done now; refused where it
+        does not run on a GPU or is scored through `predict` (a cross-encoder before
+        sentence-transformers 6)."""
+        from inferd.engines.compiled_encoder import compiled
+
+        if self._model.device.type != "cuda":
+            raise InvalidRequest(
+                f"compile is for models on a GPU; this one runs on {self._model.device.type} "
+                "(where the compiled model was no quicker)",
+                param="compile",
+            )
+        prepare = self._features
+        if prepare is None:
+            raise InvalidRequest(
+                "compile needs sentence-transformers 6 or later for a cross-encoder",
+                param="compile",
+            )
+        texts = ["one text to compile with", "and a second, longer one to compile with"]
+        samples: list[list[Any]] = [texts[:1], texts]
+        if self._cross:
+            samples = [[(texts[0], text) for text in sample] for sample in samples]
+        try:
+            return compiled(self._model, [prepare(sample) for sample in samples])
+        except Exception as error:  # asked for by name: the launch says why it cannot be
+            raise InvalidRequest(
+                f"compiling the model failed ({type(error).__name__}: {error}); launch "
+                "without compile",
+                param="compile",
+            ) from error
 
     def _tokenizing(self) -> Callable[[list[Any]], dict[str, Any]] | None:
         """What makes a pass's features: the tokenizer's Rust backend directly where it gives
@@ -139,7 +173,7 @@ class SentenceTransformersEngine(Engine):
         from sentence_transformers.util import batch_to_device
 
         with torch.inference_mode():
-            result = self._model(batch_to_device(features, self._model.device))[output].float()
+            result = self._module(batch_to_device(features, self._model.device))[output].float()
         return lambda: result.cpu().numpy()
 
     def slots(self) -> int:
