@@ -105,6 +105,7 @@ def serve(
     import uvicorn
 
     from inferd.api.app import create_app
+    from inferd.api.uvicorn_options import uvicorn_options
     from inferd.catalog import get_catalog
     from inferd.errors import NotFound
 
@@ -147,9 +148,7 @@ def serve(
             create_app(settings, launch, restore=not no_restore),
             host=settings.host,
             port=settings.port,
-            log_level=log_level.lower(),
-            timeout_graceful_shutdown=int(settings.terminate_timeout),
-            timeout_keep_alive=settings.keep_alive_timeout,
+            **uvicorn_options(settings, log_level),
         )
         return
     _serve_with_fronts(settings, launch, not no_restore, log_level)
@@ -169,6 +168,7 @@ def _serve_with_fronts(
     from inferd.api.app import create_app
     from inferd.api.fronts.forward import NotPassedOn
     from inferd.api.fronts.processes import FrontsPlan
+    from inferd.api.uvicorn_options import uvicorn_options
 
     try:
         public = socket.create_server(
@@ -190,9 +190,7 @@ def _serve_with_fronts(
     private.listen(2048)
     config = uvicorn.Config(
         create_app(settings, launch, restore=restore, fronts=plan),
-        log_level=log_level.lower(),
-        timeout_graceful_shutdown=int(settings.terminate_timeout),
-        timeout_keep_alive=settings.keep_alive_timeout,  # the fronts' connections to it too
+        **uvicorn_options(settings, log_level),
     )
     logging.getLogger("uvicorn.access").addFilter(NotPassedOn())
     try:

@@ -17,6 +17,7 @@ import uvicorn
 from inferd.api.fronts.app import create_front_app
 from inferd.api.fronts.processes import SETTINGS_VARIABLE
 from inferd.api.fronts.taken import TakingServer
+from inferd.api.uvicorn_options import uvicorn_options
 from inferd.settings import Settings
 
 
@@ -28,10 +29,7 @@ def main(argv: list[str]) -> None:
     )
     channel = socket.socket(fileno=int(fd))  # the family and type are read from the socket
     config = uvicorn.Config(
-        create_front_app(settings, control, server),
-        log_level=log_level.lower(),
-        timeout_graceful_shutdown=int(settings.terminate_timeout),
-        timeout_keep_alive=settings.keep_alive_timeout,
+        create_front_app(settings, control, server), **uvicorn_options(settings, log_level)
     )
     TakingServer(config, channel).run(sockets=[])
 
