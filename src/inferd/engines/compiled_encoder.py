@@ -12,7 +12,7 @@ cuBLAS's at every float32 shape timed, so they are not asked for.
 It is compiled once for any number of rows and tokens (`dynamic=True`: compiled per shape,
 bge-large took 43-46 s a shape, and a graph is captured for each of ~100 shapes), at load, by a
 pass of one text and one of two (a single row is a compile of its own): the launch takes that
-time, not a request.
+time, not a request, and a pass those compiles do not cover runs eagerly rather than compile.
 """
 
 from __future__ import annotations
@@ -43,5 +43,9 @@ def compiled(module: torch.nn.Module, samples: Sequence[dict[str, Any]]) -> torc
             }
             fast(on_device)
     torch.cuda.synchronize(device)
+    # A pass that would need a compile the warm-ups did not make (a guard they did not cover)
+    # runs eagerly instead of holding the model thread for as long as a compile takes. For the
+    # whole process: a model process holds one model.
+    torch.compiler.set_stance("eager_on_recompile")
     log.info("compiled for any rows and tokens in %.1f s", time.perf_counter() - started)
     return fast  # type: ignore[return-value]
