@@ -41,6 +41,26 @@ def llama(launched: InferdServer, tiny_llama: Path) -> Iterator[str]:
         yield uid
 
 
+def test_a_character_cut_by_max_tokens_leaves_the_text_before_it() -> None:
+    """Byte-level BPE writes a CJK character in several tokens: an answer that max_tokens ends
+    inside one keeps its text up to that character, whole or streamed (whole, it once came
+    back empty: the detokenizer held all of it back, waiting for the character's rest)."""
+    from inferd.engines.transformers import _Detokenizer
+    from tests.conftest import _bpe_tokenizer
+
+    tokenizer = _bpe_tokenizer()
+    ids = tokenizer('{"名字": "海洋"}', add_special_tokens=False)["input_ids"]
+    cut = [n for n in range(1, len(ids) + 1) if tokenizer.decode(ids[:n]).endswith("\ufffd")]
+    assert cut, "no answer here ends inside a character"
+    eos = {tokenizer.eos_token_id}
+    for n in range(1, len(ids) + 1):
+        expected = tokenizer.decode(ids[:n]).rstrip("\ufffd")
+        assert _Detokenizer(tokenizer, eos).add(ids[:n], final=True) == expected
+        streamed = _Detokenizer(tokenizer, eos)
+        pieces = [streamed.add(ids[:k], final=k == n) for k in range(1, n + 1)]
+        assert "".join(pieces) == expected, pieces
+
+
 def test_chat_counts_and_stops_at_max_tokens(launched: InferdServer, llama: str) -> None:
     client = launched.openai()
     reply = client.chat.completions.create(
@@ -285,7 +305,9 @@ def test_json_output_follows_the_schema(launched: InferdServer, tools_llama: str
     # Any object: its keys and strings are unbounded, so gibberish may fill max_tokens first.
     anything = client.chat.completions.create(**asked, response_format={"type": "json_object"})
     text, finish = anything.choices[0].message.content or "", anything.choices[0].finish_reason
-    assert text.startswith("{") and (finish == "length" or isinstance(json.loads(text), dict))
+    assert text.startswith("{") and (finish == "length" or isinstance(json.loads(text), dict)), (
+        anything.choices[0]
+    )
 
     free = {**asked, "temperature": 0, "max_tokens": 24}
     alone = client.chat.completions.create(**free).choices[0].message.content

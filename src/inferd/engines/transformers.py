@@ -453,7 +453,7 @@ class TransformersEngine(Engine):
         detokenizer = _Detokenizer(self._tokenizer, set(eos), keep)
         async with contextlib.aclosing(source):
             async for tokens, finished, logprobs in source:
-                text += detokenizer.add(tokens)
+                text += detokenizer.add(tokens, final=finished)
                 reason = None
                 cut = _first_stop(text, stops, sent)
                 if cut is not None:
@@ -614,14 +614,21 @@ class _Detokenizer:
         self._prefix = 0  # where the decoded window starts
         self._read = 0  # how far text has been given out
 
-    def add(self, generated: list[int]) -> str:
-        """The text the tokens generated since the last call add."""
+    def add(self, generated: list[int], final: bool = False) -> str:
+        """The text the tokens generated since the last call add. Half of a multi-byte
+        character is held back for its rest; `final` (no more tokens come) gives out what was
+        held back, less a character the last token cut in half (max_tokens ended it there):
+        held back, a whole answer so cut lost every word of its text."""
         self._tokens.extend(t for t in generated[self._seen :] if t not in self._skip)
         self._seen = len(generated)
         before = self._decode(self._tokens[self._prefix : self._read])
         after = self._decode(self._tokens[self._prefix :])
-        if len(after) <= len(before) or after.endswith("\ufffd"):
-            return ""  # nothing yet, or half of a multi-byte character: wait for the rest
+        if final:
+            after = after.rstrip("\ufffd")
+        elif after.endswith("\ufffd"):
+            return ""  # half of a multi-byte character: wait for the rest
+        if len(after) <= len(before):
+            return ""
         self._prefix, self._read = self._read, len(self._tokens)
         return str(after[len(before) :])
 
