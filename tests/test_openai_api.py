@@ -187,9 +187,10 @@ def test_embedding_dimensions_truncate_and_renormalise(client: openai.OpenAI) ->
     assert math.sqrt(sum(x * x for x in vector.embedding)) == pytest.approx(1.0, abs=1e-4)
 
 
-def test_an_embedding_model_in_half_precision(launched) -> None:  # type: ignore[no-untyped-def]
+def test_an_embedding_models_precision_and_compile(launched) -> None:  # type: ignore[no-untyped-def]
     """`--dtype bfloat16` loads the weights in bfloat16: vectors near the float32 ones, not equal
-    to them; a precision the engine does not know is a 400 naming `dtype`."""
+    to them; a precision the engine does not know is a 400 naming `dtype`, and `compile` on a
+    CPU (where the compiled model was no quicker) one naming `compile`."""
     uid = "minilm-bf16"
     out = launched.cli(
         "launch", "--model-name", EMBEDDING, "--model-type", "embedding", "--model-uid", uid,
