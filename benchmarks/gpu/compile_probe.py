@@ -81,7 +81,7 @@ def one_way(way: str, models: list[str], rows: list[int], words: int, root: Path
                     for k, v in features.items()
                 }
                 want = model(on_device)["sentence_embedding"].float().cpu().numpy()
-            kept = [seconds for seconds in passes._kept.values()]
+            kept = list(passes._kept.values())
             print(json.dumps({
                 "way": way, "model": name, "rows": n, "tokens": int(features["input_ids"].shape[1]),
                 "first_pass_s": round(first, 2),

@@ -23,13 +23,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from sentence_transformers.util import batch_to_device
 
 log = logging.getLogger(__name__)
 
 
 def compiled(module: torch.nn.Module, samples: Sequence[dict[str, Any]]) -> torch.nn.Module:
     """`module` compiled for any rows and tokens, its compiles done by calling it on each of
-    `samples` (a tokenizer's features: one row, then several). Raises what compiling raised."""
+    `samples` (a tokenizer's features: one row, then several; moved to the model's device in
+    place). Raises what compiling raised."""
     log.info("compiling the model for any rows and tokens (TorchInductor; a minute or two)")
     started = time.perf_counter()
     fast = torch.compile(module, dynamic=True)
@@ -38,10 +40,7 @@ def compiled(module: torch.nn.Module, samples: Sequence[dict[str, Any]]) -> torc
     # in another mode would compile again.
     with torch.inference_mode():
         for features in samples:
-            on_device = {
-                k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()
-            }
-            fast(on_device)
+            fast(batch_to_device(features, device))
     torch.cuda.synchronize(device)
     # A pass that would need a compile the warm-ups did not make (a guard they did not cover)
     # runs eagerly instead of holding the model thread for as long as a compile takes. For the
