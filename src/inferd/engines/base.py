@@ -100,6 +100,12 @@ class Engine(ABC):
         server's queue. None: it takes any number and schedules them itself."""
         return 1
 
+    def relay_tokenizer(self) -> dict[str, Any] | None:
+        """For embedding models that take their texts' ids from the relays (`input_ids`, the
+        ids of each text as the model reads it): the tokenizer the relays use and probe texts
+        with their ids (`DirectTokenizer.for_relays`). None: relays send texts."""
+        return None
+
     async def metrics(self) -> bytes | None:
         """Prometheus figures the engine keeps outside this process's registry (text format)."""
         return None

@@ -10,6 +10,12 @@ It is used only where it gives exactly what the model's own `preprocess` gives: 
 both over texts that probe truncation, padding, case, whitespace and scripts, and answers None
 (keep `preprocess`) on any difference, a key it cannot fill or a tokenizer without a Rust
 backend.
+
+The same backend, without its padding, can tokenize a text anywhere: the API processes that relay
+embeddings (`api/fronts`) send a text's ids instead of the text, and the model thread only pads
+them into a pass (`stacked`). `for_relays` offers that only where ids so padded are the model's
+own features, with probe texts and their ids, by which a relay checks that its own copy of the
+`tokenizers` library reads the tokenizer the same.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from inferd.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +43,18 @@ class DirectTokenizer:
     call set them."""
 
     def __init__(self, backend: Any, tensors: dict[str, torch.dtype], constants: dict[str, Any]):
+        self._backend = backend
         # `encode_batch_fast` (tokenizers 0.21+) skips the character offsets nobody reads here.
         self._encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
         self._tensors = tensors
         self._constants = constants
+        self._vocabulary = backend.get_vocab_size(with_added_tokens=True)
+        self._longest = (backend.truncation or {}).get("max_length")
+        padding = backend.padding or {}
+        self._pad_id = padding.get("pad_id", 0)
+        self._pad_type_id = padding.get("pad_type_id", 0)
+        self._multiple = padding.get("pad_to_multiple_of") or 1
+        self._unpadded: Any = None  # the backend without padding: see `for_relays`
 
     @classmethod
     def verified(
@@ -51,7 +67,7 @@ class DirectTokenizer:
         rust = getattr(tokenizer, "_tokenizer", None)
         if rust is None or not hasattr(rust, "encode_batch") or not hasattr(rust, "to_str"):
             return None
-        probes = _probes(tokenizer, pairs)
+        probes = _probes(int(getattr(tokenizer, "model_max_length", 512) or 512), pairs)
         try:
             # The model's own call first: it leaves the backend's truncation and padding as it
             # set them, which the copy keeps (a copy: the event loop's thread may tokenize with
@@ -88,6 +104,71 @@ class DirectTokenizer:
         features.update(self._constants)
         return features
 
+    def stacked(self, rows: Sequence[str | Sequence[int]]) -> dict[str, Any]:
+        """A pass's features from texts and texts' ids together (a relay's ids: what
+        `for_relays`'s tokenizer gives, special tokens included), each row padded as the backend
+        pads a batch. Ids no text gives (out of the vocabulary, longer than the model reads) are
+        refused: on a GPU they would fail the device, not the request."""
+        ids = list(rows)
+        texts = [i for i, row in enumerate(rows) if isinstance(row, str)]
+        if texts:
+            unpadded = self._unpadded_backend()
+            encode = getattr(unpadded, "encode_batch_fast", unpadded.encode_batch)
+            encoded = encode([rows[i] for i in texts])
+            for i, encoding in zip(texts, encoded, strict=True):
+                ids[i] = encoding.ids
+        longest = max(len(row) for row in ids)
+        if self._longest is not None and longest > self._longest:
+            raise InvalidRequest(
+                f"input ids of {longest} tokens; the model reads at most {self._longest}",
+                param="input",
+            )
+        width = longest + -longest % self._multiple
+        input_ids = np.full((len(ids), width), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(ids), width), dtype=np.int64)
+        for i, row in enumerate(ids):
+            input_ids[i, : len(row)] = row
+            mask[i, : len(row)] = 1
+        if input_ids.size and (input_ids.min() < 0 or input_ids.max() >= self._vocabulary):
+            raise InvalidRequest(
+                f"input ids must be from 0 to {self._vocabulary - 1} (the tokenizer's)",
+                param="input",
+            )
+        columns = {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            # One text's tokens are all of its first segment's type (`for_relays` checks).
+            "token_type_ids": np.where(mask == 1, 0, self._pad_type_id),
+        }
+        features: dict[str, Any] = {
+            key: torch.from_numpy(columns[key]).to(dtype) for key, dtype in self._tensors.items()
+        }
+        features.update(self._constants)
+        return features
+
+    def for_relays(self) -> dict[str, Any] | None:
+        """What a relay needs to send a text's ids instead of the text: the tokenizer without
+        its padding (`tokenizers`' JSON) and probe texts with the ids it gives them; None where
+        ids padded by `stacked` are not the features of the texts (a tokenizer whose single
+        texts have type ids of their own, padding on the left)."""
+        unpadded = self._unpadded_backend()
+        probes = [text for batch in _probes(self._longest or 512, pairs=False) for text in batch]
+        given = [encoding.ids for encoding in unpadded.encode_batch(probes)]
+        for batch in (probes, probes[:3], probes[-1:]):
+            if not _same(self.stacked([given[probes.index(t)] for t in batch]), self(batch)):
+                log.info("relays send texts: ids padded apart differ from the model's features")
+                return None
+        return {"tokenizer": unpadded.to_str(), "probes": list(zip(probes, given, strict=True))}
+
+    def _unpadded_backend(self) -> Any:
+        if self._unpadded is None:
+            from tokenizers import Tokenizer
+
+            unpadded = Tokenizer.from_str(self._backend.to_str())
+            unpadded.no_padding()
+            self._unpadded = unpadded
+        return self._unpadded
+
 
 def _same(got: dict[str, Any], want: dict[str, Any]) -> bool:
     if got.keys() != want.keys():
@@ -104,10 +185,11 @@ def _same(got: dict[str, Any], want: dict[str, Any]) -> bool:
     return True
 
 
-def _probes(tokenizer: Any, pairs: bool) -> list[list[Text]]:
-    """Batches that show truncation (a text past the longest the model reads), padding (texts of
-    other lengths together, and a batch of one), case, whitespace, accents and other scripts."""
-    limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 16384)
+def _probes(longest: int, pairs: bool) -> list[list[Text]]:
+    """Batches that show truncation (a text past the `longest` the model reads), padding (texts
+    of other lengths together, and a batch of one), case, whitespace, accents and other
+    scripts."""
+    limit = min(longest, 16384)
     texts = [
         "The river runs past the old mill.",
         "  Leading and trailing spaces, tabs\tand\nnew lines  ",

@@ -11,6 +11,8 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import Counter
+
 from inferd.engines.base import Engine, Json, flag
 from inferd.engines.batching import Collect, DynamicBatcher, Launch, ModelThread, at_once, then
 from inferd.engines.ranking import rerank_response
@@ -20,6 +22,11 @@ if TYPE_CHECKING:  # torch is imported by the model process only, when it loads
     from inferd.engines.graphed_passes import GraphedPasses
 
 _BATCH = 64
+# In the model process's own registry, which the server scrapes and labels with the model.
+TEXTS_AS_IDS = Counter(
+    "inferd_engine_texts_as_ids",
+    "Texts that arrived as their token ids, tokenized by the API process that relayed them",
+)
 # Weights' precision a launch may ask for (`dtype`); the library's default is float32, "auto"
 # takes the checkpoint's own.
 _DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -79,13 +86,14 @@ class SentenceTransformersEngine(Engine):
                 model_kwargs=weights,
             )
         self._features = self._tokenizing()
+        self._relays = None if self._cross else self._for_relays()
         self._module: Any = self._compiled() if compile_ else self._model
         self._passes = None if eager else self._graphed()
         # One thread runs the model: torch already spreads one forward pass over every core,
         # and concurrent requests are batched into that pass rather than run side by side.
         self._thread = ModelThread("embed")
-        self._batcher: DynamicBatcher[str] = DynamicBatcher(
-            self._thread, self._embedding_pass, len, max_items=_BATCH
+        self._batcher: DynamicBatcher[str | list[int]] = DynamicBatcher(
+            self._thread, self._embedding_pass, _length, max_items=_BATCH
         )
         # Rerank requests share forward passes too: on a GPU one request's few pairs leave most
         # of a pass idle, and 32 clients ranking 8 documents each fill it.
@@ -162,6 +170,17 @@ class SentenceTransformersEngine(Engine):
         direct = DirectTokenizer.verified(prepare, tokenizer, pairs=self._cross)
         return direct if direct is not None else prepare
 
+    def _for_relays(self) -> dict[str, Any] | None:
+        """The tokenizer the relays may tokenize with (`relay_tokenizer`), where the model's
+        texts are tokenized by `DirectTokenizer`, whose backend the relays' copy is."""
+        from inferd.engines.direct_tokenizer import DirectTokenizer
+
+        features = self._features
+        return features.for_relays() if isinstance(features, DirectTokenizer) else None
+
+    def relay_tokenizer(self) -> dict[str, Any] | None:
+        return self._relays
+
     def _launch(self, features: dict[str, Any], output: str) -> Callable[[], Any]:
         """Starts the model's pass over a pass's features; the returned call waits for its
         `output` as float32 on the host (a NumPy array). Through CUDA graphs where they are
@@ -184,8 +203,15 @@ class SentenceTransformersEngine(Engine):
         self._thread.close()
 
     async def embed(self, request: Json) -> Json:
-        texts: list[str] = request["input"]
-        rows = await self._batcher.submit(texts)
+        # A relay holding the model's tokenizer sends each text's ids instead (`input_ids`):
+        # the model thread then only pads them, and tokenizing is spread over the relays.
+        ids: list[list[int]] | None = request.get("input_ids")
+        if ids is not None and self._relays is None:
+            raise InvalidRequest("this model takes texts, not input ids", param="input_ids")
+        inputs: list[Any] = ids if ids is not None else request["input"]
+        if ids is not None:
+            TEXTS_AS_IDS.inc(len(ids))
+        rows = await self._batcher.submit(inputs)
         vectors = [vector for vector, _ in rows]
         tokens = sum(count for _, count in rows)
         as_base64 = request.get("encoding_format") == "base64"
@@ -276,16 +302,19 @@ class SentenceTransformersEngine(Engine):
         counts = [len(ids) for ids in encoded["input_ids"]]
         return [(float(score), count) for score, count in zip(scores, counts, strict=True)]
 
-    def _embedding_pass(self, texts: list[str]) -> Launch:
-        """A pass of texts (`DynamicBatcher`'s stages), collected as (vector, token count) per
-        text.
+    def _embedding_pass(self, inputs: list[str | list[int]]) -> Launch:
+        """A pass of texts or texts' ids (`DynamicBatcher`'s stages), collected as (vector,
+        token count) per text.
 
         The model's own modules are called directly rather than through `encode`, which would
         tokenize a second time and walk the model's modules on every call: a millisecond of
         a single sentence's ten."""
         prepare = self._features
         assert prepare is not None  # an embedding model always has one
-        features = prepare(texts)
+        if all(isinstance(text, str) for text in inputs):
+            features = prepare(inputs)
+        else:  # ids only come where relays are offered the tokenizer: a `DirectTokenizer`
+            features = prepare.stacked(inputs)  # type: ignore[attr-defined]
         # The model's truncation holds on every path, so the mask counts the tokens it saw.
         counts = features["attention_mask"].numpy().sum(axis=1).tolist()
 
@@ -294,6 +323,12 @@ class SentenceTransformersEngine(Engine):
             return then(vectors, lambda got: list(zip(got, counts, strict=True)))
 
         return launch
+
+
+def _length(text: str | list[int]) -> int:
+    """How long a text is, in characters, for ordering a batch's texts by length; a text's ids
+    count four characters a token (as English text runs), for batches that hold both."""
+    return len(text) if isinstance(text, str) else 4 * len(text)
 
 
 def _truncate(vector: Any, dimensions: int) -> Any:

@@ -36,6 +36,8 @@ class ModelProcess:
         self._session: aiohttp.ClientSession | None = None
         self._frames: FrameChannel | None = None
         self._frames_path: str | None = None  # where it takes frames, as its health says
+        # Where relays find the tokenizer to send texts' ids with, as its health says.
+        self.tokenizer: str | None = None
         self._headers: dict[str, str] = {}
 
     def session(self) -> aiohttp.ClientSession:
@@ -115,6 +117,7 @@ class ModelProcess:
                 if health["status"] == "ready":
                     self.slots = health.get("slots")
                     self._frames_path = health.get("frames")
+                    self.tokenizer = health.get("tokenizer")
                     if self._frames is not None and self._frames.path != self._frames_path:
                         self._frames.close()
                         self._frames = None
@@ -185,6 +188,7 @@ class ModelProcess:
             self.socket_path,
             self.socket_path.with_suffix(".json"),
             Path(frames_path(self.socket_path)),
+            Path(f"{frames_path(self.socket_path)}.tokenizer"),
         ):
             path.unlink(missing_ok=True)
 

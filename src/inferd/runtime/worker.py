@@ -78,6 +78,11 @@ class Worker:
         self.running: dict[str, asyncio.Task[Any] | _Pulled] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_ready = threading.Event()
+        # Where relays find the tokenizer to send texts' ids with (`Engine.relay_tokenizer`),
+        # beside the frames socket; None until the model is ready, or where it takes texts.
+        self.tokenizer: str | None = None
+        if frames is not None:  # a process before this one may have left one
+            Path(f"{frames}.tokenizer").unlink(missing_ok=True)
 
     def load(self) -> None:
         with contextlib.suppress(InvalidRequest):  # a bad value is the engine's to refuse
@@ -90,6 +95,7 @@ class Worker:
             self.loop_ready.wait()
             assert self.loop is not None
             asyncio.run_coroutine_threadsafe(self.engine.start(), self.loop).result()
+            self.tokenizer = self._offer_tokenizer()
         except BaseException as exc:
             self.error = (
                 exc.message if isinstance(exc, InferdError) else f"{type(exc).__name__}: {exc}"
@@ -103,6 +109,22 @@ class Worker:
         freeze_startup_heap()
         self.status = "ready"
         log.info("%s ready in %.2fs", self.config.model_uid, self.load_seconds)
+
+    def _offer_tokenizer(self) -> str | None:
+        """The engine's tokenizer for relays written beside the frames socket (whole, under
+        its final name, before the process reports ready), or None."""
+        offer = self.engine.relay_tokenizer() if self.frames is not None else None
+        if offer is None:
+            return None
+        path = Path(f"{self.frames}.tokenizer")
+        partial = path.with_name(path.name + ".partial")
+        try:
+            partial.write_bytes(orjson.dumps(offer))
+            partial.replace(path)
+        except OSError as exc:  # relays send texts, as before
+            log.warning("relays will send texts: the tokenizer could not be written (%s)", exc)
+            return None
+        return str(path)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -118,6 +140,8 @@ class Worker:
         yield
         if framed is not None:
             framed.close()
+        if self.tokenizer is not None:
+            Path(self.tokenizer).unlink(missing_ok=True)
         if self.status == "ready":
             self.engine.close()
 
@@ -130,6 +154,7 @@ class Worker:
             "load_seconds": self.load_seconds,
             "slots": self.engine.slots() if self.status == "ready" else None,
             "frames": self.frames,
+            "tokenizer": self.tokenizer,
         }
         return Response(orjson.dumps(body), media_type="application/json")
 

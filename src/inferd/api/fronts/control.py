@@ -4,9 +4,12 @@ Each front keeps one connection open; the messages are JSON lines.
 
     front:  {"op": "grant", "id": 7, "route": "embeddings", "model": "m", "dimensions": 256,
              "request_id": "...", "key": ["name", false, ["m"]]}   (key: null without auth)
-    server: {"id": 7, "uid": "m", "socket": "/tmp/.../m1.sock", "frames": ".../m1.sock.frames"}
+    server: {"id": 7, "uid": "m", "socket": "/tmp/.../m1.sock", "frames": ".../m1.sock.frames",
+             "tokenizer": ".../m1.sock.frames.tokenizer"}
                                     a slot, held for the front: the request goes in frames
-                                    (runtime/frames), an abort to the HTTP socket
+                                    (runtime/frames), an abort to the HTTP socket; an
+                                    embedding's texts as ids where a tokenizer is named
+                                    (fronts/text_ids), else null
             {"id": 7, "forward": true}      the model runs on another node, or takes no frames:
                                             pass the request on
             {"id": 7, "error": {"status": 404, "type": ..., "message": ..., "param": ...,
@@ -209,6 +212,7 @@ class _Session:
                 "uid": instance.uid,
                 "socket": str(process.socket_path),
                 "frames": channel.path,
+                "tokenizer": process.tokenizer,
             }
         )
 

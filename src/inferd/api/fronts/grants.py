@@ -21,13 +21,15 @@ log = logging.getLogger("inferd.fronts")
 
 
 class Grant(NamedTuple):
-    """A slot the server holds for one request: the model's uid, its process's HTTP socket and
-    the socket where it takes frames."""
+    """A slot the server holds for one request: the model's uid, its process's HTTP socket, the
+    socket where it takes frames and the file of the tokenizer it takes texts' ids by (None:
+    it takes texts)."""
 
     id: int
     uid: str
     socket: str
     frames: str
+    tokenizer: str | None
 
 
 class Grants:
@@ -81,7 +83,7 @@ class Grants:
             raise _refusal(reply["error"])
         if reply.get("forward"):
             return None
-        return Grant(n, reply["uid"], reply["socket"], reply["frames"])
+        return Grant(n, reply["uid"], reply["socket"], reply["frames"], reply.get("tokenizer"))
 
     def release(self, grant: Grant, status: int, seconds: float | None) -> None:
         self._send({"op": "release", "id": grant.id, "status": status, "seconds": seconds})

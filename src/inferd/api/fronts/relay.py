@@ -14,7 +14,8 @@ from fastapi.responses import Response
 from inferd.api import json_text
 from inferd.api.auth import caller
 from inferd.api.fronts.forward import ToServer
-from inferd.api.fronts.grants import Grants
+from inferd.api.fronts.grants import Grant, Grants
+from inferd.api.fronts.text_ids import TextIds
 from inferd.api.proxy import (
     ATTEMPTS,
     CLIENT_LEFT,
@@ -31,10 +32,11 @@ from inferd.runtime.process import http_client
 
 class ModelSockets:
     """One channel per model process's frames socket (a restarted process listens on the same
-    one)."""
+    one), and the tokenizers the processes offer (`TextIds`)."""
 
     def __init__(self) -> None:
         self._channels: dict[str, FrameChannel] = {}
+        self.text_ids = TextIds()
 
     def channel(self, socket: str) -> FrameChannel:
         channel = self._channels.get(socket)
@@ -74,11 +76,13 @@ async def relay_whole(
         if grant is None:  # the server relays this model's requests itself
             to_server: ToServer = state.to_server
             return await to_server.answer(request.scope, await request.body())
-        body["model"] = grant.uid
         try:
-            content = json_text.dumps(body, "")
+            content = json_text.dumps(await _sent(body, grant, route, sockets.text_ids), "")
         except InferdError:
             grants.release(grant, 400, None)
+            raise
+        except BaseException:  # cancelled while a thread tokenized: nothing was sent
+            grants.release(grant, CLIENT_LEFT, None)
             raise
         sending = sockets.channel(grant.frames).post(path, content, request_id)
         try:
@@ -102,3 +106,17 @@ async def relay_whole(
         grants.release(grant, status, time.perf_counter() - started)
         return Response(data, status_code=status, media_type=content_type, headers=headers)
     raise ModelUnavailable(f"model {model!r} is not answering", param="model")
+
+
+async def _sent(
+    body: dict[str, Any], grant: Grant, route: str, text_ids: TextIds
+) -> dict[str, Any]:
+    """What goes to the model process: `body` for the granted uid, an embedding's texts as
+    their ids where the process offers its tokenizer."""
+    sent = {**body, "model": grant.uid}
+    if route == "embeddings" and grant.tokenizer is not None:
+        ids = await text_ids.ids(grant.tokenizer, body["input"])
+        if ids is not None:
+            del sent["input"]
+            sent["input_ids"] = ids
+    return sent
