@@ -97,6 +97,8 @@ def test_wrong_model_type_for_the_endpoint(launched: InferdServer) -> None:
 def test_bad_embedding_requests(launched: InferdServer, body: dict, param: str) -> None:
     error = _error(httpx.post(f"{launched.url}/v1/embeddings", json=body), 400)
     assert error["param"] == param
+    if isinstance(body["input"], list) and body["input"] and not isinstance(body["input"][0], str):
+        assert "check_embedding_ctx_length=False" in error["message"]  # LangChain's way out
 
 
 def test_engine_side_rejections_keep_their_status(launched: InferdServer) -> None:

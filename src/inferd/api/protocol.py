@@ -210,7 +210,12 @@ class EmbeddingRequest(_Request):
             raise ValueError(f"at most 2048 inputs per request, got {len(texts)}")
         for i, text in enumerate(texts):
             if not isinstance(text, str):
-                raise ValueError("token-id inputs are not supported; send text")
+                # LangChain's OpenAIEmbeddings sends OpenAI's token ids (tiktoken's) by
+                # default, which no open model reads: say how to make it send the texts.
+                raise ValueError(
+                    "token-id inputs are not supported; send the texts (LangChain's "
+                    "OpenAIEmbeddings sends token ids unless check_embedding_ctx_length=False)"
+                )
             if not text:
                 raise ValueError(f"input[{i}] is an empty string")
         return list(texts)
