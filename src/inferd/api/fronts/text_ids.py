@@ -32,8 +32,8 @@ _INLINE_CHARACTERS = 4096
 
 
 class TextIds:
-    """The tokenizers the model processes offer, by the path of their file; a file replaced (a
-    model relaunched under the same uid) is read again."""
+    """The tokenizers the model processes offer, by the path of their file; a file written anew
+    (its process restarted, which writes it at the same path) is read again."""
 
     def __init__(self) -> None:
         # path -> (the file's identity, its tokenizer or None: unusable, or still loading)
