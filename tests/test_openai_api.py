@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
+import shutil
 import struct
+from pathlib import Path
 
 import httpx
 import openai
@@ -179,6 +182,54 @@ def test_embedding_of_one_string_and_base64(launched) -> None:  # type: ignore[n
     ).json()["data"][0]["embedding"]
     decoded = struct.unpack("<384f", base64.b64decode(raw))
     assert decoded == pytest.approx(floats["data"][0]["embedding"], abs=1e-6)
+
+
+def test_langchains_openai_embeddings_send_token_ids_read_as_openais(
+    client: openai.OpenAI,
+    launched: InferdServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """LangChain's OpenAIEmbeddings, as it comes, tokenizes each text with OpenAI's
+    cl100k_base and sends the ids, split into arrays of at most `embedding_ctx_length`; each
+    array is read back as its text (a cut through a character as U+FFFD), so it gets the
+    model's embedding of the text, or of each piece, which it averages."""
+    import tiktoken
+    import tiktoken_ext
+    from langchain_openai import OpenAIEmbeddings
+
+    # LangChain loads cl100k_base through tiktoken, which would download it: from its cache.
+    data = next(Path(p) / "data" for p in tiktoken_ext.__path__ if (Path(p) / "data").is_dir())
+    url = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+    cache = tmp_path / "tiktoken"
+    cache.mkdir()
+    shutil.copy(data / "cl100k_base.tiktoken", cache / hashlib.sha1(url.encode()).hexdigest())
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
+
+    texts = ["A man is playing a guitar.", "The stock market fell sharply today."]
+    base = f"{launched.url}/v1"
+    langchain = OpenAIEmbeddings(model=EMBEDDING, base_url=base, api_key="none")
+    got = [*langchain.embed_documents(texts), langchain.embed_query(texts[0])]
+    own = [d.embedding for d in client.embeddings.create(model=EMBEDDING, input=texts).data]
+    for vector, want in zip(got, [*own, own[0]], strict=True):
+        assert vector == pytest.approx(want, abs=1e-5)
+
+    # Pieces of 5 ids: some end inside a Chinese character or the emoji.
+    text = "Embeddings for 数据中心 and エンベディング, with emoji 🙂🙂 and accents: café."
+    short = OpenAIEmbeddings(model=EMBEDDING, base_url=base, api_key="none", embedding_ctx_length=5)
+    ids = tiktoken.get_encoding("cl100k_base").encode_ordinary(text)
+    pieces = [ids[at : at + 5] for at in range(0, len(ids), 5)]
+    encoding = tiktoken.get_encoding("cl100k_base")
+    read = [encoding.decode_bytes(piece).decode("utf-8", "replace") for piece in pieces]
+    assert any("\ufffd" in piece for piece in read)
+    vectors = client.embeddings.create(model=EMBEDDING, input=read).data
+    weights = [len(p) for p in pieces]
+    mean = [
+        sum(w * v.embedding[k] for w, v in zip(weights, vectors, strict=True)) / sum(weights)
+        for k in range(384)
+    ]
+    norm = math.sqrt(sum(x * x for x in mean))
+    assert short.embed_query(text) == pytest.approx([x / norm for x in mean], abs=1e-5)
 
 
 def test_embedding_dimensions_truncate_and_renormalise(client: openai.OpenAI) -> None:

@@ -17,6 +17,7 @@ from pydantic import (
     field_validator,
 )
 
+from inferd.api import openai_tokens
 from inferd.api.errors import param_name
 from inferd.errors import InvalidRequest
 
@@ -203,19 +204,16 @@ class EmbeddingRequest(_Request):
     @field_validator("input")
     @classmethod
     def _texts(cls, value: Any) -> list[str]:
-        texts = [value] if isinstance(value, str) else value
+        texts: list[Any] = [value] if isinstance(value, str) else value
         if not texts:
             raise ValueError("input must hold at least one text")
         if len(texts) > 2048:
             raise ValueError(f"at most 2048 inputs per request, got {len(texts)}")
+        if isinstance(texts[0], int):  # one array of token ids
+            texts = [texts]
+        if not isinstance(texts[0], str):  # arrays of OpenAI's token ids: their texts
+            texts = openai_tokens.decoded(texts)
         for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                # LangChain's OpenAIEmbeddings sends OpenAI's token ids (tiktoken's) by
-                # default, which no open model reads: say how to make it send the texts.
-                raise ValueError(
-                    "token-id inputs are not supported; send the texts (LangChain's "
-                    "OpenAIEmbeddings sends token ids unless check_embedding_ctx_length=False)"
-                )
             if not text:
                 raise ValueError(f"input[{i}] is an empty string")
         return list(texts)
