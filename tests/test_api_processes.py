@@ -192,6 +192,15 @@ def test_fronts_send_the_ids_of_a_texts_tokens_by_the_models_own_tokenizer(
             listed = client.embeddings.create(model="swapped", input=texts)
         for got, want in zip(listed.data, expected, strict=True):
             assert got.embedding == pytest.approx(want.tolist(), abs=1e-5)
+        # A prompt before the texts is the model's to put there: the texts go as they are.
+        prompted = SentenceTransformer(str(folder), device="cpu").encode(texts, prompt="q: ")
+        for _ in range(3):  # each front
+            with fresh(server, keys["admin"]) as client:
+                answer = client.embeddings.create(
+                    model="swapped", input=texts, extra_body={"prompt": "q: "}
+                )
+            for got, want in zip(answer.data, prompted, strict=True):
+                assert got.embedding == pytest.approx(want.tolist(), abs=1e-5)
         httpx.delete(f"{server.url}/v1/models/swapped", headers=admin).raise_for_status()
 
 

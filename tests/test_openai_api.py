@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import EMBEDDING, LLM, InferdServer, run_together
+from tests.conftest import EMBEDDING, LLM, InferdServer, custom_model, run_together
 
 pytestmark = pytest.mark.slow
 
@@ -230,6 +230,59 @@ def test_langchains_openai_embeddings_send_token_ids_read_as_openais(
     ]
     norm = math.sqrt(sum(x * x for x in mean))
     assert short.embed_query(text) == pytest.approx([x / norm for x in mean], abs=1e-5)
+
+
+def test_an_embedding_models_prompts_go_before_its_texts(
+    launched: InferdServer, tmp_path: Path
+) -> None:
+    """sentence-transformers' prompts, as its `encode` puts them: the model's default prompt
+    unless the request names another (`prompt_name`, as TEI and Xinference take it) or gives
+    one (`prompt`, as Xinference passes it on)."""
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer
+
+    from tests.tiny_bert import save_tiny_embedding, tokenizer_folder
+
+    folder = save_tiny_embedding(
+        tmp_path / "prompted",
+        seed=7,
+        tokenizer=AutoTokenizer.from_pretrained(tokenizer_folder()),
+        prompts={"query": "query: ", "passage": "passage: "},
+        default_prompt_name="passage",
+    )
+    own = SentenceTransformer(str(folder), device="cpu")
+    definition = {
+        "version": 2,
+        "model_name": "tiny-prompted",
+        "dimensions": 64,
+        "max_tokens": 64,
+        "language": ["en"],
+        "model_specs": [
+            {"model_format": "pytorch", "quantization": "none", "model_uri": str(folder)}
+        ],
+    }
+    texts = ["A man is playing a guitar.", "The stock market fell sharply today."]
+    with custom_model(launched, "embedding", definition) as uid:
+        url = f"{launched.url}/v1/embeddings"
+
+        def embedded(**fields: object) -> list[list[float]]:
+            answer = httpx.post(url, json={"model": uid, "input": texts, **fields}, timeout=60)
+            assert answer.status_code == 200, answer.text
+            return [d["embedding"] for d in answer.json()["data"]]
+
+        for fields, want in (
+            ({}, own.encode(texts)),  # the default prompt, "passage: "
+            ({"prompt_name": "query"}, own.encode(texts, prompt_name="query")),
+            ({"prompt": "Represent: "}, own.encode(texts, prompt="Represent: ")),
+            ({"prompt": ""}, own.encode(texts, prompt="")),  # none at all
+        ):
+            for got, vector in zip(embedded(**fields), want, strict=True):
+                assert got == pytest.approx(vector.tolist(), abs=1e-5), fields
+        assert embedded() != embedded(prompt="")
+        unknown = httpx.post(url, json={"model": uid, "input": "x", "prompt_name": "nope"})
+        assert unknown.status_code == 400
+        error = unknown.json()["error"]
+        assert error["param"] == "prompt_name" and "passage, query" in error["message"]
 
 
 def test_embedding_dimensions_truncate_and_renormalise(client: openai.OpenAI) -> None:

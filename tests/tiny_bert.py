@@ -53,10 +53,12 @@ def save_tiny_cross_encoder(folder: Path, seed: int, labels: int = 1) -> Path:
     return folder
 
 
-def save_tiny_embedding(folder: Path, seed: int, tokenizer: Any, max_tokens: int = 64) -> Path:
+def save_tiny_embedding(
+    folder: Path, seed: int, tokenizer: Any, max_tokens: int = 64, **options: Any
+) -> Path:
     """A sentence-transformers embedding model of a tiny BERT (random weights, mean pooling)
     reading with `tokenizer` (any fast tokenizer: its vocabulary sizes the model), written to
-    `folder`."""
+    `folder`; `options` go to `SentenceTransformer` (`prompts`, `default_prompt_name`)."""
     import torch
     from sentence_transformers import SentenceTransformer, models
     from transformers import BertModel
@@ -68,5 +70,5 @@ def save_tiny_embedding(folder: Path, seed: int, tokenizer: Any, max_tokens: int
     # `models`, deprecated in sentence-transformers 6, is what the GPU machine's older one has.
     encoder = models.Transformer(str(folder / "bert"), max_seq_length=max_tokens)
     pooling = models.Pooling(config.hidden_size, pooling_mode="mean")
-    SentenceTransformer(modules=[encoder, pooling]).save(str(folder))
+    SentenceTransformer(modules=[encoder, pooling], **options).save(str(folder))
     return folder

@@ -200,6 +200,10 @@ class EmbeddingRequest(_Request):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None
+    # sentence-transformers' text put before each input, by the model's name for it (TEI's and
+    # Xinference's `prompt_name`, e.g. "query") or as is (Xinference's `prompt`).
+    prompt_name: str | None = Field(default=None, min_length=1)
+    prompt: str | None = None
 
     @field_validator("input")
     @classmethod

@@ -86,7 +86,11 @@ class SentenceTransformersEngine(Engine):
                 model_kwargs=weights,
             )
         self._features = self._tokenizing()
-        self._relays = None if self._cross else self._for_relays()
+        self._prompts, self._default_prompt, self._pools_prompt = (
+            ({}, None, True) if self._cross else _prompts(self._model)
+        )
+        # Relays tokenize only what the model reads as sent: a default prompt is the model's.
+        self._relays = None if self._cross or self._default_prompt else self._for_relays()
         self._module: Any = self._compiled() if compile_ else self._model
         self._passes = None if eager else self._graphed()
         # One thread runs the model: torch already spreads one forward pass over every core,
@@ -170,6 +174,29 @@ class SentenceTransformersEngine(Engine):
         direct = DirectTokenizer.verified(prepare, tokenizer, pairs=self._cross)
         return direct if direct is not None else prepare
 
+    def _prompt(self, request: Json) -> str | None:
+        """The text put before each input, as sentence-transformers' `encode` puts it: the
+        request's `prompt`, else the model's prompt named `prompt_name` (Xinference passes both
+        to `encode`; TEI takes `prompt_name`), else the model's default prompt."""
+        prompt, name = request.get("prompt"), request.get("prompt_name")
+        if prompt is None and name is not None:
+            if name not in self._prompts:
+                named = ", ".join(sorted(self._prompts)) or "none"
+                raise InvalidRequest(
+                    f"prompt_name {name!r} is not one of this model's prompts ({named})",
+                    param="prompt_name",
+                )
+            prompt = self._prompts[name]
+        if prompt is not None and not isinstance(prompt, str):
+            raise InvalidRequest("prompt must be a string", param="prompt")
+        if prompt and not self._pools_prompt:
+            raise InvalidRequest(
+                "this model leaves a prompt out of its pooling (include_prompt false), which "
+                "inferd does not do",
+                param="prompt_name" if request.get("prompt") is None else "prompt",
+            )
+        return prompt if prompt is not None else self._default_prompt
+
     def _for_relays(self) -> dict[str, Any] | None:
         """The tokenizer the relays may tokenize with (`relay_tokenizer`), where the model's
         texts are tokenized by `DirectTokenizer`, whose backend the relays' copy is."""
@@ -206,11 +233,15 @@ class SentenceTransformersEngine(Engine):
         # A relay holding the model's tokenizer sends each text's ids instead (`input_ids`):
         # the model thread then only pads them, and tokenizing is spread over the relays.
         ids: list[list[int]] | None = request.get("input_ids")
-        if ids is not None and self._relays is None:
-            raise InvalidRequest("this model takes texts, not input ids", param="input_ids")
+        if ids is not None and (self._relays is None or _asks_prompt(request)):
+            raise InvalidRequest("this model takes texts here, not input ids", param="input_ids")
         inputs: list[Any] = ids if ids is not None else request["input"]
         if ids is not None:
             TEXTS_AS_IDS.inc(len(ids))
+        else:
+            prompt = self._prompt(request)
+            if prompt:
+                inputs = [prompt + text for text in inputs]
         rows = await self._batcher.submit(inputs)
         vectors = [vector for vector, _ in rows]
         tokens = sum(count for _, count in rows)
@@ -252,7 +283,8 @@ class SentenceTransformersEngine(Engine):
         passes shared with other requests."""
         import numpy as np
 
-        rows = await self._batcher.submit([query, *documents])
+        prompt = self._default_prompt or ""  # as the library's `encode` reads both
+        rows = await self._batcher.submit([prompt + text for text in (query, *documents)])
         vectors = np.stack([vector for vector, _ in rows]).astype(np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         unit = vectors / np.where(norms > 0, norms, 1.0)
@@ -323,6 +355,27 @@ class SentenceTransformersEngine(Engine):
             return then(vectors, lambda got: list(zip(got, counts, strict=True)))
 
         return launch
+
+
+def _prompts(model: Any) -> tuple[dict[str, str], str | None, bool]:
+    """The model's named prompts, its default one, and whether it pools over a prompt's tokens
+    (not where it leaves them out, as INSTRUCTOR's kind does: sentence-transformers then passes
+    the prompt's length into the pass, and a CUDA graph would keep the first pass's)."""
+    prompts = dict(getattr(model, "prompts", None) or {})
+    default_name = getattr(model, "default_prompt_name", None)
+    default = prompts.get(default_name) if default_name else None
+    pools_prompt = all(getattr(module, "include_prompt", True) is not False for module in model)
+    if default and not pools_prompt:
+        raise InvalidRequest(
+            "this model's default prompt is left out of its pooling (include_prompt false), "
+            "which inferd does not do",
+            param="model_name",
+        )
+    return prompts, default, pools_prompt
+
+
+def _asks_prompt(request: Json) -> bool:
+    return request.get("prompt") is not None or request.get("prompt_name") is not None
 
 
 def _length(text: str | list[int]) -> int:

@@ -112,9 +112,11 @@ async def _sent(
     body: dict[str, Any], grant: Grant, route: str, text_ids: TextIds
 ) -> dict[str, Any]:
     """What goes to the model process: `body` for the granted uid, an embedding's texts as
-    their ids where the process offers its tokenizer."""
+    their ids where the process offers its tokenizer (and no prompt goes before them, which
+    the model puts there: sentence-transformers' `prompt`, `prompt_name`)."""
     sent = {**body, "model": grant.uid}
-    if route == "embeddings" and grant.tokenizer is not None:
+    prompted = body.get("prompt") is not None or body.get("prompt_name") is not None
+    if route == "embeddings" and grant.tokenizer is not None and not prompted:
         ids = await text_ids.ids(grant.tokenizer, body["input"])
         if ids is not None:
             del sent["input"]
