@@ -284,6 +284,26 @@ def test_an_embedding_models_prompts_go_before_its_texts(
         error = unknown.json()["error"]
         assert error["param"] == "prompt_name" and "passage, query" in error["message"]
 
+        # Launched to rerank (a bi-encoder): the query and the documents read with the prompts
+        # the library's encode_query and encode_document put before them.
+        body = {"model_name": "tiny-prompted", "model_type": "rerank", "model_uid": "ranks"}
+        launched_rerank = httpx.post(f"{launched.url}/v1/models", json=body, timeout=300)
+        assert launched_rerank.status_code == 200, launched_rerank.text
+        try:
+            query = "Who plays the guitar?"
+            ranked = httpx.post(
+                f"{launched.url}/v1/rerank",
+                json={"model": "ranks", "query": query, "documents": texts},
+                timeout=60,
+            ).json()["results"]
+            asked = own.encode_query([query], normalize_embeddings=True)[0]
+            answers = own.encode_document(texts, normalize_embeddings=True)
+            for result in ranked:
+                want = float(answers[result["index"]] @ asked)
+                assert result["relevance_score"] == pytest.approx(want, abs=1e-5)
+        finally:
+            httpx.delete(f"{launched.url}/v1/models/ranks").raise_for_status()
+
 
 def test_embedding_dimensions_truncate_and_renormalise(client: openai.OpenAI) -> None:
     vector = client.embeddings.create(model=EMBEDDING, input="hello", dimensions=64).data[0]

@@ -197,6 +197,14 @@ class SentenceTransformersEngine(Engine):
             )
         return prompt if prompt is not None else self._default_prompt
 
+    def _role_prompt(self, names: tuple[str, ...]) -> str:
+        """The first of the model's prompts `names` has, else its default prompt (a model that
+        leaves its prompt out of pooling gets none here)."""
+        if not self._pools_prompt:
+            return ""
+        found = next((self._prompts[name] for name in names if name in self._prompts), None)
+        return found if found is not None else self._default_prompt or ""
+
     def _for_relays(self) -> dict[str, Any] | None:
         """The tokenizer the relays may tokenize with (`relay_tokenizer`), where the model's
         texts are tokenized by `DirectTokenizer`, whose backend the relays' copy is."""
@@ -283,8 +291,11 @@ class SentenceTransformersEngine(Engine):
         passes shared with other requests."""
         import numpy as np
 
-        prompt = self._default_prompt or ""  # as the library's `encode` reads both
-        rows = await self._batcher.submit([prompt + text for text in (query, *documents)])
+        # As the library's `encode_query` and `encode_document` put their prompts.
+        asking = self._role_prompt(("query",))
+        answering = self._role_prompt(("document", "passage", "corpus"))
+        texts: list[str | list[int]] = [asking + query, *(answering + d for d in documents)]
+        rows = await self._batcher.submit(texts)
         vectors = np.stack([vector for vector, _ in rows]).astype(np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         unit = vectors / np.where(norms > 0, norms, 1.0)
