@@ -187,8 +187,6 @@ class SentenceTransformersEngine(Engine):
                     param="prompt_name",
                 )
             prompt = self._prompts[name]
-        if prompt is not None and not isinstance(prompt, str):
-            raise InvalidRequest("prompt must be a string", param="prompt")
         if prompt and not self._pools_prompt:
             raise InvalidRequest(
                 "this model leaves a prompt out of its pooling (include_prompt false), which "

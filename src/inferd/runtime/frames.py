@@ -55,6 +55,12 @@ def frames_path(socket: str | Path) -> str:
     return f"{socket}.frames"
 
 
+def tokenizer_path(frames: str | Path) -> Path:
+    """Where a model process taking frames on `frames` offers the relays its tokenizer
+    (`Engine.relay_tokenizer`)."""
+    return Path(f"{frames}.tokenizer")
+
+
 def _frame(head: dict[str, Any], body: bytes) -> bytes:
     encoded = orjson.dumps(head)
     return _LENGTHS.pack(len(encoded), len(body)) + encoded + body

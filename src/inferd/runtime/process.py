@@ -16,7 +16,7 @@ import httpx
 
 from inferd.engines.base import EngineConfig
 from inferd.errors import LaunchFailed
-from inferd.runtime.frames import FrameChannel, frames_path
+from inferd.runtime.frames import FrameChannel, frames_path, tokenizer_path
 
 _LOG_TAIL_LINES = 25
 _CHUNK = 64 * 1024
@@ -188,7 +188,7 @@ class ModelProcess:
             self.socket_path,
             self.socket_path.with_suffix(".json"),
             Path(frames_path(self.socket_path)),
-            Path(f"{frames_path(self.socket_path)}.tokenizer"),
+            tokenizer_path(frames_path(self.socket_path)),
         ):
             path.unlink(missing_ok=True)
 

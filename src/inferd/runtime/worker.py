@@ -38,7 +38,7 @@ from inferd.engines import ENGINES
 from inferd.engines.base import Engine, EngineConfig, Json, flag
 from inferd.errors import InferdError, InvalidRequest, ModelUnavailable, RequestAborted
 from inferd.runtime.aborts import ClientLeft, unless_client_leaves
-from inferd.runtime.frames import FRAMED, Whole, frames_path, serve_frames
+from inferd.runtime.frames import FRAMED, Whole, frames_path, serve_frames, tokenizer_path
 from inferd.runtime.heap import freeze_startup_heap
 
 log = logging.getLogger("inferd.worker")
@@ -82,7 +82,7 @@ class Worker:
         # beside the frames socket; None until the model is ready, or where it takes texts.
         self.tokenizer: str | None = None
         if frames is not None:  # a process before this one may have left one
-            Path(f"{frames}.tokenizer").unlink(missing_ok=True)
+            tokenizer_path(frames).unlink(missing_ok=True)
 
     def load(self) -> None:
         with contextlib.suppress(InvalidRequest):  # a bad value is the engine's to refuse
@@ -113,10 +113,12 @@ class Worker:
     def _offer_tokenizer(self) -> str | None:
         """The engine's tokenizer for relays written beside the frames socket (whole, under
         its final name, before the process reports ready), or None."""
-        offer = self.engine.relay_tokenizer() if self.frames is not None else None
+        if self.frames is None:
+            return None
+        offer = self.engine.relay_tokenizer()
         if offer is None:
             return None
-        path = Path(f"{self.frames}.tokenizer")
+        path = tokenizer_path(self.frames)
         partial = path.with_name(path.name + ".partial")
         try:
             partial.write_bytes(orjson.dumps(offer))
