@@ -148,6 +148,31 @@ def test_a_compiled_models_graphs_answer_as_eager_passes(
     assert passes.graphs > 0
 
 
+def test_a_compiled_model_takes_the_plain_dicts_every_pass_gives(
+    folders: dict[str, Path],
+) -> None:
+    """Warmed up with the tokenizer's own features (a `BatchEncoding`, as a model without a
+    direct tokenizer makes them), the compiled model still needs no compile for the plain dicts
+    `GraphedPasses` calls it with: Dynamo guards on the input's type, and such warm-ups left
+    every pass of a compiled model to run eagerly. On the CPU, where CI runs: compiling is the
+    same there, only slower."""
+    from inferd.engines.compiled_encoder import compiled
+
+    model = load("embedding", folders["embedding"], "cpu")
+    warm_ups = [features("embedding", model, TEXTS[:1]), features("embedding", model, TEXTS[:2])]
+    assert not all(type(sample) is dict for sample in warm_ups)  # what this test is about
+    fast = compiled(model, warm_ups)
+    try:
+        with torch.compiler.set_stance("fail_on_recompile"):
+            for texts in (TEXTS[:3], TEXTS):
+                given = features("embedding", model, texts)  # made as the warm-ups' were
+                with torch.inference_mode():
+                    got = fast(dict(given))[OUTPUT["embedding"]]
+                torch.testing.assert_close(got, eager(model, "embedding", given))
+    finally:
+        torch.compiler.set_stance("default")  # `compiled` set it for the whole process
+
+
 @pytest.mark.gpu
 def test_a_graph_is_weighed_against_an_eager_pass_of_as_many_rows(
     folders: dict[str, Path],

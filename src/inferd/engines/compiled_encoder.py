@@ -38,10 +38,14 @@ def compiled(module: torch.nn.Module, samples: Sequence[dict[str, Any]]) -> torc
     device = next(module.parameters()).device
     # In inference mode, as every pass runs: Dynamo's guards include the grad mode, and a pass
     # in another mode would compile again.
+    # And as a plain dict, as every pass calls it (`GraphedPasses`): Dynamo guards on the
+    # input's type, and warm-ups of the tokenizer's `BatchEncoding` left every graph's capture
+    # to run eagerly.
     with torch.inference_mode():
         for features in samples:
-            fast(batch_to_device(features, device))
-    torch.cuda.synchronize(device)
+            fast(dict(batch_to_device(features, device)))
+    if device.type == "cuda":  # the compiles timed to their end, not their launch
+        torch.cuda.synchronize(device)
     # A pass that would need a compile the warm-ups did not make (a guard they did not cover)
     # runs eagerly instead of holding the model thread for as long as a compile takes. For the
     # whole process: a model process holds one model.
