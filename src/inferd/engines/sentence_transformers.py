@@ -224,8 +224,12 @@ class SentenceTransformersEngine(Engine):
         import torch
         from sentence_transformers.util import batch_to_device
 
+        # A plain dict, as `GraphedPasses` and the compiled model's warm-ups call it: Dynamo
+        # guards on the input's type, and the tokenizer's `BatchEncoding` would run a compiled
+        # model's every pass eagerly (`compile` with `enforce_eager`, or left padding).
         with torch.inference_mode():
-            result = self._module(batch_to_device(features, self._model.device))[output].float()
+            on_device = dict(batch_to_device(features, self._model.device))
+            result = self._module(on_device)[output].float()
         return lambda: result.cpu().numpy()
 
     def slots(self) -> int:
